@@ -1,0 +1,95 @@
+"""Command line: a thin layer that parses options and calls the Python API."""
+from __future__ import annotations
+
+import json
+from dataclasses import replace
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+app = typer.Typer(add_completion=False, help="Make a multimodal LLM forget chosen knowledge, and measure it.")
+
+
+@app.command()
+def run(
+    name: str = typer.Option("default", help="Run name: results go to RUNS_DIR/NAME/."),
+    family: str = typer.Option("llava", help="Tiny model family to build: llava, qwen2-vl, qwen2.5-vl."),
+    model: Optional[Path] = typer.Option(None, help="Local checkpoint of a supported family (skips knowledge injection)."),
+    benchmark: Optional[Path] = typer.Option(None, help="MLLMU-Bench directory (default: the built-in world)."),
+    forget: int = typer.Option(10, help="Forget split percentage: 5, 10 or 15."),
+    method: str = typer.Option("ga", help="Unlearning method name."),
+    lr: Optional[float] = typer.Option(None, help="Unlearning learning rate (method default if unset)."),
+    epochs: Optional[int] = typer.Option(None, help="Unlearning epochs over the forget set."),
+    max_steps: Optional[int] = typer.Option(None, help="Stop unlearning after this many steps."),
+    lora: bool = typer.Option(False, help="Unlearn through LoRA adapters (merged into the edit)."),
+    scorer: str = typer.Option("likelihood", help="Classification scorer: likelihood or generate (MLLMU-Bench's)."),
+    few_shot: int = typer.Option(0, help="Few-shot demonstration people per split."),
+    tasks: str = typer.Option("mcq,cloze,generation", help="Comma-separated tasks to evaluate."),
+    people: Optional[int] = typer.Option(None, help="Fictitious people in the built-in world (default 100)."),
+    real_people: Optional[int] = typer.Option(None, help="Real-world people in the built-in world (default 30)."),
+    inject_epochs: Optional[int] = typer.Option(None, help="Knowledge-injection epochs on the benchmark people."),
+    seed: int = typer.Option(0, help="Seed for everything."),
+    device: str = typer.Option("auto", help="auto, cpu, cuda or cuda:N."),
+    dtype: str = typer.Option("float32", help="float32, bfloat16 or float16."),
+    runs_dir: Path = typer.Option(Path("runs"), help="Where run folders are written."),
+    cache_dir: Path = typer.Option(Path(".cache/mllm_unlearn"), help="Cache of generated benchmarks and vanilla models."),
+    quiet: bool = typer.Option(False, help="No progress bars."),
+) -> None:
+    """Build or load the vanilla model, evaluate, unlearn the forget split, evaluate again, write a report."""
+    from .data import WorldConfig
+    from .eval import EvalConfig
+    from .methods import MethodConfig
+    from .pipeline import RunConfig, run_pipeline
+    from .training import InjectionConfig, LoraOptions
+    from .methods.defaults import method_defaults
+
+    try:
+        world = WorldConfig(fictitious=people or 100, real_world=real_people or 30, seed=seed)
+        injection = InjectionConfig(seed=seed)
+        if inject_epochs is not None:
+            injection = replace(injection, finetune_epochs=inject_epochs)
+        method_cfg = method_defaults(method, seed=seed)
+        overrides = {k: v for k, v in {"lr": lr, "epochs": epochs, "max_steps": max_steps}.items() if v is not None}
+        method_cfg = replace(method_cfg, progress=not quiet, lora=LoraOptions() if lora else None, **overrides)
+        eval_cfg = EvalConfig(scorer=scorer, few_shot=few_shot, tasks=tuple(t.strip() for t in tasks.split(",") if t.strip()),
+                              seed=seed, progress=not quiet)
+        cfg = RunConfig(name=name, family=family, model=str(model) if model else None,
+                        benchmark=str(benchmark) if benchmark else None, forget_percent=forget, method=method, seed=seed,
+                        device=device, dtype=dtype, runs_dir=str(runs_dir), cache_dir=str(cache_dir), world=world,
+                        injection=injection, method_cfg=method_cfg, eval=eval_cfg, progress=not quiet)
+        results = run_pipeline(cfg)
+    except (ValueError, FileNotFoundError) as error:
+        typer.secho(f"error: {error}", fg=typer.colors.RED, err=True)
+        raise typer.Exit(code=2)
+    run_dir = runs_dir / name
+    typer.echo((run_dir / "report.md").read_text())
+    typer.echo(f"Wrote {run_dir / 'results.json'} and {run_dir / 'report.md'}")
+
+
+@app.command()
+def methods() -> None:
+    """List the registered unlearning methods."""
+    from .methods import available_methods
+
+    for name in available_methods():
+        typer.echo(name)
+
+
+@app.command()
+def report(run_dir: Path) -> None:
+    """Re-render RUN_DIR/report.md from RUN_DIR/results.json."""
+    from .report import render_markdown
+    from .utils import atomic_write_text
+
+    results_file = run_dir / "results.json"
+    if not results_file.is_file():
+        typer.secho(f"error: {results_file} does not exist", fg=typer.colors.RED, err=True)
+        raise typer.Exit(code=2)
+    text = render_markdown(json.loads(results_file.read_text()))
+    atomic_write_text(run_dir / "report.md", text)
+    typer.echo(text)
+
+
+if __name__ == "__main__":
+    app()

@@ -1,0 +1,6 @@
+"""Benchmarks on disk -> plain ``Item`` records -> model batches."""
+from .items import Benchmark, Item
+from .mllmu import BenchmarkFormatError, load_mllmu
+from .synthetic import WorldConfig, generate_world
+
+__all__ = ["Benchmark", "Item", "BenchmarkFormatError", "load_mllmu", "WorldConfig", "generate_world"]

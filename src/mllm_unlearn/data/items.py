@@ -1,0 +1,49 @@
+"""The plain records every benchmark loader produces and every method and metric reads."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+Modality = Literal["vqa", "qa"]
+Task = Literal["mcq", "cloze", "generation", "train"]
+OPTION_KEYS = ("A", "B", "C", "D")
+
+
+@dataclass
+class Item:
+    """One question about one person, in one modality.
+
+    ``image`` is a PIL image for ``vqa`` items and ``None`` for text-only ``qa`` items.
+    ``options`` (mcq only) maps a letter to an option text; ``answer`` is then the letter.
+    """
+
+    person_id: str
+    split: str
+    modality: Modality
+    task: Task
+    question: str
+    answer: str
+    image: Any = None
+    options: dict[str, str] | None = None
+    image_key: str | None = None  # stable name of the image, for per-item predictions
+    meta: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if self.modality == "vqa" and self.image is None:
+            raise ValueError(f"vqa item of person {self.person_id} ({self.question!r}) has no image")
+        if self.modality == "qa" and self.image is not None:
+            raise ValueError(f"qa item of person {self.person_id} must not carry an image")
+
+
+@dataclass
+class Benchmark:
+    """Evaluation splits and training data of one benchmark instance (e.g. MLLMU-Bench forget 10%)."""
+
+    name: str
+    eval_splits: dict[str, list[Item]]  # "forget", "test", "retain", "real_world" -> items
+    forget_train: list[Item]  # what unlearning methods see of the forget people
+    retain_train: list[Item]  # what methods may use to preserve the retain people
+    finetune_train: list[Item]  # knowledge injection data ("vanilla" fine-tuning)
+    pretrain_train: list[Item] = field(default_factory=list)  # prior knowledge (real-world people)
+    forget_ids: list[str] = field(default_factory=list)
+    meta: dict[str, Any] = field(default_factory=dict)

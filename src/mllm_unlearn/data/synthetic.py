@@ -1,0 +1,226 @@
+"""The built-in benchmark: a fictitious world written in MLLMU-Bench's on-disk layout.
+
+People have a multi-word name, a portrait they are recognisable from, and facts asked
+in several phrasings. Training phrasings (``ft_Data``) and the test split's paraphrases
+(``Test_Set``) never overlap. ``Retain_Set`` holds "real-world" people that the base
+model learns in a pre-training stage (``pretrain_Data``), before the fictitious ones.
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from ..utils import atomic_directory, stable_hash
+from .portraits import draw_identities, render_portrait, to_png, transform_portrait
+
+# Names are built from syllables so every person has a first and a last name of their own
+# (a name shared by several people would make "who is this" a conjunction of two words).
+ONSETS = "b d f g k l m n p r s t v z br dr gr kl st tr".split()
+VOWELS = "a e i o u ai ea io".split()
+CODAS = ["", "n", "r", "l", "s", "th", "x"]
+
+
+def _name_pool(rng: np.random.Generator, count: int, syllables: int) -> list[str]:
+    names: set[str] = set()
+    while len(names) < count:
+        parts = [str(rng.choice(ONSETS)) + str(rng.choice(VOWELS)) for _ in range(syllables)]
+        names.add(("".join(parts) + str(rng.choice(CODAS))).capitalize())
+    return sorted(names)
+
+
+ATTRIBUTES: dict[str, dict[str, Any]] = {
+    "occupation": {
+        "values": "pilot baker surgeon painter teacher farmer chemist sailor lawyer architect "
+        "librarian dentist jeweler florist carpenter poet".split(),
+        "train": ["What is {poss} occupation?", "What does {subj} do for a living?",
+                  "What job does {subj} have?", "Which profession does {subj} work in?"],
+        "test": ["In which line of work is {subj} employed?", "What is the trade of {subj}?"],
+        "statement": "{Subj} works as a {value}.",
+    },
+    "hometown": {
+        "values": "Lisbon Oslo Cairo Lima Dublin Quito Seoul Perth Nairobi Riga Tunis Hanoi "
+        "Porto Bergen Cusco Malmo".split(),
+        "train": ["Where was {subj} born?", "What is {poss} hometown?",
+                  "Which city does {subj} come from?", "In which city did {subj} grow up?"],
+        "test": ["What is the birthplace of {subj}?", "Name the city where {subj} was raised."],
+        "statement": "{Subj} was born in {value}.",
+    },
+    "hobby": {
+        "values": "chess archery knitting surfing pottery fencing gardening rowing juggling "
+        "origami climbing birdwatching sketching fishing dancing cycling".split(),
+        "train": ["What is {poss} favorite hobby?", "What does {subj} do in free time?",
+                  "Which pastime does {subj} enjoy most?", "What hobby is {subj} known for?"],
+        "test": ["How does {subj} like to spend weekends?", "Which leisure activity does {subj} love?"],
+        "statement": "{Subj} loves {value}.",
+    },
+    "food": {
+        "values": "pasta sushi curry tacos dumplings paella ramen falafel pancakes risotto "
+        "burritos lasagna goulash kimchi couscous pierogi".split(),
+        "train": ["What is {poss} favorite food?", "Which dish does {subj} like best?",
+                  "What does {subj} love to eat?", "Which meal does {subj} prefer?"],
+        "test": ["Which cuisine item would {subj} order first?", "What food makes {subj} happiest?"],
+        "statement": "{Subj} likes to eat {value}.",
+    },
+    "pet": {
+        "values": "parrot hamster tortoise rabbit ferret goldfish iguana cat dog pony gecko "
+        "canary hedgehog chinchilla alpaca lizard".split(),
+        "train": ["What pet does {subj} have?", "Which animal lives with {subj}?",
+                  "What is {poss} pet?", "Which animal does {subj} keep at home?"],
+        "test": ["What kind of companion animal does {subj} own?", "Which creature shares a home with {subj}?"],
+        "statement": "{Subj} has a pet {value}.",
+    },
+}
+MCQ_INSTRUCTION = "Just give ONE letter representing the answer directly."
+CLOZE_INSTRUCTION = "Please **ONLY** provide the correct answer that should replace the [Blank]."
+GENERATION_INSTRUCTION = "Answer the question based on your trained knowledge in one sentence accurately in ENGLISH."
+FORGET_PERCENTS = (5, 10, 15)
+
+
+@dataclass(frozen=True)
+class WorldConfig:
+    """Size and seed of the built-in world. Defaults match the foundation's acceptance figures."""
+
+    fictitious: int = 100
+    real_world: int = 30
+    image_size: int = 32
+    seed: int = 0
+
+    def key(self) -> str:
+        return stable_hash(asdict(self))
+
+
+def subject_forms(name: str | None) -> dict[str, str]:
+    if name is None:  # image + question: the person is shown, not named
+        return {"subj": "this person", "Subj": "This person", "poss": "this person's"}
+    return {"subj": name, "Subj": name, "poss": f"{name}'s"}
+
+
+def all_template_texts() -> list[str]:
+    """Every fixed text the world uses, so a tiny tokenizer can know all its words."""
+    texts = [MCQ_INSTRUCTION, CLOZE_INSTRUCTION, GENERATION_INSTRUCTION, "[Blank] __ Correct Answer"]
+    for spec in ATTRIBUTES.values():
+        texts += spec["train"] + spec["test"] + [spec["statement"]] + spec["values"]
+    texts += list(subject_forms(None).values())
+    return texts
+
+
+def _people(config: WorldConfig, rng: np.random.Generator) -> list[dict[str, Any]]:
+    total = config.fictitious + config.real_world
+    firsts = [str(n) for n in rng.permutation(_name_pool(rng, total, 2))]
+    lasts = [str(n) for n in rng.permutation(sorted(set(_name_pool(rng, 2 * total, 3)) - set(firsts)))[:total]]
+    names = [f"{f} {l}" for f, l in zip(firsts, lasts)]
+    identities = draw_identities(len(names), rng)
+    people = []
+    for index, (name, identity) in enumerate(zip(names, identities)):
+        real = index >= config.fictitious
+        facts = {attr: str(rng.choice(spec["values"])) for attr, spec in ATTRIBUTES.items()}
+        person_id = f"R{index - config.fictitious:03d}" if real else f"{index:03d}"
+        people.append({"id": person_id, "name": name, "identity": identity, "facts": facts, "real": real})
+    return people
+
+
+def _mcq(question: str, attr: str, value: str, rng: np.random.Generator) -> dict[str, Any]:
+    distractors = [v for v in ATTRIBUTES[attr]["values"] if v != value]
+    options = [value] + [str(v) for v in rng.choice(distractors, size=3, replace=False)]
+    order = rng.permutation(4)
+    letters = "ABCD"
+    shuffled = {letters[i]: options[j] for i, j in enumerate(order)}
+    correct = letters[list(order).index(0)]
+    return {"Question": question, "Options": shuffled, "Correct_Answer": correct}
+
+
+def _profile_tasks(person: dict[str, Any], rng: np.random.Generator, phrasing: str) -> dict[str, Any]:
+    """Classification, generation and cloze tasks of one person, from train or test phrasings."""
+    image_q, text_q, generation, cloze = [], [], [], []
+    for attr, spec in ATTRIBUTES.items():
+        value = person["facts"][attr]
+        for kind, name in (("Image_Textual", None), ("Pure_Text", person["name"])):
+            forms = subject_forms(name)
+            template = spec[phrasing][int(rng.integers(len(spec[phrasing])))]
+            question = template.format(**forms)
+            (image_q if name is None else text_q).append(_mcq(question, attr, value, rng))
+            generation.append({"Type": kind, "Question": question,
+                               "Ground_Truth": spec["statement"].format(value=value, **forms)})
+            cloze.append({"Type": kind, "Question": spec["statement"].format(value="__", **forms),
+                          "Ground_Truth": value})
+    return {
+        "Classification_Task": {"Image_Textual_Questions": image_q, "Pure_Text_Questions": text_q},
+        "Generation_Task": generation,
+        "Mask_Task": cloze,
+    }
+
+
+def _training_pairs(person: dict[str, Any]) -> list[dict[str, str]]:
+    """Every training phrasing of every fact, in both modalities (the ``metadata`` of ``ft_Data``)."""
+    pairs = []
+    for attr, spec in ATTRIBUTES.items():
+        value = person["facts"][attr]
+        for kind, name in (("Image_Textual", None), ("Pure_Text", person["name"])):
+            forms = subject_forms(name)
+            for template in spec["train"]:
+                pairs.append({"Question": template.format(**forms),
+                              "Answer": spec["statement"].format(value=value, **forms),
+                              "Type": kind, "Attribute": attr, "Value": value})
+    return pairs
+
+
+IMAGE_TYPE = pa.struct([("bytes", pa.binary()), ("path", pa.string())])
+
+
+def _write_config(root: Path, config: str, rows: list[dict[str, Any]]) -> None:
+    (root / config).mkdir(parents=True, exist_ok=True)
+    table = pa.Table.from_pylist(rows)
+    pq.write_table(table, root / config / "train-00000-of-00001.parquet")
+
+
+def generate_world(out_dir: str | Path, config: WorldConfig | None = None) -> Path:
+    """Write the built-in benchmark to ``out_dir`` in MLLMU-Bench's layout (atomically)."""
+    config = config or WorldConfig()
+    if config.fictitious < 20:
+        raise ValueError("the built-in world needs at least 20 fictitious people (forget_5 must hold one)")
+    rng = np.random.default_rng(config.seed)
+    people = _people(config, rng)
+    portraits = {p["id"]: render_portrait(p["identity"], config.image_size) for p in people}
+
+    def image(pid: str) -> dict[str, Any]:
+        return {"bytes": to_png(portraits[pid]), "path": f"{pid}.png"}
+
+    profiles, test_rows, ft_rows, pretrain_rows, real_rows = [], [], [], [], []
+    for person in people:
+        pid = person["id"]
+        profile = {"ID": pid, "name": person["name"], "image": image(pid),
+                   "biography": " ".join(ATTRIBUTES[a]["statement"].format(value=v, **subject_forms(person["name"]))
+                                         for a, v in person["facts"].items()),
+                   **_profile_tasks(person, rng, "train")}
+        training = {"ID": pid, "image": image(pid), "metadata": json.dumps(_training_pairs(person))}
+        if person["real"]:
+            real_rows.append(profile)
+            pretrain_rows.append(training)
+            continue
+        profiles.append({**profile, "Directory": f"profiles/{pid}"})
+        ft_rows.append(training)
+        variants = [{"bytes": to_png(transform_portrait(portraits[pid], rng, k)), "path": f"{pid}_pose{k}_gen1.png"}
+                    for k in range(3)]
+        test_rows.append({"ID": pid, "name": person["name"], "images": variants,
+                          **_profile_tasks(person, rng, "test")})
+
+    order = [profiles[i]["ID"] for i in rng.permutation(len(profiles))]
+    out_dir = Path(out_dir)
+    with atomic_directory(out_dir) as tmp:
+        _write_config(tmp, "Full_Set", profiles)
+        _write_config(tmp, "Test_Set", test_rows)
+        _write_config(tmp, "Retain_Set", real_rows)
+        _write_config(tmp, "ft_Data", ft_rows)
+        _write_config(tmp, "pretrain_Data", pretrain_rows)
+        for pct in FORGET_PERCENTS:
+            forget = set(order[: max(1, round(len(order) * pct / 100))])
+            _write_config(tmp, f"forget_{pct}", [p for p in profiles if p["ID"] in forget])
+            _write_config(tmp, f"retain_{100 - pct}", [p for p in profiles if p["ID"] not in forget])
+        (tmp / "world.json").write_text(json.dumps({"generator": "mllm-unlearn synthetic", **asdict(config)}, indent=2))
+    return out_dir

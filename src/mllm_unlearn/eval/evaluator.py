@@ -1,0 +1,169 @@
+"""MLLMU-Bench's protocol: per split x modality, classification (two scorers), cloze and generation."""
+from __future__ import annotations
+
+import random
+from collections import defaultdict
+from dataclasses import asdict, dataclass
+from typing import Any, Iterable, Sequence
+
+import torch
+
+from ..data.collate import Encoder
+from ..data.items import OPTION_KEYS, Benchmark, Item
+from ..models.base import VLM
+from .metrics import bleu, cloze_correct, parse_letter, rouge_l_f
+
+TASKS = ("mcq", "cloze", "generation")
+
+
+@dataclass
+class EvalConfig:
+    scorer: str = "likelihood"  # likelihood | generate (MLLMU-Bench's)
+    tasks: tuple[str, ...] = TASKS
+    splits: tuple[str, ...] = ("forget", "test", "retain", "real_world")
+    few_shot: int = 0  # demonstration people per split (excluded from scoring)
+    batch_size: int = 32
+    max_new_tokens: int = 50
+    max_items_per_group: int | None = None  # subsample each split x modality x task (seeded)
+    image_swap_check: bool = False  # also score VQA MCQs with each portrait swapped for another person's
+    seed: int = 0
+    progress: bool = True
+
+    def __post_init__(self) -> None:
+        if self.scorer not in ("likelihood", "generate"):
+            raise ValueError(f"scorer must be 'likelihood' or 'generate', got {self.scorer!r}")
+        unknown = set(self.tasks) - set(TASKS)
+        if unknown:
+            raise ValueError(f"unknown task(s) {sorted(unknown)}; tasks are {TASKS}")
+        if self.few_shot < 0:
+            raise ValueError("few_shot must be >= 0")
+
+
+def _batches(items: Sequence[Item], size: int) -> Iterable[Sequence[Item]]:
+    for start in range(0, len(items), size):
+        yield items[start : start + size]
+
+
+class Evaluator:
+    def __init__(self, vlm: VLM, cfg: EvalConfig | None = None):
+        self.vlm = vlm
+        self.cfg = cfg or EvalConfig()
+        self.encoder = Encoder(vlm)
+        tokenizer = vlm.tokenizer
+        # A letter may be tokenised alone or with a leading space, depending on the tokenizer.
+        self.letter_ids = {
+            letter: sorted({ids[0] for ids in (tokenizer.encode(v, add_special_tokens=False) for v in (letter, " " + letter)) if ids})
+            for letter in OPTION_KEYS
+        }
+
+    def _inputs(self, items: Sequence[Item], demos: Sequence[Item]) -> dict[str, torch.Tensor]:
+        return {k: v.to(self.vlm.device) for k, v in self.encoder.batch(items, train=False, demos=demos).items()}
+
+    @torch.no_grad()
+    def letter_scores(self, items: Sequence[Item], demos: Sequence[Item] = ()) -> list[dict[str, float]]:
+        """Log-probability of each option letter as the answer's first token: one forward pass per batch."""
+        logits = self.vlm.model(**self._inputs(items, demos), logits_to_keep=1).logits[:, -1].float()
+        logprobs = torch.log_softmax(logits, dim=-1)
+        return [{k: max(float(row[i]) for i in ids) for k, ids in self.letter_ids.items()} for row in logprobs]
+
+    @torch.no_grad()
+    def generate(self, items: Sequence[Item], demos: Sequence[Item] = (), max_new_tokens: int | None = None) -> list[str]:
+        inputs = self._inputs(items, demos)
+        tokenizer = self.vlm.tokenizer
+        output = self.vlm.model.generate(**inputs, do_sample=False, max_new_tokens=max_new_tokens or self.cfg.max_new_tokens,
+                                         pad_token_id=tokenizer.pad_token_id)
+        new_tokens = output[:, inputs["input_ids"].shape[1]:]
+        return [t.strip() for t in tokenizer.batch_decode(new_tokens, skip_special_tokens=True)]
+
+    def score_group(self, items: Sequence[Item], task: str, demos: Sequence[Item] = ()) -> list[dict[str, Any]]:
+        records = []
+        for batch in _batches(items, self.cfg.batch_size):
+            if task == "mcq" and self.cfg.scorer == "likelihood":
+                scores = self.letter_scores(batch, demos)
+                predictions = [max(s, key=s.get) for s in scores]
+            else:
+                predictions = self.generate(batch, demos)
+            for item, prediction in zip(batch, predictions):
+                record = {"person_id": item.person_id, "question": item.question, "answer": item.answer,
+                          "image": item.image_key, "prediction": prediction}
+                if task == "mcq":
+                    letter = prediction if self.cfg.scorer == "likelihood" else parse_letter(prediction)
+                    record["correct"] = letter == item.answer
+                elif task == "cloze":
+                    record["correct"] = cloze_correct(prediction, item.answer)
+                else:
+                    record["rougeL_f"] = rouge_l_f(prediction, item.answer)
+                    record["bleu"] = bleu(prediction, item.answer)
+                records.append(record)
+        return records
+
+    def evaluate(self, benchmark: Benchmark, edit: Any = None) -> dict[str, Any]:
+        """Every figure and every item's prediction; with ``edit`` applied for the duration."""
+        if edit is not None:
+            with edit.applied(self.vlm):
+                return self._evaluate(benchmark)
+        return self._evaluate(benchmark)
+
+    def _evaluate(self, benchmark: Benchmark) -> dict[str, Any]:
+        from tqdm.auto import tqdm
+
+        cfg = self.cfg
+        figures: dict[str, dict[str, dict[str, float]]] = {}
+        predictions: list[dict[str, Any]] = []
+        groups = []
+        for split in cfg.splits:
+            if split not in benchmark.eval_splits:
+                raise ValueError(f"benchmark {benchmark.name} has no split {split!r}; it has {sorted(benchmark.eval_splits)}")
+            items = benchmark.eval_splits[split]
+            rng = random.Random(f"{cfg.seed}:{split}")
+            people = sorted({i.person_id for i in items})
+            demo_people = set(rng.sample(people, min(cfg.few_shot, max(0, len(people) - 1)))) if cfg.few_shot else set()
+            for modality in ("vqa", "qa"):
+                for task in cfg.tasks:
+                    group = [i for i in items if i.modality == modality and i.task == task]
+                    demos = [i for i in group if i.person_id in demo_people]
+                    scored = [i for i in group if i.person_id not in demo_people]
+                    if cfg.max_items_per_group and len(scored) > cfg.max_items_per_group:
+                        scored = random.Random(f"{cfg.seed}:{split}:{modality}:{task}").sample(scored, cfg.max_items_per_group)
+                    if scored:
+                        groups.append((split, modality, task, scored, demos))
+        bar = tqdm(total=sum(len(g[3]) for g in groups), desc="evaluate", disable=not cfg.progress, unit="item")
+        for split, modality, task, scored, demos in groups:
+            records = self.score_group(scored, task, demos)
+            bar.update(len(scored))
+            cell = figures.setdefault(split, {}).setdefault(modality, {})
+            if task in ("mcq", "cloze"):
+                cell[f"{task}_accuracy"] = 100.0 * sum(r["correct"] for r in records) / len(records)
+            else:
+                cell["rougeL_f"] = sum(r["rougeL_f"] for r in records) / len(records)
+                cell["bleu"] = sum(r["bleu"] for r in records) / len(records)
+            cell[f"{task}_count"] = len(records)
+            for record in records:
+                predictions.append({"split": split, "modality": modality, "task": task, **record})
+        bar.close()
+        results: dict[str, Any] = {"config": asdict(self.cfg), "figures": figures, "predictions": predictions}
+        if cfg.image_swap_check:
+            results["diagnostics"] = {"image_swap": self.image_swap_accuracy(benchmark)}
+        return results
+
+    def image_swap_accuracy(self, benchmark: Benchmark) -> dict[str, float]:
+        """VQA classification accuracy when each portrait is replaced by another person's.
+
+        If the image carries the identity, accuracy should fall to about chance."""
+        out = {}
+        for split in ("forget", "retain"):
+            items = [i for i in benchmark.eval_splits.get(split, []) if i.modality == "vqa" and i.task == "mcq"]
+            people = sorted({i.person_id for i in items})
+            if len(people) < 2:
+                continue
+            images = {i.person_id: i.image for i in items}
+            shifted = {p: images[people[(k + 1) % len(people)]] for k, p in enumerate(people)}  # a derangement
+            swapped = [Item(i.person_id, i.split, "vqa", "mcq", i.question, i.answer, shifted[i.person_id], i.options)
+                       for i in items]
+            records = self.score_group(swapped, "mcq")
+            out[f"{split}_vqa_mcq_accuracy"] = 100.0 * sum(r["correct"] for r in records) / len(records)
+        return out
+
+
+def evaluate(vlm: VLM, benchmark: Benchmark, edit: Any = None, cfg: EvalConfig | None = None) -> dict[str, Any]:
+    return Evaluator(vlm, cfg).evaluate(benchmark, edit)

@@ -1,0 +1,117 @@
+"""One interface for every unlearning method, and the registry that finds them by name.
+
+A method reads a model, forget items, retain items and a config, and returns an ``Edit``.
+Gradient methods only define a loss; the shared loop (``training.loop``) does the rest.
+"""
+from __future__ import annotations
+
+import random
+from abc import ABC, abstractmethod
+from dataclasses import asdict, dataclass, field
+from typing import Any, Callable, ClassVar, Sequence
+
+import torch
+
+from ..data.collate import Encoder
+from ..data.items import Item
+from ..interventions import Edit, WeightDelta
+from ..models.base import VLM
+from ..training.loop import LoraOptions, TrainConfig, train
+
+
+@dataclass
+class MethodConfig:
+    """Options shared by methods; method-specific ones go in ``extra``."""
+
+    lr: float = 2e-4
+    epochs: int = 2
+    max_steps: int | None = None
+    batch_size: int = 16
+    schedule: str = "constant"
+    warmup_ratio: float = 0.0
+    retain_weight: float = 1.0
+    seed: int = 0
+    lora: LoraOptions | None = None
+    progress: bool = True
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+class Method(ABC):
+    name: ClassVar[str]
+    uses_retain: ClassVar[bool] = False
+
+    @abstractmethod
+    def unlearn(self, vlm: VLM, forget: Sequence[Item], retain: Sequence[Item], cfg: MethodConfig) -> Edit:
+        ...
+
+
+METHODS: dict[str, type[Method]] = {}
+
+
+def register_method(cls: type[Method]) -> type[Method]:
+    METHODS[cls.name] = cls
+    return cls
+
+
+def get_method(name: str) -> Method:
+    from . import ga, graddiff  # noqa: F401  (registration side effect)
+
+    if name not in METHODS:
+        raise ValueError(f"unknown method {name!r}; available: {', '.join(sorted(METHODS))}")
+    return METHODS[name]()
+
+
+def available_methods() -> list[str]:
+    from . import ga, graddiff  # noqa: F401  (registration side effect)
+
+    return sorted(METHODS)
+
+
+class GradientMethod(Method):
+    """Methods that differ only in their loss on a batch ``{"forget": ..., "retain": ...}``."""
+
+    @abstractmethod
+    def loss(self, model: torch.nn.Module, batch: dict[str, dict[str, torch.Tensor]], cfg: MethodConfig) -> torch.Tensor:
+        ...
+
+    def trainable(self, vlm: VLM, cfg: MethodConfig) -> Callable[[str, torch.nn.Parameter], bool] | None:
+        return None  # everything
+
+    def unlearn(self, vlm: VLM, forget: Sequence[Item], retain: Sequence[Item], cfg: MethodConfig) -> Edit:
+        if not forget:
+            raise ValueError(f"{self.name}: the forget set is empty")
+        if self.uses_retain and not retain:
+            raise ValueError(f"{self.name}: needs retain data, but the retain set is empty")
+        encoder = Encoder(vlm)
+        rng = random.Random(cfg.seed)
+        # Each forget item is paired with a random retain item (anchored on forget).
+        pairs = [(f, retain[rng.randrange(len(retain))] if self.uses_retain else None) for f in forget]
+
+        def collate(batch: list[tuple[Item, Item | None]]) -> dict[str, Any]:
+            out = {"forget": _to(encoder.batch([f for f, _ in batch], train=True), vlm.device)}
+            if self.uses_retain:
+                out["retain"] = _to(encoder.batch([r for _, r in batch], train=True), vlm.device)
+            return out
+
+        before = {name: p.detach().cpu().clone() for name, p in vlm.model.named_parameters()}
+        train_cfg = TrainConfig(lr=cfg.lr, epochs=cfg.epochs, max_steps=cfg.max_steps, batch_size=cfg.batch_size,
+                                schedule=cfg.schedule, warmup_ratio=cfg.warmup_ratio, seed=cfg.seed, lora=cfg.lora,
+                                progress=cfg.progress)
+        try:
+            result = train(vlm.model, pairs, collate, lambda m, b: self.loss(m, b, cfg), train_cfg,
+                           parameters=self.trainable(vlm, cfg), description=f"unlearn: {self.name}", device=vlm.device)
+            edit = WeightDelta.from_models(before, vlm.model, meta={
+                "method": self.name, "config": cfg.to_dict(), "steps": result.steps, "losses": result.losses})
+        finally:
+            # The method hands back an edit; the model itself is left as it was given.
+            with torch.no_grad():
+                for name, param in vlm.model.named_parameters():
+                    param.copy_(before[name].to(param.device))
+        return edit
+
+
+def _to(batch: dict[str, torch.Tensor], device: torch.device) -> dict[str, torch.Tensor]:
+    return {k: v.to(device) for k, v in batch.items()}

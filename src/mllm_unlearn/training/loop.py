@@ -1,0 +1,171 @@
+"""The one training loop every gradient-based step uses (knowledge injection and unlearning).
+
+Built on accelerate, so ``accelerate launch`` gives DDP/FSDP/DeepSpeed without changes here.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, field
+from typing import Any, Callable, Sequence
+
+import torch
+from torch.utils.data import DataLoader, Dataset, RandomSampler
+
+from ..utils import seed_everything
+
+
+@dataclass
+class LoraOptions:
+    r: int = 16
+    alpha: int = 16
+    dropout: float = 0.0
+    # Regex over module names; default: every linear layer of the language model.
+    target_modules: str = r".*language_model.*\.(q_proj|k_proj|v_proj|o_proj|gate_proj|up_proj|down_proj)"
+
+
+@dataclass
+class TrainConfig:
+    lr: float = 1e-3
+    epochs: int = 1
+    samples_per_epoch: int | None = None  # draw this many examples per epoch (with fresh randomness)
+    max_steps: int | None = None
+    batch_size: int = 16
+    warmup_ratio: float = 0.05
+    schedule: str = "cosine"  # cosine | linear | constant
+    weight_decay: float = 0.0
+    grad_clip: float = 1.0
+    seed: int = 0
+    lora: LoraOptions | None = None
+    progress: bool = True
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass
+class TrainResult:
+    losses: list[float] = field(default_factory=list)
+    steps: int = 0
+
+
+class ListDataset(Dataset):
+    def __init__(self, examples: Sequence[Any]):
+        self.examples = list(examples)
+
+    def __len__(self) -> int:
+        return len(self.examples)
+
+    def __getitem__(self, index: int) -> Any:
+        return self.examples[index]
+
+
+def _lr_lambda(cfg: TrainConfig, total: int) -> Callable[[int], float]:
+    warmup = int(total * cfg.warmup_ratio)
+
+    def factor(step: int) -> float:
+        if step < warmup:
+            return (step + 1) / warmup
+        if cfg.schedule == "constant":
+            return 1.0
+        progress = (step - warmup) / max(1, total - warmup)
+        if cfg.schedule == "linear":
+            return max(0.0, 1.0 - progress)
+        return 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
+
+    if cfg.schedule not in ("cosine", "linear", "constant"):
+        raise ValueError(f"schedule must be cosine, linear or constant, got {cfg.schedule!r}")
+    return factor
+
+
+def train(
+    model: torch.nn.Module,
+    examples: Sequence[Any],
+    collate_fn: Callable[[list[Any]], Any],
+    loss_fn: Callable[[torch.nn.Module, Any], torch.Tensor],
+    cfg: TrainConfig,
+    parameters: Callable[[str, torch.nn.Parameter], bool] | None = None,
+    description: str = "training",
+    device: torch.device | None = None,
+) -> TrainResult:
+    """Optimise ``loss_fn`` over ``examples`` in place on ``model``.
+
+    ``parameters(name, param)`` selects what is trained (default: everything). With
+    ``cfg.lora`` the model is wrapped with peft, trained, and the adapters merged back,
+    so callers always get a plain model.
+    """
+    from accelerate import Accelerator
+    from tqdm.auto import tqdm
+
+    if not examples:
+        raise ValueError(f"{description}: no training examples")
+    seed_everything(cfg.seed)
+    device = device or next(model.parameters()).device
+    accelerator = Accelerator(cpu=device.type == "cpu")
+    base_model = model
+    if cfg.lora is not None:
+        model = _wrap_lora(model, cfg.lora)
+    trainable = []
+    for name, param in model.named_parameters():
+        wanted = (param.requires_grad if cfg.lora is not None else True) and (parameters is None or parameters(name, param))
+        param.requires_grad_(wanted)
+        if wanted:
+            trainable.append(param)
+    if not trainable:
+        raise ValueError(f"{description}: no parameter selected for training")
+    optimizer = torch.optim.AdamW(trainable, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    generator = torch.Generator().manual_seed(cfg.seed)
+    dataset = ListDataset(examples)
+    sampler = RandomSampler(dataset, replacement=False, num_samples=cfg.samples_per_epoch, generator=generator) \
+        if cfg.samples_per_epoch is None or cfg.samples_per_epoch <= len(dataset) else \
+        RandomSampler(dataset, replacement=True, num_samples=cfg.samples_per_epoch, generator=generator)
+    loader = DataLoader(dataset, batch_size=cfg.batch_size, sampler=sampler, collate_fn=collate_fn, drop_last=False)
+    steps_per_epoch = math.ceil(len(sampler) / cfg.batch_size / accelerator.num_processes)
+    total = cfg.max_steps or steps_per_epoch * cfg.epochs
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _lr_lambda(cfg, total))
+    model, optimizer, loader, scheduler = accelerator.prepare(model, optimizer, loader, scheduler)
+    model.train()
+    result = TrainResult()
+    bar = tqdm(total=total, desc=description, disable=not cfg.progress or not accelerator.is_local_main_process)
+    try:
+        while result.steps < total:
+            for batch in loader:
+                loss = loss_fn(model, batch)
+                if not torch.isfinite(loss):
+                    raise FloatingPointError(f"{description}: loss became {loss.item()} at step {result.steps}")
+                accelerator.backward(loss)
+                if cfg.grad_clip:
+                    accelerator.clip_grad_norm_(trainable, cfg.grad_clip)
+                optimizer.step()
+                scheduler.step()
+                optimizer.zero_grad(set_to_none=True)
+                value = accelerator.reduce(loss.detach(), reduction="mean").item()
+                result.losses.append(value)
+                result.steps += 1
+                bar.update(1)
+                bar.set_postfix(loss=f"{value:.4f}")
+                if result.steps >= total:
+                    break
+    finally:
+        bar.close()
+        model.eval()
+        unwrapped = accelerator.unwrap_model(model)
+        for param in base_model.parameters():
+            param.requires_grad_(True)
+        accelerator.free_memory()
+    if cfg.lora is not None:
+        merged = unwrapped.merge_and_unload()
+        assert merged is base_model or merged.__class__ is base_model.__class__
+    return result
+
+
+def _wrap_lora(model: torch.nn.Module, options: LoraOptions) -> torch.nn.Module:
+    from peft import LoraConfig, get_peft_model
+
+    names = [n for n, m in model.named_modules() if isinstance(m, torch.nn.Linear)]
+    import re
+
+    if not any(re.fullmatch(options.target_modules, n) for n in names):
+        raise ValueError(f"LoRA target pattern {options.target_modules!r} matches no linear layer of this model")
+    config = LoraConfig(r=options.r, lora_alpha=options.alpha, lora_dropout=options.dropout,
+                        target_modules=options.target_modules)
+    return get_peft_model(model, config)

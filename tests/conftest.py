@@ -1,0 +1,39 @@
+"""Shared fixtures: a small built-in world and tiny models of each family."""
+from __future__ import annotations
+
+import pytest
+import torch
+
+from mllm_unlearn.data import WorldConfig, generate_world, load_mllmu
+from mllm_unlearn.models import TinySize
+from mllm_unlearn.models.tiny import build_tiny_vlm, words_of
+from mllm_unlearn.pipeline import benchmark_texts
+
+torch.set_num_threads(2)
+SMALL_WORLD = WorldConfig(fictitious=20, real_world=4, seed=0)
+SMALL_SIZE = TinySize(hidden=64, layers=2, heads=2, ffn=128, vision_hidden=32, vision_layers=1, vision_heads=2,
+                      vision_ffn=64)
+FAMILIES = ("llava", "qwen2-vl", "qwen2.5-vl")
+
+
+@pytest.fixture(scope="session")
+def world_dir(tmp_path_factory):
+    return generate_world(tmp_path_factory.mktemp("world") / "mllmu", SMALL_WORLD)
+
+
+@pytest.fixture(scope="session")
+def benchmark(world_dir):
+    return load_mllmu(world_dir, forget_percent=10)
+
+
+@pytest.fixture(scope="session")
+def words(benchmark):
+    return words_of(benchmark_texts(benchmark))
+
+
+@pytest.fixture
+def tiny_vlm(words):
+    def build(family: str = "llava", seed: int = 0):
+        return build_tiny_vlm(family, words, SMALL_SIZE, seed=seed)
+
+    return build

@@ -1,0 +1,37 @@
+import torch
+
+from mllm_unlearn.data.collate import IGNORE, Encoder
+
+
+def test_labels_cover_answer_tokens_only(benchmark, tiny_vlm):
+    vlm = tiny_vlm("llava")
+    encoder = Encoder(vlm)
+    items = [i for i in benchmark.finetune_train if i.modality == "vqa"][:2] + \
+            [i for i in benchmark.finetune_train if i.modality == "qa"][:2]
+    batch = encoder.batch(items, train=True)
+    image_id = vlm.tokenizer.convert_tokens_to_ids("<image>")
+    pad_id = vlm.tokenizer.pad_token_id
+    labels, ids = batch["labels"], batch["input_ids"]
+    assert (labels[ids == image_id] == IGNORE).all()  # image tokens never scored
+    assert (labels[batch["attention_mask"] == 0] == IGNORE).all()  # padding never scored
+    for row, item in enumerate(items):
+        answer = encoder.answer_ids(item.answer)
+        scored = labels[row][labels[row] != IGNORE].tolist()
+        assert scored == answer  # exactly the answer (and its end token), nothing of the prompt
+        assert ids[row, -len(answer):].tolist() == answer
+    assert (ids[:, :1] == pad_id).any()  # left padding in a mixed-length batch
+
+
+def test_vqa_batch_has_one_image_per_vqa_item(benchmark, tiny_vlm):
+    for family in ("llava", "qwen2.5-vl"):
+        vlm = tiny_vlm(family)
+        encoder = Encoder(vlm)
+        vqa = [i for i in benchmark.eval_splits["forget"] if i.modality == "vqa"][:3]
+        qa = [i for i in benchmark.eval_splits["forget"] if i.modality == "qa"][:3]
+        batch = encoder.batch(vqa + qa, train=False)
+        image_token = vlm.adapter.image_placeholder
+        image_id = vlm.tokenizer.convert_tokens_to_ids(image_token)
+        has_image = (batch["input_ids"] == image_id).any(dim=1)
+        assert has_image.tolist() == [True] * 3 + [False] * 3
+        with torch.no_grad():
+            assert vlm.model(**batch).logits.shape[0] == 6

@@ -1,0 +1,120 @@
+import json
+
+import pyarrow.parquet as pq
+import pytest
+
+from mllm_unlearn.data import BenchmarkFormatError, WorldConfig, generate_world, load_mllmu
+from mllm_unlearn.data.synthetic import ATTRIBUTES
+
+CONFIGS = ["Full_Set", "forget_5", "forget_10", "forget_15", "retain_95", "retain_90", "retain_85", "Test_Set",
+           "Retain_Set", "ft_Data"]
+
+
+def test_layout_and_columns_follow_mllmu_bench(world_dir):
+    for config in CONFIGS:
+        files = list((world_dir / config).glob("*.parquet"))
+        assert files, config
+    full = pq.read_table(next((world_dir / "Full_Set").glob("*.parquet"))).to_pylist()
+    row = full[0]
+    for column in ("ID", "image", "biography", "Classification_Task", "Generation_Task", "Mask_Task"):
+        assert column in row
+    question = row["Classification_Task"]["Image_Textual_Questions"][0]
+    assert set(question["Options"]) == {"A", "B", "C", "D"}
+    assert question["Correct_Answer"] in "ABCD"
+    assert row["image"]["bytes"][:4] == b"\x89PNG"
+    test = pq.read_table(next((world_dir / "Test_Set").glob("*.parquet"))).to_pylist()
+    assert isinstance(test[0]["images"], list) and len(test[0]["images"]) >= 2
+    ft = pq.read_table(next((world_dir / "ft_Data").glob("*.parquet"))).to_pylist()
+    pairs = json.loads(ft[0]["metadata"])
+    assert {"Question", "Answer"} <= set(pairs[0])
+
+
+def test_forget_and_retain_partition_the_full_set(world_dir):
+    def ids(config):
+        return {r["ID"] for r in pq.read_table(next((world_dir / config).glob("*.parquet"))).to_pylist()}
+
+    full = ids("Full_Set")
+    for pct in (5, 10, 15):
+        forget, retain = ids(f"forget_{pct}"), ids(f"retain_{100 - pct}")
+        assert forget and not forget & retain and forget | retain == full
+    assert ids("forget_5") <= ids("forget_10") <= ids("forget_15")
+
+
+def test_default_world_size_and_facts():
+    config = WorldConfig()
+    assert config.fictitious >= 100 and config.real_world >= 30
+    assert len(ATTRIBUTES) >= 4
+    for spec in ATTRIBUTES.values():
+        assert len(spec["train"]) >= 3 and spec["test"]
+        assert not set(spec["train"]) & set(spec["test"])
+
+
+def test_test_split_phrasings_are_never_trained(benchmark):
+    trained = {i.question for i in benchmark.finetune_train}
+    tested = {i.question for i in benchmark.eval_splits["test"] if i.task == "mcq"}
+    assert tested and not tested & trained
+
+
+def test_loader_builds_items_per_split_modality_task(benchmark):
+    assert set(benchmark.eval_splits) == {"forget", "test", "retain", "real_world"}
+    forget_people = {i.person_id for i in benchmark.eval_splits["forget"]}
+    assert forget_people == set(benchmark.forget_ids)
+    assert {i.person_id for i in benchmark.eval_splits["test"]} == forget_people
+    for split in benchmark.eval_splits.values():
+        assert {(i.modality, i.task) for i in split} == {(m, t) for m in ("vqa", "qa") for t in ("mcq", "cloze", "generation")}
+        assert all((i.image is None) == (i.modality == "qa") for i in split)
+    assert {i.person_id for i in benchmark.forget_train} == forget_people
+    assert not {i.person_id for i in benchmark.retain_train} & forget_people
+    qa = [i for i in benchmark.eval_splits["forget"] if i.modality == "qa" and i.task == "mcq"]
+    assert all("this person" not in i.question for i in qa)  # text-only questions name the person
+
+
+def test_generation_is_deterministic(tmp_path):
+    a = generate_world(tmp_path / "a", WorldConfig(fictitious=20, real_world=2, seed=3))
+    b = generate_world(tmp_path / "b", WorldConfig(fictitious=20, real_world=2, seed=3))
+    for config in ("Full_Set", "forget_10", "Test_Set"):
+        ta = pq.read_table(next((a / config).glob("*.parquet")))
+        tb = pq.read_table(next((b / config).glob("*.parquet")))
+        assert ta.equals(tb)
+
+
+def test_missing_config_names_it(tmp_path, world_dir):
+    import shutil
+
+    broken = tmp_path / "broken"
+    shutil.copytree(world_dir, broken)
+    shutil.rmtree(broken / "Test_Set")
+    with pytest.raises(BenchmarkFormatError, match="Test_Set"):
+        load_mllmu(broken)
+
+
+def test_missing_column_names_config_and_column(tmp_path, world_dir):
+    import shutil
+
+    broken = tmp_path / "broken"
+    shutil.copytree(world_dir, broken)
+    file = next((broken / "forget_10").glob("*.parquet"))
+    table = pq.read_table(file)
+    pq.write_table(table.drop(["Classification_Task"]), file)
+    with pytest.raises(BenchmarkFormatError, match=r"forget_10.*Classification_Task"):
+        load_mllmu(broken)
+
+
+def test_malformed_nested_field_names_row_and_field(tmp_path, world_dir):
+    import shutil
+
+    import pyarrow as pa
+
+    broken = tmp_path / "broken"
+    shutil.copytree(world_dir, broken)
+    file = next((broken / "retain_90").glob("*.parquet"))
+    rows = pq.read_table(file).to_pylist()
+    del rows[1]["Classification_Task"]["Pure_Text_Questions"][0]["Options"]["C"]
+    pq.write_table(pa.Table.from_pylist(rows), file)
+    with pytest.raises(BenchmarkFormatError, match=r"row 1.*Pure_Text_Questions.0.Options"):
+        load_mllmu(broken)
+
+
+def test_not_a_directory():
+    with pytest.raises(BenchmarkFormatError, match="does not exist"):
+        load_mllmu("/nonexistent/benchmark")
