@@ -1,0 +1,61 @@
+"""The whole job through the Python API and the CLI, on a small world."""
+import json
+from dataclasses import replace
+
+import pytest
+from typer.testing import CliRunner
+
+from mllm_unlearn.cli import app
+from mllm_unlearn.eval import EvalConfig
+from mllm_unlearn.methods import MethodConfig
+from mllm_unlearn.pipeline import RunConfig, run_pipeline
+from mllm_unlearn.training import InjectionConfig
+
+from .conftest import SMALL_SIZE, SMALL_WORLD
+
+
+def small_run(tmp_path, cache: str, name: str = "r") -> RunConfig:
+    return RunConfig(
+        name=name, world=SMALL_WORLD, size=SMALL_SIZE, runs_dir=str(tmp_path / "runs"), cache_dir=str(tmp_path / cache),
+        injection=InjectionConfig(pretrain_epochs=2, finetune_epochs=3), device="cpu",
+        method_cfg=MethodConfig(max_steps=3, batch_size=8, progress=False),
+        eval=EvalConfig(max_items_per_group=6, max_new_tokens=6, progress=False), progress=False,
+    )
+
+
+def test_same_seed_gives_identical_figures_and_cache_skips_injection(tmp_path):
+    first = run_pipeline(small_run(tmp_path, "cache_a", "a"))
+    second = run_pipeline(small_run(tmp_path, "cache_b", "b"))  # separate cache: trains again from scratch
+    assert "knowledge injection" in first["cost"]["wall_time_s"]
+    assert first["vanilla"]["figures"] == second["vanilla"]["figures"]
+    assert first["unlearned"]["figures"] == second["unlearned"]["figures"]
+    assert first["vanilla"]["predictions"] == second["vanilla"]["predictions"]
+
+    again = run_pipeline(small_run(tmp_path, "cache_a", "c"))  # same cache: the vanilla model is reused
+    assert "knowledge injection" not in again["cost"]["wall_time_s"]
+    assert "load vanilla model" in again["cost"]["wall_time_s"]
+    assert again["vanilla"]["figures"] == first["vanilla"]["figures"]
+
+    run_dir = tmp_path / "runs" / "a"
+    saved = json.loads((run_dir / "results.json").read_text())
+    assert saved["config"]["seed"] == 0 and saved["config"]["versions"]["transformers"]
+    assert saved["unlearned"]["predictions"] and "image_swap" in saved["vanilla"]["diagnostics"]
+    report = (run_dir / "report.md").read_text()
+    assert "| Forget | VQA (image + text) |" in report and "→" in report
+    assert (run_dir / "edit" / "weights.safetensors").is_file()
+
+
+def test_cli_rejects_unknown_method_clearly(tmp_path):
+    result = CliRunner().invoke(app, ["run", "--method", "nope", "--runs-dir", str(tmp_path)])
+    assert result.exit_code == 2
+    assert "unknown method 'nope'" in result.output
+
+
+def test_cli_lists_methods():
+    result = CliRunner().invoke(app, ["methods"])
+    assert result.exit_code == 0 and "ga" in result.output and "graddiff" in result.output
+
+
+def test_unknown_family_is_named(tmp_path):
+    with pytest.raises(ValueError, match="unknown model family 'gpt'"):
+        run_pipeline(replace(small_run(tmp_path, "c"), family="gpt"))
