@@ -35,6 +35,13 @@ def test_end_to_end_on_family(family, benchmark, tiny_vlm, tmp_path):
     edit = get_method("ga").unlearn(vlm, benchmark.forget_train, benchmark.retain_train,
                                     MethodConfig(max_steps=2, batch_size=4, progress=False))
     assert edit.changed_parameters > 0
+    probe = Encoder(vlm).batch(benchmark.eval_splits["forget"][:4], train=False)
+    with torch.no_grad():
+        original = vlm.model(**probe).logits
+        with edit.applied(vlm):
+            unlearned = vlm.model(**probe).logits
+        assert not torch.equal(original, unlearned)  # the edit carries the trained weights
+        assert torch.equal(vlm.model(**probe).logits, original)  # and the model was handed back unchanged
 
     vlm.save(tmp_path / "ckpt")
     assert adapter_for_checkpoint(tmp_path / "ckpt") is adapter

@@ -17,7 +17,8 @@ class WeightDelta(Edit):
     kind = "weight_delta"
 
     def __init__(self, tensors: dict[str, torch.Tensor], meta: dict[str, Any] | None = None):
-        self.tensors = {name: t.detach().cpu().contiguous() for name, t in tensors.items()}
+        # Own copies: a view of a live parameter would change when the model is restored.
+        self.tensors = {name: t.detach().to("cpu", copy=True).contiguous() for name, t in tensors.items()}
         self.meta = dict(meta or {})
 
     @classmethod
