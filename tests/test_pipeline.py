@@ -17,7 +17,7 @@ from .conftest import SMALL_SIZE, SMALL_WORLD
 def small_run(tmp_path, cache: str, name: str = "r") -> RunConfig:
     return RunConfig(
         name=name, world=SMALL_WORLD, size=SMALL_SIZE, runs_dir=str(tmp_path / "runs"), cache_dir=str(tmp_path / cache),
-        injection=InjectionConfig(pretrain_epochs=2, finetune_epochs=3), device="cpu",
+        injection=InjectionConfig(pretrain_epochs=2, finetune_epochs=3, skill_max_steps=10), device="cpu",
         method_cfg=MethodConfig(max_steps=3, batch_size=8, progress=False),
         eval=EvalConfig(max_items_per_group=6, max_new_tokens=6, progress=False), progress=False,
     )
@@ -59,3 +59,14 @@ def test_cli_lists_methods():
 def test_unknown_family_is_named(tmp_path):
     with pytest.raises(ValueError, match="unknown model family 'gpt'"):
         run_pipeline(replace(small_run(tmp_path, "c"), family="gpt"))
+
+
+@pytest.mark.parametrize("method,extra", [("kl", {}), ("npo", {"beta": 0.2}), ("rmu", {"layer": 1})])
+def test_every_gradient_method_runs_through_the_pipeline(tmp_path_factory, method, extra):
+    base = tmp_path_factory.getbasetemp()  # one vanilla cache shared by the three runs
+    cfg = small_run(base, "cache_methods", method)
+    cfg = replace(cfg, method=method, method_cfg=replace(cfg.method_cfg, extra=extra),
+                  eval=replace(cfg.eval, tasks=("mcq",)))
+    results = run_pipeline(cfg)
+    assert results["edit"]["steps"] == 3 and results["config"]["method_config"]["extra"] == extra
+    assert (base / "runs" / method / "report.md").is_file()

@@ -11,6 +11,22 @@ import typer
 app = typer.Typer(add_completion=False, help="Make a multimodal LLM forget chosen knowledge, and measure it.")
 
 
+def parse_options(options: list[str]) -> dict[str, object]:
+    """``KEY=VALUE`` pairs; values are read as JSON when they parse (numbers, booleans), else as text."""
+    import json
+
+    parsed: dict[str, object] = {}
+    for text in options:
+        key, sep, value = text.partition("=")
+        if not sep or not key.strip():
+            raise ValueError(f"--option {text!r}: expected KEY=VALUE")
+        try:
+            parsed[key.strip()] = json.loads(value)
+        except json.JSONDecodeError:
+            parsed[key.strip()] = value
+    return parsed
+
+
 @app.command()
 def run(
     name: str = typer.Option("default", help="Run name: results go to RUNS_DIR/NAME/."),
@@ -23,6 +39,8 @@ def run(
     epochs: Optional[int] = typer.Option(None, help="Unlearning epochs over the forget set."),
     max_steps: Optional[int] = typer.Option(None, help="Stop unlearning after this many steps."),
     lora: bool = typer.Option(False, help="Unlearn through LoRA adapters (merged into the edit)."),
+    option: list[str] = typer.Option([], "--option", "-o",
+                                     help="Method-specific option KEY=VALUE, repeatable (e.g. -o beta=0.2 for npo)."),
     scorer: str = typer.Option("likelihood", help="Classification scorer: likelihood or generate (MLLMU-Bench's)."),
     few_shot: int = typer.Option(0, help="Few-shot demonstration people per split."),
     tasks: str = typer.Option("mcq,cloze,generation", help="Comma-separated tasks to evaluate."),
@@ -52,6 +70,7 @@ def run(
         method_cfg = method_defaults(method, seed=seed)
         overrides = {k: v for k, v in {"lr": lr, "epochs": epochs, "max_steps": max_steps}.items() if v is not None}
         method_cfg = replace(method_cfg, progress=not quiet, lora=LoraOptions() if lora else None, **overrides)
+        method_cfg.extra.update(parse_options(option))
         eval_cfg = EvalConfig(scorer=scorer, few_shot=few_shot, tasks=tuple(t.strip() for t in tasks.split(",") if t.strip()),
                               seed=seed, progress=not quiet)
         cfg = RunConfig(name=name, family=family, model=str(model) if model else None,

@@ -45,9 +45,24 @@ def atomic_directory(path: str | Path) -> Iterator[Path]:
     tmp = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}.tmp-"))
     try:
         yield tmp
-        if path.exists():
-            shutil.rmtree(path)
-        os.replace(tmp, path)
+        # Move an old version aside (one atomic rename) rather than deleting it in place, so a
+        # concurrent reader or writer never sees a half-deleted directory under ``path``.
+        old = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}.old-"))
+        try:
+            for attempt in range(5):
+                if path.exists():
+                    try:
+                        os.replace(path, old / f"previous-{attempt}")
+                    except FileNotFoundError:  # another writer moved it first
+                        pass
+                try:
+                    os.replace(tmp, path)
+                    break
+                except OSError:  # another writer installed its version in between: go again
+                    if attempt == 4:
+                        raise
+        finally:
+            shutil.rmtree(old, ignore_errors=True)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise

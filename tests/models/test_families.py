@@ -21,7 +21,7 @@ def test_end_to_end_on_family(family, benchmark, tiny_vlm, tmp_path):
     assert vlm.model.get_submodule(lm_sites[0].module_path).in_features == 128
     assert adapter.projector(vlm.model) is not None
 
-    history = inject_knowledge(vlm, benchmark, InjectionConfig(pretrain_epochs=1, finetune_epochs=1), progress=False)
+    history = inject_knowledge(vlm, benchmark, InjectionConfig(pretrain_epochs=1, finetune_epochs=1, skill_max_steps=4), progress=False)
     stage = history["finetune (benchmark people)"]
     assert stage["steps"] > 0 and stage["last_loss"] < history["pretrain (real-world people)"]["first_loss"]
 

@@ -42,6 +42,13 @@ class MethodConfig:
 class Method(ABC):
     name: ClassVar[str]
     uses_retain: ClassVar[bool] = False
+    option_names: ClassVar[tuple[str, ...]] = ()  # keys this method reads from ``MethodConfig.extra``
+
+    def check_options(self, cfg: MethodConfig) -> None:
+        unknown = sorted(set(cfg.extra) - set(self.option_names))
+        if unknown:
+            known = ", ".join(self.option_names) or "none"
+            raise ValueError(f"{self.name}: unknown option(s) {', '.join(unknown)}; this method's options: {known}")
 
     @abstractmethod
     def unlearn(self, vlm: VLM, forget: Sequence[Item], retain: Sequence[Item], cfg: MethodConfig) -> Edit:
@@ -57,7 +64,7 @@ def register_method(cls: type[Method]) -> type[Method]:
 
 
 def get_method(name: str) -> Method:
-    from . import ga, graddiff  # noqa: F401  (registration side effect)
+    from . import ga, graddiff, kl, npo, rmu  # noqa: F401  (registration side effect)
 
     if name not in METHODS:
         raise ValueError(f"unknown method {name!r}; available: {', '.join(sorted(METHODS))}")
@@ -65,13 +72,16 @@ def get_method(name: str) -> Method:
 
 
 def available_methods() -> list[str]:
-    from . import ga, graddiff  # noqa: F401  (registration side effect)
+    from . import ga, graddiff, kl, npo, rmu  # noqa: F401  (registration side effect)
 
     return sorted(METHODS)
 
 
 class GradientMethod(Method):
     """Methods that differ only in their loss on a batch ``{"forget": ..., "retain": ...}``."""
+
+    def needs_retain(self, cfg: MethodConfig) -> bool:
+        return self.uses_retain
 
     @abstractmethod
     def loss(self, model: torch.nn.Module, batch: dict[str, dict[str, torch.Tensor]], cfg: MethodConfig) -> torch.Tensor:
@@ -80,23 +90,37 @@ class GradientMethod(Method):
     def trainable(self, vlm: VLM, cfg: MethodConfig) -> Callable[[str, torch.nn.Parameter], bool] | None:
         return None  # everything
 
+    def prepare(self, vlm: VLM, forget: Sequence[Item], retain: Sequence[Item], cfg: MethodConfig,
+                encoder: Encoder) -> None:
+        """Runs before training on the untouched model (frozen references, precomputed targets)."""
+
+    def cleanup(self) -> None:
+        """Drops what ``prepare`` built (a frozen model copy, say) once training is over."""
+
     def unlearn(self, vlm: VLM, forget: Sequence[Item], retain: Sequence[Item], cfg: MethodConfig) -> Edit:
+        self.check_options(cfg)
         if not forget:
             raise ValueError(f"{self.name}: the forget set is empty")
-        if self.uses_retain and not retain:
+        uses_retain = self.needs_retain(cfg)
+        if uses_retain and not retain:
             raise ValueError(f"{self.name}: needs retain data, but the retain set is empty")
         encoder = Encoder(vlm)
         rng = random.Random(cfg.seed)
         # Each forget item is paired with a random retain item (anchored on forget).
-        pairs = [(f, retain[rng.randrange(len(retain))] if self.uses_retain else None) for f in forget]
+        pairs = [(f, retain[rng.randrange(len(retain))] if uses_retain else None) for f in forget]
+
+        index_of = {id(f): k for k, f in enumerate(forget)}
 
         def collate(batch: list[tuple[Item, Item | None]]) -> dict[str, Any]:
-            out = {"forget": _to(encoder.batch([f for f, _ in batch], train=True), vlm.device)}
-            if self.uses_retain:
+            out: dict[str, Any] = {"forget": _to(encoder.batch([f for f, _ in batch], train=True), vlm.device)}
+            # Positions in ``forget``, so losses can look up values ``prepare`` computed per item.
+            out["forget_index"] = torch.tensor([index_of[id(f)] for f, _ in batch], device=vlm.device)
+            if uses_retain:
                 out["retain"] = _to(encoder.batch([r for _, r in batch], train=True), vlm.device)
             return out
 
         before = {name: p.detach().cpu().clone() for name, p in vlm.model.named_parameters()}
+        self.prepare(vlm, forget, retain, cfg, encoder)
         train_cfg = TrainConfig(lr=cfg.lr, epochs=cfg.epochs, max_steps=cfg.max_steps, batch_size=cfg.batch_size,
                                 schedule=cfg.schedule, warmup_ratio=cfg.warmup_ratio, seed=cfg.seed, lora=cfg.lora,
                                 progress=cfg.progress)
@@ -106,11 +130,35 @@ class GradientMethod(Method):
             edit = WeightDelta.from_models(before, vlm.model, meta={
                 "method": self.name, "config": cfg.to_dict(), "steps": result.steps, "losses": result.losses})
         finally:
+            self.cleanup()
             # The method hands back an edit; the model itself is left as it was given.
             with torch.no_grad():
                 for name, param in vlm.model.named_parameters():
                     param.copy_(before[name].to(param.device))
         return edit
+
+
+def frozen_copy(model: torch.nn.Module) -> torch.nn.Module:
+    """A frozen, eval-mode copy of ``model`` (the reference of KL-style losses)."""
+    import copy
+
+    reference = copy.deepcopy(model).eval()
+    reference.requires_grad_(False)
+    return reference
+
+
+@torch.no_grad()
+def answer_logprobs(model: torch.nn.Module, items: Sequence[Item], encoder: Encoder, batch_size: int) -> torch.Tensor:
+    """Summed answer log-probability of each item under ``model``: shape (len(items),), fp32."""
+    from ..training.losses import sequence_logprob
+
+    was_training = model.training
+    model.eval()
+    device = next(model.parameters()).device
+    values = [sequence_logprob(model, _to(encoder.batch(items[k:k + batch_size], train=True), device)).float()
+              for k in range(0, len(items), batch_size)]
+    model.train(was_training)
+    return torch.cat(values)
 
 
 def _to(batch: dict[str, torch.Tensor], device: torch.device) -> dict[str, torch.Tensor]:

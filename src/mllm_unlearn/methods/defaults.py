@@ -8,9 +8,13 @@ from .base import MethodConfig, get_method
 TINY_DEFAULTS: dict[str, dict] = {
     "ga": {"lr": 2e-4, "epochs": 1},
     "graddiff": {"lr": 2e-4, "epochs": 2, "retain_weight": 1.0},
+    "kl": {"lr": 2e-4, "epochs": 2, "retain_weight": 1.0},
+    "npo": {"lr": 2e-4, "epochs": 2, "extra": {"beta": 0.4, "reference": "vanilla"}},
 }
 
 
 def method_defaults(name: str, seed: int = 0) -> MethodConfig:
     get_method(name)  # a clear error for an unknown name
-    return MethodConfig(seed=seed, **TINY_DEFAULTS.get(name, {}))
+    import copy
+
+    return MethodConfig(seed=seed, **copy.deepcopy(TINY_DEFAULTS.get(name, {})))

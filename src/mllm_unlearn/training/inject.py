@@ -25,9 +25,24 @@ from .losses import sequence_nll
 class InjectionConfig:
     lr: float = 1e-3
     batch_size: int = 16
-    pretrain_epochs: int = 20
+    # Stage 0: the multiple-choice letter skill, learned on a few people first. Trained from
+    # scratch on 30+ people at once, the skill emerges late or not at all (recall and option
+    # matching must both work before the letter gets any signal); on ~8 people it emerges in
+    # a few hundred steps and then carries over to new people. The stage stops once MCQ
+    # accuracy on fresh renderings of its people reaches ``skill_target`` (or at the step cap).
+    skill_people: int = 8
+    skill_max_steps: int = 2000
+    skill_target: float = 0.9
+    skill_check_every: int = 100
+    pretrain_epochs: int = 48
     finetune_epochs: int = 40
-    mcq_variants: int = 1  # multiple-choice renderings per QA pair and epoch (0: open QA only)
+    # How many copies of each training pair go into each stage's sampling pool, per form:
+    # "qa" (open question, MLLMU-Bench's ft_Data as is), "mcq" (a multiple-choice rendering
+    # with options drawn afresh each time) and "context-mcq" (the same, with the answer
+    # sentence stated before the question: it exercises option matching on its own).
+    # Real checkpoints already answer multiple-choice questions and may use {"qa": 1} alone.
+    pretrain_forms: dict[str, int] = field(default_factory=lambda: {"qa": 1, "mcq": 1, "context-mcq": 1})
+    finetune_forms: dict[str, int] = field(default_factory=lambda: {"qa": 1, "mcq": 1, "context-mcq": 0})
     replay_fraction: float = 0.25  # share of stage-2 samples drawn from stage-1 data
     warmup_ratio: float = 0.05
     seed: int = 0
@@ -35,6 +50,10 @@ class InjectionConfig:
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
+
+
+FORMS = ("qa", "mcq", "context-mcq")
+SKILL_FORMS = {"qa": 1, "mcq": 1, "context-mcq": 1}
 
 
 class McqRenderer:
@@ -55,12 +74,13 @@ class McqRenderer:
     def renderable(self, item: Item) -> bool:
         return len(self.pools.get(item.meta.get("Attribute", ""), ())) >= 4
 
-    def __call__(self, item: Item) -> Item:
+    def __call__(self, item: Item, with_context: bool = False) -> Item:
         value = item.meta["Value"]
         others = [v for v in self.pools[item.meta["Attribute"]] if v != value]
         options = [value] + self.rng.sample(others, 3)
         self.rng.shuffle(options)
-        return Item(item.person_id, item.split, item.modality, "mcq", item.question, OPTION_KEYS[options.index(value)],
+        question = f"{item.answer} {item.question}" if with_context else item.question
+        return Item(item.person_id, item.split, item.modality, "mcq", question, OPTION_KEYS[options.index(value)],
                     item.image, dict(zip(OPTION_KEYS, options)), item.image_key, dict(item.meta))
 
 
@@ -77,22 +97,31 @@ def inject_knowledge(vlm: VLM, benchmark: Benchmark, cfg: InjectionConfig | None
     renderer = McqRenderer(list(benchmark.pretrain_train) + list(benchmark.finetune_train), cfg.seed)
 
     def collate(batch: list[tuple[str, Item]]) -> dict:
-        items = [renderer(item) if form == "mcq" else item for form, item in batch]
+        items = [item if form == "qa" else renderer(item, with_context=form == "context-mcq") for form, item in batch]
         return {k: v.to(vlm.device) for k, v in encoder.batch(items, train=True).items()}
 
-    def pool_of(items: Sequence[Item]) -> list[tuple[str, Item]]:
-        mcq = [("mcq", i) for i in items if renderer.renderable(i)] * cfg.mcq_variants
-        return [("qa", i) for i in items] + mcq
+    def pool_of(items: Sequence[Item], forms: dict[str, int]) -> list[tuple[str, Item]]:
+        unknown = set(forms) - set(FORMS)
+        if unknown:
+            raise ValueError(f"injection forms {sorted(unknown)} are unknown; forms are {FORMS}")
+        renderable = [i for i in items if renderer.renderable(i)]
+        pool = [("qa", i) for i in items] * forms.get("qa", 0)
+        for form in ("mcq", "context-mcq"):
+            pool += [(form, i) for i in renderable] * forms.get(form, 0)
+        return pool
 
     def loss(model: Any, batch: dict) -> Any:
         return sequence_nll(model, batch).mean()
 
     history: dict[str, Any] = {}
+    if cfg.skill_people > 0 and (cfg.pretrain_forms.get("mcq") or cfg.finetune_forms.get("mcq")):
+        history["skill (multiple choice, few people)"] = _skill_stage(vlm, benchmark, cfg, renderer, collate, pool_of,
+                                                                       loss, progress)
     stages = []
     pre = list(benchmark.pretrain_train)
-    pre_pool = pool_of(pre)
+    pre_pool = pool_of(pre, cfg.pretrain_forms)
     fine = list(benchmark.finetune_train)
-    fine_pool = pool_of(fine)
+    fine_pool = pool_of(fine, cfg.finetune_forms)
     if pre_pool and cfg.pretrain_epochs:
         stages.append(("pretrain (real-world people)", pre_pool, 2 * _facts(pre), cfg.pretrain_epochs))
     if fine_pool and cfg.finetune_epochs:
@@ -111,6 +140,37 @@ def inject_knowledge(vlm: VLM, benchmark: Benchmark, cfg: InjectionConfig | None
         result = train(vlm.model, pool, collate, loss, train_cfg, description=f"inject: {name}")
         history[name] = {"steps": result.steps, "first_loss": result.losses[0], "last_loss": result.losses[-1]}
     return history
+
+
+def _skill_stage(vlm: VLM, benchmark: Benchmark, cfg: InjectionConfig, renderer: McqRenderer, collate: Any,
+                 pool_of: Any, loss: Any, progress: bool) -> dict[str, Any]:
+    import torch
+
+    from ..eval.evaluator import EvalConfig, Evaluator
+
+    source = list(benchmark.pretrain_train) or list(benchmark.finetune_train)
+    people = sorted({i.person_id for i in source})[: cfg.skill_people]
+    items = [i for i in source if i.person_id in set(people) and renderer.renderable(i)]
+    if not items:
+        return {"steps": 0, "skipped": "no multiple-choice-renderable items"}
+    pool = pool_of(items, SKILL_FORMS)
+    probe_rng = random.Random(cfg.seed + 7)
+    probe = [renderer(i) for i in probe_rng.sample(items, min(len(items), 160))]
+    evaluator = Evaluator(vlm, EvalConfig(progress=False))
+    accuracies: list[tuple[int, float]] = []
+
+    def reached(step: int) -> bool:
+        with torch.no_grad():
+            records = evaluator.score_group(probe, "mcq")
+        accuracies.append((step, sum(r["correct"] for r in records) / len(records)))
+        return accuracies[-1][1] >= cfg.skill_target
+
+    train_cfg = TrainConfig(lr=cfg.lr, max_steps=cfg.skill_max_steps, batch_size=cfg.batch_size, schedule="constant",
+                            warmup_ratio=cfg.warmup_ratio, seed=cfg.seed + 100, lora=cfg.lora, progress=progress)
+    result = train(vlm.model, pool, collate, loss, train_cfg, description="inject: multiple-choice skill",
+                   stop_check=reached, check_every=cfg.skill_check_every)
+    return {"steps": result.steps, "people": len(people), "first_loss": result.losses[0],
+            "last_loss": result.losses[-1], "mcq_accuracy": accuracies}
 
 
 def injection_cache_key(family: str, size: dict[str, Any], benchmark_key: str, cfg: InjectionConfig) -> str:

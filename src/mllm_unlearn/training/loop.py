@@ -46,6 +46,7 @@ class TrainConfig:
 class TrainResult:
     losses: list[float] = field(default_factory=list)
     steps: int = 0
+    stopped_early: bool = False
 
 
 class ListDataset(Dataset):
@@ -86,10 +87,13 @@ def train(
     parameters: Callable[[str, torch.nn.Parameter], bool] | None = None,
     description: str = "training",
     device: torch.device | None = None,
+    stop_check: Callable[[int], bool] | None = None,
+    check_every: int = 100,
 ) -> TrainResult:
     """Optimise ``loss_fn`` over ``examples`` in place on ``model``.
 
-    ``parameters(name, param)`` selects what is trained (default: everything). With
+    ``stop_check(step)``, called every ``check_every`` steps (model in eval mode), ends
+    training early when it returns True. ``parameters(name, param)`` selects what is trained (default: everything). With
     ``cfg.lora`` the model is wrapped with peft, trained, and the adapters merged back,
     so callers always get a plain model.
     """
@@ -143,6 +147,13 @@ def train(
                 result.steps += 1
                 bar.update(1)
                 bar.set_postfix(loss=f"{value:.4f}")
+                if stop_check is not None and result.steps % check_every == 0:
+                    model.eval()
+                    stop = stop_check(result.steps)
+                    model.train()
+                    if stop:
+                        result.stopped_early = True
+                        total = result.steps
                 if result.steps >= total:
                     break
     finally:

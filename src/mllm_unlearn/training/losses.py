@@ -41,3 +41,28 @@ def sequence_logprob(model: torch.nn.Module, batch: dict[str, torch.Tensor]) -> 
     logits = model(**model_inputs(batch)).logits
     nll, _ = token_nll(logits, batch["labels"])
     return -nll.sum(dim=1)
+
+
+def answer_kl(reference_logits: torch.Tensor, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """KL(p_reference || p_model) per sequence, averaged over its answer tokens only: shape (B,).
+
+    Prompt, image and padding positions (label -100) are excluded; the research code sums
+    the KL over every position of the (B, T, V) tensor and divides by B.
+    """
+    mask = labels[:, 1:] != IGNORE
+    ref = torch.log_softmax(reference_logits[:, :-1].float(), dim=-1)
+    cur = torch.log_softmax(logits[:, :-1].float(), dim=-1)
+    per_token = (ref.exp() * (ref - cur)).sum(dim=-1) * mask
+    counts = mask.sum(dim=1)
+    if (counts == 0).any():
+        raise ValueError("a training sequence has no answer token (was its answer truncated or empty?)")
+    return per_token.sum(dim=1) / counts
+
+
+def npo_loss(logprob: torch.Tensor, reference_logprob: torch.Tensor, beta: float) -> torch.Tensor:
+    """NPO per sequence: -(2/beta) * log sigmoid(-beta * (log p_model - log p_reference)), shape (B,).
+
+    ``logprob`` are summed answer log-probabilities per sequence (the original NPO's
+    sequence likelihood), not a batch-level token mean.
+    """
+    return -(2.0 / beta) * F.logsigmoid(-beta * (logprob - reference_logprob))

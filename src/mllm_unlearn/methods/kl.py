@@ -1,0 +1,44 @@
+"""KL minimisation: ascend on forget, descend on retain, and keep the retain answers'
+next-token distributions close to the frozen vanilla model's:
+L = -NLL_f + lambda * (NLL_r + KL(p_vanilla || p_model) on retain answer tokens).
+"""
+from __future__ import annotations
+
+from typing import Sequence
+
+import torch
+
+from ..data.collate import Encoder
+from ..data.items import Item
+from ..models.base import VLM
+from ..training.losses import answer_kl, model_inputs, sequence_nll, token_nll
+from .base import GradientMethod, MethodConfig, frozen_copy, register_method
+
+
+@register_method
+class KLMinimisation(GradientMethod):
+    name = "kl"
+    uses_retain = True
+
+    def __init__(self) -> None:
+        self.reference: torch.nn.Module | None = None
+
+    def prepare(self, vlm: VLM, forget: Sequence[Item], retain: Sequence[Item], cfg: MethodConfig,
+                encoder: Encoder) -> None:
+        self.reference = frozen_copy(vlm.model)
+
+    def cleanup(self) -> None:
+        self.reference = None
+
+    def loss(self, model: torch.nn.Module, batch: dict, cfg: MethodConfig) -> torch.Tensor:
+        if self.reference is None:
+            raise RuntimeError("kl: no reference model; prepare() was not called")
+        forget = sequence_nll(model, batch["forget"]).mean()
+        retain_batch = batch["retain"]
+        logits = model(**model_inputs(retain_batch)).logits
+        nll, mask = token_nll(logits, retain_batch["labels"])
+        retain_nll = (nll.sum(dim=1) / mask.sum(dim=1)).mean()
+        with torch.no_grad():
+            reference_logits = self.reference(**model_inputs(retain_batch)).logits
+        kl = answer_kl(reference_logits, logits, retain_batch["labels"]).mean()
+        return -forget + cfg.retain_weight * (retain_nll + kl)

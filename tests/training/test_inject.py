@@ -1,0 +1,44 @@
+"""Knowledge injection: the multiple-choice skill stage, training forms and their renderings."""
+import pytest
+
+from mllm_unlearn.data.items import OPTION_KEYS
+from mllm_unlearn.training import InjectionConfig, inject_knowledge
+from mllm_unlearn.training.inject import McqRenderer
+
+
+def test_skill_stage_stops_when_target_is_reached(benchmark, tiny_vlm):
+    cfg = InjectionConfig(skill_people=2, skill_target=0.0, skill_check_every=3, skill_max_steps=50,
+                          pretrain_epochs=0, finetune_epochs=0)
+    history = inject_knowledge(tiny_vlm(), benchmark, cfg, progress=False)
+    skill = history["skill (multiple choice, few people)"]
+    assert skill["steps"] == 3 and skill["people"] == 2
+    assert skill["mcq_accuracy"][0][0] == 3 and 0.0 <= skill["mcq_accuracy"][0][1] <= 1.0
+
+
+def test_skill_stage_runs_to_its_cap_when_target_is_not_reached(benchmark, tiny_vlm):
+    cfg = InjectionConfig(skill_people=2, skill_target=1.01, skill_check_every=2, skill_max_steps=5,
+                          pretrain_epochs=0, finetune_epochs=0)
+    skill = inject_knowledge(tiny_vlm(), benchmark, cfg, progress=False)["skill (multiple choice, few people)"]
+    assert skill["steps"] == 5 and len(skill["mcq_accuracy"]) == 2
+
+
+def test_open_qa_only_skips_the_skill_stage_and_unknown_forms_are_named(benchmark, tiny_vlm):
+    cfg = InjectionConfig(pretrain_forms={"qa": 1}, finetune_forms={"qa": 1}, pretrain_epochs=1, finetune_epochs=1)
+    history = inject_knowledge(tiny_vlm(), benchmark, cfg, progress=False)
+    assert list(history) == ["pretrain (real-world people)", "finetune (benchmark people)"]
+    with pytest.raises(ValueError, match=r"injection forms \['mcqs'\] are unknown"):
+        inject_knowledge(tiny_vlm(), benchmark, InjectionConfig(finetune_forms={"mcqs": 1}, skill_people=0), progress=False)
+
+
+def test_mcq_renderings_are_fresh_and_correct(benchmark):
+    items = [i for i in benchmark.finetune_train if "Attribute" in i.meta][:50]
+    renderer = McqRenderer(benchmark.finetune_train, seed=0)
+    orders = set()
+    for item in items:
+        for with_context in (False, True):
+            mcq = renderer(item, with_context=with_context)
+            assert mcq.task == "mcq" and mcq.answer in OPTION_KEYS
+            assert mcq.options[mcq.answer] == item.meta["Value"] and len(set(mcq.options.values())) == 4
+            assert mcq.question.startswith(item.answer) == with_context
+        orders.add(tuple(renderer(items[0]).options.values()))
+    assert len(orders) > 5  # options and order are drawn afresh every time
