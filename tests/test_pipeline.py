@@ -61,7 +61,8 @@ def test_unknown_family_is_named(tmp_path):
         run_pipeline(replace(small_run(tmp_path, "c"), family="gpt"))
 
 
-@pytest.mark.parametrize("method,extra", [("kl", {}), ("npo", {"beta": 0.2}), ("rmu", {"layer": 1})])
+@pytest.mark.parametrize("method,extra", [("kl", {}), ("npo", {"beta": 0.2}), ("rmu", {"layer": 1}),
+                                          ("mmunlearner", {"mask": "both"})])
 def test_every_gradient_method_runs_through_the_pipeline(tmp_path_factory, method, extra):
     base = tmp_path_factory.getbasetemp()  # one vanilla cache shared by the three runs
     cfg = small_run(base, "cache_methods", method)

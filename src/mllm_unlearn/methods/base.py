@@ -64,7 +64,7 @@ def register_method(cls: type[Method]) -> type[Method]:
 
 
 def get_method(name: str) -> Method:
-    from . import ga, graddiff, kl, npo, rmu  # noqa: F401  (registration side effect)
+    from . import ga, graddiff, kl, mmunlearner, npo, rmu  # noqa: F401  (registration side effect)
 
     if name not in METHODS:
         raise ValueError(f"unknown method {name!r}; available: {', '.join(sorted(METHODS))}")
@@ -72,20 +72,32 @@ def get_method(name: str) -> Method:
 
 
 def available_methods() -> list[str]:
-    from . import ga, graddiff, kl, npo, rmu  # noqa: F401  (registration side effect)
+    from . import ga, graddiff, kl, mmunlearner, npo, rmu  # noqa: F401  (registration side effect)
 
     return sorted(METHODS)
 
 
 class GradientMethod(Method):
-    """Methods that differ only in their loss on a batch ``{"forget": ..., "retain": ...}``."""
+    """Methods that differ only in their loss on a batch ``{"forget": ..., "retain": ...}``.
+
+    A method with ``phases`` (e.g. forget then retain) takes one optimizer step per phase,
+    each with its own optimizer state; ``phase_loss`` gives each phase's loss and
+    ``grad_hook`` may edit gradients (a saliency mask, say) before the update.
+    """
+
+    phases: ClassVar[tuple[str, ...]] = ()
+
+    def phase_loss(self, model: torch.nn.Module, batch: dict, cfg: MethodConfig, phase: str) -> torch.Tensor:
+        raise NotImplementedError
+
+    def grad_hook(self, phase: str) -> None:
+        """Called after backward and clipping, before the phase's optimizer step."""
 
     def needs_retain(self, cfg: MethodConfig) -> bool:
         return self.uses_retain
 
-    @abstractmethod
     def loss(self, model: torch.nn.Module, batch: dict[str, dict[str, torch.Tensor]], cfg: MethodConfig) -> torch.Tensor:
-        ...
+        raise NotImplementedError(f"{self.name}: define loss() or phases + phase_loss()")
 
     def trainable(self, vlm: VLM, cfg: MethodConfig) -> Callable[[str, torch.nn.Parameter], bool] | None:
         return None  # everything
@@ -96,6 +108,10 @@ class GradientMethod(Method):
 
     def cleanup(self) -> None:
         """Drops what ``prepare`` built (a frozen model copy, say) once training is over."""
+
+    def edit_meta(self) -> dict[str, Any]:
+        """Extra facts about the run to store with the edit (called before ``cleanup``)."""
+        return {}
 
     def unlearn(self, vlm: VLM, forget: Sequence[Item], retain: Sequence[Item], cfg: MethodConfig) -> Edit:
         self.check_options(cfg)
@@ -125,10 +141,17 @@ class GradientMethod(Method):
                                 schedule=cfg.schedule, warmup_ratio=cfg.warmup_ratio, seed=cfg.seed, lora=cfg.lora,
                                 progress=cfg.progress)
         try:
-            result = train(vlm.model, pairs, collate, lambda m, b: self.loss(m, b, cfg), train_cfg,
-                           parameters=self.trainable(vlm, cfg), description=f"unlearn: {self.name}", device=vlm.device)
+            if self.phases:
+                result = train(vlm.model, pairs, collate, lambda m, b, phase: self.phase_loss(m, b, cfg, phase), train_cfg,
+                               parameters=self.trainable(vlm, cfg), description=f"unlearn: {self.name}",
+                               device=vlm.device, phases=self.phases, grad_hook=self.grad_hook)
+            else:
+                result = train(vlm.model, pairs, collate, lambda m, b: self.loss(m, b, cfg), train_cfg,
+                               parameters=self.trainable(vlm, cfg), description=f"unlearn: {self.name}",
+                               device=vlm.device)
             edit = WeightDelta.from_models(before, vlm.model, meta={
-                "method": self.name, "config": cfg.to_dict(), "steps": result.steps, "losses": result.losses})
+                "method": self.name, "config": cfg.to_dict(), "steps": result.steps, "losses": result.losses,
+                **({"phase_losses": result.phase_losses} if self.phases else {}), **self.edit_meta()})
         finally:
             self.cleanup()
             # The method hands back an edit; the model itself is left as it was given.

@@ -47,6 +47,7 @@ class TrainResult:
     losses: list[float] = field(default_factory=list)
     steps: int = 0
     stopped_early: bool = False
+    phase_losses: dict[str, list[float]] = field(default_factory=dict)
 
 
 class ListDataset(Dataset):
@@ -89,6 +90,8 @@ def train(
     device: torch.device | None = None,
     stop_check: Callable[[int], bool] | None = None,
     check_every: int = 100,
+    phases: Sequence[str] = (),
+    grad_hook: Callable[[str], None] | None = None,
 ) -> TrainResult:
     """Optimise ``loss_fn`` over ``examples`` in place on ``model``.
 
@@ -96,6 +99,11 @@ def train(
     training early when it returns True. ``parameters(name, param)`` selects what is trained (default: everything). With
     ``cfg.lora`` the model is wrapped with peft, trained, and the adapters merged back,
     so callers always get a plain model.
+
+    ``phases`` (e.g. ``("forget", "retain")``) makes every step a sequence of optimizer steps,
+    one per phase, each with its **own** AdamW state: ``loss_fn(model, batch, phase)`` gives
+    the phase's loss and ``grad_hook(phase)`` may edit gradients before the update. Separate
+    states keep one phase's momentum from moving weights another phase masked out.
     """
     from accelerate import Accelerator
     from tqdm.auto import tqdm
@@ -116,7 +124,8 @@ def train(
             trainable.append(param)
     if not trainable:
         raise ValueError(f"{description}: no parameter selected for training")
-    optimizer = torch.optim.AdamW(trainable, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    phase_names = list(phases) or ["main"]
+    optimizers = [torch.optim.AdamW(trainable, lr=cfg.lr, weight_decay=cfg.weight_decay) for _ in phase_names]
     generator = torch.Generator().manual_seed(cfg.seed)
     dataset = ListDataset(examples)
     sampler = RandomSampler(dataset, replacement=False, num_samples=cfg.samples_per_epoch, generator=generator) \
@@ -125,24 +134,33 @@ def train(
     loader = DataLoader(dataset, batch_size=cfg.batch_size, sampler=sampler, collate_fn=collate_fn, drop_last=False)
     steps_per_epoch = math.ceil(len(sampler) / cfg.batch_size / accelerator.num_processes)
     total = cfg.max_steps or steps_per_epoch * cfg.epochs
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _lr_lambda(cfg, total))
-    model, optimizer, loader, scheduler = accelerator.prepare(model, optimizer, loader, scheduler)
+    schedulers = [torch.optim.lr_scheduler.LambdaLR(o, _lr_lambda(cfg, total)) for o in optimizers]
+    model, loader, *prepared = accelerator.prepare(model, loader, *optimizers, *schedulers)
+    optimizers, schedulers = prepared[: len(optimizers)], prepared[len(optimizers):]
     model.train()
     result = TrainResult()
     bar = tqdm(total=total, desc=description, disable=not cfg.progress or not accelerator.is_local_main_process)
     try:
         while result.steps < total:
             for batch in loader:
-                loss = loss_fn(model, batch)
-                if not torch.isfinite(loss):
-                    raise FloatingPointError(f"{description}: loss became {loss.item()} at step {result.steps}")
-                accelerator.backward(loss)
-                if cfg.grad_clip:
-                    accelerator.clip_grad_norm_(trainable, cfg.grad_clip)
-                optimizer.step()
-                scheduler.step()
-                optimizer.zero_grad(set_to_none=True)
-                value = accelerator.reduce(loss.detach(), reduction="mean").item()
+                value = 0.0
+                for phase, optimizer, scheduler in zip(phase_names, optimizers, schedulers):
+                    loss = loss_fn(model, batch, phase) if phases else loss_fn(model, batch)
+                    if not torch.isfinite(loss):
+                        where = f" ({phase} phase)" if phases else ""
+                        raise FloatingPointError(f"{description}: loss became {loss.item()} at step {result.steps}{where}; "
+                                                 "the model was left at its last finite step")
+                    accelerator.backward(loss)
+                    if cfg.grad_clip:
+                        accelerator.clip_grad_norm_(trainable, cfg.grad_clip)
+                    if grad_hook is not None:  # after clipping, as MMUnlearner's code masks clipped gradients
+                        grad_hook(phase)
+                    optimizer.step()
+                    scheduler.step()
+                    optimizer.zero_grad(set_to_none=True)
+                    phase_value = accelerator.reduce(loss.detach(), reduction="mean").item()
+                    result.phase_losses.setdefault(phase, []).append(phase_value)
+                    value += phase_value
                 result.losses.append(value)
                 result.steps += 1
                 bar.update(1)

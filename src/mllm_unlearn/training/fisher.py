@@ -1,0 +1,41 @@
+"""Diagonal empirical Fisher information, accumulated as a stream over mini-batches."""
+from __future__ import annotations
+
+from typing import Any, Callable, Iterable
+
+import torch
+
+
+def diagonal_fisher(model: torch.nn.Module, batches: Iterable[Any], loss_fn: Callable[[torch.nn.Module, Any], torch.Tensor],
+                    parameters: dict[str, torch.nn.Parameter]) -> dict[str, torch.Tensor]:
+    """Mean over mini-batches of the squared mini-batch gradient of each parameter, in fp32.
+
+    Only ``parameters`` accumulate (others get no gradient buffer); nothing but the running
+    sums is kept, so memory is one fp32 copy of the selected parameters.
+    """
+    if not parameters:
+        raise ValueError("diagonal_fisher: no parameters selected")
+    was_training = model.training
+    model.eval()
+    wanted = {id(p) for p in parameters.values()}
+    saved = {name: p.requires_grad for name, p in model.named_parameters()}
+    for p in model.parameters():
+        p.requires_grad_(id(p) in wanted)
+    sums = {name: torch.zeros_like(p, dtype=torch.float32) for name, p in parameters.items()}
+    count = 0
+    try:
+        for batch in batches:
+            model.zero_grad(set_to_none=True)
+            loss_fn(model, batch).backward()
+            for name, p in parameters.items():
+                if p.grad is not None:
+                    sums[name] += p.grad.detach().float() ** 2
+            count += 1
+    finally:
+        model.zero_grad(set_to_none=True)
+        for name, p in model.named_parameters():
+            p.requires_grad_(saved[name])
+        model.train(was_training)
+    if count == 0:
+        raise ValueError("diagonal_fisher: no batches")
+    return {name: total / count for name, total in sums.items()}

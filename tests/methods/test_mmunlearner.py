@@ -1,0 +1,71 @@
+"""MMUnlearner: saliency mask maths, Fisher accumulation, the mask restricting the update."""
+import pytest
+import torch
+
+from mllm_unlearn.methods import MethodConfig, get_method
+from mllm_unlearn.methods.mmunlearner import saliency_mask
+from mllm_unlearn.training.fisher import diagonal_fisher
+
+
+def test_saliency_mask_is_a_fisher_ratio_threshold():
+    forget = {"w": torch.tensor([2.0, 1.0, 0.0, 1e-3])}
+    preserve = {"w": torch.tensor([1.0, 2.0, 0.0, 0.0])}
+    # ratios: 2, 0.5, (1e-15/1e-15)=1, huge
+    assert saliency_mask(forget, preserve, 1.0)["w"].tolist() == [True, False, True, True]
+    assert saliency_mask(forget, preserve, 3.0)["w"].tolist() == [False, False, False, True]
+    # fp16 Fisher values are promoted to fp32 first: no 0/0 NaN, so an all-zero entry is kept.
+    half = {"w": torch.zeros(2, dtype=torch.float16)}
+    assert saliency_mask(half, half, 1.0)["w"].tolist() == [True, True]
+
+
+def test_diagonal_fisher_is_the_mean_of_squared_minibatch_gradients():
+    torch.manual_seed(0)
+    model = torch.nn.Linear(3, 1, bias=False)
+    batches = [torch.randn(4, 3) for _ in range(3)]
+    loss = lambda m, x: m(x).pow(2).mean()  # noqa: E731
+    fisher = diagonal_fisher(model, batches, loss, {"weight": model.weight})
+    expected = torch.zeros_like(model.weight)
+    for x in batches:
+        (grad,) = torch.autograd.grad(loss(model, x), model.weight)
+        expected += grad ** 2 / len(batches)
+    assert torch.allclose(fisher["weight"], expected)
+    assert model.weight.grad is None
+
+
+def test_mask_stops_any_change_to_masked_weights_and_outside_the_tower(benchmark, tiny_vlm, tmp_path):
+    vlm = tiny_vlm()
+    before = {n: p.detach().clone() for n, p in vlm.model.named_parameters()}
+    # retain_weight 0: only the masked ascent moves weights, over several AdamW steps.
+    cfg = MethodConfig(max_steps=4, batch_size=4, lr=1e-2, retain_weight=0.0, progress=False,
+                       extra={"mask": "language", "gamma": 1.0, "save_mask": str(tmp_path / "mask.safetensors")})
+    method = get_method("mmunlearner")
+    edit = method.unlearn(vlm, benchmark.forget_train, benchmark.retain_train, cfg)
+    from safetensors.torch import load_file
+
+    mask = {n: t.bool() for n, t in load_file(str(tmp_path / "mask.safetensors")).items()}
+    assert mask and all(".language_model.layers." in n for n in mask)
+    stats = edit.meta["mmunlearner"]
+    assert 0 < stats["masked_in"] < stats["mask_size"]
+    for name, new in edit.tensors.items():
+        assert name in mask, f"{name} is outside the masked tower but changed"
+        changed = new != before[name]
+        assert not (changed & ~mask[name]).any(), f"masked-out weights of {name} moved"
+    assert any((new != before[n]).any() for n, new in edit.tensors.items())
+
+    # The saved mask is reused as is, and a mask for another model is refused by name.
+    reuse = MethodConfig(max_steps=1, batch_size=4, progress=False, extra={"mask_file": str(tmp_path / "mask.safetensors")})
+    assert get_method("mmunlearner").unlearn(vlm, benchmark.forget_train, benchmark.retain_train, reuse).meta[
+        "mmunlearner"]["masked_in"] == stats["masked_in"]
+    bad = MethodConfig(max_steps=1, progress=False, extra={"mask_file": str(tmp_path / "mask.safetensors"), "mask": "vision"})
+    with pytest.raises(ValueError, match="does not fit this model"):
+        get_method("mmunlearner").unlearn(vlm, benchmark.forget_train, benchmark.retain_train, bad)
+
+
+def test_bad_options_are_named(benchmark, tiny_vlm):
+    vlm = tiny_vlm()
+    with pytest.raises(ValueError, match="mask must be one of"):
+        get_method("mmunlearner").unlearn(vlm, benchmark.forget_train, benchmark.retain_train,
+                                          MethodConfig(extra={"mask": "ears"}))
+    text_only = [i for i in benchmark.forget_train if i.modality == "qa"]
+    with pytest.raises(ValueError, match="no image \\+ question"):
+        get_method("mmunlearner").unlearn(vlm, text_only, benchmark.retain_train, MethodConfig())
