@@ -105,14 +105,18 @@ def train(
     the phase's loss and ``grad_hook(phase)`` may edit gradients before the update. Separate
     states keep one phase's momentum from moving weights another phase masked out.
     """
-    from accelerate import Accelerator
+    from accelerate import Accelerator, DistributedDataParallelKwargs
     from tqdm.auto import tqdm
 
     if not examples:
         raise ValueError(f"{description}: no training examples")
     seed_everything(cfg.seed)
     device = device or next(model.parameters()).device
-    accelerator = Accelerator(cpu=device.type == "cpu")
+    # A text-only batch leaves the vision tower unused: DDP must not wait for its gradients.
+    # Our schedule already counts per-process steps: accelerate must step it once per step,
+    # not once per process (its default), or N processes would run the schedule N times faster.
+    accelerator = Accelerator(cpu=device.type == "cpu", step_scheduler_with_optimizer=False,
+                              kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=True)])
     base_model = model
     if cfg.lora is not None:
         model = _wrap_lora(model, cfg.lora)
