@@ -38,7 +38,7 @@ class LlavaAdapter(ModelAdapter):
     def tiny_model(self, tokenizer: Any, size: TinySize) -> nn.Module:
         from transformers import CLIPVisionConfig, LlamaConfig, LlavaConfig, LlavaForConditionalGeneration
 
-        patch = size.image_size // 4  # a 4x4 grid of patches
+        patch = size.image_size // size.image_grid  # an image_grid x image_grid grid of patches
         vision = CLIPVisionConfig(
             hidden_size=size.vision_hidden,
             intermediate_size=size.vision_ffn,
@@ -79,7 +79,7 @@ class LlavaAdapter(ModelAdapter):
         return LlavaProcessor(
             image_processor=image_processor,
             tokenizer=tokenizer,
-            patch_size=size.image_size // 4,
+            patch_size=size.image_size // size.image_grid,
             vision_feature_select_strategy="default",
             num_additional_image_tokens=1,  # CLIP's class token, dropped by the "default" strategy
             chat_template=LLAVA_CHAT_TEMPLATE,

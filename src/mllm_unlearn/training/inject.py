@@ -43,6 +43,9 @@ class InjectionConfig:
     # Real checkpoints already answer multiple-choice questions and may use {"qa": 1} alone.
     pretrain_forms: dict[str, int] = field(default_factory=lambda: {"qa": 1, "mcq": 1, "context-mcq": 1})
     finetune_forms: dict[str, int] = field(default_factory=lambda: {"qa": 1, "mcq": 1, "context-mcq": 0})
+    # Copies per modality, on top of the form weights (identity from a portrait is learned
+    # more slowly than from a name).
+    modality_weights: dict[str, int] = field(default_factory=lambda: {"vqa": 1, "qa": 1})
     replay_fraction: float = 0.25  # share of stage-2 samples drawn from stage-1 data
     warmup_ratio: float = 0.05
     seed: int = 0
@@ -104,6 +107,7 @@ def inject_knowledge(vlm: VLM, benchmark: Benchmark, cfg: InjectionConfig | None
         unknown = set(forms) - set(FORMS)
         if unknown:
             raise ValueError(f"injection forms {sorted(unknown)} are unknown; forms are {FORMS}")
+        items = [i for i in items for _ in range(cfg.modality_weights.get(i.modality, 1))]
         renderable = [i for i in items if renderer.renderable(i)]
         pool = [("qa", i) for i in items] * forms.get("qa", 0)
         for form in ("mcq", "context-mcq"):
