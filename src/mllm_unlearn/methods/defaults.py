@@ -6,7 +6,7 @@ from .base import MethodConfig, get_method
 # Tuned on the built-in world with the default tiny LLaVA (forget 10%): enough ascent to
 # push forget accuracy down in both modalities without erasing everything else.
 TINY_DEFAULTS: dict[str, dict] = {
-    "ga": {"lr": 2e-4, "epochs": 1},
+    "ga": {"lr": 5e-4, "epochs": 1},
     "graddiff": {"lr": 2e-4, "epochs": 2, "retain_weight": 1.0},
     "kl": {"lr": 2e-4, "epochs": 2, "retain_weight": 1.0},
     "rmu": {"lr": 1e-3, "epochs": 2, "extra": {"steering_coeff": 2.0, "alpha": 100.0}},

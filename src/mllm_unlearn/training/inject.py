@@ -42,7 +42,7 @@ class InjectionConfig:
     # sentence stated before the question: it exercises option matching on its own).
     # Real checkpoints already answer multiple-choice questions and may use {"qa": 1} alone.
     pretrain_forms: dict[str, int] = field(default_factory=lambda: {"qa": 1, "mcq": 1, "context-mcq": 1})
-    finetune_forms: dict[str, int] = field(default_factory=lambda: {"qa": 1, "mcq": 1, "context-mcq": 0})
+    finetune_forms: dict[str, int] = field(default_factory=lambda: {"qa": 1, "mcq": 2, "context-mcq": 0})
     # Copies per modality, on top of the form weights (identity from a portrait is learned
     # more slowly than from a name).
     modality_weights: dict[str, int] = field(default_factory=lambda: {"vqa": 1, "qa": 1})
