@@ -71,3 +71,10 @@ def test_every_gradient_method_runs_through_the_pipeline(tmp_path_factory, metho
     results = run_pipeline(cfg)
     assert results["edit"]["steps"] == 3 and results["config"]["method_config"]["extra"] == extra
     assert (base / "runs" / method / "report.md").is_file()
+
+
+def test_cli_rejects_unknown_method_option_before_any_work(tmp_path):
+    result = CliRunner().invoke(app, ["run", "--method", "npo", "-o", "betta=1", "--runs-dir", str(tmp_path / "runs"),
+                                      "--cache-dir", str(tmp_path / "cache")])
+    assert result.exit_code == 2 and "unknown option(s) betta" in result.output
+    assert not (tmp_path / "cache").exists()  # failed before generating or training anything

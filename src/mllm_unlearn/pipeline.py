@@ -92,7 +92,8 @@ def versions() -> dict[str, str]:
 
 def run_pipeline(cfg: RunConfig) -> dict[str, Any]:
     """Run everything and write ``runs/<name>/results.json`` and ``report.md``; returns the results."""
-    method = get_method(cfg.method)  # fail on a bad name before any work
+    method = get_method(cfg.method)  # fail on a bad name or option before any work
+    method.check_options(cfg.method_cfg)
     run_dir = Path(cfg.runs_dir) / cfg.name
     timings: dict[str, float] = {}
 
