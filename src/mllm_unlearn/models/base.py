@@ -27,7 +27,7 @@ class TinySize:
     vision_heads: int = 2
     vision_ffn: int = 128
     image_size: int = 32
-    image_grid: int = 4  # LLaVA: patches per image side (image tokens = image_grid²)
+    image_grid: int = 2  # LLaVA: patches per image side (image tokens = image_grid²; each patch still shows the face)
     max_positions: int = 512
 
 
