@@ -8,7 +8,7 @@ from __future__ import annotations
 import random
 from abc import ABC, abstractmethod
 from dataclasses import asdict, dataclass, field
-from typing import Any, Callable, ClassVar, Sequence
+from typing import Any, Callable, ClassVar, Iterator, Sequence
 
 import torch
 
@@ -170,6 +170,13 @@ def frozen_copy(model: torch.nn.Module) -> torch.nn.Module:
     return reference
 
 
+def item_batches(items: Sequence[Item], encoder: Encoder, batch_size: int,
+                 device: torch.device) -> Iterator[dict[str, torch.Tensor]]:
+    """Training-form batches (answer labels) of ``items`` in order, on ``device``."""
+    for start in range(0, len(items), batch_size):
+        yield _to(encoder.batch(items[start:start + batch_size], train=True), device)
+
+
 @torch.no_grad()
 def answer_logprobs(model: torch.nn.Module, items: Sequence[Item], encoder: Encoder, batch_size: int) -> torch.Tensor:
     """Summed answer log-probability of each item under ``model``: shape (len(items),), fp32."""
@@ -178,8 +185,7 @@ def answer_logprobs(model: torch.nn.Module, items: Sequence[Item], encoder: Enco
     was_training = model.training
     model.eval()
     device = next(model.parameters()).device
-    values = [sequence_logprob(model, _to(encoder.batch(items[k:k + batch_size], train=True), device)).float()
-              for k in range(0, len(items), batch_size)]
+    values = [sequence_logprob(model, batch).float() for batch in item_batches(items, encoder, batch_size, device)]
     model.train(was_training)
     return torch.cat(values)
 

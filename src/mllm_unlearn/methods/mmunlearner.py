@@ -31,7 +31,7 @@ from ..interventions import Edit
 from ..models.base import VLM, _module_path
 from ..training.fisher import diagonal_fisher
 from ..training.losses import sequence_nll
-from .base import GradientMethod, MethodConfig, _to, register_method
+from .base import GradientMethod, MethodConfig, item_batches, register_method
 
 MASKS = ("language", "vision", "both")
 
@@ -98,8 +98,7 @@ class MMUnlearner(GradientMethod):
             preserve = {"language": text_qa + retain_vqa, "vision": retain_vqa}
 
             def batches(items: Sequence[Item]):
-                for start in range(0, len(items), cfg.batch_size):
-                    yield _to(encoder.batch(items[start:start + cfg.batch_size], train=True), vlm.device)
+                return item_batches(items, encoder, cfg.batch_size, vlm.device)
 
             self.mask = {}
             for tower in towers:

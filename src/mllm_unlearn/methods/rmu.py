@@ -21,7 +21,7 @@ from ..data.collate import Encoder
 from ..data.items import Item
 from ..models.base import VLM, _module_path
 from ..training.losses import model_inputs
-from .base import GradientMethod, MethodConfig, _to, frozen_copy, register_method
+from .base import GradientMethod, MethodConfig, frozen_copy, item_batches, register_method
 
 
 def _hidden(output: Any) -> torch.Tensor:
@@ -83,8 +83,7 @@ class RMU(GradientMethod):
         # Typical size of the layer's hidden states on the forget data, from the vanilla model.
         norms, squares, count = 0.0, 0.0, 0
         with torch.no_grad():
-            for start in range(0, len(forget), cfg.batch_size):
-                batch = _to(encoder.batch(forget[start:start + cfg.batch_size], train=True), vlm.device)
+            for batch in item_batches(forget, encoder, cfg.batch_size, vlm.device):
                 self.reference(**model_inputs(batch))
                 hidden = self.captured.pop("reference").float()
                 mask = batch["attention_mask"].bool()
