@@ -1,5 +1,6 @@
-"""Reversible edits: weight changes (and, later, neuron masks and steering hooks)."""
-from .base import Edit, EditHandle, load_edit
+"""Reversible edits: weight changes, neuron masks (and steering hooks), alone or composed."""
+from .base import CompositeEdit, Edit, EditHandle, load_edit
+from .neuron_mask import NeuronMask
 from .weight_delta import WeightDelta
 
-__all__ = ["Edit", "EditHandle", "load_edit", "WeightDelta"]
+__all__ = ["CompositeEdit", "Edit", "EditHandle", "load_edit", "NeuronMask", "WeightDelta"]

@@ -71,3 +71,53 @@ def load_edit(path: str | Path) -> Edit:
     if info.get("kind") not in EDIT_KINDS:
         raise ValueError(f"{header}: unknown edit kind {info.get('kind')!r}; known: {sorted(EDIT_KINDS)}")
     return EDIT_KINDS[info["kind"]]._load_payload(folder, info.get("meta", {}))
+
+
+@register_edit
+class CompositeEdit(Edit):
+    """Several edits applied in order and removed in reverse (e.g. a pruning mask, then a weight change)."""
+
+    kind = "composite"
+
+    def __init__(self, parts: list[Edit], meta: dict[str, Any] | None = None):
+        if not parts:
+            raise ValueError("a composite edit needs at least one part")
+        self.parts = list(parts)
+        self.meta = dict(meta or {})
+
+    def apply(self, vlm: Any) -> EditHandle:
+        handles: list[EditHandle] = []
+        try:
+            for part in self.parts:
+                handles.append(part.apply(vlm))
+        except Exception:
+            for handle in reversed(handles):
+                handle.remove()
+            raise
+
+        def undo() -> None:
+            for handle in reversed(handles):
+                handle.remove()
+
+        return EditHandle(undo)
+
+    def bake(self, vlm: Any) -> None:
+        for part in self.parts:
+            part.bake(vlm)
+
+    @property
+    def changed_parameters(self) -> int:
+        return sum(getattr(part, "changed_parameters", 0) for part in self.parts)
+
+    def _save_payload(self, folder: Path) -> None:
+        for k, part in enumerate(self.parts):
+            part.save(folder / f"part{k}")
+
+    @classmethod
+    def _load_payload(cls, folder: Path, meta: dict[str, Any]) -> "CompositeEdit":
+        parts = []
+        k = 0
+        while (folder / f"part{k}").is_dir():
+            parts.append(load_edit(folder / f"part{k}"))
+            k += 1
+        return cls(parts, meta)

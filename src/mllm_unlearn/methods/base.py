@@ -63,16 +63,26 @@ def register_method(cls: type[Method]) -> type[Method]:
     return cls
 
 
-def get_method(name: str) -> Method:
-    from . import ga, graddiff, kl, mmunlearner, npo, rmu  # noqa: F401  (registration side effect)
+def _import_all_methods() -> None:
+    """Import every module of this package once, so each method file registers itself."""
+    import importlib
+    import pkgutil
 
+    package = __name__.rsplit(".", 1)[0]
+    for info in pkgutil.iter_modules(__import__(package, fromlist=["__path__"]).__path__):
+        if info.name not in ("base", "defaults") and not info.name.startswith("_"):
+            importlib.import_module(f"{package}.{info.name}")
+
+
+def get_method(name: str) -> Method:
+    _import_all_methods()
     if name not in METHODS:
         raise ValueError(f"unknown method {name!r}; available: {', '.join(sorted(METHODS))}")
     return METHODS[name]()
 
 
 def available_methods() -> list[str]:
-    from . import ga, graddiff, kl, mmunlearner, npo, rmu  # noqa: F401  (registration side effect)
+    _import_all_methods()
 
     return sorted(METHODS)
 
