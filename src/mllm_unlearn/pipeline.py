@@ -17,7 +17,7 @@ from .methods import MethodConfig, get_method
 from .models import VLM, TinySize, load_vlm
 from .models.tiny import build_tiny_vlm, words_of
 from .report import render_markdown
-from .training.inject import InjectionConfig, inject_knowledge, injection_cache_key, write_injection_meta
+from .training.inject import InjectionConfig, inject_knowledge, injection_texts, injection_cache_key, write_injection_meta
 from .utils import atomic_write_text, peak_memory_mb, resolve_device, seed_everything
 
 
@@ -69,7 +69,7 @@ def prepare_vanilla(cfg: RunConfig, benchmark: Benchmark, benchmark_key: str) ->
     if (path / "injection.json").is_file():
         return load_vlm(path, cfg.device, cfg.dtype), str(path), False
     seed_everything(cfg.seed)
-    vlm = build_tiny_vlm(cfg.family, words_of(benchmark_texts(benchmark)), cfg.size, seed=cfg.injection.seed,
+    vlm = build_tiny_vlm(cfg.family, words_of(benchmark_texts(benchmark) + injection_texts(cfg.injection)), cfg.size, seed=cfg.injection.seed,
                          device=str(resolve_device(cfg.device)))
     history = inject_knowledge(vlm, benchmark, cfg.injection, progress=cfg.progress)
     vlm.save(path)

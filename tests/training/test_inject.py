@@ -42,3 +42,49 @@ def test_mcq_renderings_are_fresh_and_correct(benchmark):
             assert mcq.question.startswith(item.answer) == with_context
         orders.add(tuple(renderer(items[0]).options.values()))
     assert len(orders) > 5  # options and order are drawn afresh every time
+
+
+def test_identity_items_name_each_portrait_and_render_as_multiple_choice(benchmark):
+    from mllm_unlearn.training.inject import IDENTITY_QUESTION, identity_items
+
+    names = benchmark.meta["names"]
+    items = identity_items(benchmark.finetune_train, names, copies=2)
+    people = {i.person_id for i in benchmark.finetune_train if i.image is not None}
+    assert len(items) == 2 * len(people)
+    for item in items:
+        assert item.modality == "vqa" and item.question == IDENTITY_QUESTION
+        assert item.answer == f"This is {names[item.person_id]}."
+    renderer = McqRenderer(items, seed=0)
+    mcq = renderer(items[0])
+    assert mcq.options[mcq.answer] == names[items[0].person_id]
+    assert identity_items(benchmark.finetune_train, names, copies=0) == []
+
+
+def test_augmented_portraits_keep_size_and_differ(benchmark):
+    import random
+
+    import numpy as np
+
+    from mllm_unlearn.training.inject import augment_portrait
+
+    image = next(i.image for i in benchmark.finetune_train if i.image is not None)
+    rng = random.Random(0)
+    variants = [np.asarray(augment_portrait(image, rng), dtype=np.float32) for _ in range(6)]
+    original = np.asarray(image, dtype=np.float32)
+    assert all(v.shape == original.shape for v in variants)
+    assert all(0 < np.abs(v - original).mean() < 60 for v in variants)
+    again = np.asarray(augment_portrait(image, random.Random(0)), dtype=np.float32)
+    assert np.array_equal(again, variants[0])  # seeded
+
+
+def test_injection_with_identity_and_augmentation_runs(benchmark, words):
+    from mllm_unlearn.models.tiny import build_tiny_vlm
+    from mllm_unlearn.training.inject import injection_texts, IDENTITY_QUESTION
+    from mllm_unlearn.models.tiny import words_of
+    from tests.conftest import SMALL_SIZE
+
+    cfg = InjectionConfig(identity_copies=1, image_augment=1.0, skill_people=0, pretrain_epochs=1, finetune_epochs=1)
+    vlm = build_tiny_vlm("llava", words | words_of(injection_texts(cfg)), SMALL_SIZE)
+    assert vlm.tokenizer.unk_token_id not in vlm.tokenizer(IDENTITY_QUESTION)["input_ids"]
+    history = inject_knowledge(vlm, benchmark, cfg, progress=False)
+    assert history["finetune (benchmark people)"]["steps"] > 0

@@ -197,5 +197,7 @@ def load_mllmu(root: str | Path, forget_percent: int = 10, seed: int = 0) -> Ben
         finetune_train=finetune,
         pretrain_train=training_items(pretrain_rows, "pretrain") if pretrain_rows else [],
         forget_ids=forget_ids,
-        meta={"root": str(root), "forget_percent": forget_percent, "seed": seed},
+        meta={"root": str(root), "forget_percent": forget_percent, "seed": seed,
+              # Optional "name" column (the built-in world has it; MLLMU-Bench's release does not).
+              "names": {str(r["ID"]): str(r["name"]) for r in forget_rows + retain_rows + real_rows if r.get("name")}},
     )

@@ -10,11 +10,12 @@ from __future__ import annotations
 
 import json
 import random
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any, Sequence
 
 from ..data.collate import Encoder
+from ..data.collate import collate as collate_examples
 from ..data.items import OPTION_KEYS, Benchmark, Item
 from ..models.base import VLM
 from .loop import LoraOptions, TrainConfig, train
@@ -46,6 +47,12 @@ class InjectionConfig:
     # Copies per modality, on top of the form weights (identity from a portrait is learned
     # more slowly than from a name).
     modality_weights: dict[str, int] = field(default_factory=lambda: {"vqa": 1, "qa": 1})
+    # "Who is the person in this image?" -> name, copies per person with a portrait and a known
+    # name (0 = off). It ties a portrait to the name, through which the text facts are reached.
+    identity_copies: int = 0
+    # Probability that a training portrait is re-drawn with noise, a lighting change or a mirror
+    # flip: the invariance a pretrained vision encoder would bring (0 = off).
+    image_augment: float = 0.0
     replay_fraction: float = 0.25  # share of stage-2 samples drawn from stage-1 data
     warmup_ratio: float = 0.05
     seed: int = 0
@@ -56,6 +63,7 @@ class InjectionConfig:
 
 
 FORMS = ("qa", "mcq", "context-mcq")
+IDENTITY_QUESTION = "Who is the person in this image?"
 SKILL_FORMS = {"qa": 1, "mcq": 1, "context-mcq": 1}
 
 
@@ -87,6 +95,38 @@ class McqRenderer:
                     item.image, dict(zip(OPTION_KEYS, options)), item.image_key, dict(item.meta))
 
 
+def injection_texts(cfg: InjectionConfig) -> list[str]:
+    """Texts the injection adds beyond the benchmark's (a tiny tokenizer must know their words)."""
+    return [IDENTITY_QUESTION, "This is ."] if cfg.identity_copies else []
+
+
+def identity_items(items: Sequence[Item], names: dict[str, str], copies: int) -> list[Item]:
+    """``copies`` "who is this" items per person of ``items`` who has a portrait and a known name."""
+    portraits = {i.person_id: i for i in items if i.image is not None}
+    out = []
+    for pid, source in sorted(portraits.items()):
+        if pid in names:
+            out += [Item(pid, source.split, "vqa", "train", IDENTITY_QUESTION, f"This is {names[pid]}.", source.image, None,
+                         source.image_key, {"Attribute": "name", "Value": names[pid]})] * copies
+    return out
+
+
+def augment_portrait(image: Any, rng: random.Random) -> Any:
+    """Noise, and with probability 1/3 each a lighting change or a mirror flip (identity preserved)."""
+    import numpy as np
+    from PIL import Image
+
+    pixels = np.asarray(image, dtype=np.float32)
+    noise = np.random.default_rng(rng.randrange(2**32))
+    choice = rng.randrange(3)
+    if choice == 1:
+        pixels = pixels * rng.uniform(0.75, 0.95) + noise.uniform(-12, 12, size=3)
+    elif choice == 2:
+        pixels = pixels[:, ::-1]
+    pixels = pixels + noise.normal(0, rng.uniform(4, 16), size=pixels.shape)
+    return Image.fromarray(np.clip(pixels, 0, 255).astype(np.uint8), "RGB")
+
+
 def _facts(items: Sequence[Item]) -> int:
     return len({(i.person_id, i.modality, i.meta.get("Attribute", i.question)) for i in items})
 
@@ -97,11 +137,24 @@ def inject_knowledge(vlm: VLM, benchmark: Benchmark, cfg: InjectionConfig | None
     cfg = cfg or InjectionConfig()
     encoder = Encoder(vlm)
 
-    renderer = McqRenderer(list(benchmark.pretrain_train) + list(benchmark.finetune_train), cfg.seed)
+    names = benchmark.meta.get("names", {}) if cfg.identity_copies else {}
+    pretrain_items = list(benchmark.pretrain_train) + identity_items(benchmark.pretrain_train, names, cfg.identity_copies)
+    finetune_items = list(benchmark.finetune_train) + identity_items(benchmark.finetune_train, names, cfg.identity_copies)
+    renderer = McqRenderer(pretrain_items + finetune_items, cfg.seed)
+    augment_rng = random.Random(cfg.seed + 13)
+    # Augmented portraits are new objects every time: encoded without the prompt cache.
+    uncached = Encoder(vlm, cache_size=0)
 
     def collate(batch: list[tuple[str, Item]]) -> dict:
         items = [item if form == "qa" else renderer(item, with_context=form == "context-mcq") for form, item in batch]
-        return {k: v.to(vlm.device) for k, v in encoder.batch(items, train=True).items()}
+        examples = []
+        for item in items:
+            if item.image is not None and cfg.image_augment and augment_rng.random() < cfg.image_augment:
+                item = replace(item, image=augment_portrait(item.image, augment_rng))
+                examples.append(uncached.training_example(item))
+            else:
+                examples.append(encoder.training_example(item))
+        return {k: v.to(vlm.device) for k, v in collate_examples(examples, encoder.pad_id).items()}
 
     def pool_of(items: Sequence[Item], forms: dict[str, int]) -> list[tuple[str, Item]]:
         unknown = set(forms) - set(FORMS)
@@ -122,9 +175,9 @@ def inject_knowledge(vlm: VLM, benchmark: Benchmark, cfg: InjectionConfig | None
         history["skill (multiple choice, few people)"] = _skill_stage(vlm, benchmark, cfg, renderer, collate, pool_of,
                                                                        loss, progress)
     stages = []
-    pre = list(benchmark.pretrain_train)
+    pre = pretrain_items
     pre_pool = pool_of(pre, cfg.pretrain_forms)
-    fine = list(benchmark.finetune_train)
+    fine = finetune_items
     fine_pool = pool_of(fine, cfg.finetune_forms)
     if pre_pool and cfg.pretrain_epochs:
         stages.append(("pretrain (real-world people)", pre_pool, 2 * _facts(pre), cfg.pretrain_epochs))
