@@ -38,6 +38,7 @@ def run(
     lr: Optional[float] = typer.Option(None, help="Unlearning learning rate (method default if unset)."),
     epochs: Optional[int] = typer.Option(None, help="Unlearning epochs over the forget set."),
     max_steps: Optional[int] = typer.Option(None, help="Stop unlearning after this many steps."),
+    batch_size: Optional[int] = typer.Option(None, help="Unlearning batch size per process (method default if unset)."),
     lora: bool = typer.Option(False, help="Unlearn through LoRA adapters (merged into the edit)."),
     option: list[str] = typer.Option([], "--option", "-o",
                                      help="Method-specific option KEY=VALUE, repeatable (e.g. -o beta=0.2 for npo)."),
@@ -68,7 +69,8 @@ def run(
         if inject_epochs is not None:
             injection = replace(injection, finetune_epochs=inject_epochs)
         method_cfg = method_defaults(method, seed=seed)
-        overrides = {k: v for k, v in {"lr": lr, "epochs": epochs, "max_steps": max_steps}.items() if v is not None}
+        overrides = {k: v for k, v in {"lr": lr, "epochs": epochs, "max_steps": max_steps,
+                                              "batch_size": batch_size}.items() if v is not None}
         method_cfg = replace(method_cfg, progress=not quiet, lora=LoraOptions() if lora else None, **overrides)
         method_cfg.extra.update(parse_options(option))
         eval_cfg = EvalConfig(scorer=scorer, few_shot=few_shot, tasks=tuple(t.strip() for t in tasks.split(",") if t.strip()),
@@ -81,6 +83,10 @@ def run(
     except (ValueError, FileNotFoundError) as error:
         typer.secho(f"error: {error}", fg=typer.colors.RED, err=True)
         raise typer.Exit(code=2)
+    from .utils import is_main_process
+
+    if not is_main_process():
+        return
     run_dir = runs_dir / name
     typer.echo((run_dir / "report.md").read_text())
     typer.echo(f"Wrote {run_dir / 'results.json'} and {run_dir / 'report.md'}")

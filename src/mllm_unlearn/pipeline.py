@@ -18,7 +18,8 @@ from .models import VLM, TinySize, load_vlm
 from .models.tiny import build_tiny_vlm, words_of
 from .report import render_markdown
 from .training.inject import InjectionConfig, inject_knowledge, injection_texts, injection_cache_key, write_injection_meta
-from .utils import atomic_write_text, peak_memory_mb, resolve_device, seed_everything
+from .utils import (atomic_write_text, init_distributed, is_main_process, peak_memory_mb, process_rank_and_count,
+                    resolve_device, seed_everything, wait_for_everyone)
 
 
 @dataclass
@@ -55,8 +56,9 @@ def prepare_benchmark(cfg: RunConfig) -> tuple[Benchmark, str]:
     else:
         root = Path(cfg.cache_dir) / "benchmarks" / f"synthetic-{cfg.world.key()}"
         key = f"synthetic:{cfg.world.key()}"
-        if not (root / "world.json").is_file():
+        if not (root / "world.json").is_file() and is_main_process():
             generate_world(root, cfg.world)
+        wait_for_everyone()
     return load_mllmu(root, cfg.forget_percent, seed=cfg.seed), key
 
 
@@ -72,9 +74,11 @@ def prepare_vanilla(cfg: RunConfig, benchmark: Benchmark, benchmark_key: str) ->
     vlm = build_tiny_vlm(cfg.family, words_of(benchmark_texts(benchmark) + injection_texts(cfg.injection)), cfg.size, seed=cfg.injection.seed,
                          device=str(resolve_device(cfg.device)))
     history = inject_knowledge(vlm, benchmark, cfg.injection, progress=cfg.progress)
-    vlm.save(path)
-    write_injection_meta(path, {"family": cfg.family, "benchmark": benchmark_key, "injection": cfg.injection.to_dict(),
-                                "size": asdict(cfg.size), "history": history})
+    if is_main_process():  # every process holds the same weights (DDP); one writes them
+        vlm.save(path)
+        write_injection_meta(path, {"family": cfg.family, "benchmark": benchmark_key, "injection": cfg.injection.to_dict(),
+                                    "size": asdict(cfg.size), "history": history})
+    wait_for_everyone()
     # Reload through the public loading path, exactly as a user's checkpoint would be.
     return load_vlm(path, cfg.device, cfg.dtype), str(path), True
 
@@ -91,7 +95,12 @@ def versions() -> dict[str, str]:
 
 
 def run_pipeline(cfg: RunConfig) -> dict[str, Any]:
-    """Run everything and write ``runs/<name>/results.json`` and ``report.md``; returns the results."""
+    """Run everything and write ``runs/<name>/results.json`` and ``report.md``; returns the results.
+
+    Under ``accelerate launch`` every process runs this: training is data-parallel, evaluation
+    items are shared out and gathered, and only the main process writes files.
+    """
+    init_distributed(cpu=resolve_device(cfg.device).type == "cpu")
     method = get_method(cfg.method)  # fail on a bad name or option before any work
     method.check_options(cfg.method_cfg)
     run_dir = Path(cfg.runs_dir) / cfg.name
@@ -114,7 +123,9 @@ def run_pipeline(cfg: RunConfig) -> dict[str, Any]:
     start = time.perf_counter()
     edit = method.unlearn(vlm, benchmark.forget_train, benchmark.retain_train, cfg.method_cfg)
     timings[f"unlearn ({cfg.method})"] = time.perf_counter() - start
-    edit.save(run_dir / "edit")
+    if is_main_process():
+        edit.save(run_dir / "edit")
+    wait_for_everyone()
 
     evaluator.cfg = cfg.eval
     start = time.perf_counter()
@@ -124,7 +135,7 @@ def run_pipeline(cfg: RunConfig) -> dict[str, Any]:
     config = {
         "name": cfg.name, "family": vlm.adapter.family, "model_path": model_path, "method": cfg.method,
         "benchmark_name": benchmark.name, "benchmark": benchmark.meta, "forget_percent": cfg.forget_percent,
-        "seed": cfg.seed, "device": str(vlm.device), "dtype": cfg.dtype, "world": asdict(cfg.world),
+        "seed": cfg.seed, "device": str(vlm.device), "processes": process_rank_and_count()[1], "dtype": cfg.dtype, "world": asdict(cfg.world),
         "injection": cfg.injection.to_dict(), "method_config": cfg.method_cfg.to_dict(), "eval": asdict(cfg.eval),
         "versions": versions(),
     }
@@ -136,6 +147,8 @@ def run_pipeline(cfg: RunConfig) -> dict[str, Any]:
         "cost": {"wall_time_s": timings, "peak_memory_mb": peak_memory_mb(vlm.device),
                  "changed_parameters": getattr(edit, "changed_parameters", 0)},
     }
-    atomic_write_text(run_dir / "results.json", json.dumps(results, indent=2, default=str))
-    atomic_write_text(run_dir / "report.md", render_markdown(results))
+    if is_main_process():
+        atomic_write_text(run_dir / "results.json", json.dumps(results, indent=2, default=str))
+        atomic_write_text(run_dir / "report.md", render_markdown(results))
+    wait_for_everyone()
     return results

@@ -78,7 +78,10 @@ def atomic_directory(path: str | Path) -> Iterator[Path]:
 
 def resolve_device(device: str = "auto") -> torch.device:
     if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        if not torch.cuda.is_available():
+            return torch.device("cpu")
+        # Under accelerate launch each process takes its own GPU.
+        return torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")) % torch.cuda.device_count())
     if device.startswith("cuda") and not torch.cuda.is_available():
         raise ValueError(f"--device {device!r} was asked for, but CUDA is not available on this machine")
     return torch.device(device)
@@ -100,3 +103,44 @@ def peak_memory_mb(device: torch.device) -> float:
     import resource
 
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+# --- several processes (``accelerate launch``) ---------------------------------------------
+def init_distributed(cpu: bool) -> None:
+    """Join the process group when launched by ``accelerate launch``/torchrun (no-op otherwise).
+
+    ``cpu`` must match what the training loop's ``Accelerator`` is given: accelerate's shared
+    state is set once, and a state made for GPUs on a CPU run would leave data unsharded."""
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        from accelerate import PartialState
+
+        PartialState(cpu=cpu)
+
+
+def process_rank_and_count() -> tuple[int, int]:
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        return torch.distributed.get_rank(), torch.distributed.get_world_size()
+    return 0, 1
+
+
+def is_main_process() -> bool:
+    return process_rank_and_count()[0] == 0
+
+
+def wait_for_everyone() -> None:
+    if process_rank_and_count()[1] > 1:
+        torch.distributed.barrier()
+
+
+def shard_and_gather(items: list[Any], work: Any) -> list[Any]:
+    """``work(items)`` with the items spread over the processes; every process gets all results, in order."""
+    rank, count = process_rank_and_count()
+    if count == 1:
+        return list(work(items))
+    mine = list(work(items[rank::count]))
+    gathered: list[Any] = [None] * count
+    torch.distributed.all_gather_object(gathered, mine)
+    out: list[Any] = [None] * len(items)
+    for source, results in enumerate(gathered):
+        out[source::count] = results
+    return out

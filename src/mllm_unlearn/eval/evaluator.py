@@ -76,6 +76,12 @@ class Evaluator:
         return [t.strip() for t in tokenizer.batch_decode(new_tokens, skip_special_tokens=True)]
 
     def score_group(self, items: Sequence[Item], task: str, demos: Sequence[Item] = ()) -> list[dict[str, Any]]:
+        """One record per item; under ``accelerate launch`` the items are shared out over the processes."""
+        from ..utils import shard_and_gather
+
+        return shard_and_gather(list(items), lambda mine: self._score_items(mine, task, demos))
+
+    def _score_items(self, items: Sequence[Item], task: str, demos: Sequence[Item]) -> list[dict[str, Any]]:
         records = []
         for batch in _batches(items, self.cfg.batch_size):
             if task == "mcq" and self.cfg.scorer == "likelihood":

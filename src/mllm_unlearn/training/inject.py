@@ -233,8 +233,13 @@ def _skill_stage(vlm: VLM, benchmark: Benchmark, cfg: InjectionConfig, renderer:
 def injection_cache_key(family: str, size: dict[str, Any], benchmark_key: str, cfg: InjectionConfig) -> str:
     from ..utils import stable_hash
 
-    return stable_hash({"family": family, "size": size, "benchmark": benchmark_key, "injection": cfg.to_dict(),
-                        "format": 1})
+    settings = cfg.to_dict()
+    # Options added later are left out of the key while off, so models trained before they
+    # existed (identically) stay valid cache entries.
+    for option in ("identity_copies", "image_augment"):
+        if not settings[option]:
+            del settings[option]
+    return stable_hash({"family": family, "size": size, "benchmark": benchmark_key, "injection": settings, "format": 1})
 
 
 def write_injection_meta(path: Path, meta: dict[str, Any]) -> None:
