@@ -59,6 +59,7 @@ def run(
     from .data import WorldConfig
     from .eval import EvalConfig
     from .methods import MethodConfig
+    from .methods.base import UnlearningDiverged
     from .pipeline import RunConfig, run_pipeline
     from .training import InjectionConfig, LoraOptions
     from .methods.defaults import method_defaults
@@ -80,7 +81,7 @@ def run(
                         device=device, dtype=dtype, runs_dir=str(runs_dir), cache_dir=str(cache_dir), world=world,
                         injection=injection, method_cfg=method_cfg, eval=eval_cfg, progress=not quiet)
         results = run_pipeline(cfg)
-    except (ValueError, FileNotFoundError) as error:
+    except (ValueError, FileNotFoundError, FloatingPointError, UnlearningDiverged) as error:
         typer.secho(f"error: {error}", fg=typer.colors.RED, err=True)
         raise typer.Exit(code=2)
     from .utils import is_main_process

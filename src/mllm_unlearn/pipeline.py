@@ -14,6 +14,7 @@ from .data import Benchmark, WorldConfig, generate_world, load_mllmu
 from .data.synthetic import all_template_texts
 from .eval import EvalConfig, Evaluator
 from .methods import MethodConfig, get_method
+from .methods.base import UnlearningDiverged
 from .models import VLM, TinySize, load_vlm
 from .models.tiny import build_tiny_vlm, words_of
 from .report import render_markdown
@@ -121,7 +122,13 @@ def run_pipeline(cfg: RunConfig) -> dict[str, Any]:
 
     seed_everything(cfg.seed)
     start = time.perf_counter()
-    edit = method.unlearn(vlm, benchmark.forget_train, benchmark.retain_train, cfg.method_cfg)
+    try:
+        edit = method.unlearn(vlm, benchmark.forget_train, benchmark.retain_train, cfg.method_cfg)
+    except UnlearningDiverged as error:
+        if is_main_process():
+            error.last_good.save(run_dir / "edit-last-good")
+        raise UnlearningDiverged(f"{error} The edit of the last finite step is saved in {run_dir / 'edit-last-good'}.",
+                                 error.last_good) from error
     timings[f"unlearn ({cfg.method})"] = time.perf_counter() - start
     if is_main_process():
         edit.save(run_dir / "edit")

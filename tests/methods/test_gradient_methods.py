@@ -94,3 +94,52 @@ def test_rmu_updates_only_the_selected_down_projections(benchmark, tiny_vlm):
     with pytest.raises(ValueError, match="layer must be in"):
         get_method("rmu").unlearn(vlm, benchmark.forget_train[:8], benchmark.retain_train[:8],
                                   MethodConfig(max_steps=1, progress=False, extra={"layer": 9}))
+
+
+@pytest.mark.parametrize("name,extra", [("ga", {}), ("graddiff", {}), ("kl", {}), ("npo", {}), ("rmu", {"layer": 1})])
+def test_every_gradient_method_trains_through_lora_and_hands_back_a_plain_model(benchmark, tiny_vlm, name, extra):
+    from mllm_unlearn.training.loop import LoraOptions
+
+    vlm = tiny_vlm()
+    names = [n for n, _ in vlm.model.named_parameters()]
+    edit = _run(name, benchmark, vlm, lora=LoraOptions(r=2, alpha=4), extra=extra)
+    assert [n for n, _ in vlm.model.named_parameters()] == names  # adapters merged and gone
+    # LoRA's default targets are the language model's linear layers: only those change.
+    assert edit.tensors and all(".language_model.layers." in n and n.endswith("proj.weight") for n in edit.tensors)
+
+
+def test_lora_target_that_matches_nothing_is_named(benchmark, tiny_vlm):
+    from mllm_unlearn.training.loop import LoraOptions
+
+    vlm = tiny_vlm()
+    cfg = MethodConfig(max_steps=1, progress=False, lora=LoraOptions(target_modules=r".*nothing_here"))
+    with pytest.raises(ValueError, match="LoRA target pattern '.\\*nothing_here' matches no linear layer"):
+        get_method("ga").unlearn(vlm, benchmark.forget_train[:4], [], cfg)
+
+
+def test_nan_loss_stops_names_the_step_and_keeps_the_last_good_edit(benchmark, tiny_vlm):
+    from mllm_unlearn.methods.base import UnlearningDiverged
+
+    vlm = tiny_vlm()
+    before = {n: p.detach().clone() for n, p in vlm.model.named_parameters()}
+    method = get_method("ga")
+    calls = []
+    original = method.loss
+
+    def loss(model, batch, cfg):
+        calls.append(1)
+        value = original(model, batch, cfg)
+        return value * float("nan") if len(calls) == 3 else value
+
+    method.loss = loss
+    with pytest.raises(UnlearningDiverged, match="loss became nan at step 2") as caught:
+        method.unlearn(vlm, benchmark.forget_train[:16], [], MethodConfig(max_steps=5, batch_size=4, lr=1e-3, progress=False))
+    last_good = caught.value.last_good
+    assert last_good.tensors and "step 2" in last_good.meta["stopped"]
+    assert all(torch.isfinite(t).all() for t in last_good.tensors.values())
+    assert all(torch.equal(p, before[n]) for n, p in vlm.model.named_parameters())  # model handed back untouched
+    # The last good edit is two finite steps: the same as a clean two-step run.
+    method.loss = original
+    clean = method.unlearn(vlm, benchmark.forget_train[:16], [], MethodConfig(max_steps=2, batch_size=4, lr=1e-3, progress=False))
+    assert sorted(clean.tensors) == sorted(last_good.tensors)
+    assert all(torch.allclose(clean.tensors[n], last_good.tensors[n]) for n in clean.tensors)

@@ -69,3 +69,48 @@ def test_bad_options_are_named(benchmark, tiny_vlm):
     text_only = [i for i in benchmark.forget_train if i.modality == "qa"]
     with pytest.raises(ValueError, match="no image \\+ question"):
         get_method("mmunlearner").unlearn(vlm, text_only, benchmark.retain_train, MethodConfig())
+
+
+def test_lora_mask_confines_the_forget_update_and_retain_adapter_trains_apart(benchmark, tiny_vlm):
+    from mllm_unlearn.training.loop import LoraOptions
+
+    vlm = tiny_vlm()
+    before = {n: p.detach().clone() for n, p in vlm.model.named_parameters()}
+    method = get_method("mmunlearner")
+    cfg = MethodConfig(max_steps=4, batch_size=4, lr=1e-2, retain_weight=0.0, progress=False, lora=LoraOptions(r=2, alpha=2),
+                       extra={"mask": "language", "gamma": 1.0})
+    captured = {}
+    original_prepare = method.prepare
+
+    def prepare(*args, **kwargs):
+        original_prepare(*args, **kwargs)
+        captured.update({n: m.detach().cpu().clone() for n, m in method.mask.items()})
+
+    method.prepare = prepare
+    edit = method.unlearn(vlm, benchmark.forget_train, benchmark.retain_train, cfg)
+    assert captured and edit.tensors
+    # The model is handed back plain: no parametrization left, every weight as it was.
+    assert [n for n, _ in vlm.model.named_parameters()] == list(before)
+    assert all(torch.equal(p, before[n]) for n, p in vlm.model.named_parameters())
+    for name, new in edit.tensors.items():
+        assert name in captured, f"{name} is outside the masked tower but changed"
+        changed = new != before[name]
+        assert not (changed & ~captured[name]).any(), f"masked-out weights of {name} moved under LoRA"
+    assert any((new != before[n]).any() for n, new in edit.tensors.items())
+
+    # With the retain phase on, its (unmasked) adapter may move other weights too.
+    cfg_retain = MethodConfig(max_steps=2, batch_size=4, lr=1e-2, progress=False, lora=LoraOptions(r=2, alpha=2),
+                              extra={"mask": "language"})
+    edit = get_method("mmunlearner").unlearn(vlm, benchmark.forget_train, benchmark.retain_train, cfg_retain)
+    assert any(((new != before[n]) & ~captured[n]).any() for n, new in edit.tensors.items())
+
+
+def test_lora_target_that_matches_no_tower_layer_is_named(benchmark, tiny_vlm):
+    from mllm_unlearn.training.loop import LoraOptions
+
+    vlm = tiny_vlm()
+    cfg = MethodConfig(max_steps=1, progress=False, lora=LoraOptions(target_modules=r".*no_such_proj"),
+                       extra={"mask": "vision"})
+    with pytest.raises(ValueError, match="matches no linear layer of the masked tower"):
+        get_method("mmunlearner").unlearn(vlm, benchmark.forget_train, benchmark.retain_train, cfg)
+    assert not any("parametrizations" in n for n, _ in vlm.model.named_parameters())

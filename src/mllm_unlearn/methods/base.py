@@ -116,6 +116,13 @@ class GradientMethod(Method):
                 encoder: Encoder) -> None:
         """Runs before training on the untouched model (frozen references, precomputed targets)."""
 
+    def loop_lora(self, cfg: MethodConfig) -> LoraOptions | None:
+        """LoRA options for the shared loop (peft); a method with its own low-rank scheme returns None."""
+        return cfg.lora
+
+    def finalize(self, vlm: VLM) -> None:
+        """Runs after training, before the edit is read off the model (e.g. fold helper weights in)."""
+
     def cleanup(self) -> None:
         """Drops what ``prepare`` built (a frozen model copy, say) once training is over."""
 
@@ -147,18 +154,26 @@ class GradientMethod(Method):
 
         before = {name: p.detach().cpu().clone() for name, p in vlm.model.named_parameters()}
         self.prepare(vlm, forget, retain, cfg, encoder)
-        train_cfg = TrainConfig(lr=cfg.lr, epochs=cfg.epochs, max_steps=cfg.max_steps, batch_size=cfg.batch_size,
-                                schedule=cfg.schedule, warmup_ratio=cfg.warmup_ratio, seed=cfg.seed, lora=cfg.lora,
-                                progress=cfg.progress)
+        train_cfg = TrainConfig(lr=cfg.lr, epochs=cfg.epochs, max_steps=cfg.max_steps,
+                                batch_size=cfg.batch_size, schedule=cfg.schedule, warmup_ratio=cfg.warmup_ratio,
+                                seed=cfg.seed, lora=self.loop_lora(cfg), progress=cfg.progress)
         try:
-            if self.phases:
-                result = train(vlm.model, pairs, collate, lambda m, b, phase: self.phase_loss(m, b, cfg, phase), train_cfg,
-                               parameters=self.trainable(vlm, cfg), description=f"unlearn: {self.name}",
-                               device=vlm.device, phases=self.phases, grad_hook=self.grad_hook)
-            else:
-                result = train(vlm.model, pairs, collate, lambda m, b: self.loss(m, b, cfg), train_cfg,
-                               parameters=self.trainable(vlm, cfg), description=f"unlearn: {self.name}",
-                               device=vlm.device)
+            try:
+                if self.phases:
+                    result = train(vlm.model, pairs, collate, lambda m, b, phase: self.phase_loss(m, b, cfg, phase),
+                                   train_cfg, parameters=self.trainable(vlm, cfg), description=f"unlearn: {self.name}",
+                                   device=vlm.device, phases=self.phases, grad_hook=self.grad_hook)
+                else:
+                    result = train(vlm.model, pairs, collate, lambda m, b: self.loss(m, b, cfg), train_cfg,
+                                   parameters=self.trainable(vlm, cfg), description=f"unlearn: {self.name}",
+                                   device=vlm.device)
+            except FloatingPointError as error:
+                # The loop stopped before applying the bad step: keep that last good state.
+                self.finalize(vlm)
+                last_good = WeightDelta.from_models(before, vlm.model, meta={
+                    "method": self.name, "config": cfg.to_dict(), "stopped": str(error)})
+                raise UnlearningDiverged(str(error), last_good) from error
+            self.finalize(vlm)
             edit = WeightDelta.from_models(before, vlm.model, meta={
                 "method": self.name, "config": cfg.to_dict(), "steps": result.steps, "losses": result.losses,
                 **({"phase_losses": result.phase_losses} if self.phases else {}), **self.edit_meta()})
@@ -169,6 +184,14 @@ class GradientMethod(Method):
                 for name, param in vlm.model.named_parameters():
                     param.copy_(before[name].to(param.device))
         return edit
+
+
+class UnlearningDiverged(RuntimeError):
+    """The loss became NaN/inf; ``last_good`` is the edit of the last finite step."""
+
+    def __init__(self, message: str, last_good: Edit):
+        super().__init__(message)
+        self.last_good = last_good
 
 
 def frozen_copy(model: torch.nn.Module) -> torch.nn.Module:

@@ -17,6 +17,14 @@ only the chosen tower's linear weights train at all (the code gave norms, embedd
 lm_head and the other tower unmasked ascent); masks are computed in fp32 (1e-15 underflows in
 fp16/bf16). Masks are saved with ``save_mask`` and reused with ``mask_file``; a mask whose
 parameter names or shapes do not fit the model is refused.
+
+With LoRA (``cfg.lora``), the released code's mask silently matched nothing (peft renames the
+parameters). Here each tower weight gets two low-rank adapters through a parametrization,
+W + s·M⊙(B_f A_f) + s·(B_r A_r): the forget adapter's update is confined to the salient
+weights by construction, the retain adapter (unmasked, as full fine-tuning's retain phase)
+trains only in the retain phase. peft cannot express an element-wise mask, hence our own
+adapters; rank and alpha come from the LoRA options, the target pattern filters the tower's
+linear layers (the default pattern means all of them).
 """
 from __future__ import annotations
 
@@ -34,6 +42,31 @@ from ..training.losses import sequence_nll
 from .base import GradientMethod, MethodConfig, item_batches, register_method
 
 MASKS = ("language", "vision", "both")
+
+
+class MaskedLowRankDelta(torch.nn.Module):
+    """Parametrization W -> W + scale·(mask ⊙ (forget_b @ forget_a)) + scale·(retain_b @ retain_a).
+
+    LoRA's initialisation (A uniform in ±1/sqrt(in), B zero), so the weight starts unchanged."""
+
+    def __init__(self, mask: torch.Tensor, rank: int, alpha: float, generator: torch.Generator):
+        super().__init__()
+        out_features, in_features = mask.shape
+        bound = 1.0 / in_features ** 0.5
+        self.register_buffer("mask", mask.float())
+        for phase in ("forget", "retain"):
+            a = (torch.rand(rank, in_features, generator=generator) * 2 - 1) * bound
+            self.register_parameter(f"{phase}_a", torch.nn.Parameter(a.to(mask.device)))
+            self.register_parameter(f"{phase}_b", torch.nn.Parameter(torch.zeros(out_features, rank, device=mask.device)))
+        self.scale = alpha / rank
+        self.training_phase = "forget"  # the adapter that receives gradients now
+
+    def forward(self, weight: torch.Tensor) -> torch.Tensor:
+        forget = self.mask * (self.forget_b @ self.forget_a)
+        retain = self.retain_b @ self.retain_a
+        # The other phase's adapter is a constant: no gradient, so clipping and AdamW ignore it.
+        forget, retain = (forget, retain.detach()) if self.training_phase == "forget" else (forget.detach(), retain)
+        return weight + (self.scale * (forget + retain)).to(weight.dtype)
 
 
 def saliency_mask(forget_fisher: dict[str, torch.Tensor], preserve_fisher: dict[str, torch.Tensor],
@@ -74,9 +107,6 @@ class MMUnlearner(GradientMethod):
                 if name in linear and any(name == p or name.startswith(p + ".") for p in prefixes)}
 
     def unlearn(self, vlm: VLM, forget: Sequence[Item], retain: Sequence[Item], cfg: MethodConfig) -> Edit:
-        if cfg.lora is not None:
-            raise ValueError("mmunlearner: LoRA is not supported yet (the mask restricts full weights); "
-                             "run without --lora")
         self.options(cfg)
         self.all_forget = list(forget)
         forget_vqa = [i for i in forget if i.modality == "vqa"]
@@ -116,11 +146,54 @@ class MMUnlearner(GradientMethod):
         self.stats = {"mask": mask_kind, "gamma": gamma, "masked_in": selected, "mask_size": total,
                       "masked_in_fraction": selected / max(1, total)}
         self.mask = {n: m.to(self.params[n].device) for n, m in self.mask.items()}
+        if cfg.lora is not None:
+            self._add_adapters(vlm, cfg)
+
+    # --- LoRA: masked low-rank adapters --------------------------------------------------
+    def _add_adapters(self, vlm: VLM, cfg: MethodConfig) -> None:
+        import re
+
+        from torch.nn.utils import parametrize
+
+        from ..training.loop import LoraOptions
+
+        lora = cfg.lora
+        assert lora is not None
+        pattern = None if lora.target_modules == LoraOptions().target_modules else lora.target_modules
+        targets = [n for n in self.params if pattern is None or re.fullmatch(pattern, n.rsplit(".", 1)[0])]
+        if not targets:
+            raise ValueError(f"mmunlearner: LoRA target pattern {pattern!r} matches no linear layer of the masked "
+                             f"tower(s) ({len(self.params)} layers, e.g. {next(iter(self.params), '?')[:-7]})")
+        generator = torch.Generator().manual_seed(cfg.seed)
+        self.adapted = {}
+        for name in targets:
+            module = vlm.model.get_submodule(name.rsplit(".", 1)[0])
+            parametrize.register_parametrization(module, "weight", MaskedLowRankDelta(
+                self.mask[name], lora.r, lora.alpha, generator))
+            self.adapted[name] = module
+
+    def _remove_adapters(self, keep: bool) -> None:
+        from torch.nn.utils import parametrize
+
+        for module in getattr(self, "adapted", {}).values():
+            if parametrize.is_parametrized(module, "weight"):
+                parametrize.remove_parametrizations(module, "weight", leave_parametrized=keep)
+        self.adapted = {}
+
+    def loop_lora(self, cfg: MethodConfig) -> Any:
+        return None  # our masked adapters replace peft's (see the module docstring)
+
+    def finalize(self, vlm: VLM) -> None:
+        self._remove_adapters(keep=True)  # fold the trained adapters into the weights
 
     def trainable(self, vlm: VLM, cfg: MethodConfig) -> Callable[[str, torch.nn.Parameter], bool] | None:
+        if cfg.lora is not None:
+            return lambda name, param: ".parametrizations.weight.0." in name
         return lambda name, param: name in self.params
 
     def grad_hook(self, phase: str) -> None:
+        if getattr(self, "adapted", None):
+            return  # the forget adapter is masked in its forward already
         if phase != "forget":
             return
         for name, param in self.params.items():
@@ -128,6 +201,8 @@ class MMUnlearner(GradientMethod):
                 param.grad.mul_(self.mask[name])
 
     def phase_loss(self, model: torch.nn.Module, batch: dict, cfg: MethodConfig, phase: str) -> torch.Tensor:
+        for module in getattr(self, "adapted", {}).values():
+            module.parametrizations.weight[0].training_phase = phase
         if phase == "forget":
             return -sequence_nll(model, batch["forget"]).mean()
         return cfg.retain_weight * sequence_nll(model, batch["retain"]).mean()
@@ -136,6 +211,7 @@ class MMUnlearner(GradientMethod):
         return {"mmunlearner": self.stats}
 
     def cleanup(self) -> None:
+        self._remove_adapters(keep=False)  # only left here if training failed
         self.mask, self.params, self.all_forget = {}, {}, ()
 
 

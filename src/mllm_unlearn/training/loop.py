@@ -185,9 +185,9 @@ def train(
         for param in base_model.parameters():
             param.requires_grad_(True)
         accelerator.free_memory()
-    if cfg.lora is not None:
-        merged = unwrapped.merge_and_unload()
-        assert merged is base_model or merged.__class__ is base_model.__class__
+        if cfg.lora is not None:  # also on errors: callers always get a plain model back
+            merged = unwrapped.merge_and_unload()
+            assert merged is base_model or merged.__class__ is base_model.__class__
     return result
 
 
