@@ -11,14 +11,19 @@ from typing import Any
 import torch
 
 from .data import Benchmark, WorldConfig, generate_world, load_mllmu
-from .data.synthetic import all_template_texts
+from .data.clear import is_clear_layout, load_clear
+from .data.mllmu import BenchmarkFormatError
+from .data.synthetic import all_template_texts, clear_template_texts
 from .eval import EvalConfig, Evaluator
+from .eval.clear import ClearEvalConfig, ClearEvaluator
 from .methods import MethodConfig, get_method
 from .models import VLM, TinySize, load_vlm
 from .models.tiny import build_tiny_vlm, words_of
 from .report import render_markdown
 from .training.inject import InjectionConfig, inject_knowledge, injection_cache_key, write_injection_meta
-from .utils import atomic_write_text, peak_memory_mb, resolve_device, seed_everything
+from .utils import atomic_write_text, peak_memory_mb, resolve_device, seed_everything, stable_hash
+
+BUILTIN_CLEAR = "clear"  # ``--benchmark clear``: the built-in world in CLEAR's layout
 
 
 @dataclass
@@ -26,7 +31,9 @@ class RunConfig:
     name: str = "default"
     family: str = "llava"
     model: str | None = None  # a local checkpoint already holding the knowledge (skips injection)
-    benchmark: str | None = None  # an MLLMU-Bench directory; default: the built-in world
+    benchmark: str | None = None  # an MLLMU-Bench or CLEAR directory, or "clear"; default: the built-in world
+    clear_tofu: bool = False  # CLEAR: train on the ``+tofu`` configs (captions + TOFU text QA)
+    gold_model: str | None = None  # CLEAR: a checkpoint fine-tuned on the retain split (else trained here)
     forget_percent: int = 10
     method: str = "ga"
     seed: int = 0
@@ -45,19 +52,49 @@ class RunConfig:
 def benchmark_texts(benchmark: Benchmark) -> list[str]:
     """Every text a tiny tokenizer must be able to spell for this benchmark."""
     items = benchmark.finetune_train + benchmark.pretrain_train + [i for s in benchmark.eval_splits.values() for i in s]
-    return all_template_texts() + [t for i in items for t in [i.question, i.answer, *(i.options or {}).values()]]
+    extra = clear_template_texts() if benchmark.protocol == "clear" else []
+    return all_template_texts() + extra + [
+        t for i in items for t in [i.question, i.answer, *(i.options or {}).values(), i.paraphrased_answer or "",
+                                   *(i.perturbed_answers or [])]]
 
 
 def prepare_benchmark(cfg: RunConfig) -> tuple[Benchmark, str]:
-    if cfg.benchmark:
+    """The benchmark (generated into the cache if built in) and a key that names its content."""
+    if cfg.benchmark == BUILTIN_CLEAR:
+        root = Path(cfg.cache_dir) / "benchmarks" / f"clear-{cfg.world.key()}"
+        key = f"clear-synthetic:{cfg.world.key()}"
+        if not (root / "world.json").is_file():
+            generate_world(root, cfg.world, layout="clear")
+    elif cfg.benchmark:
         root = Path(cfg.benchmark)
         key = f"dir:{root.resolve()}"
+        if not root.is_dir():
+            raise BenchmarkFormatError(f"benchmark directory {root} does not exist")
     else:
         root = Path(cfg.cache_dir) / "benchmarks" / f"synthetic-{cfg.world.key()}"
         key = f"synthetic:{cfg.world.key()}"
         if not (root / "world.json").is_file():
             generate_world(root, cfg.world)
+    if cfg.benchmark == BUILTIN_CLEAR or is_clear_layout(root):
+        return load_clear(root, cfg.forget_percent, seed=cfg.seed, tofu=cfg.clear_tofu), key + (":tofu" if cfg.clear_tofu else "")
     return load_mllmu(root, cfg.forget_percent, seed=cfg.seed), key
+
+
+def _injected_tiny_model(cfg: RunConfig, vocabulary_of: Benchmark, trained_on: Benchmark, path: Path,
+                         meta: dict[str, Any]) -> tuple[VLM, bool]:
+    """The cached model at ``path``, or a tiny model whose tokenizer spells ``vocabulary_of``
+    trained on ``trained_on`` with the knowledge-injection curriculum, then cached there."""
+    if (path / "injection.json").is_file():
+        return load_vlm(path, cfg.device, cfg.dtype), False
+    seed_everything(cfg.seed)
+    vlm = build_tiny_vlm(cfg.family, words_of(benchmark_texts(vocabulary_of)), cfg.size, seed=cfg.injection.seed,
+                         device=str(resolve_device(cfg.device)))
+    history = inject_knowledge(vlm, trained_on, cfg.injection, progress=cfg.progress)
+    vlm.save(path)
+    write_injection_meta(path, {"family": cfg.family, "injection": cfg.injection.to_dict(), "size": asdict(cfg.size),
+                                "history": history, **meta})
+    # Reload through the public loading path, exactly as a user's checkpoint would be.
+    return load_vlm(path, cfg.device, cfg.dtype), True
 
 
 def prepare_vanilla(cfg: RunConfig, benchmark: Benchmark, benchmark_key: str) -> tuple[VLM, str, bool]:
@@ -66,17 +103,37 @@ def prepare_vanilla(cfg: RunConfig, benchmark: Benchmark, benchmark_key: str) ->
         return load_vlm(cfg.model, cfg.device, cfg.dtype), cfg.model, False
     key = injection_cache_key(cfg.family, asdict(cfg.size), benchmark_key, cfg.injection)
     path = Path(cfg.cache_dir) / "vanilla" / f"{cfg.family}-{key}"
-    if (path / "injection.json").is_file():
-        return load_vlm(path, cfg.device, cfg.dtype), str(path), False
-    seed_everything(cfg.seed)
-    vlm = build_tiny_vlm(cfg.family, words_of(benchmark_texts(benchmark)), cfg.size, seed=cfg.injection.seed,
-                         device=str(resolve_device(cfg.device)))
-    history = inject_knowledge(vlm, benchmark, cfg.injection, progress=cfg.progress)
-    vlm.save(path)
-    write_injection_meta(path, {"family": cfg.family, "benchmark": benchmark_key, "injection": cfg.injection.to_dict(),
-                                "size": asdict(cfg.size), "history": history})
-    # Reload through the public loading path, exactly as a user's checkpoint would be.
-    return load_vlm(path, cfg.device, cfg.dtype), str(path), True
+    vlm, trained = _injected_tiny_model(cfg, benchmark, benchmark, path, {"benchmark": benchmark_key})
+    return vlm, str(path), trained
+
+
+def prepare_retain_model(cfg: RunConfig, benchmark: Benchmark, benchmark_key: str) -> tuple[VLM | None, str | None, bool]:
+    """The "gold" model: trained like the vanilla model but on the retain split only (cached).
+
+    Same tokenizer (built from the whole benchmark), architecture, seed and injection
+    curriculum as ``prepare_vanilla``; the forget people's training data is left out. The
+    reference of CLEAR's forget quality and of NPO's ``reference=<retain model>``.
+    ``cfg.gold_model`` loads a given checkpoint instead; with a user's ``cfg.model`` and no
+    gold checkpoint there is no way to train one here, and ``(None, None, False)`` comes back.
+    """
+    if cfg.gold_model:
+        return load_vlm(cfg.gold_model, cfg.device, cfg.dtype), cfg.gold_model, False
+    if cfg.model:
+        return None, None, False
+    forget_key = stable_hash(sorted(benchmark.forget_ids))
+    key = injection_cache_key(cfg.family, asdict(cfg.size), f"{benchmark_key}:retain-only:{forget_key}", cfg.injection)
+    path = Path(cfg.cache_dir) / "retain" / f"{cfg.family}-{key}"
+    vlm, trained = _injected_tiny_model(cfg, benchmark, benchmark.retain_only(), path,
+                                        {"benchmark": benchmark_key, "retain_only": True, "forget_ids": benchmark.forget_ids})
+    return vlm, str(path), trained
+
+
+def clear_eval_config(cfg: EvalConfig) -> ClearEvalConfig:
+    """CLEAR's evaluation options from the run's: batch, generation length, item cap, seed;
+    ROUGE only when the ``generation`` task is asked for."""
+    return ClearEvalConfig(batch_size=cfg.batch_size, max_new_tokens=cfg.max_new_tokens,
+                           max_items_per_task=cfg.max_items_per_group, rouge="generation" in cfg.tasks, seed=cfg.seed,
+                           progress=cfg.progress)
 
 
 def versions() -> dict[str, str]:
@@ -105,9 +162,25 @@ def run_pipeline(cfg: RunConfig) -> dict[str, Any]:
     vlm, model_path, trained = prepare_vanilla(cfg, benchmark, benchmark_key)
     timings["knowledge injection" if trained else "load vanilla model"] = time.perf_counter() - start
 
-    evaluator = Evaluator(vlm, EvalConfig(**{**asdict(cfg.eval), "image_swap_check": True}))
-    start = time.perf_counter()
-    vanilla = evaluator.evaluate(benchmark)
+    gold: dict[str, Any] | None = None
+    gold_path = None
+    clear = benchmark.protocol == "clear"
+    if clear:
+        start = time.perf_counter()
+        gold_vlm, gold_path, gold_trained = prepare_retain_model(cfg, benchmark, benchmark_key)
+        timings["train gold model (retain only)" if gold_trained else "load gold model"] = time.perf_counter() - start
+        if gold_vlm is not None:
+            start = time.perf_counter()
+            gold = ClearEvaluator(gold_vlm, clear_eval_config(cfg.eval)).evaluate(benchmark)
+            timings["evaluate gold"] = time.perf_counter() - start
+            del gold_vlm
+        evaluator: Any = ClearEvaluator(vlm, clear_eval_config(cfg.eval))
+        start = time.perf_counter()
+        vanilla = evaluator.evaluate(benchmark, gold=gold)
+    else:
+        evaluator = Evaluator(vlm, EvalConfig(**{**asdict(cfg.eval), "image_swap_check": True}))
+        start = time.perf_counter()
+        vanilla = evaluator.evaluate(benchmark)
     timings["evaluate vanilla"] = time.perf_counter() - start
 
     seed_everything(cfg.seed)
@@ -116,9 +189,12 @@ def run_pipeline(cfg: RunConfig) -> dict[str, Any]:
     timings[f"unlearn ({cfg.method})"] = time.perf_counter() - start
     edit.save(run_dir / "edit")
 
-    evaluator.cfg = cfg.eval
     start = time.perf_counter()
-    unlearned = evaluator.evaluate(benchmark, edit)
+    if clear:
+        unlearned = evaluator.evaluate(benchmark, edit, gold=gold)
+    else:
+        evaluator.cfg = cfg.eval
+        unlearned = evaluator.evaluate(benchmark, edit)
     timings["evaluate unlearned"] = time.perf_counter() - start
 
     config = {
@@ -128,10 +204,14 @@ def run_pipeline(cfg: RunConfig) -> dict[str, Any]:
         "injection": cfg.injection.to_dict(), "method_config": cfg.method_cfg.to_dict(), "eval": asdict(cfg.eval),
         "versions": versions(),
     }
+    if clear:
+        config.update({"gold_model_path": gold_path, "clear_tofu": cfg.clear_tofu})
     results = {
         "config": config,
+        "protocol": benchmark.protocol,
         "vanilla": vanilla,
         "unlearned": unlearned,
+        **({"gold": gold} if clear else {}),
         "edit": {"kind": edit.kind, "path": str(run_dir / "edit"), "steps": edit.meta.get("steps")},
         "cost": {"wall_time_s": timings, "peak_memory_mb": peak_memory_mb(vlm.device),
                  "changed_parameters": getattr(edit, "changed_parameters", 0)},
