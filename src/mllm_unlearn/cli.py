@@ -53,6 +53,7 @@ def run(
     people: Optional[int] = typer.Option(None, help="Fictitious people in the built-in world (default 100)."),
     real_people: Optional[int] = typer.Option(None, help="Real-world people in the built-in world (default 30)."),
     inject_epochs: Optional[int] = typer.Option(None, help="Knowledge-injection epochs on the benchmark people."),
+    pretrain_epochs: Optional[int] = typer.Option(None, help="Knowledge-injection epochs on the real-world people."),
     seed: int = typer.Option(0, help="Seed for everything."),
     device: str = typer.Option("auto", help="auto, cpu, cuda or cuda:N."),
     dtype: str = typer.Option("float32", help="float32, bfloat16 or float16."),
@@ -73,6 +74,8 @@ def run(
         injection = InjectionConfig(seed=seed)
         if inject_epochs is not None:
             injection = replace(injection, finetune_epochs=inject_epochs)
+        if pretrain_epochs is not None:
+            injection = replace(injection, pretrain_epochs=pretrain_epochs)
         method_cfg = method_defaults(method, seed=seed)
         overrides = {k: v for k, v in {"lr": lr, "epochs": epochs, "max_steps": max_steps}.items() if v is not None}
         method_cfg = replace(method_cfg, progress=not quiet, lora=LoraOptions() if lora else None, **overrides)

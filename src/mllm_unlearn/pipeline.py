@@ -169,12 +169,14 @@ def run_pipeline(cfg: RunConfig) -> dict[str, Any]:
         start = time.perf_counter()
         gold_vlm, gold_path, gold_trained = prepare_retain_model(cfg, benchmark, benchmark_key)
         timings["train gold model (retain only)" if gold_trained else "load gold model"] = time.perf_counter() - start
+        gold_evaluator = None
         if gold_vlm is not None:
             start = time.perf_counter()
-            gold = ClearEvaluator(gold_vlm, clear_eval_config(cfg.eval)).evaluate(benchmark)
+            gold_evaluator = ClearEvaluator(gold_vlm, clear_eval_config(cfg.eval))
+            gold = gold_evaluator.evaluate(benchmark)
             timings["evaluate gold"] = time.perf_counter() - start
-            del gold_vlm
-        evaluator: Any = ClearEvaluator(vlm, clear_eval_config(cfg.eval))
+        evaluator: Any = ClearEvaluator(vlm, clear_eval_config(cfg.eval), share_prompts_with=gold_evaluator)
+        del gold_vlm, gold_evaluator  # only the gold model's results are needed from here on
         start = time.perf_counter()
         vanilla = evaluator.evaluate(benchmark, gold=gold)
     else:

@@ -105,12 +105,16 @@ def harmonic_mean(values: Iterable[float]) -> float:
 # --- the evaluator ---------------------------------------------------------------------
 
 class ClearEvaluator:
-    def __init__(self, vlm: VLM, cfg: ClearEvalConfig | None = None):
+    def __init__(self, vlm: VLM, cfg: ClearEvalConfig | None = None, share_prompts_with: "ClearEvaluator | None" = None):
+        """``share_prompts_with``: reuse another evaluator's encoded prompts (processor calls
+        dominate a tiny model's evaluation) when both models have the same processor."""
         from .evaluator import EvalConfig, Evaluator
 
         self.vlm = vlm
         self.cfg = cfg or ClearEvalConfig()
         self.encoder = Encoder(vlm)
+        if share_prompts_with is not None and same_processor(vlm, share_prompts_with.vlm):
+            self.encoder._cache = share_prompts_with.encoder._cache
         self._generator = Evaluator(vlm, EvalConfig(batch_size=self.cfg.batch_size, max_new_tokens=self.cfg.max_new_tokens,
                                                     progress=False))
         self._generator.encoder = self.encoder
@@ -235,6 +239,14 @@ class ClearEvaluator:
                     out[f"forget_quality{suffix}"] = fq["forget_quality"]
                     out[f"ks_statistic{suffix}"] = fq["ks_statistic"]
         return out
+
+
+def same_processor(a: VLM, b: VLM) -> bool:
+    """Whether two models turn the same item into the same inputs (family, tokenizer, image processor)."""
+    image_a, image_b = getattr(a.processor, "image_processor", None), getattr(b.processor, "image_processor", None)
+    return (a.adapter.family == b.adapter.family and type(a.processor) is type(b.processor)
+            and a.processor.tokenizer.get_vocab() == b.processor.tokenizer.get_vocab()
+            and (image_a.to_dict() if image_a else None) == (image_b.to_dict() if image_b else None))
 
 
 def task_truth_ratios(predictions: Sequence[dict[str, Any]], task: str) -> list[float]:
