@@ -78,3 +78,24 @@ def test_cli_rejects_unknown_method_option_before_any_work(tmp_path):
                                       "--cache-dir", str(tmp_path / "cache")])
     assert result.exit_code == 2 and "unknown option(s) betta" in result.output
     assert not (tmp_path / "cache").exists()  # failed before generating or training anything
+
+
+def test_npo_with_a_retain_finetuned_reference_trains_it_once_and_caches_it(tmp_path_factory):
+    base = tmp_path_factory.getbasetemp()
+    cfg = small_run(base, "cache_methods", "npo-retain")
+    cfg = replace(cfg, method="npo", method_cfg=replace(cfg.method_cfg, extra={"reference": "retain-finetuned"}),
+                  eval=replace(cfg.eval, tasks=("mcq",)))
+    first = run_pipeline(cfg)
+    path = first["config"]["reference_model_path"]
+    assert "/retain/" in path and "train retain-only reference" in first["cost"]["wall_time_s"]
+    assert first["config"]["method_config"]["extra"] == {"reference": "retain-finetuned"}
+    again = run_pipeline(replace(cfg, name="npo-retain-2"))
+    assert again["config"]["reference_model_path"] == path
+    assert "load retain-only reference" in again["cost"]["wall_time_s"]
+    # A retain-only reference is not the vanilla model: NPO's first loss differs from 2/β·log 2.
+    import math
+
+    from mllm_unlearn.interventions import load_edit
+
+    losses = load_edit(base / "runs" / "npo-retain" / "edit").meta["losses"]
+    assert losses[0] != pytest.approx(2 / 0.4 * math.log(2), rel=1e-4)

@@ -32,8 +32,13 @@ def run(
     name: str = typer.Option("default", help="Run name: results go to RUNS_DIR/NAME/."),
     family: str = typer.Option("llava", help="Tiny model family to build: llava, qwen2-vl, qwen2.5-vl."),
     model: Optional[Path] = typer.Option(None, help="Local checkpoint of a supported family (skips knowledge injection)."),
-    benchmark: Optional[Path] = typer.Option(None, help="MLLMU-Bench directory (default: the built-in world)."),
-    forget: int = typer.Option(10, help="Forget split percentage: 5, 10 or 15."),
+    benchmark: Optional[str] = typer.Option(
+        None, help="'clear' (the built-in world in CLEAR's layout), or a directory in MLLMU-Bench's or CLEAR's layout "
+                   "(detected); default: the built-in world in MLLMU-Bench's layout."),
+    forget: int = typer.Option(10, help="Forget split percentage: 5, 10 or 15 (MLLMU-Bench); 1, 5 or 10 (CLEAR)."),
+    tofu: bool = typer.Option(False, help="CLEAR: train on the +tofu configs (captions + TOFU text QA)."),
+    gold_model: Optional[Path] = typer.Option(
+        None, help="CLEAR: checkpoint fine-tuned on the retain split only, for forget quality (default: trained here)."),
     method: str = typer.Option("ga", help="Unlearning method name."),
     lr: Optional[float] = typer.Option(None, help="Unlearning learning rate (method default if unset)."),
     epochs: Optional[int] = typer.Option(None, help="Unlearning epochs over the forget set."),
@@ -44,10 +49,12 @@ def run(
                                      help="Method-specific option KEY=VALUE, repeatable (e.g. -o beta=0.2 for npo)."),
     scorer: str = typer.Option("likelihood", help="Classification scorer: likelihood or generate (MLLMU-Bench's)."),
     few_shot: int = typer.Option(0, help="Few-shot demonstration people per split."),
-    tasks: str = typer.Option("mcq,cloze,generation", help="Comma-separated tasks to evaluate."),
+    tasks: str = typer.Option("mcq,cloze,generation",
+                              help="Comma-separated tasks to evaluate (CLEAR: 'generation' switches ROUGE on)."),
     people: Optional[int] = typer.Option(None, help="Fictitious people in the built-in world (default 100)."),
     real_people: Optional[int] = typer.Option(None, help="Real-world people in the built-in world (default 30)."),
     inject_epochs: Optional[int] = typer.Option(None, help="Knowledge-injection epochs on the benchmark people."),
+    pretrain_epochs: Optional[int] = typer.Option(None, help="Knowledge-injection epochs on the real-world people."),
     seed: int = typer.Option(0, help="Seed for everything."),
     device: str = typer.Option("auto", help="auto, cpu, cuda or cuda:N."),
     dtype: str = typer.Option("float32", help="float32, bfloat16 or float16."),
@@ -69,6 +76,8 @@ def run(
         injection = InjectionConfig(seed=seed)
         if inject_epochs is not None:
             injection = replace(injection, finetune_epochs=inject_epochs)
+        if pretrain_epochs is not None:
+            injection = replace(injection, pretrain_epochs=pretrain_epochs)
         method_cfg = method_defaults(method, seed=seed)
         overrides = {k: v for k, v in {"lr": lr, "epochs": epochs, "max_steps": max_steps,
                                               "batch_size": batch_size}.items() if v is not None}
@@ -77,7 +86,8 @@ def run(
         eval_cfg = EvalConfig(scorer=scorer, few_shot=few_shot, tasks=tuple(t.strip() for t in tasks.split(",") if t.strip()),
                               seed=seed, progress=not quiet)
         cfg = RunConfig(name=name, family=family, model=str(model) if model else None,
-                        benchmark=str(benchmark) if benchmark else None, forget_percent=forget, method=method, seed=seed,
+                        benchmark=benchmark or None, clear_tofu=tofu, gold_model=str(gold_model) if gold_model else None,
+                        forget_percent=forget, method=method, seed=seed,
                         device=device, dtype=dtype, runs_dir=str(runs_dir), cache_dir=str(cache_dir), world=world,
                         injection=injection, method_cfg=method_cfg, eval=eval_cfg, progress=not quiet)
         results = run_pipeline(cfg)

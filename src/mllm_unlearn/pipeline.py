@@ -4,23 +4,29 @@ from __future__ import annotations
 import json
 import platform
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 import torch
 
 from .data import Benchmark, WorldConfig, generate_world, load_mllmu
-from .data.synthetic import all_template_texts
+from .data.clear import is_clear_layout, load_clear
+from .data.mllmu import BenchmarkFormatError
+from .data.synthetic import all_template_texts, clear_template_texts
 from .eval import EvalConfig, Evaluator
+from .eval.clear import ClearEvalConfig, ClearEvaluator
 from .methods import MethodConfig, get_method
 from .methods.base import UnlearningDiverged
 from .models import VLM, TinySize, load_vlm
 from .models.tiny import build_tiny_vlm, words_of
 from .report import render_markdown
-from .training.inject import InjectionConfig, inject_knowledge, injection_texts, injection_cache_key, write_injection_meta
+from .training.inject import InjectionConfig, inject_knowledge, injection_cache_key, injection_texts, write_injection_meta
 from .utils import (atomic_write_text, init_distributed, is_main_process, peak_memory_mb, process_rank_and_count,
-                    resolve_device, seed_everything, wait_for_everyone)
+                    resolve_device, seed_everything, stable_hash, wait_for_everyone)
+
+BUILTIN_CLEAR = "clear"  # ``--benchmark clear``: the built-in world in CLEAR's layout
+RETAIN_REFERENCE = "retain-finetuned"  # ``-o reference=retain-finetuned``: the tool's cached retain-only model
 
 
 @dataclass
@@ -28,7 +34,9 @@ class RunConfig:
     name: str = "default"
     family: str = "llava"
     model: str | None = None  # a local checkpoint already holding the knowledge (skips injection)
-    benchmark: str | None = None  # an MLLMU-Bench directory; default: the built-in world
+    benchmark: str | None = None  # an MLLMU-Bench or CLEAR directory, or "clear"; default: the built-in world
+    clear_tofu: bool = False  # CLEAR: train on the ``+tofu`` configs (captions + TOFU text QA)
+    gold_model: str | None = None  # CLEAR: a checkpoint fine-tuned on the retain split (else trained here)
     forget_percent: int = 10
     method: str = "ga"
     seed: int = 0
@@ -47,20 +55,52 @@ class RunConfig:
 def benchmark_texts(benchmark: Benchmark) -> list[str]:
     """Every text a tiny tokenizer must be able to spell for this benchmark."""
     items = benchmark.finetune_train + benchmark.pretrain_train + [i for s in benchmark.eval_splits.values() for i in s]
-    return all_template_texts() + [t for i in items for t in [i.question, i.answer, *(i.options or {}).values()]]
+    extra = clear_template_texts() if benchmark.protocol == "clear" else []
+    return all_template_texts() + extra + [
+        t for i in items for t in [i.question, i.answer, *(i.options or {}).values(), i.paraphrased_answer or "",
+                                   *(i.perturbed_answers or [])]]
 
 
 def prepare_benchmark(cfg: RunConfig) -> tuple[Benchmark, str]:
-    if cfg.benchmark:
+    """The benchmark (generated into the cache if built in) and a key that names its content."""
+    if cfg.benchmark == BUILTIN_CLEAR:
+        root = Path(cfg.cache_dir) / "benchmarks" / f"clear-{cfg.world.key()}"
+        key = f"clear-synthetic:{cfg.world.key()}"
+        if not (root / "world.json").is_file() and is_main_process():
+            generate_world(root, cfg.world, layout="clear")
+    elif cfg.benchmark:
         root = Path(cfg.benchmark)
         key = f"dir:{root.resolve()}"
+        if not root.is_dir():
+            raise BenchmarkFormatError(f"benchmark directory {root} does not exist")
     else:
         root = Path(cfg.cache_dir) / "benchmarks" / f"synthetic-{cfg.world.key()}"
         key = f"synthetic:{cfg.world.key()}"
         if not (root / "world.json").is_file() and is_main_process():
             generate_world(root, cfg.world)
-        wait_for_everyone()
+    wait_for_everyone()
+    if cfg.benchmark == BUILTIN_CLEAR or is_clear_layout(root):
+        return load_clear(root, cfg.forget_percent, seed=cfg.seed, tofu=cfg.clear_tofu), key + (":tofu" if cfg.clear_tofu else "")
     return load_mllmu(root, cfg.forget_percent, seed=cfg.seed), key
+
+
+def _injected_tiny_model(cfg: RunConfig, vocabulary_of: Benchmark, trained_on: Benchmark, path: Path,
+                         meta: dict[str, Any]) -> tuple[VLM, bool]:
+    """The cached model at ``path``, or a tiny model whose tokenizer spells ``vocabulary_of``
+    trained on ``trained_on`` with the knowledge-injection curriculum, then cached there."""
+    if (path / "injection.json").is_file():
+        return load_vlm(path, cfg.device, cfg.dtype), False
+    seed_everything(cfg.seed)
+    vlm = build_tiny_vlm(cfg.family, words_of(benchmark_texts(vocabulary_of) + injection_texts(cfg.injection)), cfg.size,
+                         seed=cfg.injection.seed, device=str(resolve_device(cfg.device)))
+    history = inject_knowledge(vlm, trained_on, cfg.injection, progress=cfg.progress)
+    if is_main_process():  # every process holds the same weights (DDP); one writes them
+        vlm.save(path)
+        write_injection_meta(path, {"family": cfg.family, "injection": cfg.injection.to_dict(), "size": asdict(cfg.size),
+                                    "history": history, **meta})
+    wait_for_everyone()
+    # Reload through the public loading path, exactly as a user's checkpoint would be.
+    return load_vlm(path, cfg.device, cfg.dtype), True
 
 
 def prepare_vanilla(cfg: RunConfig, benchmark: Benchmark, benchmark_key: str) -> tuple[VLM, str, bool]:
@@ -69,19 +109,37 @@ def prepare_vanilla(cfg: RunConfig, benchmark: Benchmark, benchmark_key: str) ->
         return load_vlm(cfg.model, cfg.device, cfg.dtype), cfg.model, False
     key = injection_cache_key(cfg.family, asdict(cfg.size), benchmark_key, cfg.injection)
     path = Path(cfg.cache_dir) / "vanilla" / f"{cfg.family}-{key}"
-    if (path / "injection.json").is_file():
-        return load_vlm(path, cfg.device, cfg.dtype), str(path), False
-    seed_everything(cfg.seed)
-    vlm = build_tiny_vlm(cfg.family, words_of(benchmark_texts(benchmark) + injection_texts(cfg.injection)), cfg.size, seed=cfg.injection.seed,
-                         device=str(resolve_device(cfg.device)))
-    history = inject_knowledge(vlm, benchmark, cfg.injection, progress=cfg.progress)
-    if is_main_process():  # every process holds the same weights (DDP); one writes them
-        vlm.save(path)
-        write_injection_meta(path, {"family": cfg.family, "benchmark": benchmark_key, "injection": cfg.injection.to_dict(),
-                                    "size": asdict(cfg.size), "history": history})
-    wait_for_everyone()
-    # Reload through the public loading path, exactly as a user's checkpoint would be.
-    return load_vlm(path, cfg.device, cfg.dtype), str(path), True
+    vlm, trained = _injected_tiny_model(cfg, benchmark, benchmark, path, {"benchmark": benchmark_key})
+    return vlm, str(path), trained
+
+
+def prepare_retain_model(cfg: RunConfig, benchmark: Benchmark, benchmark_key: str) -> tuple[VLM | None, str | None, bool]:
+    """The "gold" model: trained like the vanilla model but on the retain split only (cached).
+
+    Same tokenizer (built from the whole benchmark), architecture, seed and injection
+    curriculum as ``prepare_vanilla``; the forget people's training data is left out. The
+    reference of CLEAR's forget quality and of NPO's ``reference=<retain model>``.
+    ``cfg.gold_model`` loads a given checkpoint instead; with a user's ``cfg.model`` and no
+    gold checkpoint there is no way to train one here, and ``(None, None, False)`` comes back.
+    """
+    if cfg.gold_model:
+        return load_vlm(cfg.gold_model, cfg.device, cfg.dtype), cfg.gold_model, False
+    if cfg.model:
+        return None, None, False
+    forget_key = stable_hash(sorted(benchmark.forget_ids))
+    key = injection_cache_key(cfg.family, asdict(cfg.size), f"{benchmark_key}:retain-only:{forget_key}", cfg.injection)
+    path = Path(cfg.cache_dir) / "retain" / f"{cfg.family}-{key}"
+    vlm, trained = _injected_tiny_model(cfg, benchmark, benchmark.retain_only(), path,
+                                        {"benchmark": benchmark_key, "retain_only": True, "forget_ids": benchmark.forget_ids})
+    return vlm, str(path), trained
+
+
+def clear_eval_config(cfg: EvalConfig) -> ClearEvalConfig:
+    """CLEAR's evaluation options from the run's: batch, generation length, item cap, seed;
+    ROUGE only when the ``generation`` task is asked for."""
+    return ClearEvalConfig(batch_size=cfg.batch_size, max_new_tokens=cfg.max_new_tokens,
+                           max_items_per_task=cfg.max_items_per_group, rouge="generation" in cfg.tasks, seed=cfg.seed,
+                           progress=cfg.progress)
 
 
 def versions() -> dict[str, str]:
@@ -115,15 +173,47 @@ def run_pipeline(cfg: RunConfig) -> dict[str, Any]:
     vlm, model_path, trained = prepare_vanilla(cfg, benchmark, benchmark_key)
     timings["knowledge injection" if trained else "load vanilla model"] = time.perf_counter() - start
 
-    evaluator = Evaluator(vlm, EvalConfig(**{**asdict(cfg.eval), "image_swap_check": True}))
-    start = time.perf_counter()
-    vanilla = evaluator.evaluate(benchmark)
+    gold: dict[str, Any] | None = None
+    gold_path = None
+    clear = benchmark.protocol == "clear"
+    if clear:
+        start = time.perf_counter()
+        gold_vlm, gold_path, gold_trained = prepare_retain_model(cfg, benchmark, benchmark_key)
+        timings["train gold model (retain only)" if gold_trained else "load gold model"] = time.perf_counter() - start
+        gold_evaluator = None
+        if gold_vlm is not None:
+            start = time.perf_counter()
+            gold_evaluator = ClearEvaluator(gold_vlm, clear_eval_config(cfg.eval))
+            gold = gold_evaluator.evaluate(benchmark)
+            timings["evaluate gold"] = time.perf_counter() - start
+        evaluator: Any = ClearEvaluator(vlm, clear_eval_config(cfg.eval), share_prompts_with=gold_evaluator)
+        del gold_vlm, gold_evaluator  # only the gold model's results are needed from here on
+        start = time.perf_counter()
+        vanilla = evaluator.evaluate(benchmark, gold=gold)
+    else:
+        evaluator = Evaluator(vlm, EvalConfig(**{**asdict(cfg.eval), "image_swap_check": True}))
+        start = time.perf_counter()
+        vanilla = evaluator.evaluate(benchmark)
     timings["evaluate vanilla"] = time.perf_counter() - start
+
+    method_cfg = cfg.method_cfg
+    reference_path = None
+    if method_cfg.extra.get("reference") == RETAIN_REFERENCE:
+        # A reference model trained without the forget people (NPO's option), trained once and cached.
+        start = time.perf_counter()
+        reference_vlm, reference_path, reference_trained = prepare_retain_model(cfg, benchmark, benchmark_key)
+        if reference_path is None:
+            raise ValueError(f"reference={RETAIN_REFERENCE}: with --model the tool cannot train a retain-only model; "
+                             "give one with --gold-model or pass its path as the reference")
+        del reference_vlm
+        timings["train retain-only reference" if reference_trained else "load retain-only reference"] = \
+            time.perf_counter() - start
+        method_cfg = replace(method_cfg, extra={**method_cfg.extra, "reference": reference_path})
 
     seed_everything(cfg.seed)
     start = time.perf_counter()
     try:
-        edit = method.unlearn(vlm, benchmark.forget_train, benchmark.retain_train, cfg.method_cfg)
+        edit = method.unlearn(vlm, benchmark.forget_train, benchmark.retain_train, method_cfg)
     except UnlearningDiverged as error:
         if is_main_process():
             error.last_good.save(run_dir / "edit-last-good")
@@ -134,9 +224,12 @@ def run_pipeline(cfg: RunConfig) -> dict[str, Any]:
         edit.save(run_dir / "edit")
     wait_for_everyone()
 
-    evaluator.cfg = cfg.eval
     start = time.perf_counter()
-    unlearned = evaluator.evaluate(benchmark, edit)
+    if clear:
+        unlearned = evaluator.evaluate(benchmark, edit, gold=gold)
+    else:
+        evaluator.cfg = cfg.eval
+        unlearned = evaluator.evaluate(benchmark, edit)
     timings["evaluate unlearned"] = time.perf_counter() - start
 
     config = {
@@ -146,10 +239,16 @@ def run_pipeline(cfg: RunConfig) -> dict[str, Any]:
         "injection": cfg.injection.to_dict(), "method_config": cfg.method_cfg.to_dict(), "eval": asdict(cfg.eval),
         "versions": versions(),
     }
+    if clear:
+        config.update({"gold_model_path": gold_path, "clear_tofu": cfg.clear_tofu})
+    if reference_path:
+        config["reference_model_path"] = reference_path
     results = {
         "config": config,
+        "protocol": benchmark.protocol,
         "vanilla": vanilla,
         "unlearned": unlearned,
+        **({"gold": gold} if clear else {}),
         "edit": {"kind": edit.kind, "path": str(run_dir / "edit"), "steps": edit.meta.get("steps")},
         "cost": {"wall_time_s": timings, "peak_memory_mb": peak_memory_mb(vlm.device),
                  "changed_parameters": getattr(edit, "changed_parameters", 0)},

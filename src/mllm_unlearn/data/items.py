@@ -15,6 +15,8 @@ class Item:
 
     ``image`` is a PIL image for ``vqa`` items and ``None`` for text-only ``qa`` items.
     ``options`` (mcq only) maps a letter to an option text; ``answer`` is then the letter.
+    Likelihood protocols (CLEAR, TOFU-style) score ``answer`` against a ``paraphrased_answer``
+    and wrong ``perturbed_answers`` of the same question.
     """
 
     person_id: str
@@ -27,6 +29,8 @@ class Item:
     options: dict[str, str] | None = None
     image_key: str | None = None  # stable name of the image, for per-item predictions
     meta: dict[str, Any] = field(default_factory=dict)
+    paraphrased_answer: str | None = None
+    perturbed_answers: list[str] | None = None
 
     def __post_init__(self) -> None:
         if self.modality == "vqa" and self.image is None:
@@ -47,3 +51,13 @@ class Benchmark:
     pretrain_train: list[Item] = field(default_factory=list)  # prior knowledge (real-world people)
     forget_ids: list[str] = field(default_factory=list)
     meta: dict[str, Any] = field(default_factory=dict)
+    protocol: str = "mllmu"  # which evaluation protocol reads ``eval_splits``: "mllmu" or "clear"
+
+    def retain_only(self) -> "Benchmark":
+        """The same benchmark with the forget people's training data removed (a "gold" model's data)."""
+        from dataclasses import replace
+
+        people = set(self.forget_ids)
+        forget_items = {id(i) for i in self.forget_train}  # also catches rows with no person (CLEAR's TOFU text)
+        kept = [i for i in self.finetune_train if i.person_id not in people and id(i) not in forget_items]
+        return replace(self, name=f"{self.name}:retain-only", finetune_train=kept, forget_train=[])

@@ -1,4 +1,5 @@
-"""The built-in benchmark: a fictitious world written in MLLMU-Bench's on-disk layout.
+"""The built-in benchmark: a fictitious world written in MLLMU-Bench's on-disk layout, or in
+CLEAR's (``layout="clear"``: the same people and portraits, see ``_write_clear``).
 
 People have a multi-word name, a portrait they are recognisable from, and facts asked
 in several phrasings. Training phrasings (``ft_Data``) and the test split's paraphrases
@@ -179,14 +180,23 @@ def _write_config(root: Path, config: str, rows: list[dict[str, Any]]) -> None:
     pq.write_table(table, root / config / "train-00000-of-00001.parquet")
 
 
-def generate_world(out_dir: str | Path, config: WorldConfig | None = None) -> Path:
-    """Write the built-in benchmark to ``out_dir`` in MLLMU-Bench's layout (atomically)."""
+LAYOUTS = ("mllmu", "clear")
+
+
+def generate_world(out_dir: str | Path, config: WorldConfig | None = None, layout: str = "mllmu") -> Path:
+    """Write the built-in benchmark to ``out_dir`` in MLLMU-Bench's or CLEAR's layout (atomically)."""
     config = config or WorldConfig()
+    if layout not in LAYOUTS:
+        raise ValueError(f"layout must be one of {LAYOUTS}, got {layout!r}")
     if config.fictitious < 20:
         raise ValueError("the built-in world needs at least 20 fictitious people (forget_5 must hold one)")
     rng = np.random.default_rng(config.seed)
     people = _people(config, rng)
     portraits = {p["id"]: render_portrait(p["identity"], config.image_size) for p in people}
+    if layout == "clear":
+        with atomic_directory(Path(out_dir)) as tmp:
+            _write_clear(tmp, config, people, portraits, rng)
+        return Path(out_dir)
 
     def image(pid: str) -> dict[str, Any]:
         return {"bytes": to_png(portraits[pid]), "path": f"{pid}.png"}
@@ -224,3 +234,115 @@ def generate_world(out_dir: str | Path, config: WorldConfig | None = None) -> Pa
             _write_config(tmp, f"retain_{100 - pct}", [p for p in profiles if p["ID"] not in forget])
         (tmp / "world.json").write_text(json.dumps({"generator": "mllm-unlearn synthetic", **asdict(config)}, indent=2))
     return out_dir
+
+
+# --- CLEAR layout ------------------------------------------------------------------------
+# Each person has two images (the portrait and a transformed copy), each with its own caption
+# naming the person and stating some facts. Paraphrases restate the same facts in another
+# sentence; perturbed captions are that paraphrase with every fact replaced by a wrong value.
+CAPTIONS = (
+    {"attributes": ("occupation", "hometown", "hobby"),
+     "caption": "{name} is a {occupation} from {hometown} who loves {hobby}.",
+     "paraphrase": "Born in {hometown}, {name} works as a {occupation} and enjoys {hobby}."},
+    {"attributes": ("pet", "food"),
+     "caption": "{name} has a pet {pet} and likes to eat {food}.",
+     "paraphrase": "{name} keeps a {pet} at home and loves {food}."},
+)
+PERTURBED_PER_ROW = 3
+REAL_WORLD_ATTRIBUTES = ("occupation", "hometown", "hobby")
+
+
+def clear_template_texts() -> list[str]:
+    from .clear import CAPTION_PROMPTS, NAME_PROMPT
+
+    return list(CAPTION_PROMPTS) + [NAME_PROMPT] + [t[k] for t in CAPTIONS for k in ("caption", "paraphrase")]
+
+
+def _wrong_values(attr: str, value: str, rng: np.random.Generator) -> str:
+    return str(rng.choice([v for v in ATTRIBUTES[attr]["values"] if v != value]))
+
+
+def _write_clear(root: Path, config: WorldConfig, people: list[dict[str, Any]], portraits: dict[str, np.ndarray],
+                 rng: np.random.Generator) -> None:
+    """The world in CLEAR's configs (see ``data/clear.py``); ``pretrain_data`` is our addition."""
+    from .clear import FORGET_PERCENTS, forget_config, retain_config
+
+    taken = {part for p in people for part in p["name"].split()}
+    firsts = [n for n in _name_pool(rng, 4 * len(people), 2) if n not in taken]
+    lasts = [n for n in _name_pool(rng, 4 * len(people), 3) if n not in taken]
+
+    def fake_names(count: int) -> list[str]:  # names of nobody in the world
+        return [f"{firsts[int(rng.integers(len(firsts)))]} {lasts[int(rng.integers(len(lasts)))]}" for _ in range(count)]
+
+    def caption_rows(person: dict[str, Any]) -> list[dict[str, Any]]:
+        rows = []
+        for k, spec in enumerate(CAPTIONS):
+            pixels = portraits[person["id"]] if k == 0 else transform_portrait(portraits[person["id"]], rng, k)
+            facts = {a: person["facts"][a] for a in spec["attributes"]}
+            perturbed = [spec["paraphrase"].format(name=person["name"], **{a: _wrong_values(a, v, rng) for a, v in facts.items()})
+                         for _ in range(PERTURBED_PER_ROW)]
+            rows.append({"image": {"bytes": to_png(pixels), "path": f"{person['id']}_{k}.png"},
+                         "caption": spec["caption"].format(name=person["name"], **facts), "name": person["name"],
+                         "paraphrased_caption": spec["paraphrase"].format(name=person["name"], **facts),
+                         "perturbed_captions": perturbed, "perturbed_names": fake_names(PERTURBED_PER_ROW)})
+        return rows
+
+    def plain(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        return [{k: r[k] for k in ("image", "caption", "name")} for r in rows]
+
+    def text_rows(person: dict[str, Any]) -> list[dict[str, Any]]:  # TOFU-style text QA (``+tofu`` configs)
+        forms = subject_forms(person["name"])
+        return [{"image": None, "caption": None, "question": spec["train"][t].format(**forms),
+                 "answer": spec["statement"].format(value=person["facts"][attr], **forms)}
+                for attr, spec in ATTRIBUTES.items() for t in range(2)]
+
+    def with_tofu(rows: list[dict[str, Any]], persons: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        return ([{"image": r["image"], "caption": r["caption"], "question": None, "answer": None} for r in rows]
+                + [row for p in persons for row in text_rows(p)])
+
+    fictitious = [p for p in people if not p["real"]]
+    real = [p for p in people if p["real"]]
+    rows_of = {p["id"]: caption_rows(p) for p in people}
+    order = [fictitious[i]["id"] for i in rng.permutation(len(fictitious))]
+
+    def rows(ids: set[str]) -> list[dict[str, Any]]:
+        return [r for p in fictitious if p["id"] in ids for r in rows_of[p["id"]]]
+
+    all_ids = set(order)
+    _write_config(root, "full", plain(rows(all_ids)))
+    _write_config(root, "full+tofu", with_tofu(rows(all_ids), fictitious))
+    retain_eval: set[str] = set(order[max(1, round(len(order) * max(FORGET_PERCENTS) / 100)):])
+    _write_config(root, "retain_perturbed", rows(retain_eval))
+    for pct in FORGET_PERCENTS:
+        forget = set(order[: max(1, round(len(order) * pct / 100))])
+        retain = all_ids - forget
+        _write_config(root, forget_config(pct), plain(rows(forget)))
+        _write_config(root, f"{forget_config(pct)}_perturbed", rows(forget))
+        _write_config(root, retain_config(pct), plain(rows(retain)))
+        _write_config(root, f"{forget_config(pct)}+tofu", with_tofu(rows(forget), [p for p in fictitious if p["id"] in forget]))
+        _write_config(root, f"{retain_config(pct)}+tofu", with_tofu(rows(retain), [p for p in fictitious if p["id"] in retain]))
+
+    # Real-world people: known before the fictitious ones (``pretrain_data``), evaluated by
+    # face recognition (``real_faces``) and image questions with wrong options (``real_world``).
+    real_faces, real_world, pretrain = [], [], []
+    for person in real:
+        portrait = {"bytes": to_png(portraits[person["id"]]), "path": f"{person['id']}.png"}
+        real_faces.append({"image": portrait, "answer": person["name"], "options": fake_names(PERTURBED_PER_ROW)})
+        forms = subject_forms(None)
+        for attr in REAL_WORLD_ATTRIBUTES:
+            spec, fact = ATTRIBUTES[attr], person["facts"][attr]
+            question = spec["train"][0].format(**forms)
+            wrong = [spec["statement"].format(value=v, **forms)
+                     for v in rng.choice([v for v in spec["values"] if v != fact], size=PERTURBED_PER_ROW, replace=False)]
+            answer = spec["statement"].format(value=fact, **forms)
+            real_world.append({"question": question, "answer": answer, "image": portrait, "options": wrong,
+                               "prompt": question, "name": person["name"]})
+            pretrain += [{"image": portrait, "caption": None, "question": spec["train"][t].format(**forms),
+                          "answer": answer, "name": person["name"]} for t in range(2)]
+        pretrain += [{"image": r["image"], "caption": r["caption"], "question": None, "answer": None, "name": r["name"]}
+                     for r in rows_of[person["id"]]]
+    _write_config(root, "real_faces", real_faces)
+    _write_config(root, "real_world", real_world)
+    _write_config(root, "pretrain_data", pretrain)
+    (root / "world.json").write_text(json.dumps({"generator": "mllm-unlearn synthetic", "layout": "clear",
+                                                 **asdict(config)}, indent=2))

@@ -4,8 +4,9 @@ L = -(2/beta) * log sigmoid(-beta * (log p(y_f|x_f) - log p_ref(y_f|x_f))), per 
 summed answer log-probabilities, plus an optional retain NLL term (``retain_term``).
 
 The reference is selectable (``extra["reference"]``): ``vanilla`` (the model before
-unlearning, as the NPO paper does) or the path of a local checkpoint, such as a model
-fine-tuned on the retain data only (what MLLMU-Bench's and MIP-Editor's scripts use).
+unlearning, as the NPO paper does), ``retain-finetuned`` (a model trained like the vanilla one
+but without the forget people, what MLLMU-Bench's and MIP-Editor's scripts use; the pipeline
+trains and caches it) or the path of a local checkpoint.
 Reference log-probabilities of the forget set are computed once before training, so no
 second model is held during training.
 """
@@ -36,6 +37,10 @@ class NPO(GradientMethod):
     def options(cfg: MethodConfig) -> tuple[float, str, bool]:
         beta = float(cfg.extra.get("beta", 0.4))
         reference = str(cfg.extra.get("reference", "vanilla"))
+        if reference == "retain-finetuned":
+            raise ValueError("npo: reference 'retain-finetuned' is trained and resolved by the pipeline "
+                             "(mllm-unlearn run); through the Python API pass the checkpoint's path "
+                             "(pipeline.prepare_retain_model builds and caches it)")
         if reference != "vanilla" and not (Path(reference) / "config.json").is_file():
             raise ValueError(f"npo: reference must be 'vanilla' or a local checkpoint directory; "
                              f"{reference!r} has no config.json")

@@ -128,7 +128,9 @@ def augment_portrait(image: Any, rng: random.Random) -> Any:
 
 
 def _facts(items: Sequence[Item]) -> int:
-    return len({(i.person_id, i.modality, i.meta.get("Attribute", i.question)) for i in items})
+    """Distinct facts: phrasings of one fact (same ``Attribute``, or same ``fact`` key, e.g. one
+    caption asked with several instructions) count once, so an epoch's length follows the knowledge."""
+    return len({(i.person_id, i.modality, i.meta.get("fact", i.meta.get("Attribute", i.question))) for i in items})
 
 
 def inject_knowledge(vlm: VLM, benchmark: Benchmark, cfg: InjectionConfig | None = None,

@@ -1,0 +1,115 @@
+"""CLEAR's layout: the built-in world written in it round-trips through the loader; bad input is named."""
+import shutil
+
+import pyarrow.parquet as pq
+import pytest
+
+from mllm_unlearn.data import BenchmarkFormatError, generate_world, load_clear
+from mllm_unlearn.data.clear import CAPTION_PROMPTS, NAME_PROMPT, is_clear_layout
+from mllm_unlearn.data.synthetic import PERTURBED_PER_ROW
+
+from ..conftest import SMALL_WORLD
+
+TASKS = {"forget", "forget_facerec", "retain", "retain_facerec", "real_faces", "real_world"}
+
+
+@pytest.fixture(scope="module")
+def clear_dir(tmp_path_factory):
+    return generate_world(tmp_path_factory.mktemp("clear") / "w", SMALL_WORLD, layout="clear")
+
+
+def rows(root, config):
+    return pq.read_table(next((root / config).glob("*.parquet"))).to_pylist()
+
+
+def test_generator_writes_every_clear_config_with_its_columns(clear_dir):
+    expected = {"forget01": ["image", "caption", "name"], "retain90": ["image", "caption", "name"],
+                "forget10_perturbed": ["image", "caption", "name", "paraphrased_caption", "perturbed_captions",
+                                       "perturbed_names"],
+                "retain_perturbed": ["image", "caption", "name", "paraphrased_caption", "perturbed_captions",
+                                     "perturbed_names"],
+                "real_faces": ["image", "answer", "options"], "real_world": ["question", "answer", "image", "prompt", "options"],
+                "forget05+tofu": ["image", "caption", "question", "answer"], "full+tofu": ["image", "caption", "question", "answer"]}
+    for config, columns in expected.items():
+        table = pq.read_table(next((clear_dir / config).glob("*.parquet")))
+        assert set(columns) <= set(table.column_names), config
+    assert is_clear_layout(clear_dir)
+
+
+def test_clear_layout_round_trips_through_the_loader(clear_dir, world_dir):
+    benchmark = load_clear(clear_dir, forget_percent=10)
+    assert benchmark.protocol == "clear" and set(benchmark.eval_splits) == TASKS
+    forget_rows = rows(clear_dir, "forget10")
+    forget_names = sorted({r["name"] for r in forget_rows})
+    assert benchmark.forget_ids == forget_names and len(forget_names) == 2  # 10% of 20 people
+    perturbed = rows(clear_dir, "forget10_perturbed")
+    captions = benchmark.eval_splits["forget"]
+    assert [i.answer for i in captions] == [r["caption"] for r in perturbed]
+    assert [i.paraphrased_answer for i in captions] == [r["paraphrased_caption"] for r in perturbed]
+    assert [i.perturbed_answers for i in captions] == [r["perturbed_captions"] for r in perturbed]
+    assert all(i.question in CAPTION_PROMPTS and i.image is not None for i in captions)
+    names = benchmark.eval_splits["forget_facerec"]
+    assert [(i.question, i.answer, i.perturbed_answers) for i in names] == [
+        (NAME_PROMPT, r["name"], r["perturbed_names"]) for r in perturbed]
+    assert all(len(i.perturbed_answers) == PERTURBED_PER_ROW for t in TASKS for i in benchmark.eval_splits[t])
+    # Retain evaluation never holds a forget person; the training splits are disjoint by person.
+    assert not {i.person_id for i in benchmark.eval_splits["retain"]} & set(forget_names)
+    assert {i.person_id for i in benchmark.forget_train} == set(forget_names)
+    assert not {i.person_id for i in benchmark.retain_train} & set(forget_names)
+    # Every caption row is trained with every caption instruction, plus the name question.
+    assert len(benchmark.forget_train) == len(forget_rows) * (len(CAPTION_PROMPTS) + 1)
+    # Real-world people come with prior-knowledge training data (our pretrain_data config).
+    real = {i.person_id for i in benchmark.eval_splits["real_faces"]}
+    assert real and real <= {i.person_id for i in benchmark.pretrain_train}
+    # The same people and portraits as the MLLMU-Bench layout of the same world.
+    mllmu = {r["name"]: r["image"]["bytes"] for c in ("Full_Set", "Retain_Set") for r in rows(world_dir, c)}
+    clear_people = {r["name"]: r["image"]["bytes"] for r in rows(clear_dir, "full") if r["image"]["path"].endswith("_0.png")}
+    assert len(clear_people) == SMALL_WORLD.fictitious
+    assert all(mllmu[name] == image for name, image in clear_people.items())
+    # The evaluation's caption instruction is seeded: the same seed gives the same prompts.
+    again = load_clear(clear_dir, forget_percent=10)
+    assert [i.question for i in again.eval_splits["retain"]] == [i.question for i in benchmark.eval_splits["retain"]]
+
+
+def test_tofu_configs_add_text_questions_and_retain_only_drops_the_forget_split(clear_dir):
+    benchmark = load_clear(clear_dir, forget_percent=5, tofu=True)
+    text = [i for i in benchmark.forget_train if i.modality == "qa"]
+    assert text and all(i.image is None for i in text)
+    forget_names = set(benchmark.forget_ids)
+    assert any(name in i.question for i in text for name in forget_names)  # TOFU-style questions name the person
+    gold = benchmark.retain_only()
+    assert not gold.forget_train and len(gold.finetune_train) == len(benchmark.retain_train)
+    assert not {id(i) for i in gold.finetune_train} & {id(i) for i in benchmark.forget_train}
+    assert not {i.person_id for i in gold.finetune_train} & forget_names
+
+
+def copy_with(clear_dir, tmp_path, config, edit):
+    root = tmp_path / "bad"
+    shutil.copytree(clear_dir, root)
+    file = next((root / config).glob("*.parquet"))
+    table = pq.read_table(file)
+    pq.write_table(edit(table), file)
+    return root
+
+
+def test_missing_column_names_config_and_column(clear_dir, tmp_path):
+    root = copy_with(clear_dir, tmp_path, "forget10_perturbed", lambda t: t.drop_columns(["perturbed_names"]))
+    with pytest.raises(BenchmarkFormatError, match=r"config 'forget10_perturbed' lacks column\(s\) \['perturbed_names'\]"):
+        load_clear(root, forget_percent=10)
+
+
+def test_empty_value_and_missing_config_are_named(clear_dir, tmp_path):
+    import pyarrow as pa
+
+    def empty_options(table):
+        column = table.column_names.index("options")
+        return table.set_column(column, "options", pa.array([[]] * table.num_rows, pa.list_(pa.string())))
+
+    root = copy_with(clear_dir, tmp_path, "real_faces", empty_options)
+    with pytest.raises(BenchmarkFormatError, match=r"config 'real_faces'.*column 'options' is empty"):
+        load_clear(root, forget_percent=10)
+    shutil.rmtree(root / "retain_perturbed")
+    with pytest.raises(BenchmarkFormatError, match="CLEAR config 'retain_perturbed' is missing"):
+        load_clear(root, forget_percent=10)
+    with pytest.raises(BenchmarkFormatError, match="forget percent must be 1, 5 or 10"):
+        load_clear(clear_dir, forget_percent=15)
