@@ -47,6 +47,9 @@ def run(
     people: Optional[int] = typer.Option(None, help="Fictitious people in the built-in world (default 100)."),
     real_people: Optional[int] = typer.Option(None, help="Real-world people in the built-in world (default 30)."),
     inject_epochs: Optional[int] = typer.Option(None, help="Knowledge-injection epochs on the benchmark people."),
+    mia: bool = typer.Option(True, help="Membership inference (forget vs held-out people) before and after unlearning."),
+    relearn: bool = typer.Option(True, help="Relearning attack on the unlearned model (a curve over steps)."),
+    relearn_steps: int = typer.Option(20, help="Fine-tuning steps of the relearning attack."),
     seed: int = typer.Option(0, help="Seed for everything."),
     device: str = typer.Option("auto", help="auto, cpu, cuda or cuda:N."),
     dtype: str = typer.Option("float32", help="float32, bfloat16 or float16."),
@@ -57,6 +60,8 @@ def run(
     """Build or load the vanilla model, evaluate, unlearn the forget split, evaluate again, write a report."""
     from .data import WorldConfig
     from .eval import EvalConfig
+    from .eval.mia import MIAConfig
+    from .eval.relearn import RelearnConfig
     from .methods import MethodConfig
     from .pipeline import RunConfig, run_pipeline
     from .training import InjectionConfig, LoraOptions
@@ -76,14 +81,17 @@ def run(
         cfg = RunConfig(name=name, family=family, model=str(model) if model else None,
                         benchmark=str(benchmark) if benchmark else None, forget_percent=forget, method=method, seed=seed,
                         device=device, dtype=dtype, runs_dir=str(runs_dir), cache_dir=str(cache_dir), world=world,
-                        injection=injection, method_cfg=method_cfg, eval=eval_cfg, progress=not quiet)
+                        injection=injection, method_cfg=method_cfg, eval=eval_cfg, progress=not quiet,
+                        mia=MIAConfig() if mia else None,
+                        relearn=RelearnConfig(steps=relearn_steps, eval_every=max(1, relearn_steps // 4), seed=seed)
+                        if relearn else None)
         results = run_pipeline(cfg)
     except (ValueError, FileNotFoundError) as error:
         typer.secho(f"error: {error}", fg=typer.colors.RED, err=True)
         raise typer.Exit(code=2)
     run_dir = runs_dir / name
     typer.echo((run_dir / "report.md").read_text())
-    typer.echo(f"Wrote {run_dir / 'results.json'} and {run_dir / 'report.md'}")
+    typer.echo(f"Wrote {run_dir / 'results.json'}, {run_dir / 'report.md'} and {run_dir / 'report.html'}")
 
 
 @app.command()
@@ -97,17 +105,43 @@ def methods() -> None:
 
 @app.command()
 def report(run_dir: Path) -> None:
-    """Re-render RUN_DIR/report.md from RUN_DIR/results.json."""
-    from .report import render_markdown
+    """Re-render RUN_DIR/report.md and RUN_DIR/report.html from RUN_DIR/results.json."""
+    from .report import load_results, render_html, render_markdown
     from .utils import atomic_write_text
 
-    results_file = run_dir / "results.json"
-    if not results_file.is_file():
-        typer.secho(f"error: {results_file} does not exist", fg=typer.colors.RED, err=True)
+    try:
+        results = load_results(run_dir)
+    except (ValueError, FileNotFoundError) as error:
+        typer.secho(f"error: {error}", fg=typer.colors.RED, err=True)
         raise typer.Exit(code=2)
-    text = render_markdown(json.loads(results_file.read_text()))
+    text = render_markdown(results)
     atomic_write_text(run_dir / "report.md", text)
+    atomic_write_text(run_dir / "report.html", render_html([results]))
     typer.echo(text)
+
+
+@app.command()
+def compare(
+    runs: list[Path] = typer.Argument(..., help="Run folders (each holding results.json)."),
+    out: Path = typer.Option(Path("runs/compare"), help="Output path without extension: writes OUT.html and OUT.md."),
+    title: Optional[str] = typer.Option(None, help="Report title."),
+) -> None:
+    """One report over several runs: results table, trade-off scatter, MIA, relearning curves, cost."""
+    from .report import compare_markdown, load_results, render_html
+    from .utils import atomic_write_text
+
+    try:
+        results = [load_results(run) for run in runs]
+    except (ValueError, FileNotFoundError) as error:
+        typer.secho(f"error: {error}", fg=typer.colors.RED, err=True)
+        raise typer.Exit(code=2)
+    base = out.with_suffix("") if out.suffix in (".html", ".md") else out
+    html_path, md_path = base.parent / f"{base.name}.html", base.parent / f"{base.name}.md"
+    text = compare_markdown(results, title)
+    atomic_write_text(html_path, render_html(results, title))
+    atomic_write_text(md_path, text)
+    typer.echo(text)
+    typer.echo(f"Wrote {html_path} and {md_path}")
 
 
 if __name__ == "__main__":
