@@ -123,14 +123,16 @@ def tradeoff_plot(runs: Sequence[dict[str, Any]], metric: str) -> str | None:
                 continue
             ax.scatter([x], [y], s=80, color=COLORS[k % len(COLORS)], label=run_label(r), zorder=3)
             ax.annotate(r["config"]["method"], (x, y), textcoords="offset points", xytext=(6, 4), fontsize=9)
-        if metric.endswith("accuracy"):
+        if metric.endswith("accuracy"):  # one fixed scale, so panels and reports compare at a glance
+            ax.set_xlim(0, 102)
+            ax.set_ylim(0, 102)
             ax.axvline(25.0, color="#999999", linestyle=":", linewidth=1)
-            ax.text(25.5, ax.get_ylim()[0], "chance", color="#777777", fontsize=8, va="bottom")
+            ax.text(26, 2, "chance", color="#777777", fontsize=8, va="bottom")
         ax.set_xlabel(f"forget: {METRIC_LABELS.get(metric, metric)}  (lower = more forgotten)")
         ax.set_ylabel(f"retain: {METRIC_LABELS.get(metric, metric)}  (higher = kept)")
         ax.set_title(f"Trade-off, {MODALITY_LABELS.get(modality, modality)}")
         ax.grid(alpha=0.3)
-        ax.legend(fontsize=8, loc="lower right")
+        ax.legend(fontsize=8, loc="best")
     return _png(fig)
 
 
@@ -192,7 +194,6 @@ def mia_plot(runs: Sequence[dict[str, Any]]) -> str | None:
         xs = [i + (s - (len(series) - 1) / 2) * width for i in range(len(attacks))]
         ax.bar(xs, [aucs.get(a, 0.0) for a in attacks], width, label=label, color=color)
     ax.axhline(0.5, color="#999999", linestyle="--", linewidth=1)
-    ax.text(len(attacks) - 0.5, 0.51, "0.5 = forget looks unseen", ha="right", fontsize=8, color="#666666")
     ax.set_xticks(range(len(attacks)))
     ax.set_xticklabels([ATTACK_LABELS.get(a, a.replace("min_k_", "Min-") + ("%" if a.startswith("min_k_") else ""))
                         for a in attacks])
@@ -232,7 +233,7 @@ def relearn_plot(runs: Sequence[dict[str, Any]]) -> str | None:
 
 
 def cost_plot(runs: Sequence[dict[str, Any]]) -> str:
-    fig, (time_ax, memory_ax) = _figure(10.0, max(2.6, 1.2 + 0.45 * len(runs)), 2)
+    fig, (time_ax, memory_ax) = _figure(11.0, max(3.4, 2.0 + 0.45 * len(runs)), 2)
     labels = [run_label(r) for r in runs]
     steps: list[str] = []
     for r in runs:
@@ -243,7 +244,7 @@ def cost_plot(runs: Sequence[dict[str, Any]]) -> str:
         time_ax.barh(labels, values, left=left, color=COLORS[k % len(COLORS)], label=step)
         left = [a + b for a, b in zip(left, values)]
     time_ax.set_xlabel("wall time (s)")
-    time_ax.legend(fontsize=7, loc="lower right")
+    time_ax.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.3), ncol=3, frameon=False)
     memory_ax.barh(labels, [r.get("cost", {}).get("peak_memory_mb", 0.0) for r in runs], color=COLORS[0])
     memory_ax.set_xlabel("peak memory (MB)")
     for ax in (time_ax, memory_ax):
@@ -364,7 +365,10 @@ def render_html(runs: Sequence[dict[str, Any]], title: str | None = None) -> str
                                             "memory", "cost"),
               _table(["run", "step", "wall time (s)"],
                      [[run_label(r), step, _fmt(seconds)] for r in runs
-                      for step, seconds in r.get("cost", {}).get("wall_time_s", {}).items()], "cost")]
+                      for step, seconds in r.get("cost", {}).get("wall_time_s", {}).items()], "cost"),
+              _table(["run", "peak memory, whole run (MB)", "peak memory before robustness evaluations (MB)"],
+                     [[run_label(r), _fmt(r.get("cost", {}).get("peak_memory_mb"), 0),
+                       _fmt(r.get("cost", {}).get("peak_memory_mb_before_robustness"), 0)] for r in runs], "memory")]
     parts.append("</body></html>")
     return "\n".join(p for p in parts if p)
 
