@@ -153,7 +153,8 @@ def split_bars_plot(runs: Sequence[dict[str, Any]], metric: str) -> str:
         ax.set_ylabel(METRIC_LABELS.get(metric, metric))
         ax.set_title(MODALITY_LABELS.get(modality, modality))
         ax.grid(axis="y", alpha=0.3)
-        ax.legend(fontsize=8)
+        ax.set_ylim(0, ax.get_ylim()[1] * 1.18)  # headroom: the legend sits above the bars
+        ax.legend(fontsize=8, ncol=min(4, len(series)), loc="upper center")
     return _png(fig)
 
 
@@ -176,7 +177,8 @@ def generalisation_plot(runs: Sequence[dict[str, Any]]) -> str | None:
         ax.set_ylabel("Classification acc. (%)")
         ax.set_title(f"Forget people: {MODALITY_LABELS.get(modality, modality)}")
         ax.grid(axis="y", alpha=0.3)
-        ax.legend(fontsize=8)
+        ax.set_ylim(0, ax.get_ylim()[1] * 1.18)  # headroom: the legend sits above the bars
+        ax.legend(fontsize=8, ncol=min(4, len(series)), loc="upper center")
     return _png(fig)
 
 
