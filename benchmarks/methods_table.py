@@ -4,8 +4,11 @@
 
 Uses the cached vanilla model of `make run` (trains it first if missing). Per method:
 classification accuracy (likelihood scorer) on forget / test / retain / real-world in VQA and
-QA, the unlearning wall time and the process's peak memory. Each method's full results stay
-in runs/table-<method>/.
+QA, membership-inference AUC (forget vs held-out people; LOSS and Min-20% attacks), the
+relearning attack's forget accuracy (on forget people the attack never shows: after unlearning
+-> after the attack), the unlearning wall time and the peak memory. Each method's full results
+stay in runs/table-<method>/ (and report.html there); `mllm-unlearn compare runs/table-*`
+draws them together.
 """
 from __future__ import annotations
 
@@ -19,6 +22,20 @@ from pathlib import Path
 from mllm_unlearn.methods import available_methods
 
 SPLITS = ("forget", "test", "retain", "real_world")
+
+
+def _num(value: float | None) -> str:
+    return "–" if value is None else f"{value:.1f}"
+
+
+def _auc(results: dict, stage: str, attack: str) -> str:
+    value = results["robustness"].get("mia", {}).get(stage, {}).get("auc", {}).get(attack)
+    return "–" if value is None else f"{value:.3f}"
+
+
+def _steps(rows: list) -> str:
+    steps = {r["robustness"].get("relearn", {}).get("steps", [None])[-1] for _, r in rows}
+    return "/".join(str(s) for s in sorted(steps, key=str))
 
 
 def main() -> None:
@@ -39,21 +56,35 @@ def main() -> None:
         results = json.loads((Path("runs") / name / "results.json").read_text())
         vanilla = vanilla or results["vanilla"]["figures"]
         rows.append((method, results))
-    header = "| method | " + " | ".join(f"{s} VQA | {s} QA" for s in SPLITS) + " | unlearn time (s) | peak memory (MB) |"
+    header = ("| method | " + " | ".join(f"{s} VQA | {s} QA" for s in SPLITS)
+              + " | MIA AUC LOSS | MIA AUC Min-20% | relearned forget VQA | relearned forget QA"
+              + " | unlearn time (s) | peak memory (MB) |")
     lines = [f"# Methods on the built-in benchmark ({args.family}, forget 10%)", "",
              "Classification accuracy (%), likelihood scorer. Produced by `benchmarks/methods_table.py`.", "",
-             header, "|" + " --- |" * (2 + 2 * len(SPLITS) + 1)]
+             header, "|" + " --- |" * (2 + 2 * len(SPLITS) + 5)]
+    first = rows[0][1]
+    relearn0 = first["robustness"].get("relearn", {}).get("vanilla_forget_accuracy", {})
     lines.append("| vanilla | " + " | ".join(f"{vanilla[s]['vqa']['mcq_accuracy']:.1f} | {vanilla[s]['qa']['mcq_accuracy']:.1f}"
-                                            for s in SPLITS) + " | | |")
+                                            for s in SPLITS)
+                 + f" | {_auc(first, 'vanilla', 'loss')} | {_auc(first, 'vanilla', 'min_k_20')}"
+                 + f" | {_num(relearn0.get('vqa'))} | {_num(relearn0.get('qa'))} | | |")
     for method, results in rows:
         figures = results["unlearned"]["figures"]
         cost = results["cost"]
         unlearn_s = next(v for k, v in cost["wall_time_s"].items() if k.startswith("unlearn"))
+        curve = results["robustness"].get("relearn", {}).get("forget_accuracy") or [{}]
+        relearned = " | ".join(f"{_num(curve[0].get(m))} → {_num(curve[-1].get(m))}" for m in ("vqa", "qa"))
+        peak = cost.get("peak_memory_mb_before_robustness", cost["peak_memory_mb"])
         lines.append(f"| {method} | " + " | ".join(
             f"{figures[s]['vqa']['mcq_accuracy']:.1f} | {figures[s]['qa']['mcq_accuracy']:.1f}" for s in SPLITS)
-            + f" | {unlearn_s:.1f} | {cost['peak_memory_mb']:.0f} |")
-    lines += ["", "Peak memory: the method's whole run (load, evaluate twice, unlearn) in its own process: "
-              "max RSS on CPU, the CUDA allocator's peak on GPU."]
+            + f" | {_auc(results, 'unlearned', 'loss')} | {_auc(results, 'unlearned', 'min_k_20')} | {relearned}"
+            + f" | {unlearn_s:.1f} | {peak:.0f} |")
+    lines += ["", "MIA AUC: P(a held-out person's training item looks less familiar than a forget person's); "
+              "about 1 = still recognisably trained on, 0.5 = like never seen. Relearned forget: accuracy on forget "
+              "people the relearning attack never shows, after unlearning → after "
+              f"{_steps(rows)} fine-tuning steps on the other forget people (vanilla row: the vanilla model).",
+              "", "Peak memory: the method's whole run (load, evaluate twice, unlearn) in its own process, before "
+              "the robustness evaluations: max RSS on CPU, the CUDA allocator's peak on GPU."]
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text("\n".join(lines) + "\n")
     print("\n".join(lines))

@@ -7,6 +7,8 @@ from typer.testing import CliRunner
 
 from mllm_unlearn.cli import app
 from mllm_unlearn.eval import EvalConfig
+from mllm_unlearn.eval.mia import MIAConfig
+from mllm_unlearn.eval.relearn import RelearnConfig
 from mllm_unlearn.methods import MethodConfig
 from mllm_unlearn.pipeline import RunConfig, run_pipeline
 from mllm_unlearn.training import InjectionConfig
@@ -20,6 +22,7 @@ def small_run(tmp_path, cache: str, name: str = "r") -> RunConfig:
         injection=InjectionConfig(pretrain_epochs=2, finetune_epochs=3, skill_max_steps=10), device="cpu",
         method_cfg=MethodConfig(max_steps=3, batch_size=8, progress=False),
         eval=EvalConfig(max_items_per_group=6, max_new_tokens=6, progress=False), progress=False,
+        mia=MIAConfig(max_items=24), relearn=RelearnConfig(steps=2, eval_every=1, batch_size=4, max_eval_items=4),
     )
 
 
@@ -43,6 +46,21 @@ def test_same_seed_gives_identical_figures_and_cache_skips_injection(tmp_path):
     report = (run_dir / "report.md").read_text()
     assert "| Forget | VQA (image + text) |" in report and "→" in report
     assert (run_dir / "edit" / "weights.safetensors").is_file()
+
+    # Robustness: MIA before/after, the relearning curve, the generalisation breakdown, report.html.
+    mia = saved["robustness"]["mia"]
+    assert set(mia) == {"vanilla", "unlearned"} and mia["unlearned"]["counts"] == {"members": 24, "non_members": 24}
+    relearn = saved["robustness"]["relearn"]
+    assert relearn["steps"] == [0, 1, 2] and first["robustness"] == second["robustness"]
+    assert set(saved["generalisation"]["unlearned"]["vqa"]) == {"forget", "image_only", "question_only", "test"}
+    assert "## Membership inference" in report and "## Relearning attack" in report
+    page = (run_dir / "report.html").read_text()
+    assert 'id="plot-mia"' in page and 'id="plot-relearn"' in page and 'id="plot-tradeoff"' in page
+
+    result = CliRunner().invoke(app, ["compare", str(run_dir), str(tmp_path / "runs" / "c"),
+                                      "--out", str(tmp_path / "compare")])
+    assert result.exit_code == 0, result.output
+    assert (tmp_path / "compare.html").is_file() and "| c (ga) |" in (tmp_path / "compare.md").read_text()
 
 
 def test_cli_rejects_unknown_method_clearly(tmp_path):
@@ -68,7 +86,8 @@ def test_every_gradient_method_runs_through_the_pipeline(tmp_path_factory, metho
     cfg = small_run(base, "cache_methods", method)
     cfg = replace(cfg, method=method, method_cfg=replace(cfg.method_cfg, extra=extra),
                   eval=replace(cfg.eval, tasks=("mcq",)))
-    results = run_pipeline(cfg)
+    results = run_pipeline(replace(cfg, mia=None, relearn=None))
+    assert results["robustness"]["mia"] == {"skipped": "switched off (--no-mia)"}
     assert results["edit"]["steps"] == 3 and results["config"]["method_config"]["extra"] == extra
     assert (base / "runs" / method / "report.md").is_file()
 

@@ -55,6 +55,9 @@ def run(
     real_people: Optional[int] = typer.Option(None, help="Real-world people in the built-in world (default 30)."),
     inject_epochs: Optional[int] = typer.Option(None, help="Knowledge-injection epochs on the benchmark people."),
     pretrain_epochs: Optional[int] = typer.Option(None, help="Knowledge-injection epochs on the real-world people."),
+    mia: bool = typer.Option(True, help="Membership inference (forget vs held-out people) before and after unlearning."),
+    relearn: bool = typer.Option(True, help="Relearning attack on the unlearned model (a curve over steps)."),
+    relearn_steps: int = typer.Option(20, help="Fine-tuning steps of the relearning attack."),
     seed: int = typer.Option(0, help="Seed for everything."),
     device: str = typer.Option("auto", help="auto, cpu, cuda or cuda:N."),
     dtype: str = typer.Option("float32", help="float32, bfloat16 or float16."),
@@ -65,6 +68,8 @@ def run(
     """Build or load the vanilla model, evaluate, unlearn the forget split, evaluate again, write a report."""
     from .data import WorldConfig
     from .eval import EvalConfig
+    from .eval.mia import MIAConfig
+    from .eval.relearn import RelearnConfig
     from .methods import MethodConfig
     from .methods.base import UnlearningDiverged
     from .pipeline import RunConfig, run_pipeline
@@ -89,7 +94,10 @@ def run(
                         benchmark=benchmark or None, clear_tofu=tofu, gold_model=str(gold_model) if gold_model else None,
                         forget_percent=forget, method=method, seed=seed,
                         device=device, dtype=dtype, runs_dir=str(runs_dir), cache_dir=str(cache_dir), world=world,
-                        injection=injection, method_cfg=method_cfg, eval=eval_cfg, progress=not quiet)
+                        injection=injection, method_cfg=method_cfg, eval=eval_cfg, progress=not quiet,
+                        mia=MIAConfig() if mia else None,
+                        relearn=RelearnConfig(steps=relearn_steps, eval_every=max(1, relearn_steps // 4), seed=seed)
+                        if relearn else None)
         results = run_pipeline(cfg)
     except (ValueError, FileNotFoundError, FloatingPointError, UnlearningDiverged) as error:
         typer.secho(f"error: {error}", fg=typer.colors.RED, err=True)
@@ -100,7 +108,7 @@ def run(
         return
     run_dir = runs_dir / name
     typer.echo((run_dir / "report.md").read_text())
-    typer.echo(f"Wrote {run_dir / 'results.json'} and {run_dir / 'report.md'}")
+    typer.echo(f"Wrote {run_dir / 'results.json'}, {run_dir / 'report.md'} and {run_dir / 'report.html'}")
 
 
 @app.command()
@@ -114,17 +122,43 @@ def methods() -> None:
 
 @app.command()
 def report(run_dir: Path) -> None:
-    """Re-render RUN_DIR/report.md from RUN_DIR/results.json."""
-    from .report import render_markdown
+    """Re-render RUN_DIR/report.md and RUN_DIR/report.html from RUN_DIR/results.json."""
+    from .report import load_results, render_html, render_markdown
     from .utils import atomic_write_text
 
-    results_file = run_dir / "results.json"
-    if not results_file.is_file():
-        typer.secho(f"error: {results_file} does not exist", fg=typer.colors.RED, err=True)
+    try:
+        results = load_results(run_dir)
+    except (ValueError, FileNotFoundError) as error:
+        typer.secho(f"error: {error}", fg=typer.colors.RED, err=True)
         raise typer.Exit(code=2)
-    text = render_markdown(json.loads(results_file.read_text()))
+    text = render_markdown(results)
     atomic_write_text(run_dir / "report.md", text)
+    atomic_write_text(run_dir / "report.html", render_html([results]))
     typer.echo(text)
+
+
+@app.command()
+def compare(
+    runs: list[Path] = typer.Argument(..., help="Run folders (each holding results.json)."),
+    out: Path = typer.Option(Path("runs/compare"), help="Output path without extension: writes OUT.html and OUT.md."),
+    title: Optional[str] = typer.Option(None, help="Report title."),
+) -> None:
+    """One report over several runs: results table, trade-off scatter, MIA, relearning curves, cost."""
+    from .report import compare_markdown, load_results, render_html
+    from .utils import atomic_write_text
+
+    try:
+        results = [load_results(run) for run in runs]
+    except (ValueError, FileNotFoundError) as error:
+        typer.secho(f"error: {error}", fg=typer.colors.RED, err=True)
+        raise typer.Exit(code=2)
+    base = out.with_suffix("") if out.suffix in (".html", ".md") else out
+    html_path, md_path = base.parent / f"{base.name}.html", base.parent / f"{base.name}.md"
+    text = compare_markdown(results, title)
+    atomic_write_text(html_path, render_html(results, title))
+    atomic_write_text(md_path, text)
+    typer.echo(text)
+    typer.echo(f"Wrote {html_path} and {md_path}")
 
 
 if __name__ == "__main__":

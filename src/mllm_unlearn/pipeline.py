@@ -12,15 +12,18 @@ import torch
 
 from .data import Benchmark, WorldConfig, generate_world, load_mllmu
 from .data.clear import is_clear_layout, load_clear
-from .data.mllmu import BenchmarkFormatError
-from .data.synthetic import all_template_texts, clear_template_texts
+from .data.mllmu import HOLDOUT_CONFIG, BenchmarkFormatError
+from .data.synthetic import add_holdout, all_template_texts, clear_template_texts
 from .eval import EvalConfig, Evaluator
 from .eval.clear import ClearEvalConfig, ClearEvaluator
+from .eval.generalisation import generalisation_breakdown
+from .eval.mia import MIAConfig, membership_inference, mia_items
+from .eval.relearn import RelearnConfig, relearn_attack
 from .methods import MethodConfig, get_method
 from .methods.base import UnlearningDiverged
 from .models import VLM, TinySize, load_vlm
 from .models.tiny import build_tiny_vlm, words_of
-from .report import render_markdown
+from .report import render_html, render_markdown
 from .training.inject import InjectionConfig, inject_knowledge, injection_cache_key, injection_texts, write_injection_meta
 from .utils import (atomic_write_text, init_distributed, is_main_process, peak_memory_mb, process_rank_and_count,
                     resolve_device, seed_everything, stable_hash, wait_for_everyone)
@@ -49,6 +52,10 @@ class RunConfig:
     injection: InjectionConfig = field(default_factory=InjectionConfig)
     method_cfg: MethodConfig = field(default_factory=MethodConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
+    # Robustness evaluations (None switches one off): membership inference before and after
+    # unlearning, and the relearning attack on the unlearned model.
+    mia: MIAConfig | None = field(default_factory=MIAConfig)
+    relearn: RelearnConfig | None = field(default_factory=RelearnConfig)
     progress: bool = True
 
 
@@ -78,6 +85,8 @@ def prepare_benchmark(cfg: RunConfig) -> tuple[Benchmark, str]:
         key = f"synthetic:{cfg.world.key()}"
         if not (root / "world.json").is_file() and is_main_process():
             generate_world(root, cfg.world)
+        elif not (root / HOLDOUT_CONFIG).is_dir() and is_main_process():  # a world cached before held-out people
+            add_holdout(root, cfg.world)
     wait_for_everyone()
     if cfg.benchmark == BUILTIN_CLEAR or is_clear_layout(root):
         return load_clear(root, cfg.forget_percent, seed=cfg.seed, tofu=cfg.clear_tofu), key + (":tofu" if cfg.clear_tofu else "")
@@ -232,11 +241,20 @@ def run_pipeline(cfg: RunConfig) -> dict[str, Any]:
         unlearned = evaluator.evaluate(benchmark, edit)
     timings["evaluate unlearned"] = time.perf_counter() - start
 
+    # The relearning attack's model copy and optimizer would dominate the peak: keep the method's own.
+    peak_before_robustness = peak_memory_mb(vlm.device)
+    start = time.perf_counter()
+    generalisation = {} if clear else {"vanilla": generalisation_breakdown(evaluator, benchmark),
+                                       "unlearned": generalisation_breakdown(evaluator, benchmark, edit)}
+    timings["generalisation breakdown"] = time.perf_counter() - start
+    robustness = run_robustness(cfg, vlm, benchmark, edit, timings)
+
     config = {
         "name": cfg.name, "family": vlm.adapter.family, "model_path": model_path, "method": cfg.method,
         "benchmark_name": benchmark.name, "benchmark": benchmark.meta, "forget_percent": cfg.forget_percent,
         "seed": cfg.seed, "device": str(vlm.device), "processes": process_rank_and_count()[1], "dtype": cfg.dtype, "world": asdict(cfg.world),
         "injection": cfg.injection.to_dict(), "method_config": cfg.method_cfg.to_dict(), "eval": asdict(cfg.eval),
+        "mia": asdict(cfg.mia) if cfg.mia else None, "relearn": asdict(cfg.relearn) if cfg.relearn else None,
         "versions": versions(),
     }
     if clear:
@@ -249,12 +267,44 @@ def run_pipeline(cfg: RunConfig) -> dict[str, Any]:
         "vanilla": vanilla,
         "unlearned": unlearned,
         **({"gold": gold} if clear else {}),
+        "generalisation": generalisation,
+        "robustness": robustness,
         "edit": {"kind": edit.kind, "path": str(run_dir / "edit"), "steps": edit.meta.get("steps")},
         "cost": {"wall_time_s": timings, "peak_memory_mb": peak_memory_mb(vlm.device),
+                 "peak_memory_mb_before_robustness": peak_before_robustness,
                  "changed_parameters": getattr(edit, "changed_parameters", 0)},
     }
     if is_main_process():
         atomic_write_text(run_dir / "results.json", json.dumps(results, indent=2, default=str))
         atomic_write_text(run_dir / "report.md", render_markdown(results))
+        atomic_write_text(run_dir / "report.html", render_html([results]))
     wait_for_everyone()
     return results
+
+
+def run_robustness(cfg: RunConfig, vlm: VLM, benchmark: Benchmark, edit: Any, timings: dict[str, float]) -> dict[str, Any]:
+    """Membership inference (vanilla and unlearned) and the relearning attack, each skipped with
+    the reason recorded when switched off or when the benchmark cannot support it."""
+    out: dict[str, Any] = {}
+    members, non_members = mia_items(benchmark)
+    if cfg.mia is None:
+        out["mia"] = {"skipped": "switched off (--no-mia)"}
+    elif not members or not non_members:
+        out["mia"] = {"skipped": f"{benchmark.name} has no held-out (non-member) people: add a Holdout_Set config "
+                                 "of people the vanilla model never saw" if not non_members else
+                                 f"{benchmark.name} has no forget training items"}
+    else:
+        start = time.perf_counter()
+        out["mia"] = {"vanilla": membership_inference(vlm, members, non_members, cfg.mia, seed=cfg.seed),
+                      "unlearned": membership_inference(vlm, members, non_members, cfg.mia, edit=edit, seed=cfg.seed)}
+        timings["membership inference"] = time.perf_counter() - start
+    if cfg.relearn is None:
+        out["relearn"] = {"skipped": "switched off (--no-relearn)"}
+    else:
+        start = time.perf_counter()
+        try:
+            out["relearn"] = relearn_attack(vlm, benchmark, edit, replace(cfg.relearn, seed=cfg.seed))
+        except ValueError as error:  # a benchmark too small or without classification questions
+            out["relearn"] = {"skipped": str(error)}
+        timings["relearning attack"] = time.perf_counter() - start
+    return out

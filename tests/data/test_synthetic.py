@@ -118,3 +118,35 @@ def test_malformed_nested_field_names_row_and_field(tmp_path, world_dir):
 def test_not_a_directory():
     with pytest.raises(BenchmarkFormatError, match="does not exist"):
         load_mllmu("/nonexistent/benchmark")
+
+
+def test_held_out_people_are_new_but_spelled_with_known_words(benchmark, world_dir, tmp_path):
+    from mllm_unlearn.data.synthetic import add_holdout
+    from mllm_unlearn.models.tiny import words_of
+    from mllm_unlearn.pipeline import benchmark_texts
+
+    holdout = benchmark.holdout
+    people = {i.person_id for i in holdout}
+    assert len(people) == 3 and all(p.startswith("H") for p in people)  # 15% of 20 fictitious people
+    assert {i.modality for i in holdout} == {"vqa", "qa"} and {i.task for i in holdout} == {"train"}
+    world_people = {i.person_id for s in benchmark.eval_splits.values() for i in s}
+    assert not people & world_people
+    known_names = {i.question.split("?")[0] for i in benchmark.finetune_train if i.modality == "qa"}
+    held_questions = {i.question.split("?")[0] for i in holdout if i.modality == "qa"}
+    assert not held_questions & known_names  # new first/last name pairs
+    # A tokenizer built from the world (without the held-out people) knows every held-out word.
+    assert words_of(t for i in holdout for t in (i.question, i.answer)) <= words_of(benchmark_texts(benchmark))
+    forget_images = {i.image.tobytes() for i in benchmark.eval_splits["forget"] if i.modality == "vqa"}
+    assert not {i.image.tobytes() for i in holdout if i.modality == "vqa"} & forget_images
+
+    # A world written before Holdout_Set existed gets the very same one added, nothing else touched.
+    import shutil
+
+    old = tmp_path / "old"
+    shutil.copytree(world_dir, old)
+    shutil.rmtree(old / "Holdout_Set")
+    before = {p: p.read_bytes() for p in old.rglob("*.parquet")}
+    add_holdout(old, WorldConfig(fictitious=20, real_world=4, seed=0))
+    assert {p: p.read_bytes() for p in before} == before
+    new_file = next((old / "Holdout_Set").glob("*.parquet"))
+    assert pq.read_table(new_file).to_pylist() == pq.read_table(next((world_dir / "Holdout_Set").glob("*.parquet"))).to_pylist()

@@ -50,6 +50,10 @@ class Benchmark:
     finetune_train: list[Item]  # knowledge injection data ("vanilla" fine-tuning)
     pretrain_train: list[Item] = field(default_factory=list)  # prior knowledge (real-world people)
     forget_ids: list[str] = field(default_factory=list)
+    # Non-members for membership inference: training-form items about people the vanilla
+    # model never saw (MLLMU-Bench's people are all trained on, so only an optional
+    # ``Holdout_Set`` config provides them; the built-in world writes one). May be empty.
+    holdout: list[Item] = field(default_factory=list)
     meta: dict[str, Any] = field(default_factory=dict)
     protocol: str = "mllmu"  # which evaluation protocol reads ``eval_splits``: "mllmu" or "clear"
 

@@ -1,7 +1,9 @@
 """Loader for MLLMU-Bench's published parquet layout (a real download or the built-in world).
 
 ``<root>/<config>/*.parquet`` with configs ``forget_{5,10,15}``, ``retain_{95,90,85}``,
-``Test_Set``, ``Retain_Set`` and ``ft_Data``. Every malformed input raises
+``Test_Set``, ``Retain_Set`` and ``ft_Data``, and optionally ``Holdout_Set`` (our addition, in
+``ft_Data``'s format: people the vanilla model never saw, the non-members of membership
+inference; MLLMU-Bench itself has none, since all its people are fine-tuned on). Every malformed input raises
 ``BenchmarkFormatError`` naming the file, row and field.
 """
 from __future__ import annotations
@@ -145,6 +147,7 @@ def generation_as_training(rows: list[dict[str, Any]], split: str) -> list[Item]
 
 
 PROFILE_COLUMNS = ("ID", "image", "Classification_Task")
+HOLDOUT_CONFIG = "Holdout_Set"
 
 
 def load_mllmu(root: str | Path, forget_percent: int = 10, seed: int = 0) -> Benchmark:
@@ -161,6 +164,7 @@ def load_mllmu(root: str | Path, forget_percent: int = 10, seed: int = 0) -> Ben
     real_rows = read_config(root, "Retain_Set", PROFILE_COLUMNS)
     ft_rows = read_config(root, "ft_Data", ("image", "metadata"))
     pretrain_rows = read_config(root, "pretrain_Data", ("image", "metadata"), optional=True) or []
+    holdout_rows = read_config(root, HOLDOUT_CONFIG, ("image", "metadata"), optional=True) or []
     forget_ids = [str(field(r, "ID")) for r in forget_rows]
     forget_set = set(forget_ids)
 
@@ -197,6 +201,7 @@ def load_mllmu(root: str | Path, forget_percent: int = 10, seed: int = 0) -> Ben
         finetune_train=finetune,
         pretrain_train=training_items(pretrain_rows, "pretrain") if pretrain_rows else [],
         forget_ids=forget_ids,
+        holdout=training_items(holdout_rows, "holdout") if holdout_rows else [],
         meta={"root": str(root), "forget_percent": forget_percent, "seed": seed,
               # Optional "name" column (the built-in world has it; MLLMU-Bench's release does not).
               "names": {str(r["ID"]): str(r["name"]) for r in forget_rows + retain_rows + real_rows if r.get("name")}},

@@ -7,6 +7,7 @@ identity (with identity spread across patches, tiny models learn text but not im
 from __future__ import annotations
 
 import io
+from typing import Sequence
 
 import numpy as np
 from PIL import Image
@@ -37,18 +38,20 @@ _TILE_LAYOUT = np.array(
 )
 
 
-def draw_identities(count: int, rng: np.random.Generator, min_distance: int = 2) -> list[tuple[int, ...]]:
-    """``count`` colour combinations, each pair differing in at least ``min_distance`` features."""
-    chosen: list[tuple[int, ...]] = []
+def draw_identities(count: int, rng: np.random.Generator, min_distance: int = 2,
+                    existing: Sequence[tuple[int, ...]] = ()) -> list[tuple[int, ...]]:
+    """``count`` colour combinations, each pair differing in at least ``min_distance`` features
+    (also from every ``existing`` one, which are not returned)."""
+    chosen: list[tuple[int, ...]] = list(existing)
     attempts = 0
-    while len(chosen) < count:
+    while len(chosen) < count + len(existing):
         attempts += 1
         if attempts > 200_000:
             raise RuntimeError(f"cannot draw {count} portraits {min_distance} features apart")
         combo = tuple(int(c) for c in rng.choice(len(PALETTE), size=len(FEATURES), replace=False))
         if all(sum(a != b for a, b in zip(combo, other)) >= min_distance for other in chosen):
             chosen.append(combo)
-    return chosen
+    return chosen[len(existing):]
 
 
 def render_portrait(identity: tuple[int, ...], size: int = 32) -> np.ndarray:

@@ -5,6 +5,8 @@ People have a multi-word name, a portrait they are recognisable from, and facts 
 in several phrasings. Training phrasings (``ft_Data``) and the test split's paraphrases
 (``Test_Set``) never overlap. ``Retain_Set`` holds "real-world" people that the base
 model learns in a pre-training stage (``pretrain_Data``), before the fictitious ones.
+``Holdout_Set`` holds people no model is ever trained on (membership inference's
+non-members), drawn from a random stream of their own so the other files are unchanged.
 """
 from __future__ import annotations
 
@@ -81,6 +83,8 @@ MCQ_INSTRUCTION = "Just give ONE letter representing the answer directly."
 CLOZE_INSTRUCTION = "Please **ONLY** provide the correct answer that should replace the [Blank]."
 GENERATION_INSTRUCTION = "Answer the question based on your trained knowledge in one sentence accurately in ENGLISH."
 FORGET_PERCENTS = (5, 10, 15)
+HOLDOUT_PERCENT = max(FORGET_PERCENTS)  # as many held-out people as the largest forget split
+HOLDOUT_STREAM = 7_001  # seeds the held-out people's own random stream: [seed, HOLDOUT_STREAM]
 
 
 @dataclass(frozen=True)
@@ -171,6 +175,50 @@ def _training_pairs(person: dict[str, Any]) -> list[dict[str, str]]:
     return pairs
 
 
+def holdout_rows(config: WorldConfig, people: list[dict[str, Any]] | None = None) -> list[dict[str, Any]]:
+    """``Holdout_Set`` rows (``ft_Data``'s format): people the vanilla model never sees.
+
+    Their names re-pair the fictitious people's first and last names (a word-level tokenizer
+    built from the world knows every word, so no held-out answer holds an unknown token, which
+    would make membership trivially visible); facts and portraits (at least two features
+    from every world portrait) are drawn afresh. Deterministic in ``config`` alone.
+    """
+    people = people if people is not None else _people(config, np.random.default_rng(config.seed))
+    fictitious = [p for p in people if not p["real"]]
+    count = max(1, round(len(fictitious) * HOLDOUT_PERCENT / 100))
+    rng = np.random.default_rng([config.seed, HOLDOUT_STREAM])
+    firsts = [p["name"].split(" ", 1)[0] for p in fictitious]
+    lasts = [p["name"].split(" ", 1)[1] for p in fictitious]
+    taken = {p["name"] for p in people}
+    names: list[str] = []
+    for first_index in rng.permutation(len(firsts)):
+        for last_index in rng.permutation(len(lasts)):
+            name = f"{firsts[first_index]} {lasts[last_index]}"
+            if name not in taken:
+                taken.add(name)
+                names.append(name)
+                break
+        if len(names) == count:
+            break
+    identities = draw_identities(len(names), rng, existing=[p["identity"] for p in people])
+    rows = []
+    for index, (name, identity) in enumerate(zip(names, identities)):
+        person = {"id": f"H{index:03d}", "name": name, "identity": identity, "real": False,
+                  "facts": {attr: str(rng.choice(spec["values"])) for attr, spec in ATTRIBUTES.items()}}
+        rows.append({"ID": person["id"], "name": name,
+                     "image": {"bytes": to_png(render_portrait(identity, config.image_size)), "path": f"{person['id']}.png"},
+                     "metadata": json.dumps(_training_pairs(person))})
+    return rows
+
+
+def add_holdout(root: str | Path, config: WorldConfig) -> None:
+    """Write ``Holdout_Set`` into a world generated before it existed (nothing else changes)."""
+    from .mllmu import HOLDOUT_CONFIG
+
+    with atomic_directory(Path(root) / HOLDOUT_CONFIG) as tmp:
+        pq.write_table(pa.Table.from_pylist(holdout_rows(config)), tmp / "train-00000-of-00001.parquet")
+
+
 IMAGE_TYPE = pa.struct([("bytes", pa.binary()), ("path", pa.string())])
 
 
@@ -232,6 +280,7 @@ def generate_world(out_dir: str | Path, config: WorldConfig | None = None, layou
             forget = set(order[: max(1, round(len(order) * pct / 100))])
             _write_config(tmp, f"forget_{pct}", [p for p in profiles if p["ID"] in forget])
             _write_config(tmp, f"retain_{100 - pct}", [p for p in profiles if p["ID"] not in forget])
+        _write_config(tmp, "Holdout_Set", holdout_rows(config, people))
         (tmp / "world.json").write_text(json.dumps({"generator": "mllm-unlearn synthetic", **asdict(config)}, indent=2))
     return out_dir
 

@@ -66,7 +66,7 @@ def render_markdown(results: dict[str, Any]) -> str:
                  f"- Method: **{config['method']}** on `{config['benchmark_name']}` (CLEAR protocol), model family "
                  f"**{config['family']}** (`{config['model_path']}`)",
                  f"- Gold model (retain split only): `{config.get('gold_model_path')}`; seed {config['seed']}", ""]
-        return "\n".join(lines + render_clear(results) + _cost_lines(results)) + "\n"
+        return "\n".join(lines + render_clear(results) + robustness_markdown(results) + _cost_lines(results)) + "\n"
     config = results["config"]
     vanilla = results["vanilla"]["figures"]
     unlearned = results.get("unlearned", {}).get("figures", {})
@@ -94,6 +94,7 @@ def render_markdown(results: dict[str, Any]) -> str:
                   "VQA classification accuracy of the vanilla model with each portrait swapped for another person's "
                   "(chance is 25%):", ""]
         lines += [f"- {key.replace('_vqa_mcq_accuracy', '')}: {value:.1f}%" for key, value in diagnostics.items()]
+    lines += robustness_markdown(results)
     lines += _cost_lines(results)
     return "\n".join(lines) + "\n"
 
@@ -106,4 +107,67 @@ def _cost_lines(results: dict[str, Any]) -> list[str]:
     lines += [f"| {step} | {seconds:.1f} |" for step, seconds in cost.get("wall_time_s", {}).items()]
     lines += ["", f"Peak memory: {cost.get('peak_memory_mb', 0):.0f} MB; parameters changed by the edit: "
               f"{cost.get('changed_parameters', 0):,}"]
+    return lines
+
+
+GENERALISATION_COLUMNS = (("forget", "forget (original)"), ("image_only", "transformed image only"),
+                          ("question_only", "paraphrased question only"), ("test", "test (both)"))
+
+
+def robustness_markdown(results: dict[str, Any]) -> list[str]:
+    """Generalisation breakdown, membership inference and the relearning attack, if present."""
+    lines: list[str] = []
+    generalisation = results.get("generalisation", {})
+    if generalisation.get("unlearned"):
+        lines += ["", "## Generalisation: paraphrased questions and transformed images", "",
+                  "Classification accuracy (%) on the forget people, vanilla → unlearned. The test split changes the "
+                  "question (paraphrase) and, for VQA, the portrait; the middle columns change one at a time.", "",
+                  "| Modality | " + " | ".join(label for _, label in GENERALISATION_COLUMNS) + " |",
+                  "|---|" + "---|" * len(GENERALISATION_COLUMNS)]
+        for modality, after in generalisation["unlearned"].items():
+            before = generalisation.get("vanilla", {}).get(modality, {})
+            cells = [f"{_fmt(before.get(k), '{:.1f}')} → {_fmt(after.get(k), '{:.1f}')}" if k in after else "–"
+                     for k, _ in GENERALISATION_COLUMNS]
+            lines.append(f"| {MODALITY_LABELS.get(modality, modality)} | " + " | ".join(cells) + " |")
+    robustness = results.get("robustness", {})
+    mia = robustness.get("mia", {})
+    if mia:
+        lines += ["", "## Membership inference (forget vs held-out people)", ""]
+        if "skipped" in mia:
+            lines.append(f"Not run: {mia['skipped']}.")
+        else:
+            counts = mia["unlearned"]["counts"]
+            lines += [f"AUC = P(a held-out item looks less familiar than a forget item); {counts['members']} forget and "
+                      f"{counts['non_members']} held-out training-form items. About 1: the forget people are still "
+                      "recognisably trained on; 0.5: indistinguishable from people never seen; well below 0.5: "
+                      "unlearning overshot.", "",
+                      "| Attack | Vanilla AUC | Unlearned AUC | Unlearned VQA | Unlearned QA |", "|---|---|---|---|---|"]
+            for attack, value in mia["unlearned"]["auc"].items():
+                by_modality = mia["unlearned"].get("by_modality", {})
+                lines.append(f"| {attack} | {mia['vanilla']['auc'][attack]:.3f} | {value:.3f} | "
+                             f"{_fmt(by_modality.get('vqa', {}).get(attack), '{:.3f}')} | "
+                             f"{_fmt(by_modality.get('qa', {}).get(attack), '{:.3f}')} |")
+    relearn = robustness.get("relearn", {})
+    if relearn:
+        lines += ["", "## Relearning attack", ""]
+        if "skipped" in relearn:
+            lines.append(f"Not run: {relearn['skipped']}.")
+        else:
+            cfg = relearn["config"]
+            lines += [f"The unlearned model fine-tuned for {relearn['steps'][-1]} steps (lr {cfg['lr']}, batch "
+                      f"{cfg['batch_size']}) on the training items of {len(relearn['people']['shown'])} forget people; "
+                      f"classification accuracy (%) on the other {len(relearn['people']['measured'])} forget people "
+                      "(never shown), and on retain people as a control.", "",
+                      "| Step | " + " | ".join(f"forget {m.upper()}" for m in ("vqa", "qa", "all")) + " | retain (all) |",
+                      "|---|---|---|---|---|"]
+            for k, step in enumerate(relearn["steps"]):
+                point = relearn["forget_accuracy"][k]
+                control = relearn["retain_accuracy"][k]["all"] if relearn.get("retain_accuracy") else None
+                lines.append(f"| {step} | " + " | ".join(_fmt(point.get(m), "{:.1f}") for m in ("vqa", "qa", "all"))
+                             + f" | {_fmt(control, '{:.1f}')} |")
+            vanilla = relearn["vanilla_forget_accuracy"]
+            recovered = relearn["recovered_fraction"]
+            lines += ["", f"Vanilla on the same questions: VQA {vanilla.get('vqa', 0):.1f}, QA {vanilla.get('qa', 0):.1f}. "
+                      "Share of the forgotten accuracy that came back: " + ", ".join(
+                          f"{m.upper()} {_fmt(recovered.get(m), '{:.2f}')}" for m in ("vqa", "qa", "all")) + "."]
     return lines

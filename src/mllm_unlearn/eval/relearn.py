@@ -1,0 +1,150 @@
+"""Relearning attack: does forgotten knowledge come back after a few fine-tuning steps?
+
+The unlearned model (the edit baked into a *copy* of the caller's model, as an attacker
+holding the released weights would have it) is fine-tuned through the shared training loop on
+the training items of a few forget people, and classification accuracy is measured on the
+*other* forget people's questions every ``eval_every`` steps. Knowledge that was erased must
+be relearned item by item; knowledge that was only hidden comes back for people the attack
+never showed (Lynch et al. 2024; Hu et al. 2025, "jogging the memory").
+
+A rise can also come from restoring a skill unlearning damaged (answering in the letter
+format, say); the curve therefore also tracks the same accuracy on a sample of retain people,
+whose knowledge the attack neither shows nor (ideally) needed to restore.
+"""
+from __future__ import annotations
+
+import copy
+import dataclasses
+import random
+from dataclasses import asdict, dataclass
+from typing import Any, Sequence
+
+import torch
+
+from ..data.collate import Encoder
+from ..data.items import Benchmark, Item
+from ..models.base import VLM
+from ..training.loop import LoraOptions, TrainConfig, train
+from ..training.losses import sequence_nll
+from .evaluator import EvalConfig, Evaluator
+
+
+@dataclass
+class RelearnConfig:
+    fraction: float = 0.2  # share of the forget people whose training items the attack sees
+    steps: int = 20
+    eval_every: int = 5
+    lr: float = 2e-4
+    batch_size: int = 8
+    task: str = "mcq"  # the accuracy measured: mcq or cloze
+    max_eval_items: int | None = None  # per modality and side (held-out forget / retain control)
+    seed: int = 0
+    lora: LoraOptions | None = None  # relearn through LoRA (what a large model would need)
+    progress: bool = False
+
+    def __post_init__(self) -> None:
+        if not 0 < self.fraction < 1:
+            raise ValueError(f"relearn fraction must lie in (0, 1), got {self.fraction}")
+        if self.steps < 1 or self.eval_every < 1:
+            raise ValueError("relearn steps and eval_every must be >= 1")
+        if self.task not in ("mcq", "cloze"):
+            raise ValueError(f"relearn task must be mcq or cloze (accuracy tasks), got {self.task!r}")
+
+
+def split_forget_people(benchmark: Benchmark, cfg: RelearnConfig) -> tuple[list[str], list[str]]:
+    """(people the attack trains on, people it is measured on): seeded, disjoint, both non-empty."""
+    trained = {i.person_id for i in benchmark.forget_train}
+    asked = {i.person_id for i in benchmark.eval_splits.get("forget", []) if i.task == cfg.task}
+    people = sorted(trained & asked)
+    if len(people) < 2:
+        raise ValueError(f"the relearning attack needs at least 2 forget people with training items and {cfg.task} "
+                         f"questions; {benchmark.name} has {len(people)}")
+    count = min(len(people) - 1, max(1, round(len(people) * cfg.fraction)))
+    shown = sorted(random.Random(f"{cfg.seed}:relearn").sample(people, count))
+    return shown, [p for p in people if p not in shown]
+
+
+def _accuracy(evaluator: Evaluator, items_by_modality: dict[str, list[Item]], task: str) -> dict[str, float]:
+    out, correct, total = {}, 0, 0
+    for modality, items in items_by_modality.items():
+        records = evaluator.score_group(items, task)
+        hits = sum(bool(r["correct"]) for r in records)
+        out[modality] = 100.0 * hits / len(records)
+        correct, total = correct + hits, total + len(records)
+    out["all"] = 100.0 * correct / total
+    return out
+
+
+def _eval_items(items: Sequence[Item], people: set[str] | None, task: str, limit: int | None,
+                seed: str) -> dict[str, list[Item]]:
+    out = {}
+    for modality in ("vqa", "qa"):
+        group = [i for i in items if i.task == task and i.modality == modality and (people is None or i.person_id in people)]
+        if limit is not None and len(group) > limit:
+            group = random.Random(f"{seed}:{modality}").sample(group, limit)
+        if group:
+            out[modality] = group
+    return out
+
+
+def relearn_attack(vlm: VLM, benchmark: Benchmark, edit: Any, cfg: RelearnConfig | None = None) -> dict[str, Any]:
+    """Accuracy on the unseen forget people (and retain control) over relearning steps.
+
+    ``edit`` (None: attack the model as it is) is baked into a deep copy; the caller's model is
+    never modified. Returns the curve, the vanilla accuracy on the same questions, and the
+    share of the forgotten accuracy that came back."""
+    cfg = cfg or RelearnConfig()
+    shown, measured = split_forget_people(benchmark, cfg)
+    forget_items = _eval_items(benchmark.eval_splits["forget"], set(measured), cfg.task, cfg.max_eval_items,
+                               f"{cfg.seed}:forget")
+    retain_items = _eval_items(benchmark.eval_splits.get("retain", []), None, cfg.task,
+                               cfg.max_eval_items or max(len(v) for v in forget_items.values()), f"{cfg.seed}:retain")
+    train_items = [i for i in benchmark.forget_train if i.person_id in set(shown)]
+    eval_cfg = EvalConfig(scorer="likelihood", batch_size=32, progress=False, seed=cfg.seed)
+
+    vanilla = _accuracy(Evaluator(vlm, eval_cfg), forget_items, cfg.task)
+    attacked = dataclasses.replace(vlm, model=copy.deepcopy(vlm.model))
+    try:
+        if edit is not None:
+            edit.bake(attacked)
+        evaluator = Evaluator(attacked, eval_cfg)
+        steps: list[int] = [0]
+        forget_curve = [_accuracy(evaluator, forget_items, cfg.task)]
+        retain_curve = [_accuracy(evaluator, retain_items, cfg.task)] if retain_items else []
+
+        def record(step: int) -> bool:
+            steps.append(step)
+            forget_curve.append(_accuracy(evaluator, forget_items, cfg.task))
+            if retain_items:
+                retain_curve.append(_accuracy(evaluator, retain_items, cfg.task))
+            return False
+
+        encoder = Encoder(attacked)
+
+        def collate(batch: list[Item]) -> dict[str, torch.Tensor]:
+            return {k: v.to(attacked.device) for k, v in encoder.batch(batch, train=True).items()}
+
+        train_cfg = TrainConfig(lr=cfg.lr, max_steps=cfg.steps, batch_size=cfg.batch_size, schedule="constant",
+                                warmup_ratio=0.0, seed=cfg.seed, lora=cfg.lora, progress=cfg.progress)
+        result = train(attacked.model, train_items, collate, lambda model, batch: sequence_nll(model, batch).mean(),
+                       train_cfg, description="relearning attack", device=attacked.device, stop_check=record,
+                       check_every=cfg.eval_every)
+        if steps[-1] != result.steps:
+            record(result.steps)
+    finally:
+        del attacked
+    before, after = forget_curve[0], forget_curve[-1]
+    recovered = {m: (after[m] - before[m]) / (vanilla[m] - before[m]) if vanilla[m] - before[m] > 1e-9 else None
+                 for m in vanilla}
+    return {
+        "config": asdict(cfg),
+        "people": {"shown": shown, "measured": measured},
+        "counts": {"train_items": len(train_items), **{f"forget_{m}": len(v) for m, v in forget_items.items()},
+                   **{f"retain_{m}": len(v) for m, v in retain_items.items()}},
+        "steps": steps,
+        "forget_accuracy": forget_curve,  # per step: {"vqa", "qa", "all"} on the people never shown
+        "retain_accuracy": retain_curve,  # the control
+        "vanilla_forget_accuracy": vanilla,
+        "recovered_fraction": recovered,  # (final − unlearned) / (vanilla − unlearned); None if nothing was forgotten
+        "train_losses": result.losses,
+    }

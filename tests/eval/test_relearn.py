@@ -1,0 +1,49 @@
+"""Relearning attack: seeded, never modifies the caller's model, curve over steps."""
+import torch
+
+from mllm_unlearn.eval.evaluator import EvalConfig, Evaluator
+from mllm_unlearn.eval.relearn import RelearnConfig, relearn_attack, split_forget_people
+from mllm_unlearn.interventions import WeightDelta
+
+
+def _edit(vlm) -> WeightDelta:
+    """A stand-in unlearning edit: the LM head pushed off its trained values."""
+    name, param = next((n, p) for n, p in vlm.model.named_parameters() if n.endswith("lm_head.weight"))
+    generator = torch.Generator().manual_seed(1)
+    return WeightDelta({name: param.detach() + 0.5 * torch.randn(param.shape, generator=generator)})
+
+
+def test_relearning_is_seeded_and_leaves_the_callers_model_unchanged(tiny_vlm, benchmark):
+    vlm = tiny_vlm("llava")
+    before = {k: v.clone() for k, v in vlm.model.state_dict().items()}
+    edit = _edit(vlm)
+    cfg = RelearnConfig(steps=4, eval_every=2, lr=1e-3, batch_size=4, fraction=0.5)
+    first = relearn_attack(vlm, benchmark, edit, cfg)
+    after = vlm.model.state_dict()
+    assert all(torch.equal(before[k], after[k]) for k in before)
+    assert all(p.requires_grad for p in vlm.model.parameters())
+    assert not vlm.model._forward_pre_hooks and not any(m._forward_pre_hooks for m in vlm.model.modules())
+
+    second = relearn_attack(vlm, benchmark, edit, cfg)
+    assert first == second  # same seed, same curve
+    assert first["steps"] == [0, 2, 4] and len(first["forget_accuracy"]) == 3 and len(first["retain_accuracy"]) == 3
+    assert len(first["train_losses"]) == 4
+    shown, measured = split_forget_people(benchmark, cfg)
+    assert first["people"] == {"shown": shown, "measured": measured} and not set(shown) & set(measured)
+
+    # Step 0 is the unlearned model itself, on the forget people the attack never shows.
+    items = [i for i in benchmark.eval_splits["forget"] if i.task == "mcq" and i.person_id in measured]
+    with edit.applied(vlm):
+        records = Evaluator(vlm, EvalConfig(progress=False)).score_group([i for i in items if i.modality == "qa"], "mcq")
+    assert first["counts"]["forget_qa"] == len(records)
+    assert first["forget_accuracy"][0]["qa"] == 100.0 * sum(r["correct"] for r in records) / len(records)
+
+    other = relearn_attack(vlm, benchmark, edit, RelearnConfig(**{**cfg.__dict__, "seed": 1, "steps": 2}))
+    assert other["train_losses"] != first["train_losses"][:2]
+
+
+def test_training_moves_the_copy(tiny_vlm, benchmark):
+    vlm = tiny_vlm("llava")
+    result = relearn_attack(vlm, benchmark, None, RelearnConfig(steps=6, eval_every=3, lr=3e-3, batch_size=8,
+                                                                max_eval_items=4, fraction=0.5))
+    assert result["train_losses"][-1] < result["train_losses"][0]  # the attack's fine-tuning learns

@@ -1,0 +1,140 @@
+"""report.html: structure, self-containment, rendering in headless Chromium, and `compare` over runs."""
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import subprocess
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+from typer.testing import CliRunner
+
+from mllm_unlearn.cli import app
+from mllm_unlearn.report import compare_markdown, render_html, render_markdown
+
+CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                  "--disable-background-networking", "--disable-component-update", "--disable-sync",
+                  "--hide-scrollbars", "--virtual-time-budget=5000"]
+
+
+def results_of(name: str, method: str, forget: float, retain: float, auc: float, relearned: float) -> dict:
+    """A results.json with the pipeline's structure (figures chosen per run)."""
+    def figures(f: float, r: float) -> dict:
+        return {split: {m: {"mcq_accuracy": value - (5 if m == "vqa" else 0), "mcq_count": 50} for m in ("vqa", "qa")}
+                for split, value in (("forget", f), ("test", f + 3), ("retain", r), ("real_world", r - 2))}
+
+    mia = {"auc": {"loss": auc, "zlib": auc - 0.02, "min_k_10": auc - 0.05, "min_k_20": auc - 0.04},
+           "by_modality": {"vqa": {"loss": auc}, "qa": {"loss": auc}}, "counts": {"members": 400, "non_members": 600}}
+    curve = [{"vqa": 30.0 + k * (relearned - 30.0) / 4, "qa": 28.0 + k * (relearned - 28.0) / 4,
+              "all": 29.0 + k * (relearned - 29.0) / 4} for k in range(5)]
+    return {
+        "config": {"name": name, "method": method, "benchmark_name": "mllmu:world:forget_10", "family": "llava",
+                   "model_path": "x", "seed": 0, "eval": {"scorer": "likelihood", "few_shot": 0}},
+        "vanilla": {"figures": figures(95.0, 96.0)},
+        "unlearned": {"figures": figures(forget, retain)},
+        "generalisation": {"vanilla": {"vqa": {"forget": 90.0, "image_only": 85.0, "question_only": 88.0, "test": 80.0},
+                                       "qa": {"forget": 95.0, "test": 93.0}},
+                           "unlearned": {"vqa": {"forget": forget, "image_only": forget + 4, "question_only": forget + 2,
+                                                 "test": forget + 6}, "qa": {"forget": forget, "test": forget + 3}}},
+        "robustness": {
+            "mia": {"vanilla": {**mia, "auc": {k: 0.97 for k in mia["auc"]}}, "unlearned": mia},
+            "relearn": {"config": {"lr": 2e-4, "batch_size": 8}, "people": {"shown": ["001", "002"], "measured": ["003"]},
+                        "steps": [0, 5, 10, 15, 20], "forget_accuracy": curve,
+                        "retain_accuracy": [{"vqa": 90.0, "qa": 92.0, "all": 91.0}] * 5,
+                        "vanilla_forget_accuracy": {"vqa": 90.0, "qa": 95.0, "all": 92.5},
+                        "recovered_fraction": {"vqa": 0.5, "qa": 0.4, "all": 0.45}}},
+        "cost": {"wall_time_s": {"load vanilla model": 2.0, f"unlearn ({method})": 20.0, "evaluate unlearned": 5.0},
+                 "peak_memory_mb": 2100.0, "changed_parameters": 1000},
+    }
+
+
+RUNS = [results_of("ga", "ga", 30.0, 80.0, 0.62, 70.0), results_of("npo", "npo", 45.0, 92.0, 0.8, 85.0)]
+
+
+def test_html_is_self_contained_with_table_and_every_plot():
+    page = render_html(RUNS[:1])
+    assert "<table" in page and "Forget" in page and page.count("data:image/png;base64,") == 6
+    for plot in ("tradeoff", "splits", "generalisation", "mia", "relearn", "cost"):
+        assert f'id="plot-{plot}"' in page
+    assert not re.search(r"""(src|href)=["'](?!data:)""", page)  # nothing loaded from elsewhere
+    markdown = render_markdown(RUNS[0])
+    assert "## Membership inference" in markdown and "| loss | 0.970 | 0.620 |" in markdown
+    assert "## Relearning attack" in markdown and "| 20 | 70.0 | 70.0 | 70.0 | 91.0 |" in markdown
+    assert "transformed image only" in markdown
+
+
+def test_skipped_robustness_is_stated_not_plotted():
+    results = json.loads(json.dumps(RUNS[0]))
+    results["robustness"] = {"mia": {"skipped": "no held-out people"}, "relearn": {"skipped": "switched off"}}
+    page = render_html([results])
+    assert "no held-out people" in page and "switched off" in page and 'id="plot-mia"' not in page
+
+
+def _chromium() -> str:
+    path = shutil.which("chromium") or shutil.which("chromium-browser")
+    if path is None:
+        pytest.fail("headless Chromium is required for the report test: apt-get install -y chromium "
+                    "(.ci/run installs it)")
+    return path
+
+
+def test_report_renders_in_headless_chromium(tmp_path):
+    chromium = _chromium()
+    page = render_html(RUNS[:1])
+    # A probe, added to the test's copy only: records script errors and each image's decoded size.
+    probe = ("<script>window.__errors=[];window.addEventListener('error',e=>window.__errors.push(String(e.message)));"
+             "window.addEventListener('load',()=>{document.body.setAttribute('data-images',JSON.stringify("
+             "[...document.images].map(i=>[i.complete,i.naturalWidth,i.naturalHeight])));"
+             "document.body.setAttribute('data-errors',JSON.stringify(window.__errors));});</script>")
+    file = tmp_path / "report.html"
+    file.write_text(page.replace("<head>", "<head>" + probe, 1))
+    profile = tmp_path / "profile"
+    profile.mkdir()
+    flags = [chromium, *CHROMIUM_FLAGS, f"--user-data-dir={profile}"]
+    dom = subprocess.run([*flags, "--dump-dom", file.as_uri()], capture_output=True, text=True, timeout=120)
+    assert dom.returncode == 0, dom.stderr[-2000:]
+    images = json.loads(re.search(r"data-images=\"([^\"]*)\"", dom.stdout).group(1).replace("&quot;", '"'))
+    errors = json.loads(re.search(r"data-errors=\"([^\"]*)\"", dom.stdout).group(1).replace("&quot;", '"'))
+    assert errors == []
+    assert len(images) == 6 and all(done and width > 300 and height > 150 for done, width, height in images)
+    assert dom.stdout.count("<tr>") >= 3 and "relearned forget acc." in dom.stdout
+
+    shot = tmp_path / "shot.png"
+    result = subprocess.run([*flags, f"--screenshot={shot}", "--window-size=1300,2400", file.as_uri()],
+                            capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0 and shot.is_file(), result.stderr[-2000:]
+    pixels = np.asarray(Image.open(shot).convert("RGB")).astype(int)
+    assert pixels.shape[0] >= 2000 and pixels.shape[1] >= 1200
+    # The plots' bars and points: pixels of the first series colour (#4c72b0) and of the vanilla grey.
+    blue = (np.abs(pixels - np.array([0x4C, 0x72, 0xB0])).sum(axis=2) < 30).sum()
+    grey = (np.abs(pixels - np.array([0x44, 0x44, 0x44])).sum(axis=2) < 20).sum()
+    assert blue > 2000 and grey > 500, (blue, grey)
+    # Every band of 400 rows holds something (text, table or plot), not a blank page.
+    bands = [(pixels[y:y + 400] < 240).any(axis=2).mean() for y in range(0, 2000, 400)]
+    assert all(b > 0.01 for b in bands), bands
+
+
+def test_compare_over_two_runs_writes_html_and_markdown(tmp_path):
+    for results in RUNS:
+        folder = tmp_path / "runs" / results["config"]["name"]
+        folder.mkdir(parents=True)
+        (folder / "results.json").write_text(json.dumps(results))
+    out = tmp_path / "cmp" / "both"
+    result = CliRunner().invoke(app, ["compare", str(tmp_path / "runs" / "ga"), str(tmp_path / "runs" / "npo"),
+                                      "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    page = (tmp_path / "cmp" / "both.html").read_text()
+    markdown = (tmp_path / "cmp" / "both.md").read_text()
+    assert "ga" in page and "npo" in page and 'id="plot-tradeoff"' in page and 'id="plot-relearn"' in page
+    rows = [line for line in markdown.splitlines() if line.startswith("| ")]
+    assert rows[2].startswith("| vanilla | 90.0 | 95.0 |")
+    assert rows[3].startswith("| ga | 25.0 | 30.0 |") and "| 0.620 | 0.580 | 29.0 → 70.0 | 27.0 | 2100 |" in rows[3]
+    assert rows[4].startswith("| npo | 40.0 | 45.0 |")
+    assert markdown == compare_markdown(RUNS)
+
+    missing = CliRunner().invoke(app, ["compare", str(tmp_path / "nope"), "--out", str(out)])
+    assert missing.exit_code == 2 and "results.json" in missing.output
