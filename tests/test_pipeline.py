@@ -78,3 +78,20 @@ def test_cli_rejects_unknown_method_option_before_any_work(tmp_path):
                                       "--cache-dir", str(tmp_path / "cache")])
     assert result.exit_code == 2 and "unknown option(s) betta" in result.output
     assert not (tmp_path / "cache").exists()  # failed before generating or training anything
+
+
+@pytest.mark.parametrize("family", ["llava", "qwen2.5-vl"])
+def test_manu_runs_through_the_pipeline(tmp_path_factory, family):
+    base = tmp_path_factory.getbasetemp()  # llava shares the vanilla cache of the gradient-method runs
+    cfg = small_run(base, "cache_methods" if family == "llava" else f"cache_{family}", f"manu-{family}")
+    extra = {"alpha": 0.1, "selection": "per_layer", "scale": 0.0}
+    cfg = replace(cfg, family=family, method="manu", method_cfg=replace(cfg.method_cfg, extra=extra),
+                  eval=replace(cfg.eval, tasks=("mcq",)))
+    results = run_pipeline(cfg)
+    assert results["edit"]["kind"] == "neuron_mask" and results["config"]["method_config"]["extra"] == extra
+    edit_dir = base / "runs" / f"manu-{family}" / "edit"
+    assert (edit_dir / "neurons.safetensors").is_file()
+    meta = json.loads((edit_dir / "edit.json").read_text())["meta"]
+    sites = {**{f"lm.{k}": 0 for k in range(2)}, "vision.0": 0}  # SMALL_SIZE: 2 LM layers, 1 vision block
+    assert set(meta["neurons_per_site"]) == set(sites) and meta["neurons"] == sum(meta["neurons_per_site"].values()) > 0
+    assert results["unlearned"]["figures"]["forget"]["vqa"]["mcq_count"] > 0
