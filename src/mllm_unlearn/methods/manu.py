@@ -126,7 +126,7 @@ class MANU(Method):
     def unlearn(self, vlm: VLM, forget: Sequence[Item], retain: Sequence[Item], cfg: MethodConfig) -> Edit:
         opts = self.options(cfg)
         scores, counts = self.scores(vlm, forget, retain, cfg, opts)
-        sites = {s.name: s for s in self.sites(vlm, opts)}
+        sites = {s.name: s for group in self.tower_sites(vlm, opts) for s in group}
         chosen = select_neurons(scores, opts["alpha"], opts["selection"])
         indices = {sites[name].module_path: idx for name, idx in chosen.items() if idx.numel()}
         per_site = {name: int(idx.numel()) for name, idx in chosen.items()}
@@ -135,16 +135,17 @@ class MANU(Method):
                                 "neurons_per_site": per_site, "neurons": sum(per_site.values()),
                                 "candidates": sum(s.numel() for s in scores.values()), "items": counts})
 
-    def sites(self, vlm: VLM, opts: dict[str, Any]) -> list[NeuronSite]:
+    @staticmethod
+    def tower_sites(vlm: VLM, opts: dict[str, Any]) -> tuple[list[NeuronSite], list[NeuronSite]]:
+        """The candidate (language, vision) sites for the ``towers`` option."""
         lm = vlm.adapter.lm_ffn_sites(vlm.model) if opts["towers"] in ("lm", "both") else []
         vision = vlm.adapter.vision_ffn_sites(vlm.model) if opts["towers"] in ("vision", "both") else []
-        return [*lm, *vision]
+        return lm, vision
 
     def scores(self, vlm: VLM, forget: Sequence[Item], retain: Sequence[Item], cfg: MethodConfig,
                opts: dict[str, Any]) -> tuple[dict[str, torch.Tensor], dict[str, int]]:
         """Per-site neuron scores (fp32) and how many items each of the four sets held."""
-        lm = vlm.adapter.lm_ffn_sites(vlm.model) if opts["towers"] in ("lm", "both") else []
-        vision = vlm.adapter.vision_ffn_sites(vlm.model) if opts["towers"] in ("vision", "both") else []
+        lm, vision = self.tower_sites(vlm, opts)
         encoder = Encoder(vlm)
         rng = random.Random(cfg.seed)
         per_form: dict[str, list[torch.Tensor]] = {}
