@@ -118,3 +118,20 @@ def test_npo_with_a_retain_finetuned_reference_trains_it_once_and_caches_it(tmp_
 
     losses = load_edit(base / "runs" / "npo-retain" / "edit").meta["losses"]
     assert losses[0] != pytest.approx(2 / 0.4 * math.log(2), rel=1e-4)
+
+
+@pytest.mark.parametrize("family", ["llava", "qwen2.5-vl"])
+def test_manu_runs_through_the_pipeline(tmp_path_factory, family):
+    base = tmp_path_factory.getbasetemp()  # llava shares the vanilla cache of the gradient-method runs
+    cfg = small_run(base, "cache_methods" if family == "llava" else f"cache_{family}", f"manu-{family}")
+    extra = {"alpha": 0.1, "selection": "per_layer", "scale": 0.0}
+    cfg = replace(cfg, family=family, method="manu", method_cfg=replace(cfg.method_cfg, extra=extra),
+                  eval=replace(cfg.eval, tasks=("mcq",)))
+    results = run_pipeline(cfg)
+    assert results["edit"]["kind"] == "neuron_mask" and results["config"]["method_config"]["extra"] == extra
+    edit_dir = base / "runs" / f"manu-{family}" / "edit"
+    assert (edit_dir / "neurons.safetensors").is_file()
+    meta = json.loads((edit_dir / "edit.json").read_text())["meta"]
+    sites = {**{f"lm.{k}": 0 for k in range(2)}, "vision.0": 0}  # SMALL_SIZE: 2 LM layers, 1 vision block
+    assert set(meta["neurons_per_site"]) == set(sites) and meta["neurons"] == sum(meta["neurons_per_site"].values()) > 0
+    assert results["unlearned"]["figures"]["forget"]["vqa"]["mcq_count"] > 0

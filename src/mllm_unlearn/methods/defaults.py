@@ -14,6 +14,14 @@ TINY_DEFAULTS: dict[str, dict] = {
     # cannot touch text-only answers; lr 1e-3 met the paper's claim (sweep in the README).
     "mmunlearner": {"lr": 1e-3, "epochs": 2, "extra": {"mask": "vision", "gamma": 1.0}},
     "npo": {"lr": 2e-4, "epochs": 2, "extra": {"beta": 0.4, "reference": "vanilla"}},
+    # MANU: the 7B values (top 2%, the paper) barely move a 4-layer, 256-neuron LM whose knowledge
+    # is spread over few neurons; a grid on the default world (alpha 2-50%, global / per layer,
+    # hard / soft, positions, combine, weights) gave the best forget-vs-retain harmonic mean in
+    # both modalities at 45% global, hard zero, the released code's weights (frequency off),
+    # every retain item as reference. See README, MANU.
+    "manu": {"batch_size": 32, "extra": {"alpha": 0.45, "selection": "global", "scale": 0.0, "combine": "max",
+                                         "weights": {"abs": 1.0, "freq": 0.0, "var": 1.0, "rms": 1.0},
+                                         "retain_items": 0, "positions": "all"}},
 }
 
 

@@ -1,0 +1,140 @@
+"""Cost of neuron localization: MANU's streaming statistics vs storing activations.
+
+Prints, on the same model and the same items (the forget set's training items plus as many
+retain items, MANU's default):
+
+- MANU peak memory of the statistics pass: streaming running sums (``collect_neuron_statistics``)
+  vs storing every counted activation and reducing afterwards (what MANU's released code does),
+  and whether both give the same statistics (max relative difference).
+
+    .venv/bin/python benchmarks/localization_speed.py [--model PATH] [--benchmark DIR] [--positions all]
+
+Without --model it uses the newest cached vanilla LLaVA under --cache-dir.
+
+How memory is measured: each variant runs in a fresh subprocess (so neither sees the other's
+freed-but-kept pages). On CPU the figure is the process's peak resident set (``ru_maxrss``):
+``tracemalloc`` only sees Python's allocator, not torch's C++ tensor memory. We report the peak
+after loading the model and running one warm-up forward pass of the same batch size, and the
+peak after the statistics pass; the difference is what the pass adds beyond a plain forward.
+On CUDA it is the allocator's ``max_memory_allocated`` over the pass (reset after warm-up).
+"""
+from __future__ import annotations
+
+import argparse
+import glob
+import json
+import os
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+
+def _vanilla_and_benchmark(args: argparse.Namespace) -> tuple[str, str]:
+    model = args.model or sorted(glob.glob(f"{args.cache_dir}/vanilla/llava-*"), key=os.path.getmtime)[-1]
+    bench = args.benchmark or sorted(glob.glob(f"{args.cache_dir}/benchmarks/synthetic-*"))[-1]
+    return model, bench
+
+
+def _peak_rss_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux: KiB
+
+
+def statistics_worker(mode: str, model: str, bench: str, positions: str, batch_size: int, out: str) -> None:
+    """One variant in this process: print its peak memory, save its statistics to ``out``."""
+    from safetensors.torch import save_file
+
+    from mllm_unlearn.data import load_mllmu
+    from mllm_unlearn.data.collate import Encoder
+    from mllm_unlearn.localization.statistics import SiteStatistics, collect_neuron_statistics, stored_activations
+    from mllm_unlearn.methods.base import item_batches
+    from mllm_unlearn.models import load_vlm
+
+    torch.set_num_threads(2)
+    vlm = load_vlm(model, device="auto")
+    benchmark = load_mllmu(bench)
+    items = benchmark.forget_train + benchmark.retain_train[:len(benchmark.forget_train)]
+    encoder = Encoder(vlm)
+    lm, vision = vlm.adapter.lm_ffn_sites(vlm.model), vlm.adapter.vision_ffn_sites(vlm.model)
+    for _ in item_batches(items, encoder, batch_size, vlm.device):  # fill the prompt cache for both alike
+        pass
+    with torch.no_grad():  # warm-up forward on the largest batch shape
+        batch = next(item_batches(items, encoder, batch_size, vlm.device))
+        vlm.model(**{k: v for k, v in batch.items() if k != "labels"})
+    cuda = vlm.device.type == "cuda"
+    if cuda:
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
+        base = torch.cuda.memory_allocated() / 2**20
+    else:
+        base = _peak_rss_mb()
+    start = time.perf_counter()
+    batches = item_batches(items, encoder, batch_size, vlm.device)
+    if mode == "streaming":
+        stats = collect_neuron_statistics(vlm.model, batches, lm, vision, positions)
+    else:
+        stored = stored_activations(vlm.model, batches, lm, vision, positions)
+        stats = {name: SiteStatistics.from_activations(acts, 0.1) for name, acts in stored.items()}
+    elapsed = time.perf_counter() - start
+    peak = torch.cuda.max_memory_allocated() / 2**20 if cuda else _peak_rss_mb()
+    tensors = {f"{name}.{field}": getattr(s, field).contiguous()
+               for name, s in stats.items() for field in ("abs_mean", "frequency", "mean", "variance", "rms")}
+    save_file(tensors, out)
+    print(json.dumps({"mode": mode, "items": len(items), "positions_counted": {n: s.count for n, s in stats.items()},
+                      "baseline_mb": base, "peak_mb": peak, "seconds": elapsed, "device": str(vlm.device)}))
+
+
+def manu_statistics_memory(args: argparse.Namespace) -> None:
+    """MANU: peak memory of streaming statistics vs stored activations, and agreement of the two."""
+    from safetensors.torch import load_file
+
+    model, bench = _vanilla_and_benchmark(args)
+    results, files = {}, {}
+    with tempfile.TemporaryDirectory() as tmp:
+        for mode in ("streaming", "stored"):
+            files[mode] = str(Path(tmp) / f"{mode}.safetensors")
+            command = [sys.executable, __file__, "--worker", mode, "--model", model, "--benchmark", bench,
+                       "--positions", args.positions, "--batch-size", str(args.batch_size), "--out", files[mode]]
+            done = subprocess.run(command, capture_output=True, text=True, check=False)
+            if done.returncode != 0:
+                raise RuntimeError(f"{mode} worker failed:\n{done.stderr[-3000:]}")
+            results[mode] = json.loads(done.stdout.strip().splitlines()[-1])
+        streaming, stored = load_file(files["streaming"]), load_file(files["stored"])
+    worst = max(float(((streaming[k] - stored[k]).abs() / stored[k].abs().clamp_min(1e-6)).max()) for k in streaming)
+    counts_equal = results["streaming"]["positions_counted"] == results["stored"]["positions_counted"]
+    s, d = results["streaming"], results["stored"]
+    unit = "CUDA allocated" if s["device"].startswith("cuda") else "peak RSS"
+    print(f"model: {model}")
+    print(f"MANU statistics over {s['items']} items (positions={args.positions}, batch {args.batch_size}), "
+          f"{sum(s['positions_counted'].values())} site-positions, device {s['device']}")
+    for name, r in (("streaming sums", s), ("stored activations", d)):
+        print(f"  {name:>19}: {unit} {r['baseline_mb']:8.1f} MB before -> {r['peak_mb']:8.1f} MB peak "
+              f"(+{r['peak_mb'] - r['baseline_mb']:.1f} MB), {r['seconds']:.1f} s")
+    added_stream = max(s["peak_mb"] - s["baseline_mb"], 0.1)
+    print(f"  extra memory of stored over streaming: {(d['peak_mb'] - d['baseline_mb']) / added_stream:.0f}x")
+    print(f"  same statistics: counts {'equal' if counts_equal else 'DIFFER'}, "
+          f"max relative difference {worst:.2e} ({'OK' if counts_equal and worst < 1e-4 else 'MISMATCH'})")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model", help="checkpoint (default: the newest cached vanilla LLaVA)")
+    parser.add_argument("--benchmark", help="MLLMU-Bench directory (default: the cached built-in world)")
+    parser.add_argument("--cache-dir", default=".cache/mllm_unlearn")
+    parser.add_argument("--positions", default="all", help="MANU positions option: all, answer or last")
+    parser.add_argument("--batch-size", type=int, default=32)
+    parser.add_argument("--worker", choices=("streaming", "stored"), help=argparse.SUPPRESS)
+    parser.add_argument("--out", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.worker:
+        statistics_worker(args.worker, args.model, args.benchmark, args.positions, args.batch_size, args.out)
+        return
+    manu_statistics_memory(args)
+
+
+if __name__ == "__main__":
+    main()
