@@ -113,3 +113,11 @@ def test_empty_value_and_missing_config_are_named(clear_dir, tmp_path):
         load_clear(root, forget_percent=10)
     with pytest.raises(BenchmarkFormatError, match="forget percent must be 1, 5 or 10"):
         load_clear(clear_dir, forget_percent=15)
+
+
+def test_retain_only_works_for_mllmu_benchmarks_too(benchmark):
+    gold = benchmark.retain_only()
+    forget = set(benchmark.forget_ids)
+    assert forget and not {i.person_id for i in gold.finetune_train} & forget
+    assert len(gold.finetune_train) == len(benchmark.finetune_train) - len(benchmark.forget_train)
+    assert gold.pretrain_train == benchmark.pretrain_train and gold.eval_splits is benchmark.eval_splits

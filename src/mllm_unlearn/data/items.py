@@ -44,7 +44,8 @@ class Benchmark:
     """Evaluation splits and training data of one benchmark instance (e.g. MLLMU-Bench forget 10%)."""
 
     name: str
-    eval_splits: dict[str, list[Item]]  # "forget", "test", "retain", "real_world" -> items
+    # MLLMU-Bench: "forget", "test", "retain", "real_world"; CLEAR: its six tasks (data/clear.py)
+    eval_splits: dict[str, list[Item]]
     forget_train: list[Item]  # what unlearning methods see of the forget people
     retain_train: list[Item]  # what methods may use to preserve the retain people
     finetune_train: list[Item]  # knowledge injection data ("vanilla" fine-tuning)
