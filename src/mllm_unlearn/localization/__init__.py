@@ -1,0 +1,1 @@
+"""Finding the neurons that carry knowledge to forget (paths, statistics)."""
