@@ -11,6 +11,7 @@ TINY_DEFAULTS: dict[str, dict] = {
     "kl": {"lr": 2e-4, "epochs": 2, "retain_weight": 1.0},
     "rmu": {"lr": 1e-3, "epochs": 2, "extra": {"steering_coeff": 2.0, "alpha": 100.0}},
     "mmunlearner": {"lr": 2e-4, "epochs": 2, "extra": {"mask": "language", "gamma": 1.0}},
+    "mip-editor": {"lr": 1e-3, "epochs": 2, "batch_size": 16, "extra": {"layer": 2, "steering_coeff": 2.0}},
     "npo": {"lr": 2e-4, "epochs": 2, "extra": {"beta": 0.4, "reference": "vanilla"}},
 }
 
