@@ -78,3 +78,23 @@ def test_cli_rejects_unknown_method_option_before_any_work(tmp_path):
                                       "--cache-dir", str(tmp_path / "cache")])
     assert result.exit_code == 2 and "unknown option(s) betta" in result.output
     assert not (tmp_path / "cache").exists()  # failed before generating or training anything
+
+
+@pytest.mark.parametrize("family", ["llava", "qwen2.5-vl"])
+def test_mip_editor_runs_through_the_pipeline(tmp_path_factory, family):
+    from mllm_unlearn.interventions import load_edit
+
+    base = tmp_path_factory.getbasetemp()
+    cache = "cache_methods" if family == "llava" else "cache_qwen25"  # LLaVA's vanilla is shared with the runs above
+    cfg = small_run(base, cache, f"mip-editor-{family}")
+    extra = {"path_samples": 4, "layer": 0}
+    cfg = replace(cfg, family=family, method="mip-editor", method_cfg=replace(cfg.method_cfg, extra=extra),
+                  eval=replace(cfg.eval, tasks=("mcq",)))
+    results = run_pipeline(cfg)
+    assert results["edit"]["kind"] == "composite" and results["edit"]["steps"] == 3
+    edit = load_edit(results["edit"]["path"])
+    paths = edit.meta["mip_editor"]["paths"]
+    assert any("language_model" in p for p in paths)
+    if family == "qwen2.5-vl":  # the small LLaVA's one vision layer feeds nothing (feature layer -2)
+        assert any(".visual." in p for p in paths)
+    assert results["cost"]["changed_parameters"] > 0
