@@ -1,13 +1,17 @@
-"""Cost of neuron localization: MANU's streaming statistics vs storing activations.
+"""Cost of neuron localization: MIP-Editor's batched path search, MANU's streaming statistics.
 
-Prints, on the same model and the same items (the forget set's training items plus as many
-retain items, MANU's default):
+Prints, in one run on the same model and samples:
+
+- MIP-Editor path search time (IGI on text-only forget samples, IFI on image + question forget
+  samples) batched (the m Riemann steps of a sample in the batch dimension, samples batched too)
+  vs a step-by-step loop (one sample, one step per forward/backward), after asserting both find
+  identical paths; and the speed-up (goal: >= 5x).
 
 - MANU peak memory of the statistics pass: streaming running sums (``collect_neuron_statistics``)
   vs storing every counted activation and reducing afterwards (what MANU's released code does),
   and whether both give the same statistics (max relative difference).
 
-    .venv/bin/python benchmarks/localization_speed.py [--model PATH] [--benchmark DIR] [--positions all]
+    .venv/bin/python benchmarks/localization_speed.py [--model PATH] [--benchmark DIR] [--positions all] [--samples 32]
 
 Without --model it uses the newest cached vanilla LLaVA under --cache-dir.
 
@@ -30,6 +34,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -120,6 +125,53 @@ def manu_statistics_memory(args: argparse.Namespace) -> None:
           f"max relative difference {worst:.2e} ({'OK' if counts_equal and worst < 1e-4 else 'MISMATCH'})")
 
 
+def path_search_speed(cache_dir: str = ".cache/mllm_unlearn", samples: int = 32, steps: int = 4, top_k: int = 5,
+                      batch_size: int = 16) -> dict[str, Any]:
+    """Times batched and step-by-step path search on the same samples; raises if their paths differ."""
+    from mllm_unlearn.data.collate import Encoder
+    from mllm_unlearn.localization.paths import PathSearchConfig, search_paths, text_path_task, visual_path_task
+    from mllm_unlearn.pipeline import RunConfig, prepare_benchmark, prepare_vanilla
+
+    cfg = RunConfig(cache_dir=cache_dir, progress=False)
+    benchmark, key = prepare_benchmark(cfg)
+    vlm, model_path, trained = prepare_vanilla(cfg, benchmark, key)
+    if trained:
+        print(f"(trained a vanilla model into {model_path} first)")
+    encoder = Encoder(vlm)
+    text = [i for i in benchmark.forget_train if i.modality == "qa"][:samples]
+    images = [i for i in benchmark.forget_train if i.modality == "vqa"][:samples]
+    searches = [("IGI", text, vlm.adapter.lm_ffn_sites(vlm.model), text_path_task(vlm, encoder), "ig"),
+                ("IFI", images, vlm.adapter.vision_ffn_sites(vlm.model), visual_path_task(vlm, encoder), "fisher")]
+    encoder.batch(text + images, train=True)  # prompts into the encoder's cache, for both runs alike
+    timings = {"batched": 0.0, "step_by_step": 0.0}
+    neurons = 0
+    for label, items, sites, task, score in searches:
+        paths = [s.module_path for s in sites]
+        search_cfg = PathSearchConfig(steps=steps, top_k=top_k, score=score, batch_size=batch_size)
+        search_paths(vlm.model, paths, items[:2], task, search_cfg)  # warm-up
+        results = {}
+        for mode in ("batched", "step_by_step"):
+            start = time.perf_counter()
+            results[mode] = search_paths(vlm.model, paths, items, task, search_cfg, step_by_step=mode == "step_by_step")
+            timings[mode] += time.perf_counter() - start
+        a, b = results["batched"], results["step_by_step"]
+        same = [[t.tolist() for t in s] for s in a.neurons] == [[t.tolist() for t in s] for s in b.neurons]
+        assert same, f"{label}: batched and step-by-step path search found different paths"
+        neurons += sum(len(v) for v in a.union().values())
+    return {"model": model_path, "samples": len(text) + len(images), "steps": steps, "top_k": top_k,
+            "batched_s": timings["batched"], "step_by_step_s": timings["step_by_step"],
+            "speedup": timings["step_by_step"] / timings["batched"], "path_neurons": neurons}
+
+
+def print_path_search_speed(args: argparse.Namespace) -> None:
+    r = path_search_speed(args.cache_dir, args.samples, args.steps, batch_size=16)
+    print(f"MIP-Editor path search (IGI on text + IFI on images), {r['samples']} forget samples, m={r['steps']}, "
+          f"k={r['top_k']}: identical paths ({r['path_neurons']} path neurons)")
+    print(f"  batched:      {r['batched_s']:.2f} s")
+    print(f"  step by step: {r['step_by_step_s']:.2f} s")
+    print(f"  speed-up: {r['speedup']:.1f}x")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", help="checkpoint (default: the newest cached vanilla LLaVA)")
@@ -127,13 +179,19 @@ def main() -> None:
     parser.add_argument("--cache-dir", default=".cache/mllm_unlearn")
     parser.add_argument("--positions", default="all", help="MANU positions option: all, answer or last")
     parser.add_argument("--batch-size", type=int, default=32)
+    parser.add_argument("--samples", type=int, default=32, help="MIP-Editor: forget samples per modality")
+    parser.add_argument("--steps", type=int, default=4, help="MIP-Editor: Riemann steps m")
+    parser.add_argument("--only", choices=("paths", "statistics"), help="run one of the two measurements")
     parser.add_argument("--worker", choices=("streaming", "stored"), help=argparse.SUPPRESS)
     parser.add_argument("--out", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.worker:
         statistics_worker(args.worker, args.model, args.benchmark, args.positions, args.batch_size, args.out)
         return
-    manu_statistics_memory(args)
+    if args.only != "statistics":
+        print_path_search_speed(args)
+    if args.only != "paths":
+        manu_statistics_memory(args)
 
 
 if __name__ == "__main__":

@@ -135,3 +135,23 @@ def test_manu_runs_through_the_pipeline(tmp_path_factory, family):
     sites = {**{f"lm.{k}": 0 for k in range(2)}, "vision.0": 0}  # SMALL_SIZE: 2 LM layers, 1 vision block
     assert set(meta["neurons_per_site"]) == set(sites) and meta["neurons"] == sum(meta["neurons_per_site"].values()) > 0
     assert results["unlearned"]["figures"]["forget"]["vqa"]["mcq_count"] > 0
+
+
+@pytest.mark.parametrize("family", ["llava", "qwen2.5-vl"])
+def test_mip_editor_runs_through_the_pipeline(tmp_path_factory, family):
+    from mllm_unlearn.interventions import load_edit
+
+    base = tmp_path_factory.getbasetemp()
+    cache = "cache_methods" if family == "llava" else "cache_qwen2.5-vl"  # LLaVA's vanilla is shared with the runs above
+    cfg = small_run(base, cache, f"mip-editor-{family}")
+    extra = {"path_samples": 4, "layer": 0}
+    cfg = replace(cfg, family=family, method="mip-editor", method_cfg=replace(cfg.method_cfg, extra=extra),
+                  eval=replace(cfg.eval, tasks=("mcq",)))
+    results = run_pipeline(cfg)
+    assert results["edit"]["kind"] == "composite" and results["edit"]["steps"] == 3
+    edit = load_edit(results["edit"]["path"])
+    paths = edit.meta["mip_editor"]["paths"]
+    assert any("language_model" in p for p in paths)
+    if family == "qwen2.5-vl":  # the small LLaVA's one vision layer feeds nothing (feature layer -2)
+        assert any(".visual." in p for p in paths)
+    assert results["cost"]["changed_parameters"] > 0

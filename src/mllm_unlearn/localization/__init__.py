@@ -1,1 +1,1 @@
-"""Finding the neurons that carry a piece of knowledge: activation statistics, attribution paths."""
+"""Finding the neurons that carry knowledge to forget: streamed activation statistics (MANU), attribution paths (MIP-Editor)."""

@@ -13,6 +13,10 @@ TINY_DEFAULTS: dict[str, dict] = {
     # The vision mask: ascent confined to the salient weights of the vision tower and projector
     # cannot touch text-only answers; lr 1e-3 met the paper's claim (sweep in the README).
     "mmunlearner": {"lr": 1e-3, "epochs": 2, "extra": {"mask": "vision", "gamma": 1.0}},
+    # MIP-Editor: paths from every forget sample (path_samples=64 gave fewer path neurons and
+    # forgot little: forget 74/100), RMisU at layer 2 of 4, c = 2 x mean hidden norm, α = β = 0.5.
+    # The paper's 7B values are mip_editor.PAPER_7B_PRESET.
+    "mip-editor": {"lr": 1e-3, "epochs": 2, "batch_size": 16, "extra": {"layer": 2, "steering_coeff": 2.0}},
     "npo": {"lr": 2e-4, "epochs": 2, "extra": {"beta": 0.4, "reference": "vanilla"}},
     # MANU: the 7B values (top 2%, the paper) barely move a 4-layer, 256-neuron LM whose knowledge
     # is spread over few neurons; a grid on the default world (alpha 2-50%, global / per layer,

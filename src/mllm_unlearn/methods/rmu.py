@@ -35,11 +35,14 @@ def masked_mse(hidden: torch.Tensor, target: torch.Tensor, mask: torch.Tensor) -
     return ((per_token * mask).sum(dim=1) / mask.sum(dim=1).clamp(min=1)).mean()
 
 
-@register_method
-class RMU(GradientMethod):
-    name = "rmu"
-    uses_retain = True
-    option_names = ("layer", "steering_coeff", "alpha", "trainable")
+class Misdirection:
+    """RMU's machinery, shared with MIP-Editor's RMisU: the hidden states of one LM layer in the
+    trained model and in a frozen copy, and the steering target c·u.
+
+    u is uniform in [0, 1)^d (WMDP's code) normalised to unit length, drawn with ``seed``;
+    c = ``coeff`` × the mean token norm of the frozen model's forget hidden states at the layer;
+    ``scale`` (that norm² per hidden dim) makes the MSEs of every model size comparable.
+    """
 
     def __init__(self) -> None:
         self.reference: torch.nn.Module | None = None
@@ -47,6 +50,70 @@ class RMU(GradientMethod):
         self.handles: list[Any] = []
         self.target: torch.Tensor | None = None
         self.scale = 1.0
+
+    def _hook(self, module: torch.nn.Module, key: str) -> None:
+        def store(_module: Any, _inputs: Any, output: Any) -> None:
+            self.captured[key] = _hidden(output)
+
+        self.handles.append(module.register_forward_hook(store))
+
+    def start(self, vlm: VLM, layer: int, coeff: float, forget: Sequence[Item], encoder: Encoder, batch_size: int,
+              seed: int) -> None:
+        """Call on the untouched model: the frozen copy is the reference of the retain loss."""
+        self.reference = frozen_copy(vlm.model)
+        self._hook(vlm.adapter.lm_layers(vlm.model)[layer], "model")
+        self._hook(vlm.adapter.lm_layers(self.reference)[layer], "reference")
+        # Typical size of the layer's hidden states on the forget data, from the vanilla model.
+        norms, squares, count = 0.0, 0.0, 0
+        with torch.no_grad():
+            for batch in item_batches(forget, encoder, batch_size, vlm.device):
+                self.reference(**model_inputs(batch))
+                tokens = self.captured.pop("reference").float()[batch["attention_mask"].bool()]
+                norms += tokens.norm(dim=-1).sum().item()
+                squares += tokens.pow(2).sum(dim=-1).sum().item()
+                count += tokens.shape[0]
+        width = tokens.shape[-1]
+        self.scale = squares / count / width  # mean squared norm per hidden dim
+        generator = torch.Generator().manual_seed(seed)
+        direction = torch.rand(width, generator=generator)
+        self.target = (coeff * norms / count * direction / direction.norm()).to(vlm.device)
+
+    def hidden(self, model: torch.nn.Module, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        model(**model_inputs(batch))
+        return self.captured.pop("model")
+
+    @torch.no_grad()
+    def reference_hidden(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        if self.reference is None:
+            raise RuntimeError("misdirection: start() was not called")
+        self.reference(**model_inputs(batch))
+        return self.captured.pop("reference")
+
+    def forget_loss(self, model: torch.nn.Module, batch: dict[str, torch.Tensor], mask: torch.Tensor) -> torch.Tensor:
+        """MSE of the forget hidden states to c·u at ``mask``'s positions, divided by ``scale``."""
+        if self.target is None:
+            raise RuntimeError("misdirection: start() was not called")
+        hidden = self.hidden(model, batch)
+        return masked_mse(hidden, self.target.expand_as(hidden), mask) / self.scale
+
+    def retain_loss(self, model: torch.nn.Module, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        """MSE of the retain hidden states to the frozen model's (non-padding tokens), divided by ``scale``."""
+        return masked_mse(self.hidden(model, batch), self.reference_hidden(batch), batch["attention_mask"]) / self.scale
+
+    def stop(self) -> None:
+        for handle in self.handles:
+            handle.remove()
+        self.handles, self.captured, self.reference, self.target = [], {}, None, None
+
+
+@register_method
+class RMU(GradientMethod):
+    name = "rmu"
+    uses_retain = True
+    option_names = ("layer", "steering_coeff", "alpha", "trainable")
+
+    def __init__(self) -> None:
+        self.steer = Misdirection()
 
     @staticmethod
     def options(vlm: VLM, cfg: MethodConfig) -> tuple[int, float, float, str]:
@@ -68,53 +135,16 @@ class RMU(GradientMethod):
             return None  # peft's adapters on the LoRA targets are what trains
         return lambda name, _: re.fullmatch(pattern, name) is not None
 
-    def _hook(self, module: torch.nn.Module, key: str) -> None:
-        def store(_module: Any, _inputs: Any, output: Any) -> None:
-            self.captured[key] = _hidden(output)
-
-        self.handles.append(module.register_forward_hook(store))
-
     def prepare(self, vlm: VLM, forget: Sequence[Item], retain: Sequence[Item], cfg: MethodConfig,
                 encoder: Encoder) -> None:
         layer, coeff, _, _ = self.options(vlm, cfg)
-        self.reference = frozen_copy(vlm.model)
-        self._hook(vlm.adapter.lm_layers(vlm.model)[layer], "model")
-        self._hook(vlm.adapter.lm_layers(self.reference)[layer], "reference")
-        # Typical size of the layer's hidden states on the forget data, from the vanilla model.
-        norms, squares, count = 0.0, 0.0, 0
-        with torch.no_grad():
-            for batch in item_batches(forget, encoder, cfg.batch_size, vlm.device):
-                self.reference(**model_inputs(batch))
-                hidden = self.captured.pop("reference").float()
-                mask = batch["attention_mask"].bool()
-                tokens = hidden[mask]
-                norms += tokens.norm(dim=-1).sum().item()
-                squares += tokens.pow(2).sum(dim=-1).sum().item()
-                count += tokens.shape[0]
-        width = tokens.shape[-1]
-        mean_norm = norms / count
-        self.scale = squares / count / width  # mean squared norm per hidden dim
-        generator = torch.Generator().manual_seed(cfg.seed)
-        direction = torch.rand(width, generator=generator)
-        self.target = (coeff * mean_norm * direction / direction.norm()).to(vlm.device)
+        self.steer.start(vlm, layer, coeff, forget, encoder, cfg.batch_size, cfg.seed)
 
     def cleanup(self) -> None:
-        for handle in self.handles:
-            handle.remove()
-        self.handles, self.captured, self.reference, self.target = [], {}, None, None
+        self.steer.stop()
 
     def loss(self, model: torch.nn.Module, batch: dict, cfg: MethodConfig) -> torch.Tensor:
-        if self.reference is None or self.target is None:
-            raise RuntimeError("rmu: prepare() was not called")
         alpha = float(cfg.extra.get("alpha", 100.0))
-        forget, retain = batch["forget"], batch["retain"]
-        model(**model_inputs(forget))
-        forget_hidden = self.captured.pop("model")
-        forget_loss = masked_mse(forget_hidden, self.target.expand_as(forget_hidden), forget["attention_mask"])
-        model(**model_inputs(retain))
-        retain_hidden = self.captured.pop("model")
-        with torch.no_grad():
-            self.reference(**model_inputs(retain))
-            reference_hidden = self.captured.pop("reference")
-        retain_loss = masked_mse(retain_hidden, reference_hidden, retain["attention_mask"])
-        return (forget_loss + alpha * retain_loss) / self.scale
+        forget = batch["forget"]
+        return self.steer.forget_loss(model, forget, forget["attention_mask"]) + alpha * self.steer.retain_loss(
+            model, batch["retain"])

@@ -87,6 +87,18 @@ class ModelAdapter:
     def vision_ffn_sites(self, model: nn.Module) -> list[NeuronSite]:
         return self._sites(model, self.vision_blocks(model), "vision", f"mlp.{self.vision_down_proj_name}")
 
+    def repeat_examples(self, batch: dict[str, torch.Tensor], times: int) -> dict[str, torch.Tensor]:
+        """Each example of a collated batch repeated ``times`` times in a row (example-major).
+
+        Default: every tensor has the examples along dimension 0 (LLaVA's images included).
+        """
+        return {name: value.repeat_interleave(times, dim=0) for name, value in batch.items()}
+
+    def vision_rows_per_image(self, batch: dict[str, torch.Tensor]) -> torch.Tensor | None:
+        """Rows of each image in the vision FFN input when the tower flattens images into one
+        (tokens, width) sequence; ``None`` when its input is (images, tokens, width)."""
+        return None
+
     def vision_module_prefix(self, model: nn.Module) -> str:
         """Dotted prefix of the whole vision tower, for freezing or masking by tower."""
         return _module_path(model, self.vision_blocks(model)).rsplit(".", 2)[0]

@@ -5,6 +5,7 @@ import json
 from pathlib import Path
 from typing import Any
 
+import torch
 from torch import nn
 
 from .base import ModelAdapter, TinySize, register_adapter
@@ -35,6 +36,18 @@ class Qwen2VLAdapter(ModelAdapter):
     projector_paths = ("model.visual.merger", "visual.merger")
     vision_down_proj_name = "fc2"
     answer_prefix = ""
+
+    def repeat_examples(self, batch: dict[str, torch.Tensor], times: int) -> dict[str, torch.Tensor]:
+        # pixel_values are the images' patch rows concatenated: repeat each image's block of rows.
+        out = {name: value.repeat_interleave(times, dim=0) for name, value in batch.items() if name != "pixel_values"}
+        if "pixel_values" in batch:
+            rows = batch["image_grid_thw"].prod(dim=-1).tolist()
+            blocks = batch["pixel_values"].split(rows, dim=0)
+            out["pixel_values"] = torch.cat([block for block in blocks for _ in range(times)], dim=0)
+        return out
+
+    def vision_rows_per_image(self, batch: dict[str, torch.Tensor]) -> torch.Tensor | None:
+        return batch["image_grid_thw"].prod(dim=-1)  # the blocks keep each image's rows contiguous
 
     def special_tokens(self) -> list[str]:
         return list(QWEN_SPECIAL_TOKENS)
