@@ -112,7 +112,8 @@ def run_pipeline(cfg: RunConfig) -> dict[str, Any]:
 
     seed_everything(cfg.seed)
     start = time.perf_counter()
-    edit = method.unlearn(vlm, benchmark.forget_train, benchmark.retain_train, cfg.method_cfg)
+    retain = benchmark.retain_train + (benchmark.pretrain_train if method.uses_prior_knowledge else [])
+    edit = method.unlearn(vlm, benchmark.forget_train, retain, cfg.method_cfg)
     timings[f"unlearn ({cfg.method})"] = time.perf_counter() - start
     edit.save(run_dir / "edit")
 
