@@ -210,7 +210,7 @@ class MLLMEraser(Method):
             raise ValueError(f"mllmeraser: forms must be a subset of {FORMS}, got {extra.get('forms')!r}")
         opts = {
             "layers": layers, "forms": forms,
-            "strength": float(extra.get("strength", 1.0)),
+            "strength": float(extra.get("strength", 0.2)),  # the paper's |−0.2| (our r points to erasure)
             "ridge": float(extra.get("ridge", 0.1)),
             "null_energy": float(extra.get("null_energy", 0.01)),
             "null_ratio": None if extra.get("null_ratio") is None else float(extra["null_ratio"]),
