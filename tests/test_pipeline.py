@@ -9,6 +9,7 @@ from mllm_unlearn.cli import app
 from mllm_unlearn.eval import EvalConfig
 from mllm_unlearn.eval.mia import MIAConfig
 from mllm_unlearn.eval.relearn import RelearnConfig
+from mllm_unlearn.interventions import load_edit
 from mllm_unlearn.methods import MethodConfig
 from mllm_unlearn.pipeline import RunConfig, run_pipeline
 from mllm_unlearn.training import InjectionConfig
@@ -155,3 +156,18 @@ def test_mip_editor_runs_through_the_pipeline(tmp_path_factory, family):
     if family == "qwen2.5-vl":  # the small LLaVA's one vision layer feeds nothing (feature layer -2)
         assert any(".visual." in p for p in paths)
     assert results["cost"]["changed_parameters"] > 0
+
+
+@pytest.mark.parametrize("family", ["llava", "qwen2.5-vl"])
+def test_mllmeraser_runs_through_the_pipeline(tmp_path_factory, family):
+    base = tmp_path_factory.getbasetemp()
+    cfg = small_run(base, "cache_methods" if family == "llava" else "cache_qwen2.5-vl", f"mllmeraser-{family}")
+    extra = {"layers": "all", "pgd_steps": 1, "max_retain": 200}
+    cfg = replace(cfg, family=family, method="mllmeraser", method_cfg=replace(cfg.method_cfg, extra=extra),
+                  eval=replace(cfg.eval, tasks=("mcq",)))
+    results = run_pipeline(cfg)
+    assert results["edit"]["kind"] == "steering" and results["cost"]["changed_parameters"] == 0
+    edit = load_edit(base / "runs" / f"mllmeraser-{family}" / "edit")
+    assert edit.layers == [1] and edit.meta["counts"]["retain_prompts"] > 0
+    # The pipeline passed the real-world people's training data as retain data too (uses_prior_knowledge).
+    assert edit.meta["retain_splits"] == ["finetune", "pretrain"]

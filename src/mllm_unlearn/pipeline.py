@@ -221,8 +221,9 @@ def run_pipeline(cfg: RunConfig) -> dict[str, Any]:
 
     seed_everything(cfg.seed)
     start = time.perf_counter()
+    retain = benchmark.retain_train + (benchmark.pretrain_train if method.uses_prior_knowledge else [])
     try:
-        edit = method.unlearn(vlm, benchmark.forget_train, benchmark.retain_train, method_cfg)
+        edit = method.unlearn(vlm, benchmark.forget_train, retain, method_cfg)
     except UnlearningDiverged as error:
         if is_main_process():
             error.last_good.save(run_dir / "edit-last-good")

@@ -42,6 +42,9 @@ class MethodConfig:
 class Method(ABC):
     name: ClassVar[str]
     uses_retain: ClassVar[bool] = False
+    # True: the pipeline appends the benchmark's prior-knowledge items (real-world people,
+    # split "pretrain") to the retain items it passes, for methods that must leave them alone too.
+    uses_prior_knowledge: ClassVar[bool] = False
     option_names: ClassVar[tuple[str, ...]] = ()  # keys this method reads from ``MethodConfig.extra``
 
     def check_options(self, cfg: MethodConfig) -> None:

@@ -1,0 +1,54 @@
+"""How selective a steering edit's gate is: mean steering-vector norm on forget vs retain inputs.
+
+Prints, for a saved MLLMEraser edit, the mean norm of all its steering vectors together
+(√Σ_l ‖s_l‖², edit applied) on forget, retain and real-world inputs, for the prompts the edit
+was built from (training questions) and for held-out ones (the evaluation's multiple-choice
+prompts), and the retain/forget ratios (target ≤ 0.05).
+
+    .venv/bin/python benchmarks/steering_gate.py --edit runs/mllmeraser/edit [--cache-dir .cache/mllm_unlearn]
+"""
+from __future__ import annotations
+
+import argparse
+import glob
+import random
+
+import torch
+
+from mllm_unlearn.data import load_mllmu
+from mllm_unlearn.data.collate import Encoder
+from mllm_unlearn.interventions import load_edit
+from mllm_unlearn.models import load_vlm
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--edit", required=True, help="a saved steering edit (RUN_DIR/edit)")
+    parser.add_argument("--model", help="checkpoint (default: the newest cached vanilla LLaVA)")
+    parser.add_argument("--cache-dir", default=".cache/mllm_unlearn")
+    parser.add_argument("--items", type=int, default=64, help="inputs per set (seeded sample)")
+    args = parser.parse_args()
+    torch.set_num_threads(2)
+    model = args.model or sorted(glob.glob(f"{args.cache_dir}/vanilla/llava-*"))[-1]
+    benchmark = load_mllmu(sorted(glob.glob(f"{args.cache_dir}/benchmarks/synthetic-*"))[-1])
+    vlm, edit = load_vlm(model, device="auto"), load_edit(args.edit)
+    encoder = Encoder(vlm)
+
+    def mean_norm(items: list) -> float:
+        items = random.Random(0).sample(items, min(len(items), args.items))
+        batches = ({k: v.to(vlm.device) for k, v in encoder.batch(items[s:s + 32], train=False).items()}
+                   for s in range(0, len(items), 32))
+        return float(edit.steering_norms(vlm, batches).mean())
+
+    used = {"forget": benchmark.forget_train, "retain": benchmark.retain_train, "real_world": benchmark.pretrain_train}
+    held = {s: [i for i in benchmark.eval_splits[s] if i.task == "mcq"] for s in ("forget", "retain", "real_world")}
+    print(f"model: {model}; edit: {args.edit} (layers {edit.layers}, strength {edit.strength})")
+    for name, sets in (("used to build (training questions)", used), ("held out (evaluation MCQs)", held)):
+        norms = {k: mean_norm(list(v)) for k, v in sets.items()}
+        print(f"{name}: mean steering norm forget {norms['forget']:.3f}, retain {norms['retain']:.3f}, real-world "
+              f"{norms['real_world']:.3f}; retain/forget {norms['retain'] / norms['forget']:.3f}, real-world/forget "
+              f"{norms['real_world'] / norms['forget']:.3f} (target <= 0.05)")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,339 @@
+"""MLLMEraser (Ding et al., arXiv 2510.04217): training-free unlearning by input-aware activation steering.
+
+No parameter changes; the method returns a ``Steering`` edit (``interventions/steering.py``).
+Per steered LM layer l (activations = the output of block l at the last position, fp32):
+
+1. **Erasure direction** r_l = mean(erasure) − mean(recall), over last-token states of
+   - knowledge-recall pairs: forget question (+ image) answered with the true answer, the
+     image adversarially perturbed by ``pgd_steps`` signed-gradient steps on the pixel values
+     (L∞ ball ``pgd_eps``) that *lower* the answer's NLL, i.e. strengthen recall;
+   - knowledge-erasure pairs: the same inputs (same perturbed images) answered with ``refusal``.
+   Text-only forget questions take part too (no image to perturb), so both modalities count.
+2. **Input-aware gate**: P projects onto the null space of retain activations. Retain
+   activations are the last prompt tokens of the retain items (and of the benchmark's
+   real-world people, which the pipeline passes for methods with ``uses_prior_knowledge``);
+   C = Σ h hᵀ / n (uncentred, as AlphaSteer), P = Q Qᵀ with Q the eigenvectors of the smallest
+   eigenvalues, as many as keep their summed eigenvalues ≤ ``null_energy`` × trace(C)
+   (or the smallest ``null_ratio`` × hidden of them, AlphaSteer's rule).
+3. **Steering matrix**, AlphaSteer's regularised closed form on the forget prompts' last
+   tokens H_f (inference-form prompts, clean images): X = H_f P,
+   Δ̃ = pinv(XᵀX/n + λ·m·P) · Xᵀ1 rᵀ/n, W_l = P·Δ̃, where m = ‖X‖²_F / (n·rank P) makes
+   ``ridge`` (λ) independent of the activation scale. Then h_f·W ≈ r for forget inputs and
+   h_r·W ≈ 0 for retain inputs (h_r P ≈ 0).
+
+Prompts are taken in each form the model is asked in: "qa" (the open question) and "mcq"
+(the question rendered as a four-option multiple choice with distractors drawn from the same
+attribute's values, for items that carry ``Attribute``/``Value`` metadata), so the gate sees
+the classification prompts' format as MLLMEraser's extractor did (it formats options too).
+
+Statistics are streamed: only per-layer sums (d) and second moments (d × d) are kept.
+Activation ↔ steering indexing is consistent (both use block l's *output*), unlike the
+released code's off-by-one (hidden_states[l] is block l's input). Our direction points
+towards erasure, so ``strength`` > 0 erases (the released code uses −0.2 with recall − erasure).
+"""
+from __future__ import annotations
+
+import random
+from contextlib import contextmanager
+from dataclasses import replace
+from typing import Any, Iterable, Iterator, Sequence
+
+import torch
+
+from ..data.collate import Encoder
+from ..data.items import Item
+from ..interventions import Steering
+from ..models.base import VLM
+from ..training.inject import McqRenderer
+from ..training.losses import model_inputs, sequence_nll
+from .base import Method, MethodConfig, _to, register_method
+
+FORMS = ("qa", "mcq")
+
+
+def null_space_projector(second_moment: torch.Tensor, energy: float | None = None,
+                         ratio: float | None = None) -> torch.Tensor:
+    """Projector onto the low-energy eigenspace of a retain second-moment matrix (d × d).
+
+    ``ratio`` (AlphaSteer): the ``ratio``·d smallest eigen-directions. ``energy``: as many of the
+    smallest as keep their summed eigenvalues ≤ ``energy`` × trace (at least one direction);
+    ``energy`` = 1 keeps every direction (P = I: no hard null space, see ``retain_penalty``).
+    """
+    values, vectors = torch.linalg.eigh(second_moment.double())  # ascending
+    values = values.clamp(min=0)
+    d = values.numel()
+    if ratio is not None:
+        if not 0 < ratio < 1:
+            raise ValueError(f"null_ratio must be in (0, 1), got {ratio}")
+        keep = max(1, int(round(ratio * d)))
+    else:
+        if energy is None or not 0 <= energy <= 1:
+            raise ValueError(f"null_energy must be in [0, 1], got {energy}")
+        if energy == 1:
+            return torch.eye(d, dtype=torch.float64)
+        budget = energy * float(values.sum())
+        keep = max(1, int((torch.cumsum(values, 0) <= budget).sum()))
+    basis = vectors[:, :keep]
+    return basis @ basis.T
+
+
+def steering_matrix(projector: torch.Tensor, forget_sum: torch.Tensor, forget_second_moment: torch.Tensor,
+                    count: int, direction: torch.Tensor, ridge: float, retain_second_moment: torch.Tensor | None = None,
+                    retain_penalty: float = 0.0) -> torch.Tensor:
+    """W = P · pinv(P S P / n + β P C_r P + λ m P) · P (Σ h_f / n) rᵀ: AlphaSteer's ridge closed form, from moments.
+
+    S = Σ h_f h_fᵀ and Σ h_f are the forget activations' moments (X = H_f P, XᵀX = P S P and
+    Xᵀ1 = P Σ h_f, so nothing per-sample is needed); m = tr(P S P)/(n · rank P). β
+    (``retain_penalty``, 0 in AlphaSteer) adds the retain activations' response ‖H_r P W‖²/n_r to
+    the least squares (C_r = their second moment): a soft null-space constraint for models whose
+    retain activations leave no hard null space.
+    """
+    P = projector.double()
+    gram = P @ forget_second_moment.double() @ P / count
+    rank = max(1.0, float(torch.trace(P)))
+    scale = float(torch.trace(gram)) / rank
+    system = gram + ridge * scale * P
+    if retain_penalty:
+        if retain_second_moment is None:
+            raise ValueError("retain_penalty needs the retain second moment")
+        system = system + retain_penalty * P @ retain_second_moment.double() @ P
+    target = (P @ forget_sum.double() / count)[:, None] @ direction.double()[None, :]
+    return (P @ torch.linalg.pinv(system, hermitian=True) @ target).float()
+
+
+class LastTokenTap:
+    """Forward hooks that keep each chosen LM layer's output at the last position (fp32)."""
+
+    def __init__(self, vlm: VLM, layers: Sequence[int]):
+        self.blocks = vlm.adapter.lm_layers(vlm.model)
+        self.layers = list(layers)
+        self.states: dict[int, torch.Tensor] = {}
+
+    @contextmanager
+    def tapped(self) -> Iterator["LastTokenTap"]:
+        handles = []
+        for layer in self.layers:
+            def keep(_module: Any, _inputs: Any, output: Any, layer: int = layer) -> None:
+                hidden = output[0] if isinstance(output, tuple) else output
+                self.states[layer] = hidden[:, -1, :].detach().float()
+
+            handles.append(self.blocks[layer].register_forward_hook(keep))
+        try:
+            yield self
+        finally:
+            for handle in handles:
+                handle.remove()
+
+    @torch.no_grad()
+    def run(self, model: torch.nn.Module, batch: dict[str, torch.Tensor]) -> dict[int, torch.Tensor]:
+        self.states = {}
+        model(**model_inputs(batch), logits_to_keep=1)
+        return dict(self.states)
+
+
+class Moments:
+    """Streamed per-layer Σh and Σhhᵀ (fp64) and the row count."""
+
+    def __init__(self, second: bool = True):
+        self.second = second
+        self.sum: dict[int, torch.Tensor] = {}
+        self.outer: dict[int, torch.Tensor] = {}
+        self.count = 0
+
+    def add(self, states: dict[int, torch.Tensor]) -> None:
+        for layer, h in states.items():
+            h = h.double().cpu()
+            self.sum[layer] = self.sum.get(layer, 0) + h.sum(0)
+            if self.second:
+                self.outer[layer] = self.outer.get(layer, 0) + h.T @ h
+        self.count += next(iter(states.values())).shape[0]
+
+    def mean(self, layer: int) -> torch.Tensor:
+        return self.sum[layer] / max(1, self.count)
+
+
+@contextmanager
+def frozen(model: torch.nn.Module) -> Iterator[None]:
+    """Parameters without grad for the duration (PGD needs the image gradient only)."""
+    flags = [(p, p.requires_grad) for p in model.parameters()]
+    for p, _ in flags:
+        p.requires_grad_(False)
+    try:
+        yield
+    finally:
+        for p, flag in flags:
+            p.requires_grad_(flag)
+
+
+def perturb_pixels(model: torch.nn.Module, batch: dict[str, torch.Tensor], steps: int, eps: float,
+                   step_size: float) -> torch.Tensor:
+    """PGD on ``pixel_values`` (L∞ ball of radius ``eps``) that minimises the answers' NLL.
+
+    The loss is the sum of per-sequence NLLs, so each image's gradient is its own sequence's.
+    """
+    pixels = batch["pixel_values"].detach()
+    delta = torch.zeros_like(pixels)
+    with frozen(model), torch.enable_grad():
+        for _ in range(steps):
+            delta.requires_grad_(True)
+            loss = sequence_nll(model, {**batch, "pixel_values": pixels + delta}).sum()
+            (grad,) = torch.autograd.grad(loss, delta)
+            delta = (delta - step_size * grad.sign()).clamp(-eps, eps).detach()
+    return (pixels + delta).detach()
+
+
+@register_method
+class MLLMEraser(Method):
+    name = "mllmeraser"
+    uses_retain = True
+    uses_prior_knowledge = True  # real-world people's data gates steering off for them too
+    option_names = ("layers", "strength", "ridge", "null_energy", "null_ratio", "pgd_steps", "pgd_eps",
+                    "pgd_step_size", "refusal", "decode", "forms", "max_retain", "retain_penalty")
+
+    @staticmethod
+    def options(vlm: VLM, cfg: MethodConfig) -> dict[str, Any]:
+        extra = cfg.extra
+        n_layers = len(vlm.adapter.lm_layers(vlm.model))
+        layers = extra.get("layers", "all")
+        if layers == "all":
+            layers = list(range(1, n_layers)) if n_layers > 1 else [0]  # the paper: every layer but the first
+        elif isinstance(layers, str):
+            layers = [int(x) for x in layers.replace(",", " ").split()]
+        elif isinstance(layers, int):
+            layers = [layers]
+        layers = sorted({int(x) for x in layers})
+        if not layers or not all(0 <= x < n_layers for x in layers):
+            raise ValueError(f"mllmeraser: layers must be 'all' or indices in [0, {n_layers - 1}], got {extra.get('layers')!r}")
+        forms = extra.get("forms", list(FORMS))
+        forms = [f.strip() for f in forms.split(",")] if isinstance(forms, str) else list(forms)
+        if not forms or set(forms) - set(FORMS):
+            raise ValueError(f"mllmeraser: forms must be a subset of {FORMS}, got {extra.get('forms')!r}")
+        opts = {
+            "layers": layers, "forms": forms,
+            "strength": float(extra.get("strength", 0.2)),  # the paper's |−0.2| (our r points to erasure)
+            "ridge": float(extra.get("ridge", 0.1)),
+            "null_energy": float(extra.get("null_energy", 0.01)),
+            "null_ratio": None if extra.get("null_ratio") is None else float(extra["null_ratio"]),
+            "pgd_steps": int(extra.get("pgd_steps", 3)),
+            "pgd_eps": float(extra.get("pgd_eps", 0.05)),
+            "refusal": str(extra.get("refusal", "I don't know.")),
+            "decode": _as_bool(extra.get("decode", False), "decode"),
+            "max_retain": None if extra.get("max_retain") is None else int(extra["max_retain"]),
+            "retain_penalty": float(extra.get("retain_penalty", 0.0)),
+        }
+        opts["pgd_step_size"] = float(extra.get("pgd_step_size", 2.5 * opts["pgd_eps"] / max(1, opts["pgd_steps"])))
+        if opts["ridge"] < 0 or opts["retain_penalty"] < 0:
+            raise ValueError(f"mllmeraser: ridge and retain_penalty must be >= 0, got {opts['ridge']}, "
+                             f"{opts['retain_penalty']}")
+        if opts["pgd_steps"] < 0 or opts["pgd_eps"] < 0:
+            raise ValueError("mllmeraser: pgd_steps and pgd_eps must be >= 0")
+        if not opts["refusal"].strip():
+            raise ValueError("mllmeraser: refusal must be a non-empty text")
+        return opts
+
+    def unlearn(self, vlm: VLM, forget: Sequence[Item], retain: Sequence[Item], cfg: MethodConfig) -> Steering:
+        self.check_options(cfg)
+        opts = self.options(vlm, cfg)
+        if not forget:
+            raise ValueError("mllmeraser: the forget set is empty")
+        if not retain:
+            raise ValueError("mllmeraser: needs retain data (the null space of its activations gates the steering)")
+        stats = self.statistics(vlm, forget, retain, opts, cfg.batch_size, cfg.seed)
+        encoder = Encoder(vlm)
+        unknown = vlm.tokenizer.unk_token_id
+        meta = {"method": self.name, "config": cfg.to_dict(), "options": opts,
+                "counts": {name: moments.count for name, moments in stats.items()},
+                "retain_splits": sorted({item.split for item in retain}),
+                "refusal_unknown_tokens": sum(1 for t in encoder.answer_ids(opts["refusal"])
+                                              if unknown is not None and t == unknown)}
+        return self.build_edit(stats, opts, meta)
+
+    def statistics(self, vlm: VLM, forget: Sequence[Item], retain: Sequence[Item], opts: dict[str, Any],
+                   batch_size: int, seed: int) -> dict[str, "Moments"]:
+        """Streamed moments of every activation set the closed form needs, at ``opts["layers"]``."""
+        encoder = Encoder(vlm)
+        tap = LastTokenTap(vlm, opts["layers"])
+        rng = random.Random(seed)
+        retain = list(retain)
+        if opts["max_retain"] is not None and len(retain) > opts["max_retain"]:
+            retain = rng.sample(retain, opts["max_retain"])
+        renderer = McqRenderer(list(forget) + list(retain), seed)
+        was_training = vlm.model.training
+        vlm.model.eval()
+        try:
+            with tap.tapped():
+                recall, erasure = self._pairs(vlm, encoder, tap, forget, opts, batch_size)
+                forget_prompts = Moments()
+                for batch in self._prompt_batches(encoder, forget, opts["forms"], renderer, batch_size, vlm.device):
+                    forget_prompts.add(tap.run(vlm.model, batch))
+                retain_prompts = Moments()
+                for batch in self._prompt_batches(encoder, retain, opts["forms"], renderer, batch_size, vlm.device):
+                    retain_prompts.add(tap.run(vlm.model, batch))
+        finally:
+            vlm.model.train(was_training)
+        return {"recall": recall, "erasure": erasure, "forget_prompts": forget_prompts, "retain_prompts": retain_prompts}
+
+    @staticmethod
+    def build_edit(stats: dict[str, "Moments"], opts: dict[str, Any], meta: dict[str, Any] | None = None) -> Steering:
+        """The closed form per layer, from ``statistics``' moments (cheap: re-run it to try other options)."""
+        recall, erasure = stats["recall"], stats["erasure"]
+        forget_prompts, retain_prompts = stats["forget_prompts"], stats["retain_prompts"]
+        matrices, layer_stats = {}, {}
+        for layer in opts["layers"]:
+            direction = erasure.mean(layer) - recall.mean(layer)
+            projector = null_space_projector(retain_prompts.outer[layer] / retain_prompts.count,
+                                             opts["null_energy"], opts["null_ratio"])
+            matrices[layer] = steering_matrix(projector, forget_prompts.sum[layer], forget_prompts.outer[layer],
+                                              forget_prompts.count, direction, opts["ridge"],
+                                              retain_prompts.outer[layer] / retain_prompts.count,
+                                              opts["retain_penalty"])
+            layer_stats[str(layer)] = {"direction_norm": float(direction.norm()),
+                                       "null_dim": int(round(float(torch.trace(projector)))),
+                                       "forget_state_norm": float(forget_prompts.mean(layer).norm())}
+        return Steering(matrices, opts["strength"], opts["decode"], {**(meta or {}), "layers": layer_stats})
+
+    def _pairs(self, vlm: VLM, encoder: Encoder, tap: LastTokenTap, forget: Sequence[Item], opts: dict[str, Any],
+               batch_size: int) -> tuple[Moments, Moments]:
+        """Last-token states of recall pairs (true answer, PGD-strengthened image) and erasure pairs (refusal)."""
+        recall, erasure = Moments(second=False), Moments(second=False)
+        refusals = [replace(item, answer=opts["refusal"]) for item in forget]
+        for start in range(0, len(forget), batch_size):
+            chunk, refused = forget[start:start + batch_size], refusals[start:start + batch_size]
+            # One modality per batch, so pixel values belong to every row of the batch or to none.
+            for modality in ("vqa", "qa"):
+                rows = [k for k, item in enumerate(chunk) if item.modality == modality]
+                if not rows:
+                    continue
+                true_batch = _to(encoder.batch([chunk[k] for k in rows], train=True), vlm.device)
+                refusal_batch = _to(encoder.batch([refused[k] for k in rows], train=True), vlm.device)
+                if "pixel_values" in true_batch and opts["pgd_steps"] > 0 and opts["pgd_eps"] > 0:
+                    pixels = perturb_pixels(vlm.model, true_batch, opts["pgd_steps"], opts["pgd_eps"],
+                                            opts["pgd_step_size"])
+                    true_batch["pixel_values"] = pixels
+                    refusal_batch["pixel_values"] = pixels  # same images, same order: only the answer differs
+                recall.add(tap.run(vlm.model, true_batch))
+                erasure.add(tap.run(vlm.model, refusal_batch))
+        return recall, erasure
+
+    @staticmethod
+    def _prompt_batches(encoder: Encoder, items: Sequence[Item], forms: Sequence[str], renderer: McqRenderer,
+                        batch_size: int, device: torch.device) -> Iterable[dict[str, torch.Tensor]]:
+        """Inference-form prompts (no answer) of ``items`` in each form, batched."""
+        prompts: list[Item] = []
+        for form in forms:
+            if form == "qa":
+                prompts += list(items)
+            else:
+                prompts += [renderer(item) for item in items if renderer.renderable(item)]
+        for start in range(0, len(prompts), batch_size):
+            yield _to(encoder.batch(prompts[start:start + batch_size], train=False), device)
+
+
+def _as_bool(value: Any, name: str) -> bool:
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, str) and value.lower() in ("true", "1", "yes", "false", "0", "no"):
+        return value.lower() in ("true", "1", "yes")
+    if isinstance(value, int) and value in (0, 1):
+        return bool(value)
+    raise ValueError(f"mllmeraser: {name} must be true or false, got {value!r}")

@@ -1,0 +1,143 @@
+import hashlib
+
+import pytest
+import torch
+
+from mllm_unlearn.data.collate import Encoder
+from mllm_unlearn.interventions import Steering, load_edit
+
+
+def _logits(vlm, batch):
+    with torch.no_grad():
+        return vlm.model(**batch).logits
+
+
+def _weights_hash(model):
+    digest = hashlib.sha256()
+    for name, tensor in sorted(model.state_dict().items()):
+        digest.update(name.encode())
+        digest.update(tensor.detach().cpu().contiguous().numpy().tobytes())
+    return digest.hexdigest()
+
+
+def _random_edit(vlm, layers, strength=0.5, decode=False, seed=0):
+    width = vlm.model.config.text_config.hidden_size
+    generator = torch.Generator().manual_seed(seed)
+    return Steering({layer: torch.randn(width, width, generator=generator) / width ** 0.5 for layer in layers},
+                    strength, decode, meta={"method": "test"})
+
+
+@pytest.mark.parametrize("family", ["llava", "qwen2.5-vl"])
+def test_steering_removes_exactly_keeps_weights_and_round_trips(family, benchmark, tiny_vlm, tmp_path):
+    vlm = tiny_vlm(family)
+    items = [i for i in benchmark.eval_splits["forget"] if i.task == "mcq"][:4]
+    batch = Encoder(vlm).batch(items, train=False)
+    before, weights = _logits(vlm, batch), _weights_hash(vlm.model)
+    edit = _random_edit(vlm, [0, 1])
+    with edit.applied(vlm):
+        steered = _logits(vlm, batch)
+    assert not torch.allclose(steered, before, atol=1e-3)
+    assert torch.equal(_logits(vlm, batch), before)  # hooks gone: exact restore
+    assert _weights_hash(vlm.model) == weights  # no parameter touched
+
+    edit.save(tmp_path / "steer")
+    loaded = load_edit(tmp_path / "steer")
+    assert isinstance(loaded, Steering) and loaded.meta["method"] == "test"
+    assert loaded.layers == [0, 1] and loaded.strength == 0.5 and loaded.decode is False
+    with loaded.applied(vlm):
+        assert torch.equal(_logits(vlm, batch), steered)
+    assert edit.extra_bytes == 2 * edit.hidden_size ** 2 * 4
+
+
+def test_prefill_adds_strength_times_last_token_map_to_every_position(benchmark, tiny_vlm):
+    vlm = tiny_vlm("llava")
+    batch = Encoder(vlm).batch([i for i in benchmark.eval_splits["retain"] if i.task == "mcq"][:3], train=False)
+    layer = vlm.adapter.lm_layers(vlm.model)[1]
+    seen = []
+    capture = layer.register_forward_hook(lambda _m, _a, out: seen.append(out[0] if isinstance(out, tuple) else out))
+    try:
+        _logits(vlm, batch)
+        edit = _random_edit(vlm, [1], strength=0.7)
+        with edit.applied(vlm):  # ``capture`` was registered first, so it runs before the steering hook
+            _logits(vlm, batch)
+    finally:
+        capture.remove()
+    plain, steered_input = seen
+    # ``capture`` ran before the steering hook, so it saw block 1's unsteered output both times.
+    assert torch.equal(plain, steered_input)
+    # By hand: the steered output is plain + 0.7 · (plain[:, -1] @ W) at every position.
+    edit = _random_edit(vlm, [1], strength=0.7)
+    after = []
+    with edit.applied(vlm):
+        late = layer.register_forward_hook(lambda _m, _a, out: after.append(out[0] if isinstance(out, tuple) else out))
+        try:
+            _logits(vlm, batch)
+        finally:
+            late.remove()
+    expected = plain + 0.7 * (plain[:, -1] @ edit.matrices[1])[:, None, :]
+    torch.testing.assert_close(after[0], expected, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("family", ["llava", "qwen2.5-vl"])
+def test_generate_steers_the_prefill_once_and_decode_steps_only_with_decode(family, benchmark, tiny_vlm):
+    vlm = tiny_vlm(family)
+    batch = Encoder(vlm).batch([i for i in benchmark.eval_splits["forget"] if i.task == "generation"][:2], train=False)
+
+    def generate(edit):
+        record: dict = {}
+        handle = edit.apply(vlm, record)
+        try:
+            with torch.no_grad():
+                out = vlm.model.generate(**batch, do_sample=False, max_new_tokens=4, min_new_tokens=4,
+                                         pad_token_id=vlm.tokenizer.pad_token_id)
+        finally:
+            handle.remove()
+        return out[:, batch["input_ids"].shape[1]:], {key: len(rows) for key, rows in record.items()}
+
+    prefill_only = _random_edit(vlm, [0, 1], strength=2.0)
+    _, calls = generate(prefill_only)
+    assert calls == {("prefill", 0): 1, ("prefill", 1): 1}  # prefill detected once; decode steps untouched
+    _, calls = generate(Steering(prefill_only.matrices, 2.0, decode=True))
+    assert calls == {("prefill", 0): 1, ("prefill", 1): 1, ("decode", 0): 3, ("decode", 1): 3}
+
+
+def test_prefill_only_steering_acts_through_the_cache(benchmark, tiny_vlm):
+    """Greedy generate with the edit == a steered prefill, then unsteered decoding from its cache (by hand)."""
+    vlm = tiny_vlm("llava")
+    batch = Encoder(vlm).batch([i for i in benchmark.eval_splits["forget"] if i.task == "generation"][:2], train=False)
+    edit = _random_edit(vlm, [0, 1], strength=2.0)
+    with edit.applied(vlm), torch.no_grad():
+        generated = vlm.model.generate(**batch, do_sample=False, max_new_tokens=4, min_new_tokens=4,
+                                       pad_token_id=vlm.tokenizer.pad_token_id)[:, batch["input_ids"].shape[1]:]
+    with torch.no_grad():
+        mask = batch["attention_mask"]
+        prefill_positions = (mask.long().cumsum(-1) - 1).masked_fill(mask == 0, 0)  # as generate computes them
+        with edit.applied(vlm):
+            out = vlm.model(**batch, position_ids=prefill_positions, use_cache=True)
+        cache, token, mask = out.past_key_values, out.logits[:, -1].argmax(-1, keepdim=True), batch["attention_mask"]
+        tokens = [token]
+        for _ in range(3):
+            mask = torch.cat([mask, torch.ones_like(token)], dim=1)
+            positions = mask.long().cumsum(-1)[:, -1:] - 1  # left padding: positions count real tokens only
+            out = vlm.model(input_ids=token, attention_mask=mask, position_ids=positions, past_key_values=cache,
+                            use_cache=True)
+            cache, token = out.past_key_values, out.logits[:, -1].argmax(-1, keepdim=True)
+            tokens.append(token)
+    assert torch.equal(generated, torch.cat(tokens, dim=1))
+    with torch.no_grad():
+        unsteered = vlm.model.generate(**batch, do_sample=False, max_new_tokens=4, min_new_tokens=4,
+                                       pad_token_id=vlm.tokenizer.pad_token_id)[:, batch["input_ids"].shape[1]:]
+    assert not torch.equal(unsteered, generated)
+
+
+def test_edit_that_does_not_fit_is_refused_and_bake_is_refused(tiny_vlm):
+    vlm = tiny_vlm("llava")
+    width = vlm.model.config.text_config.hidden_size
+    with pytest.raises(ValueError, match="LM layer 7"):
+        Steering({7: torch.zeros(width, width)}).apply(vlm)
+    with pytest.raises(ValueError, match="32 wide"):
+        Steering({0: torch.zeros(32, 32)}).apply(vlm)
+    with pytest.raises(ValueError, match="square"):
+        Steering({0: torch.zeros(width, 3)})
+    with pytest.raises(ValueError, match="cannot be baked"):
+        Steering({0: torch.zeros(width, width)}).bake(vlm)
