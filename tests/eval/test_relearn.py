@@ -47,3 +47,22 @@ def test_training_moves_the_copy(tiny_vlm, benchmark):
     result = relearn_attack(vlm, benchmark, None, RelearnConfig(steps=6, eval_every=3, lr=3e-3, batch_size=8,
                                                                 max_eval_items=4, fraction=0.5))
     assert result["train_losses"][-1] < result["train_losses"][0]  # the attack's fine-tuning learns
+
+
+def test_a_steering_edit_is_attacked_applied_as_hooks_on_the_copy(tiny_vlm, benchmark):
+    from mllm_unlearn.interventions.steering import Steering
+
+    vlm = tiny_vlm("llava")
+    before = {k: v.clone() for k, v in vlm.model.state_dict().items()}
+    width = vlm.model.config.text_config.hidden_size
+    generator = torch.Generator().manual_seed(0)
+    edit = Steering({0: torch.randn(width, width, generator=generator) / width ** 0.5}, 3.0)
+    cfg = RelearnConfig(steps=2, eval_every=1, lr=1e-3, batch_size=4, fraction=0.5)
+    result = relearn_attack(vlm, benchmark, edit, cfg)
+    assert result["edit_mode"] == "applied as hooks" and result["steps"] == [0, 1, 2]
+    # Step 0 is the steered model: it differs from the same attack on the unsteered model.
+    plain = relearn_attack(vlm, benchmark, None, cfg)
+    assert plain["edit_mode"] is None and plain["train_losses"] != result["train_losses"]
+    assert all(torch.equal(before[k], v) for k, v in vlm.model.state_dict().items())
+    # (transformers itself adds output-capturing hooks to the vision tower on a first forward)
+    assert not any(m._forward_hooks or m._forward_pre_hooks for m in vlm.adapter.lm_layers(vlm.model).modules())

@@ -104,9 +104,14 @@ def relearn_attack(vlm: VLM, benchmark: Benchmark, edit: Any, cfg: RelearnConfig
 
     vanilla = _accuracy(Evaluator(vlm, eval_cfg), forget_items, cfg.task)
     attacked = dataclasses.replace(vlm, model=copy.deepcopy(vlm.model))
+    hooks = None
     try:
-        if edit is not None:
+        if edit is not None and edit.bakeable:
             edit.bake(attacked)
+        elif edit is not None:
+            # A test-time edit (steering) stays applied: the attacker fine-tunes the deployed,
+            # steered model, and is measured with the steering on.
+            hooks = edit.apply(attacked)
         evaluator = Evaluator(attacked, eval_cfg)
         steps: list[int] = [0]
         forget_curve = [_accuracy(evaluator, forget_items, cfg.task)]
@@ -132,6 +137,8 @@ def relearn_attack(vlm: VLM, benchmark: Benchmark, edit: Any, cfg: RelearnConfig
         if steps[-1] != result.steps:
             record(result.steps)
     finally:
+        if hooks is not None:
+            hooks.remove()
         del attacked
     before, after = forget_curve[0], forget_curve[-1]
     recovered = {m: (after[m] - before[m]) / (vanilla[m] - before[m]) if vanilla[m] - before[m] > 1e-9 else None
@@ -141,6 +148,7 @@ def relearn_attack(vlm: VLM, benchmark: Benchmark, edit: Any, cfg: RelearnConfig
         "people": {"shown": shown, "measured": measured},
         "counts": {"train_items": len(train_items), **{f"forget_{m}": len(v) for m, v in forget_items.items()},
                    **{f"retain_{m}": len(v) for m, v in retain_items.items()}},
+        "edit_mode": None if edit is None else ("baked" if edit.bakeable else "applied as hooks"),
         "steps": steps,
         "forget_accuracy": forget_curve,  # per step: {"vqa", "qa", "all"} on the people never shown
         "retain_accuracy": retain_curve,  # the control

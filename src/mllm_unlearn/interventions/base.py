@@ -31,6 +31,7 @@ class EditHandle:
 
 class Edit:
     kind: ClassVar[str]
+    bakeable: ClassVar[bool] = True  # False: the edit acts on activations and lives only as hooks
     meta: dict[str, Any]
 
     def apply(self, vlm: Any) -> EditHandle:

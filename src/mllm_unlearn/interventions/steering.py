@@ -150,6 +150,8 @@ class Steering(Edit):
         per_layer = [torch.cat(record[("prefill", layer)]) for layer in self.layers]
         return torch.stack(per_layer).pow(2).sum(0).sqrt()
 
+    bakeable = False
+
     def bake(self, vlm: Any) -> None:
         raise ValueError("a steering edit depends on each input's activations and cannot be baked into the weights; "
                          "apply it (Edit.apply) at inference instead")
