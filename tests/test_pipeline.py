@@ -80,17 +80,20 @@ def test_unknown_family_is_named(tmp_path):
         run_pipeline(replace(small_run(tmp_path, "c"), family="gpt"))
 
 
-@pytest.mark.parametrize("method,extra", [("kl", {}), ("npo", {"beta": 0.2}), ("rmu", {"layer": 1}),
-                                          ("mmunlearner", {"mask": "both"})])
-def test_every_gradient_method_runs_through_the_pipeline(tmp_path_factory, method, extra):
-    base = tmp_path_factory.getbasetemp()  # one vanilla cache shared by the three runs
-    cfg = small_run(base, "cache_methods", method)
-    cfg = replace(cfg, method=method, method_cfg=replace(cfg.method_cfg, extra=extra),
+@pytest.mark.parametrize("family", ["llava", "qwen2.5-vl"])
+@pytest.mark.parametrize("method,extra", [("ga", {}), ("graddiff", {}), ("kl", {}), ("npo", {"beta": 0.2}),
+                                          ("rmu", {"layer": 1}), ("mmunlearner", {"mask": "both"})])
+def test_every_gradient_method_runs_through_the_pipeline(tmp_path_factory, method, extra, family):
+    base = tmp_path_factory.getbasetemp()  # one vanilla cache per family, shared by the runs
+    name = f"{method}-{family}"
+    cfg = small_run(base, "cache_methods" if family == "llava" else "cache_qwen2.5-vl", name)
+    cfg = replace(cfg, family=family, method=method, method_cfg=replace(cfg.method_cfg, extra=extra),
                   eval=replace(cfg.eval, tasks=("mcq",)))
     results = run_pipeline(replace(cfg, mia=None, relearn=None))
     assert results["robustness"]["mia"] == {"skipped": "switched off (--no-mia)"}
     assert results["edit"]["steps"] == 3 and results["config"]["method_config"]["extra"] == extra
-    assert (base / "runs" / method / "report.md").is_file()
+    assert results["config"]["family"] == family and results["cost"]["changed_parameters"] > 0
+    assert (base / "runs" / name / "report.md").is_file()
 
 
 def test_cli_rejects_unknown_method_option_before_any_work(tmp_path):
