@@ -25,10 +25,9 @@ import random
 from pathlib import Path
 from typing import Any
 
-import pyarrow.parquet as pq
 
 from .items import Benchmark, Item
-from .mllmu import BenchmarkFormatError
+from .mllmu import BenchmarkFormatError, read_config
 from .portraits import from_png
 
 FORGET_PERCENTS = (1, 5, 10)
@@ -70,26 +69,7 @@ def is_clear_layout(root: str | Path) -> bool:
 def read_clear_config(root: Path, config: str, required: tuple[str, ...],
                       optional: bool = False) -> list[dict[str, Any]] | None:
     """Rows of ``<root>/<config>/**/*.parquet``; an error names the config and the missing column."""
-    folder = root / config
-    files = sorted(folder.rglob("*.parquet")) if folder.is_dir() else []
-    if not files:
-        if optional:
-            return None
-        raise BenchmarkFormatError(f"{root}: CLEAR config {config!r} is missing (expected parquet files under {folder})")
-    rows: list[dict[str, Any]] = []
-    for file in files:
-        try:
-            table = pq.read_table(file)
-        except Exception as error:  # pyarrow raises several types for corrupt files
-            raise BenchmarkFormatError(f"{file}: CLEAR config {config!r}: not a readable parquet file ({error})") from error
-        missing = [c for c in required if c not in table.column_names]
-        if missing:
-            raise BenchmarkFormatError(f"{file}: CLEAR config {config!r} lacks column(s) {missing}; "
-                                       f"it has {table.column_names}")
-        for index, row in enumerate(table.to_pylist()):
-            row["__where__"] = f"{file} row {index} (config {config!r})"
-            rows.append(row)
-    return rows
+    return read_config(root, config, required, optional, label="CLEAR config", recursive=True)
 
 
 def value(row: dict[str, Any], column: str, kind: type = str) -> Any:

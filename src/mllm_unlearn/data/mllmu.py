@@ -26,25 +26,31 @@ class BenchmarkFormatError(ValueError):
     """The benchmark directory does not follow the expected layout."""
 
 
-def read_config(root: Path, config: str, required: tuple[str, ...], optional: bool = False) -> list[dict[str, Any]] | None:
+def read_config(root: Path, config: str, required: tuple[str, ...], optional: bool = False,
+                label: str = "config", recursive: bool = False) -> list[dict[str, Any]] | None:
+    """Rows of ``<root>/<config>/*.parquet`` (``recursive``: at any depth); errors name the file,
+    the config (called ``label``, e.g. "CLEAR config") and the missing column."""
     folder = root / config
-    files = sorted(folder.glob("*.parquet"))
+    files = (sorted(folder.rglob("*.parquet")) if recursive else sorted(folder.glob("*.parquet"))) \
+        if folder.is_dir() else []
     if not files:
         if optional:
             return None
-        raise BenchmarkFormatError(f"{root}: config {config!r} is missing (expected parquet files in {folder})")
+        where = "under" if recursive else "in"
+        raise BenchmarkFormatError(f"{root}: {label} {config!r} is missing (expected parquet files {where} {folder})")
     rows: list[dict[str, Any]] = []
+    suffix = "" if label == "config" else f" ({label.split()[-1]} {config!r})"
     for file in files:
         try:
             table = pq.read_table(file)
         except Exception as error:  # pyarrow raises several types for corrupt files
-            raise BenchmarkFormatError(f"{file}: not a readable parquet file ({error})") from error
+            raise BenchmarkFormatError(f"{file}: {label} {config!r}: not a readable parquet file ({error})") from error
         missing = [c for c in required if c not in table.column_names]
         if missing:
             raise BenchmarkFormatError(
-                f"{file}: config {config!r} lacks column(s) {missing}; it has {table.column_names}")
+                f"{file}: {label} {config!r} lacks column(s) {missing}; it has {table.column_names}")
         for index, row in enumerate(table.to_pylist()):
-            row["__where__"] = f"{file} row {index}"
+            row["__where__"] = f"{file} row {index}{suffix}"
             rows.append(row)
     return rows
 
