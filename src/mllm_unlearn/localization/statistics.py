@@ -158,14 +158,22 @@ def collect_neuron_statistics(model: nn.Module, batches: Iterable[Mapping[str, t
             running[name].add(activation.reshape(-1, activation.shape[-1]))
         return hook
 
+    hooks = [(s, lm_hook(s.name)) for s in lm_sites] + [(s, vision_hook(s.name)) for s in vision_sites]
+    _forward_with_site_hooks(model, batches, hooks, positions, current)
+    return {name: site.result() for name, site in running.items()}
+
+
+def _forward_with_site_hooks(model: nn.Module, batches: Iterable[Mapping[str, torch.Tensor]],
+                             hooks: Sequence[tuple[NeuronSite, Any]], positions: str,
+                             current: dict[str, torch.Tensor]) -> None:
+    """One eval-mode forward per batch with each site's pre-hook registered (always removed);
+    ``current["mask"]`` holds the batch's position mask while it runs."""
     was_training = model.training
     model.eval()
     handles = []
     try:
-        for site in lm_sites:
-            handles.append(model.get_submodule(site.module_path).register_forward_pre_hook(lm_hook(site.name)))
-        for site in vision_sites:
-            handles.append(model.get_submodule(site.module_path).register_forward_pre_hook(vision_hook(site.name)))
+        for site, hook in hooks:
+            handles.append(model.get_submodule(site.module_path).register_forward_pre_hook(hook))
         for batch in batches:
             current["mask"] = position_mask(batch, positions)
             model(**_model_inputs(batch))
@@ -173,7 +181,6 @@ def collect_neuron_statistics(model: nn.Module, batches: Iterable[Mapping[str, t
         for handle in handles:
             handle.remove()
         model.train(was_training)
-    return {name: site.result() for name, site in running.items()}
 
 
 @torch.no_grad()
@@ -192,20 +199,7 @@ def stored_activations(model: nn.Module, batches: Iterable[Mapping[str, torch.Te
             stored[name].append(rows.detach().float().cpu())
         return store
 
-    was_training = model.training
-    model.eval()
-    handles = []
-    try:
-        for site in lm_sites:
-            handles.append(model.get_submodule(site.module_path).register_forward_pre_hook(hook(site.name, True)))
-        for site in vision_sites:
-            handles.append(model.get_submodule(site.module_path).register_forward_pre_hook(hook(site.name, False)))
-        for batch in batches:
-            current["mask"] = position_mask(batch, positions)
-            model(**_model_inputs(batch))
-    finally:
-        for handle in handles:
-            handle.remove()
-        model.train(was_training)
+    hooks = [(s, hook(s.name, True)) for s in lm_sites] + [(s, hook(s.name, False)) for s in vision_sites]
+    _forward_with_site_hooks(model, batches, hooks, positions, current)
     widths = {s.name: s.width for s in [*lm_sites, *vision_sites]}
     return {name: torch.cat(rows) if rows else torch.zeros(0, widths[name]) for name, rows in stored.items()}
