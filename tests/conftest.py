@@ -1,6 +1,8 @@
 """Shared fixtures: a small built-in world and tiny models of each family."""
 from __future__ import annotations
 
+import hashlib
+
 import pytest
 import torch
 
@@ -37,3 +39,12 @@ def tiny_vlm(words):
         return build_tiny_vlm(family, words, SMALL_SIZE, seed=seed)
 
     return build
+
+
+def weights_hash(model) -> str:
+    """SHA-256 over every named tensor of the state dict: equal iff no weight changed."""
+    digest = hashlib.sha256()
+    for name, tensor in sorted(model.state_dict().items()):
+        digest.update(name.encode())
+        digest.update(tensor.detach().cpu().contiguous().numpy().tobytes())
+    return digest.hexdigest()

@@ -1,4 +1,3 @@
-import hashlib
 
 import pytest
 import torch
@@ -6,18 +5,12 @@ import torch
 from mllm_unlearn.data.collate import Encoder
 from mllm_unlearn.interventions import Steering, load_edit
 
+from ..conftest import weights_hash
+
 
 def _logits(vlm, batch):
     with torch.no_grad():
         return vlm.model(**batch).logits
-
-
-def _weights_hash(model):
-    digest = hashlib.sha256()
-    for name, tensor in sorted(model.state_dict().items()):
-        digest.update(name.encode())
-        digest.update(tensor.detach().cpu().contiguous().numpy().tobytes())
-    return digest.hexdigest()
 
 
 def _random_edit(vlm, layers, strength=0.5, decode=False, seed=0):
@@ -32,13 +25,13 @@ def test_steering_removes_exactly_keeps_weights_and_round_trips(family, benchmar
     vlm = tiny_vlm(family)
     items = [i for i in benchmark.eval_splits["forget"] if i.task == "mcq"][:4]
     batch = Encoder(vlm).batch(items, train=False)
-    before, weights = _logits(vlm, batch), _weights_hash(vlm.model)
+    before, weights = _logits(vlm, batch), weights_hash(vlm.model)
     edit = _random_edit(vlm, [0, 1])
     with edit.applied(vlm):
         steered = _logits(vlm, batch)
     assert not torch.allclose(steered, before, atol=1e-3)
     assert torch.equal(_logits(vlm, batch), before)  # hooks gone: exact restore
-    assert _weights_hash(vlm.model) == weights  # no parameter touched
+    assert weights_hash(vlm.model) == weights  # no parameter touched
 
     edit.save(tmp_path / "steer")
     loaded = load_edit(tmp_path / "steer")

@@ -1,4 +1,3 @@
-import hashlib
 import random
 from dataclasses import replace
 
@@ -13,15 +12,7 @@ from mllm_unlearn.models.tiny import build_tiny_vlm
 from mllm_unlearn.methods.mllmeraser import null_space_projector, perturb_pixels, steering_matrix
 from mllm_unlearn.training.losses import sequence_nll
 
-from ..conftest import SMALL_SIZE
-
-
-def _weights_hash(model):
-    digest = hashlib.sha256()
-    for name, tensor in sorted(model.state_dict().items()):
-        digest.update(name.encode())
-        digest.update(tensor.detach().cpu().contiguous().numpy().tobytes())
-    return digest.hexdigest()
+from ..conftest import SMALL_SIZE, weights_hash
 
 
 def test_projector_annihilates_the_retain_span_and_closed_form_is_pinned():
@@ -98,12 +89,12 @@ def test_gate_steers_forget_inputs_and_leaves_retain_inputs_alone(benchmark, wor
     span it and retain inputs get ~40-85% of the forget inputs' steering. Here the LM is 512 wide
     (a 7B model is 4096 wide for ~500 MLLMU-Bench people)."""
     vlm = build_tiny_vlm("llava", words, replace(SMALL_SIZE, hidden=WIDE), seed=0)
-    weights = _weights_hash(vlm.model)
+    weights = weights_hash(vlm.model)
     retain = list(benchmark.retain_train) + list(benchmark.pretrain_train)
     cfg = MethodConfig(batch_size=32, seed=0, extra={"layers": "all", "strength": 1.0, "pgd_steps": 1,
                                                      "null_energy": 1.0, "retain_penalty": 1000, "ridge": 1e-4})
     edit = get_method("mllmeraser").unlearn(vlm, benchmark.forget_train, retain, cfg)
-    assert isinstance(edit, Steering) and edit.layers == [1] and _weights_hash(vlm.model) == weights
+    assert isinstance(edit, Steering) and edit.layers == [1] and weights_hash(vlm.model) == weights
 
     encoder = Encoder(vlm)
 
