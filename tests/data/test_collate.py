@@ -1,3 +1,4 @@
+import pytest
 import torch
 
 from mllm_unlearn.data.collate import IGNORE, Encoder
@@ -35,3 +36,25 @@ def test_vqa_batch_has_one_image_per_vqa_item(benchmark, tiny_vlm):
         assert has_image.tolist() == [True] * 3 + [False] * 3
         with torch.no_grad():
             assert vlm.model(**batch).logits.shape[0] == 6
+
+
+@pytest.mark.parametrize("family", ["llava", "qwen2-vl", "qwen2.5-vl"])
+def test_left_padding_does_not_change_a_rows_logits(family, benchmark, tiny_vlm):
+    """Batches are left-padded without explicit position ids. LLaVA's LM then numbers a padded
+    row's positions from the padding, but rotary attention depends only on position differences
+    and padding is masked, so the row's logits equal its unpadded ones (Qwen computes its own
+    multimodal positions from the attention mask). Guards against a real padding bug."""
+    vlm = tiny_vlm(family)
+    encoder = Encoder(vlm)
+    items = [i for i in benchmark.finetune_train if i.modality == "qa"][:1] + \
+            [i for i in benchmark.eval_splits["forget"] if i.modality == "vqa" and i.task == "mcq"][:1]
+    batch = encoder.batch(items, train=True)
+    assert (batch["attention_mask"][0] == 0).any() or (batch["attention_mask"][1] == 0).any()
+    vlm.model.eval()
+    with torch.no_grad():
+        together = vlm.model(**{k: v for k, v in batch.items() if k != "labels"}).logits
+        for row, item in enumerate(items):
+            alone = encoder.batch([item], train=True)
+            logits = vlm.model(**{k: v for k, v in alone.items() if k != "labels"}).logits[0]
+            length = alone["input_ids"].shape[1]
+            torch.testing.assert_close(together[row, -length:], logits, atol=1e-4, rtol=1e-4)

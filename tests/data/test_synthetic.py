@@ -49,6 +49,22 @@ def test_default_world_size_and_facts():
         assert not set(spec["train"]) & set(spec["test"])
 
 
+def test_portraits_differ_in_at_least_portrait_distance_features():
+    import numpy as np
+
+    from mllm_unlearn.data.synthetic import _people, holdout_rows
+
+    config = WorldConfig()
+    assert config.portrait_distance == 4
+    people = _people(config, np.random.default_rng(config.seed))
+    codes = [p["identity"] for p in people]
+    assert len(holdout_rows(config, people)) >= 10  # held-out people still fit at this distance
+    for a in range(len(codes)):
+        for b in range(a + 1, len(codes)):
+            assert sum(x != y for x, y in zip(codes[a], codes[b])) >= 4
+    assert WorldConfig(portrait_distance=2).key() != config.key()
+
+
 def test_test_split_phrasings_are_never_trained(benchmark):
     trained = {i.question for i in benchmark.finetune_train}
     tested = {i.question for i in benchmark.eval_splits["test"] if i.task == "mcq"}

@@ -133,3 +133,39 @@ def test_edit_that_does_not_fit_is_refused_and_bake_is_refused(tiny_vlm):
         Steering({0: torch.zeros(width, 3)})
     with pytest.raises(ValueError, match="cannot be baked"):
         Steering({0: torch.zeros(width, width)}).bake(vlm)
+
+
+def test_task_strength_is_used_inside_for_task_saved_and_seen_by_the_evaluator(benchmark, tiny_vlm, tmp_path):
+    from mllm_unlearn.eval import EvalConfig, Evaluator
+
+    vlm = tiny_vlm("llava")
+    items = [i for i in benchmark.eval_splits["forget"] if i.task == "mcq"][:3]
+    batch = Encoder(vlm).batch(items, train=False)
+    plain = _logits(vlm, batch)
+    edit = _random_edit(vlm, [1], strength=0.0)
+    edit.task_strengths = {"mcq": 2.0}
+    with edit.applied(vlm):
+        assert torch.equal(_logits(vlm, batch), plain)  # default strength 0: no change outside a task
+        with edit.for_task("mcq"):
+            steered_mcq = _logits(vlm, batch)
+        with edit.for_task("cloze"):  # no strength of its own: the default
+            assert torch.equal(_logits(vlm, batch), plain)
+        assert edit.active_strength == 0.0  # restored on leaving
+    assert not torch.allclose(steered_mcq, plain, atol=1e-3)
+
+    edit.save(tmp_path / "steer")
+    assert load_edit(tmp_path / "steer").task_strengths == {"mcq": 2.0}
+
+    # The evaluator sets each group's task while scoring it.
+    cfg = EvalConfig(splits=("forget",), progress=False, max_items_per_group=2)
+    evaluator = Evaluator(vlm, cfg)
+    seen = {}
+    score_items = evaluator._score_items
+
+    def spy(items, task, demos):
+        seen[task] = edit.active_strength
+        return score_items(items, task, demos)
+
+    evaluator._score_items = spy
+    evaluator.evaluate(benchmark, edit)
+    assert seen == {"mcq": 2.0, "cloze": 0.0, "generation": 0.0}

@@ -95,9 +95,15 @@ class WorldConfig:
     real_world: int = 30
     image_size: int = 32
     seed: int = 0
+    # Every two portraits differ in at least this many of their five features. At 4, two people
+    # share at most one colour, so each person's portrait is told apart by a wide margin.
+    portrait_distance: int = 4
 
     def key(self) -> str:
-        return stable_hash(asdict(self))
+        settings = asdict(self)
+        if settings["portrait_distance"] == 2:  # worlds generated before the option keep their key
+            del settings["portrait_distance"]
+        return stable_hash(settings)
 
 
 def subject_forms(name: str | None) -> dict[str, str]:
@@ -120,7 +126,7 @@ def _people(config: WorldConfig, rng: np.random.Generator) -> list[dict[str, Any
     firsts = [str(n) for n in rng.permutation(_name_pool(rng, total, 2))]
     lasts = [str(n) for n in rng.permutation(sorted(set(_name_pool(rng, 2 * total, 3)) - set(firsts)))[:total]]
     names = [f"{f} {l}" for f, l in zip(firsts, lasts)]
-    identities = draw_identities(len(names), rng)
+    identities = draw_identities(len(names), rng, min_distance=config.portrait_distance)
     people = []
     for index, (name, identity) in enumerate(zip(names, identities)):
         real = index >= config.fictitious
@@ -180,8 +186,8 @@ def holdout_rows(config: WorldConfig, people: list[dict[str, Any]] | None = None
 
     Their names re-pair the fictitious people's first and last names (a word-level tokenizer
     built from the world knows every word, so no held-out answer holds an unknown token, which
-    would make membership trivially visible); facts and portraits (at least two features
-    from every world portrait) are drawn afresh. Deterministic in ``config`` alone.
+    would make membership trivially visible); facts and portraits (at least ``portrait_distance``
+    features from every world portrait) are drawn afresh. Deterministic in ``config`` alone.
     """
     people = people if people is not None else _people(config, np.random.default_rng(config.seed))
     fictitious = [p for p in people if not p["real"]]
@@ -200,7 +206,8 @@ def holdout_rows(config: WorldConfig, people: list[dict[str, Any]] | None = None
                 break
         if len(names) == count:
             break
-    identities = draw_identities(len(names), rng, existing=[p["identity"] for p in people])
+    identities = draw_identities(len(names), rng, min_distance=config.portrait_distance,
+                                 existing=[p["identity"] for p in people])
     rows = []
     for index, (name, identity) in enumerate(zip(names, identities)):
         person = {"id": f"H{index:03d}", "name": name, "identity": identity, "real": False,

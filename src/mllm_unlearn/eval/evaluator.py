@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import random
 from collections import defaultdict
+from contextlib import nullcontext
 from dataclasses import asdict, dataclass
 from typing import Any, Iterable, Sequence
 
@@ -107,10 +108,10 @@ class Evaluator:
         """Every figure and every item's prediction; with ``edit`` applied for the duration."""
         if edit is not None:
             with edit.applied(self.vlm):
-                return self._evaluate(benchmark)
+                return self._evaluate(benchmark, edit)
         return self._evaluate(benchmark)
 
-    def _evaluate(self, benchmark: Benchmark) -> dict[str, Any]:
+    def _evaluate(self, benchmark: Benchmark, edit: Any = None) -> dict[str, Any]:
         from tqdm.auto import tqdm
 
         cfg = self.cfg
@@ -135,7 +136,8 @@ class Evaluator:
                         groups.append((split, modality, task, scored, demos))
         bar = tqdm(total=sum(len(g[3]) for g in groups), desc="evaluate", disable=not cfg.progress, unit="item")
         for split, modality, task, scored, demos in groups:
-            records = self.score_group(scored, task, demos)
+            with edit.for_task(task) if edit is not None else nullcontext():
+                records = self.score_group(scored, task, demos)
             bar.update(len(scored))
             cell = figures.setdefault(split, {}).setdefault(modality, {})
             if task in ("mcq", "cloze"):

@@ -32,7 +32,7 @@ def generalisation_breakdown(evaluator: Evaluator, benchmark: Benchmark, edit: A
     """Accuracy per modality x condition (see the module docstring); empty if the benchmark has no
     forget and test classification questions."""
     if edit is not None:
-        with edit.applied(evaluator.vlm):
+        with edit.applied(evaluator.vlm), edit.for_task("mcq"):  # classification questions only
             return generalisation_breakdown(evaluator, benchmark)
     forget = [i for i in benchmark.eval_splits.get("forget", []) if i.task == "mcq"]
     test = [i for i in benchmark.eval_splits.get("test", []) if i.task == "mcq"]

@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 import json
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from pathlib import Path
 from typing import Any, ClassVar, Iterator
 
@@ -44,6 +44,12 @@ class Edit:
             yield handle
         finally:
             handle.remove()
+
+    @contextmanager
+    def for_task(self, task: str) -> Iterator[None]:
+        """While inside, act as set for evaluation task ``task`` ("mcq", "cloze", "generation"...).
+        Most edits act the same on every task; a steering edit may have a strength per task."""
+        yield
 
     def bake(self, vlm: Any) -> None:
         """Make the edit permanent in the model's weights (for export as a normal checkpoint)."""
@@ -101,6 +107,13 @@ class CompositeEdit(Edit):
                 handle.remove()
 
         return EditHandle(undo)
+
+    @contextmanager
+    def for_task(self, task: str) -> Iterator[None]:
+        with ExitStack() as stack:
+            for part in self.parts:
+                stack.enter_context(part.for_task(task))
+            yield
 
     def bake(self, vlm: Any) -> None:
         for part in self.parts:

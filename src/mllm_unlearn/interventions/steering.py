@@ -25,8 +25,10 @@ model's parameters changes; removing the hooks restores the model exactly.
 """
 from __future__ import annotations
 
+import json
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Iterator, Mapping
 
 import torch
 from torch import nn
@@ -55,12 +57,13 @@ class _StepState:
 
 @register_edit
 class Steering(Edit):
-    """Steering matrices per LM layer index, one strength, and whether decode steps are steered too."""
+    """Steering matrices per LM layer index, a strength (optionally one per evaluation task), and
+    whether decode steps are steered too."""
 
     kind = "steering"
 
     def __init__(self, matrices: Mapping[int, torch.Tensor], strength: float = 1.0, decode: bool = False,
-                 meta: dict[str, Any] | None = None):
+                 meta: dict[str, Any] | None = None, task_strengths: Mapping[str, float] | None = None):
         if not matrices:
             raise ValueError("a steering edit needs at least one layer's matrix")
         self.matrices: dict[int, torch.Tensor] = {}
@@ -74,8 +77,21 @@ class Steering(Edit):
         if len(widths) != 1:
             raise ValueError(f"steering matrices have different widths {sorted(widths)}")
         self.strength = float(strength)
+        # Per evaluation task ("mcq", "cloze", "generation"): MLLMEraser's released evaluation
+        # steers cloze harder (0.3) than classification and generation (0.2). Others use ``strength``.
+        self.task_strengths = {str(task): float(value) for task, value in (task_strengths or {}).items()}
+        self.active_strength = self.strength  # what the hooks use now (see ``for_task``)
         self.decode = bool(decode)
         self.meta = dict(meta or {})
+
+    @contextmanager
+    def for_task(self, task: str) -> Iterator[None]:
+        previous = self.active_strength
+        self.active_strength = self.task_strengths.get(task, self.strength)
+        try:
+            yield
+        finally:
+            self.active_strength = previous
 
     @property
     def layers(self) -> list[int]:
@@ -91,8 +107,8 @@ class Steering(Edit):
         return sum(m.numel() * m.element_size() for m in self.matrices.values())
 
     def steering_vectors(self, layer: int, hidden_last: torch.Tensor) -> torch.Tensor:
-        """strength · (h · W_layer) for rows h of ``hidden_last`` (…, hidden), in fp32."""
-        return self.strength * (hidden_last.float() @ self.matrices[layer].float().to(hidden_last.device))
+        """strength · (h · W_layer) for rows h of ``hidden_last`` (…, hidden), in fp32 (the active task's strength)."""
+        return self.active_strength * (hidden_last.float() @ self.matrices[layer].float().to(hidden_last.device))
 
     def apply(self, vlm: Any, record: dict[tuple[str, int], list[torch.Tensor]] | None = None) -> EditHandle:
         """Register the hooks. ``record``, if given, receives the norms of the steering vectors added,
@@ -116,12 +132,12 @@ class Steering(Edit):
                       layer: int = layer) -> Any:
                 hidden = _output_hidden(output)
                 if state.prefill:
-                    vector = (hidden[:, -1, :] @ weights.to(hidden.dtype)) * self.strength
+                    vector = (hidden[:, -1, :] @ weights.to(hidden.dtype)) * self.active_strength
                     if record is not None:
                         record.setdefault(("prefill", layer), []).append(vector.detach().float().norm(dim=-1).cpu())
                     return _with_hidden(output, hidden + vector[:, None, :])
                 if self.decode:
-                    vectors = (hidden @ weights.to(hidden.dtype)) * self.strength
+                    vectors = (hidden @ weights.to(hidden.dtype)) * self.active_strength
                     if record is not None:
                         record.setdefault(("decode", layer), []).append(vectors[:, -1].detach().float().norm(dim=-1).cpu())
                     return _with_hidden(output, hidden + vectors)
@@ -161,7 +177,8 @@ class Steering(Edit):
 
         save_file({f"layer.{layer}": matrix for layer, matrix in self.matrices.items()},
                   str(folder / "steering.safetensors"),
-                  metadata={"strength": repr(self.strength), "decode": str(self.decode)})
+                  metadata={"strength": repr(self.strength), "decode": str(self.decode),
+                            "task_strengths": json.dumps(self.task_strengths, sort_keys=True)})
 
     @classmethod
     def _load_payload(cls, folder: Path, meta: dict[str, Any]) -> "Steering":
@@ -175,7 +192,11 @@ class Steering(Edit):
             if "strength" not in info or "decode" not in info:
                 raise ValueError(f"{file}: metadata must hold 'strength' and 'decode', has {sorted(info)}")
             matrices = {int(key.split(".", 1)[1]): handle.get_tensor(key) for key in handle.keys()}
-        return cls(matrices, float(info["strength"]), info["decode"] == "True", meta)
+        try:
+            task_strengths = json.loads(info.get("task_strengths", "{}"))
+        except json.JSONDecodeError as error:
+            raise ValueError(f"{file}: metadata 'task_strengths' is not JSON ({error})") from None
+        return cls(matrices, float(info["strength"]), info["decode"] == "True", meta, task_strengths)
 
 
 def _hidden_width(layer: nn.Module) -> int | None:

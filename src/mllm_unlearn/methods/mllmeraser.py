@@ -25,6 +25,9 @@ Prompts are taken in each form the model is asked in: "qa" (the open question) a
 (the question rendered as a four-option multiple choice with distractors drawn from the same
 attribute's values, for items that carry ``Attribute``/``Value`` metadata), so the gate sees
 the classification prompts' format as MLLMEraser's extractor did (it formats options too).
+``renderings`` > 1 takes several multiple-choice versions of each item (fresh options each).
+Per-task strength (``task_strengths``, e.g. cloze=0.3 as the released evaluation) is applied
+by the evaluator through ``Edit.for_task``.
 
 Statistics are streamed: only per-layer sums (d) and second moments (d × d) are kept.
 Activation ↔ steering indexing is consistent (both use block l's *output*), unlike the
@@ -42,6 +45,7 @@ import torch
 
 from ..data.collate import Encoder
 from ..data.items import Item
+from ..eval.evaluator import TASKS
 from ..interventions import Steering
 from ..models.base import VLM
 from ..training.inject import McqRenderer
@@ -188,7 +192,8 @@ class MLLMEraser(Method):
     uses_retain = True
     uses_prior_knowledge = True  # real-world people's data gates steering off for them too
     option_names = ("layers", "strength", "ridge", "null_energy", "null_ratio", "pgd_steps", "pgd_eps",
-                    "pgd_step_size", "refusal", "decode", "forms", "max_retain", "retain_penalty")
+                    "pgd_step_size", "refusal", "decode", "forms", "max_retain", "retain_penalty", "task_strengths",
+                    "renderings")
 
     @staticmethod
     def options(vlm: VLM, cfg: MethodConfig) -> dict[str, Any]:
@@ -220,7 +225,11 @@ class MLLMEraser(Method):
             "decode": _as_bool(extra.get("decode", False), "decode"),
             "max_retain": None if extra.get("max_retain") is None else int(extra["max_retain"]),
             "retain_penalty": float(extra.get("retain_penalty", 0.0)),
+            "task_strengths": _task_strengths(extra.get("task_strengths", {})),
+            "renderings": int(extra.get("renderings", 1)),
         }
+        if opts["renderings"] < 1:
+            raise ValueError(f"mllmeraser: renderings must be >= 1, got {opts['renderings']}")
         opts["pgd_step_size"] = float(extra.get("pgd_step_size", 2.5 * opts["pgd_eps"] / max(1, opts["pgd_steps"])))
         if opts["ridge"] < 0 or opts["retain_penalty"] < 0:
             raise ValueError(f"mllmeraser: ridge and retain_penalty must be >= 0, got {opts['ridge']}, "
@@ -264,10 +273,12 @@ class MLLMEraser(Method):
             with tap.tapped():
                 recall, erasure = self._pairs(vlm, encoder, tap, forget, opts, batch_size)
                 forget_prompts = Moments()
-                for batch in self._prompt_batches(encoder, forget, opts["forms"], renderer, batch_size, vlm.device):
+                for batch in self._prompt_batches(encoder, forget, opts["forms"], renderer, batch_size, vlm.device,
+                                                  opts["renderings"]):
                     forget_prompts.add(tap.run(vlm.model, batch))
                 retain_prompts = Moments()
-                for batch in self._prompt_batches(encoder, retain, opts["forms"], renderer, batch_size, vlm.device):
+                for batch in self._prompt_batches(encoder, retain, opts["forms"], renderer, batch_size, vlm.device,
+                                                  opts["renderings"]):
                     retain_prompts.add(tap.run(vlm.model, batch))
         finally:
             vlm.model.train(was_training)
@@ -290,7 +301,8 @@ class MLLMEraser(Method):
             layer_stats[str(layer)] = {"direction_norm": float(direction.norm()),
                                        "null_dim": int(round(float(torch.trace(projector)))),
                                        "forget_state_norm": float(forget_prompts.mean(layer).norm())}
-        return Steering(matrices, opts["strength"], opts["decode"], {**(meta or {}), "layers": layer_stats})
+        return Steering(matrices, opts["strength"], opts["decode"], {**(meta or {}), "layers": layer_stats},
+                        opts.get("task_strengths"))
 
     def _pairs(self, vlm: VLM, encoder: Encoder, tap: LastTokenTap, forget: Sequence[Item], opts: dict[str, Any],
                batch_size: int) -> tuple[Moments, Moments]:
@@ -317,14 +329,16 @@ class MLLMEraser(Method):
 
     @staticmethod
     def _prompt_batches(encoder: Encoder, items: Sequence[Item], forms: Sequence[str], renderer: McqRenderer,
-                        batch_size: int, device: torch.device) -> Iterable[dict[str, torch.Tensor]]:
-        """Inference-form prompts (no answer) of ``items`` in each form, batched."""
+                        batch_size: int, device: torch.device, renderings: int = 1) -> Iterable[dict[str, torch.Tensor]]:
+        """Inference-form prompts (no answer) of ``items`` in each form, batched; ``renderings``
+        multiple-choice versions of each item (options drawn afresh), so the statistics cover
+        the option texts' variation and not one draw of it."""
         prompts: list[Item] = []
         for form in forms:
             if form == "qa":
                 prompts += list(items)
             else:
-                prompts += [renderer(item) for item in items if renderer.renderable(item)]
+                prompts += [renderer(item) for _ in range(renderings) for item in items if renderer.renderable(item)]
         for start in range(0, len(prompts), batch_size):
             yield _to(encoder.batch(prompts[start:start + batch_size], train=False), device)
 
@@ -337,3 +351,30 @@ def _as_bool(value: Any, name: str) -> bool:
     if isinstance(value, int) and value in (0, 1):
         return bool(value)
     raise ValueError(f"mllmeraser: {name} must be true or false, got {value!r}")
+
+
+def _task_strengths(value: Any) -> dict[str, float]:
+    """``{"cloze": 0.3}`` or ``"cloze=0.3,generation=0.2"`` (as ``-o task_strengths=...`` gives it)."""
+    if isinstance(value, dict):
+        pairs = list(value.items())
+    elif isinstance(value, str):
+        pairs = []
+        for part in filter(None, (p.strip() for p in value.split(","))):
+            task, sep, number = part.partition("=")
+            if not sep:
+                task, sep, number = part.partition(":")
+            if not sep:
+                raise ValueError(f"mllmeraser: task_strengths must be TASK=STRENGTH pairs separated by commas "
+                                 f"(e.g. cloze=0.3,mcq=0.2), got {value!r}")
+            pairs.append((task.strip(), number.strip()))
+    else:
+        raise ValueError(f"mllmeraser: task_strengths must be a mapping or 'TASK=STRENGTH,...', got {value!r}")
+    out = {}
+    for task, number in pairs:
+        if task not in TASKS:
+            raise ValueError(f"mllmeraser: task_strengths names unknown task {task!r}; tasks are {TASKS}")
+        try:
+            out[task] = float(number)
+        except (TypeError, ValueError):
+            raise ValueError(f"mllmeraser: task_strengths[{task!r}] must be a number, got {number!r}") from None
+    return out
