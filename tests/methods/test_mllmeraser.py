@@ -80,10 +80,11 @@ def test_pgd_strengthens_recall_within_the_budget(benchmark, tiny_vlm):
 
 
 WIDE = 512  # LM width of the gate test's model (see the test's docstring)
-# Held-out items (the evaluation's multiple-choice prompts, other question wordings) are gated
-# less sharply than the items the edit was built from: 6.1% measured at width 512 and 6.3% at
-# 1024, above the 5% target (reported as not met); this bound guards against regressions.
-HELD_OUT_RATIO = 0.08
+# Held-out items (the evaluation's multiple-choice prompts, with the benchmark's own options)
+# are gated less sharply than the items the edit was built from. With one multiple-choice
+# rendering per item the held-out retain ratio was 5.0%; four renderings (fresh options each)
+# cover the option texts' variation: 4.1% retain, 2.8% real-world (1.9% on the build items).
+HELD_OUT_RATIO = 0.05
 
 
 def test_gate_steers_forget_inputs_and_leaves_retain_inputs_alone(benchmark, words, tmp_path):
@@ -95,7 +96,8 @@ def test_gate_steers_forget_inputs_and_leaves_retain_inputs_alone(benchmark, wor
     weights = weights_hash(vlm.model)
     retain = list(benchmark.retain_train) + list(benchmark.pretrain_train)
     cfg = MethodConfig(batch_size=32, seed=0, extra={"layers": "all", "strength": 1.0, "pgd_steps": 1,
-                                                     "null_energy": 1.0, "retain_penalty": 1000, "ridge": 1e-4})
+                                                     "null_energy": 1.0, "retain_penalty": 1000, "ridge": 1e-4,
+                                                     "renderings": 4})
     edit = get_method("mllmeraser").unlearn(vlm, benchmark.forget_train, retain, cfg)
     assert isinstance(edit, Steering) and edit.layers == [1] and weights_hash(vlm.model) == weights
 

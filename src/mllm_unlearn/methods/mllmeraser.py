@@ -25,7 +25,8 @@ Prompts are taken in each form the model is asked in: "qa" (the open question) a
 (the question rendered as a four-option multiple choice with distractors drawn from the same
 attribute's values, for items that carry ``Attribute``/``Value`` metadata), so the gate sees
 the classification prompts' format as MLLMEraser's extractor did (it formats options too).
-``renderings`` > 1 takes several multiple-choice versions of each item (fresh options each).
+``renderings`` (default 4) multiple-choice versions of each item are taken, fresh options each:
+one draw leaves the gate open to the option texts' variation on new prompts.
 Per-task strength (``task_strengths``, e.g. cloze=0.3 as the released evaluation) is applied
 by the evaluator through ``Edit.for_task``.
 
@@ -226,7 +227,7 @@ class MLLMEraser(Method):
             "max_retain": None if extra.get("max_retain") is None else int(extra["max_retain"]),
             "retain_penalty": float(extra.get("retain_penalty", 0.0)),
             "task_strengths": _task_strengths(extra.get("task_strengths", {})),
-            "renderings": int(extra.get("renderings", 1)),
+            "renderings": int(extra.get("renderings", 4)),
         }
         if opts["renderings"] < 1:
             raise ValueError(f"mllmeraser: renderings must be >= 1, got {opts['renderings']}")
