@@ -165,12 +165,13 @@ def test_mip_editor_runs_through_the_pipeline(tmp_path_factory, family):
 def test_mllmeraser_runs_through_the_pipeline(tmp_path_factory, family):
     base = tmp_path_factory.getbasetemp()
     cfg = small_run(base, "cache_methods" if family == "llava" else "cache_qwen2.5-vl", f"mllmeraser-{family}")
-    extra = {"layers": "all", "pgd_steps": 1, "max_retain": 200}
+    extra = {"layers": "all", "pgd_steps": 1, "max_retain": 200, "task_strengths": "cloze=0.3"}  # as -o gives it
     cfg = replace(cfg, family=family, method="mllmeraser", method_cfg=replace(cfg.method_cfg, extra=extra),
                   eval=replace(cfg.eval, tasks=("mcq",)))
     results = run_pipeline(cfg)
     assert results["edit"]["kind"] == "steering" and results["cost"]["changed_parameters"] == 0
     edit = load_edit(base / "runs" / f"mllmeraser-{family}" / "edit")
     assert edit.layers == [1] and edit.meta["counts"]["retain_prompts"] > 0
+    assert edit.task_strengths == {"cloze": 0.3}
     # The pipeline passed the real-world people's training data as retain data too (uses_prior_knowledge).
     assert edit.meta["retain_splits"] == ["finetune", "pretrain"]
