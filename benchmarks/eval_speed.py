@@ -12,7 +12,6 @@ reproduces that, a larger value gives batched generation.
 from __future__ import annotations
 
 import argparse
-import glob
 import time
 
 import torch
@@ -24,7 +23,7 @@ from mllm_unlearn.models import load_vlm
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--model", help="checkpoint (default: the newest cached vanilla LLaVA)")
+    parser.add_argument("--model", help="checkpoint (default: the default run's cached vanilla LLaVA)")
     parser.add_argument("--benchmark", help="MLLMU-Bench directory (default: the cached built-in world)")
     parser.add_argument("--split", default="forget")
     parser.add_argument("--generate-batch", type=int, default=1)
@@ -32,8 +31,11 @@ def main() -> None:
     parser.add_argument("--max-new-tokens", type=int, default=50)
     args = parser.parse_args()
     torch.set_num_threads(2)
-    model = args.model or sorted(glob.glob(".cache/mllm_unlearn/vanilla/llava-*"))[-1]
-    bench_dir = args.benchmark or sorted(glob.glob(".cache/mllm_unlearn/benchmarks/synthetic-*"))[-1]
+    from mllm_unlearn.pipeline import default_cached_model
+
+    default_bench, default_model = default_cached_model()
+    model = args.model or str(default_model)
+    bench_dir = args.benchmark or str(default_bench)
     vlm = load_vlm(model, device="auto")
     benchmark = load_mllmu(bench_dir)
     items = [i for i in benchmark.eval_splits[args.split] if i.task == "mcq"]

@@ -13,7 +13,7 @@ Prints, in one run on the same model and samples:
 
     .venv/bin/python benchmarks/localization_speed.py [--model PATH] [--benchmark DIR] [--positions all] [--samples 32]
 
-Without --model it uses the newest cached vanilla LLaVA under --cache-dir.
+Without --model it uses the default run's cached vanilla LLaVA under --cache-dir.
 
 How memory is measured: each variant runs in a fresh subprocess (so neither sees the other's
 freed-but-kept pages). On CPU the figure is the process's peak resident set (``ru_maxrss``):
@@ -25,9 +25,7 @@ On CUDA it is the allocator's ``max_memory_allocated`` over the pass (reset afte
 from __future__ import annotations
 
 import argparse
-import glob
 import json
-import os
 import resource
 import subprocess
 import sys
@@ -40,9 +38,14 @@ import torch
 
 
 def _vanilla_and_benchmark(args: argparse.Namespace) -> tuple[str, str]:
-    model = args.model or sorted(glob.glob(f"{args.cache_dir}/vanilla/llava-*"), key=os.path.getmtime)[-1]
-    bench = args.benchmark or sorted(glob.glob(f"{args.cache_dir}/benchmarks/synthetic-*"))[-1]
-    return model, bench
+    from mllm_unlearn.pipeline import default_cached_model
+
+    bench, model = default_cached_model(args.cache_dir)
+    for path in (model, bench):
+        if not args.model and not path.is_dir():
+            raise SystemExit(f"{path} does not exist: run `make run` first (it trains the default vanilla model), "
+                             "or pass --model and --benchmark")
+    return args.model or str(model), args.benchmark or str(bench)
 
 
 def _peak_rss_mb() -> float:
@@ -174,7 +177,7 @@ def print_path_search_speed(args: argparse.Namespace) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--model", help="checkpoint (default: the newest cached vanilla LLaVA)")
+    parser.add_argument("--model", help="checkpoint (default: the default run's cached vanilla LLaVA)")
     parser.add_argument("--benchmark", help="MLLMU-Bench directory (default: the cached built-in world)")
     parser.add_argument("--cache-dir", default=".cache/mllm_unlearn")
     parser.add_argument("--positions", default="all", help="MANU positions option: all, answer or last")

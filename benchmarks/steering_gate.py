@@ -10,7 +10,6 @@ prompts), and the retain/forget ratios (target ≤ 0.05).
 from __future__ import annotations
 
 import argparse
-import glob
 import random
 
 import torch
@@ -24,13 +23,18 @@ from mllm_unlearn.models import load_vlm
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--edit", required=True, help="a saved steering edit (RUN_DIR/edit)")
-    parser.add_argument("--model", help="checkpoint (default: the newest cached vanilla LLaVA)")
+    parser.add_argument("--model", help="checkpoint (default: the default run's cached vanilla LLaVA)")
     parser.add_argument("--cache-dir", default=".cache/mllm_unlearn")
     parser.add_argument("--items", type=int, default=64, help="inputs per set (seeded sample)")
     args = parser.parse_args()
     torch.set_num_threads(2)
-    model = args.model or sorted(glob.glob(f"{args.cache_dir}/vanilla/llava-*"))[-1]
-    benchmark = load_mllmu(sorted(glob.glob(f"{args.cache_dir}/benchmarks/synthetic-*"))[-1])
+    from mllm_unlearn.pipeline import default_cached_model
+
+    bench_dir, default_model = default_cached_model(args.cache_dir)
+    if not bench_dir.is_dir() or not (args.model or default_model.is_dir()):
+        raise SystemExit(f"{default_model} or {bench_dir} does not exist: run `make run` first, or pass --model")
+    model = args.model or str(default_model)
+    benchmark = load_mllmu(bench_dir)
     vlm, edit = load_vlm(model, device="auto"), load_edit(args.edit)
     encoder = Encoder(vlm)
 

@@ -7,14 +7,13 @@ of the model's parameter bytes.
 
     .venv/bin/python benchmarks/steering_overhead.py [--model PATH] [--edit RUN/edit] [--repeats 20]
 
-Without --model it uses the newest cached vanilla LLaVA (``--cache-dir``); without one there,
+Without --model it uses the default run's cached vanilla LLaVA (``--cache-dir``); without one there,
 a freshly built tiny LLaVA of the default size. Without --edit the matrices are random (the
 cost does not depend on their values), one per LM layer but the first (the default layers).
 """
 from __future__ import annotations
 
 import argparse
-import glob
 import statistics
 import time
 
@@ -30,7 +29,7 @@ from mllm_unlearn.pipeline import benchmark_texts
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--model", help="checkpoint (default: the newest cached vanilla LLaVA, else a fresh tiny one)")
+    parser.add_argument("--model", help="checkpoint (default: the default run's cached vanilla LLaVA, else a fresh tiny one)")
     parser.add_argument("--cache-dir", default=".cache/mllm_unlearn")
     parser.add_argument("--edit", help="a saved steering edit (default: random matrices)")
     parser.add_argument("--batch", type=int, default=32)
@@ -39,15 +38,16 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(2)
 
-    benches = sorted(glob.glob(f"{args.cache_dir}/benchmarks/synthetic-*"))
-    if benches:
-        benchmark = load_mllmu(benches[-1])
+    from mllm_unlearn.pipeline import default_cached_model
+
+    bench_dir, default_model = default_cached_model(args.cache_dir)
+    if bench_dir.is_dir():
+        benchmark = load_mllmu(bench_dir)
     else:
         import tempfile
 
         benchmark = load_mllmu(generate_world(tempfile.mkdtemp() + "/world", WorldConfig(fictitious=20, real_world=4)))
-    models = sorted(glob.glob(f"{args.cache_dir}/vanilla/llava-*"))
-    model = args.model or (models[-1] if models else None)
+    model = args.model or (str(default_model) if default_model.is_dir() else None)
     vlm = load_vlm(model, device="auto") if model else build_tiny_vlm(
         "llava", words_of(benchmark_texts(benchmark)), TinySize(), seed=0)
     items = [i for i in benchmark.eval_splits["forget"] if i.task == "mcq"][:args.batch]

@@ -68,6 +68,25 @@ def benchmark_texts(benchmark: Benchmark) -> list[str]:
                                    *(i.perturbed_answers or [])]]
 
 
+def builtin_world_location(cfg: RunConfig) -> tuple[Path, str]:
+    """Where the built-in world of ``cfg`` is cached (MLLMU-Bench layout), and its content key."""
+    return Path(cfg.cache_dir) / "benchmarks" / f"synthetic-{cfg.world.key()}", f"synthetic:{cfg.world.key()}"
+
+
+def vanilla_location(cfg: RunConfig, benchmark_key: str) -> Path:
+    """Where the injected tiny model of ``cfg`` trained on the benchmark ``benchmark_key`` is cached."""
+    key = injection_cache_key(cfg.family, asdict(cfg.size), benchmark_key, cfg.injection)
+    return Path(cfg.cache_dir) / "vanilla" / f"{cfg.family}-{key}"
+
+
+def default_cached_model(cache_dir: str = ".cache/mllm_unlearn", family: str = "llava") -> tuple[Path, Path]:
+    """The built-in world and vanilla model that ``mllm-unlearn run`` with default settings uses
+    (paths; they exist once such a run has trained them). For benchmark scripts."""
+    cfg = RunConfig(cache_dir=cache_dir, family=family)
+    root, key = builtin_world_location(cfg)
+    return root, vanilla_location(cfg, key)
+
+
 def prepare_benchmark(cfg: RunConfig) -> tuple[Benchmark, str]:
     """The benchmark (generated into the cache if built in) and a key that names its content."""
     if cfg.benchmark == BUILTIN_CLEAR:
@@ -81,8 +100,7 @@ def prepare_benchmark(cfg: RunConfig) -> tuple[Benchmark, str]:
         if not root.is_dir():
             raise BenchmarkFormatError(f"benchmark directory {root} does not exist")
     else:
-        root = Path(cfg.cache_dir) / "benchmarks" / f"synthetic-{cfg.world.key()}"
-        key = f"synthetic:{cfg.world.key()}"
+        root, key = builtin_world_location(cfg)
         if not (root / "world.json").is_file() and is_main_process():
             generate_world(root, cfg.world)
         elif not (root / HOLDOUT_CONFIG).is_dir() and is_main_process():  # a world cached before held-out people
@@ -116,8 +134,7 @@ def prepare_vanilla(cfg: RunConfig, benchmark: Benchmark, benchmark_key: str) ->
     """Load the given checkpoint, or the cached injected tiny model, or build and train one."""
     if cfg.model:
         return load_vlm(cfg.model, cfg.device, cfg.dtype), cfg.model, False
-    key = injection_cache_key(cfg.family, asdict(cfg.size), benchmark_key, cfg.injection)
-    path = Path(cfg.cache_dir) / "vanilla" / f"{cfg.family}-{key}"
+    path = vanilla_location(cfg, benchmark_key)
     vlm, trained = _injected_tiny_model(cfg, benchmark, benchmark, path, {"benchmark": benchmark_key})
     return vlm, str(path), trained
 
