@@ -36,7 +36,7 @@ TINY_DEFAULTS: dict[str, dict] = {
                                          "retain_items": 0, "positions": "all"}},
     # Measured on the default tiny LLaVA (LM width 128, layers 1-3; scratch sweep in the
     # MLLMEraser issue's notes): no setting separates forget from retain people at this width
-    # (retain inputs get 60-90% of the forget inputs' steering; a supervised linear probe on the
+    # (retain inputs get 55-110% of the forget inputs' steering; a supervised linear probe on the
     # same states does no better), so strength trades forgetting for retention. 1.5 with a hard
     # gate (null_energy 0.001) and 4 option renderings lowers forget VQA and QA (94/100 -> 80/84)
     # at 84%/90% of vanilla retain accuracy; the paper's 0.2 has no visible effect here.
