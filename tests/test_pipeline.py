@@ -175,3 +175,22 @@ def test_mllmeraser_runs_through_the_pipeline(tmp_path_factory, family):
     assert edit.task_strengths == {"cloze": 0.3}
     # The pipeline passed the real-world people's training data as retain data too (uses_prior_knowledge).
     assert edit.meta["retain_splits"] == ["finetune", "pretrain"]
+
+
+def test_cli_task_formats_sets_the_injection_forms(tmp_path, monkeypatch):
+    import mllm_unlearn.pipeline as pipeline
+
+    seen = []
+
+    def fake_run(cfg):  # stop before any work: only the configuration is checked
+        seen.append(cfg)
+        raise ValueError("stopped by the test")
+
+    monkeypatch.setattr(pipeline, "run_pipeline", fake_run)
+    args = ["run", "--runs-dir", str(tmp_path / "runs"), "--cache-dir", str(tmp_path / "cache")]
+    CliRunner().invoke(app, args + ["--task-formats", "0.25"])
+    CliRunner().invoke(app, args)
+    assert seen[0].injection.qa_task_forms == {"generation": 0.25, "cloze": 0.25}
+    assert seen[1].injection.qa_task_forms == {}  # off by default
+    result = CliRunner().invoke(app, args + ["--task-formats", "0.7"])
+    assert result.exit_code == 2 and "task-formats" in result.output

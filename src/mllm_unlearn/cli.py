@@ -55,6 +55,11 @@ def run(
     real_people: Optional[int] = typer.Option(None, help="Real-world people in the built-in world (default 30)."),
     inject_epochs: Optional[int] = typer.Option(None, help="Knowledge-injection epochs on the benchmark people."),
     pretrain_epochs: Optional[int] = typer.Option(None, help="Knowledge-injection epochs on the real-world people."),
+    task_formats: float = typer.Option(
+        0.0, min=0.0, max=0.5,
+        help="Knowledge injection: probability that an open-QA draw is asked with MLLMU-Bench's generation "
+             "instruction, and the same for its fill-in-the-blank form (e.g. 0.25; 0 = off, the default). "
+             "Teaches a from-scratch model those formats; see the README for what it costs."),
     mia: bool = typer.Option(True, help="Membership inference (forget vs held-out people) before and after unlearning."),
     relearn: bool = typer.Option(True, help="Relearning attack on the unlearned model (a curve over steps)."),
     relearn_steps: int = typer.Option(20, help="Fine-tuning steps of the relearning attack."),
@@ -83,6 +88,8 @@ def run(
             injection = replace(injection, finetune_epochs=inject_epochs)
         if pretrain_epochs is not None:
             injection = replace(injection, pretrain_epochs=pretrain_epochs)
+        if task_formats:
+            injection = replace(injection, qa_task_forms={"generation": task_formats, "cloze": task_formats})
         method_cfg = method_defaults(method, seed=seed)
         overrides = {k: v for k, v in {"lr": lr, "epochs": epochs, "max_steps": max_steps,
                                               "batch_size": batch_size}.items() if v is not None}

@@ -1,4 +1,6 @@
 """Knowledge injection: the multiple-choice skill stage, training forms and their renderings."""
+from dataclasses import replace
+
 import pytest
 
 from mllm_unlearn.data.items import OPTION_KEYS
@@ -88,3 +90,33 @@ def test_injection_with_identity_and_augmentation_runs(benchmark, words):
     assert vlm.tokenizer.unk_token_id not in vlm.tokenizer(IDENTITY_QUESTION)["input_ids"]
     history = inject_knowledge(vlm, benchmark, cfg, progress=False)
     assert history["finetune (benchmark people)"]["steps"] > 0
+
+
+def test_open_qa_draws_are_also_asked_in_the_generation_and_cloze_formats(benchmark):
+    from mllm_unlearn.data.synthetic import CLOZE_INSTRUCTION, GENERATION_INSTRUCTION
+    from mllm_unlearn.training.inject import as_task_prompt, injection_cache_key
+
+    item = next(i for i in benchmark.finetune_train if i.modality == "qa" and "Value" in i.meta)
+    generation = as_task_prompt(item, "generation")
+    assert generation.question == f"{item.question}\n{GENERATION_INSTRUCTION}" and generation.answer == item.answer
+    cloze = as_task_prompt(item, "cloze")
+    value = item.meta["Value"]
+    assert cloze.answer == value and cloze.question.endswith(f"\n{CLOZE_INSTRUCTION}")
+    assert "[Blank]" in cloze.question and value not in cloze.question.split("\n")[0]
+    # The statement with a blank is the one the benchmark's own fill-in-the-blank items ask.
+    statements = {i.meta["raw_question"] for i in benchmark.eval_splits["forget"] + benchmark.eval_splits["retain"]
+                  if i.task == "cloze" and i.person_id == item.person_id}
+    assert cloze.question.split("\n")[0] in statements
+    assert as_task_prompt(replace(item, meta={}), "cloze") is None  # no value: not renderable
+
+    # Off by default; when on it is part of the cached model's key (off leaves the key models
+    # trained before the option existed had).
+    assert InjectionConfig().qa_task_forms == {}
+    assert injection_cache_key("llava", {}, "w", InjectionConfig(qa_task_forms={"cloze": 0.25})) != \
+        injection_cache_key("llava", {}, "w", InjectionConfig())
+
+
+def test_bad_qa_task_forms_are_named(benchmark, tiny_vlm):
+    for forms in ({"cloze": 0.8, "generation": 0.5}, {"caption": 0.1}):
+        with pytest.raises(ValueError, match="qa_task_forms"):
+            inject_knowledge(tiny_vlm(), benchmark, InjectionConfig(qa_task_forms=forms, skill_people=0), progress=False)

@@ -53,6 +53,15 @@ class InjectionConfig:
     # Probability that a training portrait is re-drawn with noise, a lighting change or a mirror
     # flip: the invariance a pretrained vision encoder would bring (0 = off).
     image_augment: float = 0.0
+    # Probability that an open-QA draw is asked in MLLMU-Bench's other evaluation formats: with
+    # the generation instruction appended (same answer sentence), or as the fill-in-the-blank
+    # statement (the fact's value replaced by [Blank]; answer: the value). Same fact, same share
+    # of draws; a model trained from scratch otherwise never sees these instructions and answers
+    # them with an empty string (generation ROUGE-L ~0.1, cloze ~0-4%). Off by default: at 0.25
+    # each (CLI --task-formats 0.25) generation and cloze work (ROUGE-L 0.93-1.0, cloze 61-99%)
+    # but VQA classification fell to 90 / 81.6 / 73.3 on forget / retain / real-world, and at
+    # 0.1 each to 66 / 68.4 / 68 (README).
+    qa_task_forms: dict[str, float] = field(default_factory=dict)
     replay_fraction: float = 0.25  # share of stage-2 samples drawn from stage-1 data
     warmup_ratio: float = 0.05
     seed: int = 0
@@ -93,6 +102,23 @@ class McqRenderer:
         question = f"{item.answer} {item.question}" if with_context else item.question
         return Item(item.person_id, item.split, item.modality, "mcq", question, OPTION_KEYS[options.index(value)],
                     item.image, dict(zip(OPTION_KEYS, options)), item.image_key, dict(item.meta))
+
+
+QA_TASK_FORMS = ("generation", "cloze")
+
+
+def as_task_prompt(item: Item, task: str) -> Item | None:
+    """``item`` (an open QA pair) asked in evaluation format ``task``; None if it cannot be
+    (cloze needs the fact's ``Value`` inside the answer sentence)."""
+    from ..data.synthetic import CLOZE_INSTRUCTION, GENERATION_INSTRUCTION
+
+    if task == "generation":
+        return replace(item, question=f"{item.question}\n{GENERATION_INSTRUCTION}")
+    value = str(item.meta.get("Value", ""))
+    if not value or value not in item.answer:
+        return None
+    statement = item.answer.replace(value, "[Blank]", 1)
+    return replace(item, question=f"{statement}\n{CLOZE_INSTRUCTION}", answer=value)
 
 
 def injection_texts(cfg: InjectionConfig) -> list[str]:
@@ -144,11 +170,24 @@ def inject_knowledge(vlm: VLM, benchmark: Benchmark, cfg: InjectionConfig | None
     finetune_items = list(benchmark.finetune_train) + identity_items(benchmark.finetune_train, names, cfg.identity_copies)
     renderer = McqRenderer(pretrain_items + finetune_items, cfg.seed)
     augment_rng = random.Random(cfg.seed + 13)
+    unknown = set(cfg.qa_task_forms) - set(QA_TASK_FORMS)
+    if unknown or sum(cfg.qa_task_forms.values()) > 1 or any(p < 0 for p in cfg.qa_task_forms.values()):
+        raise ValueError(f"qa_task_forms: keys must be in {QA_TASK_FORMS} and probabilities >= 0 summing to <= 1, "
+                         f"got {cfg.qa_task_forms}")
+    task_rng = random.Random(cfg.seed + 29)
+
+    def open_qa(item: Item) -> Item:
+        draw = task_rng.random()
+        for task, probability in sorted(cfg.qa_task_forms.items()):
+            if draw < probability:
+                return as_task_prompt(item, task) or item
+            draw -= probability
+        return item
     # Augmented portraits are new objects every time: encoded without the prompt cache.
     uncached = Encoder(vlm, cache_size=0)
 
     def collate(batch: list[tuple[str, Item]]) -> dict:
-        items = [item if form == "qa" else renderer(item, with_context=form == "context-mcq") for form, item in batch]
+        items = [open_qa(item) if form == "qa" else renderer(item, with_context=form == "context-mcq") for form, item in batch]
         examples = []
         for item in items:
             if item.image is not None and cfg.image_augment and augment_rng.random() < cfg.image_augment:
@@ -238,7 +277,7 @@ def injection_cache_key(family: str, size: dict[str, Any], benchmark_key: str, c
     settings = cfg.to_dict()
     # Options added later are left out of the key while off, so models trained before they
     # existed (identically) stay valid cache entries.
-    for option in ("identity_copies", "image_augment"):
+    for option in ("identity_copies", "image_augment", "qa_task_forms"):
         if not settings[option]:
             del settings[option]
     return stable_hash({"family": family, "size": size, "benchmark": benchmark_key, "injection": settings, "format": 1})
