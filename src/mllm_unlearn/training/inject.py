@@ -36,7 +36,7 @@ class InjectionConfig:
     skill_target: float = 0.9
     skill_check_every: int = 100
     pretrain_epochs: int = 48
-    finetune_epochs: int = 60
+    finetune_epochs: int = 72
     # How many copies of each training pair go into each stage's sampling pool, per form:
     # "qa" (open question, MLLMU-Bench's ft_Data as is), "mcq" (a multiple-choice rendering
     # with options drawn afresh each time) and "context-mcq" (the same, with the answer
