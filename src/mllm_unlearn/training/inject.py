@@ -57,10 +57,10 @@ class InjectionConfig:
     # the generation instruction appended (same answer sentence), or as the fill-in-the-blank
     # statement (the fact's value replaced by [Blank]; answer: the value). Same fact, same share
     # of draws; a model trained from scratch otherwise never sees these instructions and answers
-    # them with an empty string (generation ROUGE-L ~0.1, cloze ~0-4%). Off by default: at 0.25
-    # each (CLI --task-formats 0.25) generation and cloze work (ROUGE-L 0.93-1.0, cloze 61-99%)
-    # but VQA classification fell to 90 / 81.6 / 73.3 on forget / retain / real-world, and at
-    # 0.1 each to 66 / 68.4 / 68 (README).
+    # them with an empty string (cloze 0-4%; generation by luck). Off by default: with 60 stage-2
+    # epochs, 0.25 each (CLI --task-formats 0.25) made generation and cloze work (ROUGE-L
+    # 0.93-1.0, cloze 61-99%) but VQA classification fell to 90 / 81.6 / 73.3 on forget /
+    # retain / real-world, and 0.1 each to 66 / 68.4 / 68 (README).
     qa_task_forms: dict[str, float] = field(default_factory=dict)
     replay_fraction: float = 0.25  # share of stage-2 samples drawn from stage-1 data
     warmup_ratio: float = 0.05
