@@ -31,11 +31,12 @@ def main() -> None:
     parser.add_argument("--max-new-tokens", type=int, default=50)
     args = parser.parse_args()
     torch.set_num_threads(2)
-    from mllm_unlearn.pipeline import default_cached_model
+    from mllm_unlearn.pipeline import resolve_default_inputs
 
-    default_bench, default_model = default_cached_model()
-    model = args.model or str(default_model)
-    bench_dir = args.benchmark or str(default_bench)
+    try:
+        bench_dir, model = resolve_default_inputs(args.model, args.benchmark)
+    except FileNotFoundError as error:
+        raise SystemExit(str(error)) from None
     vlm = load_vlm(model, device="auto")
     benchmark = load_mllmu(bench_dir)
     items = [i for i in benchmark.eval_splits[args.split] if i.task == "mcq"]

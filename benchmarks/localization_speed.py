@@ -38,14 +38,13 @@ import torch
 
 
 def _vanilla_and_benchmark(args: argparse.Namespace) -> tuple[str, str]:
-    from mllm_unlearn.pipeline import default_cached_model
+    from mllm_unlearn.pipeline import resolve_default_inputs
 
-    bench, model = default_cached_model(args.cache_dir)
-    for path in (model, bench):
-        if not args.model and not path.is_dir():
-            raise SystemExit(f"{path} does not exist: run `make run` first (it trains the default vanilla model), "
-                             "or pass --model and --benchmark")
-    return args.model or str(model), args.benchmark or str(bench)
+    try:
+        bench, model = resolve_default_inputs(args.model, args.benchmark, args.cache_dir)
+    except FileNotFoundError as error:
+        raise SystemExit(str(error)) from None
+    return model, bench
 
 
 def _peak_rss_mb() -> float:

@@ -28,12 +28,12 @@ def main() -> None:
     parser.add_argument("--items", type=int, default=64, help="inputs per set (seeded sample)")
     args = parser.parse_args()
     torch.set_num_threads(2)
-    from mllm_unlearn.pipeline import default_cached_model
+    from mllm_unlearn.pipeline import resolve_default_inputs
 
-    bench_dir, default_model = default_cached_model(args.cache_dir)
-    if not bench_dir.is_dir() or not (args.model or default_model.is_dir()):
-        raise SystemExit(f"{default_model} or {bench_dir} does not exist: run `make run` first, or pass --model")
-    model = args.model or str(default_model)
+    try:
+        bench_dir, model = resolve_default_inputs(args.model, None, args.cache_dir)
+    except FileNotFoundError as error:
+        raise SystemExit(str(error)) from None
     benchmark = load_mllmu(bench_dir)
     vlm, edit = load_vlm(model, device="auto"), load_edit(args.edit)
     encoder = Encoder(vlm)

@@ -194,3 +194,18 @@ def test_cli_task_formats_sets_the_injection_forms(tmp_path, monkeypatch):
     assert seen[1].injection.qa_task_forms == {}  # off by default
     result = CliRunner().invoke(app, args + ["--task-formats", "0.7"])
     assert result.exit_code == 2 and "task-formats" in result.output
+
+
+def test_benchmark_scripts_resolve_the_default_runs_cache_or_name_what_is_missing(tmp_path):
+    from mllm_unlearn.pipeline import default_cached_model, resolve_default_inputs
+
+    bench, model = default_cached_model(str(tmp_path))
+    assert bench.parent == tmp_path / "benchmarks" and model.parent == tmp_path / "vanilla"
+    with pytest.raises(FileNotFoundError, match=f"{bench}.*run `make run` first"):
+        resolve_default_inputs(None, None, str(tmp_path))
+    assert resolve_default_inputs("m", "b", str(tmp_path)) == ("b", "m")  # given paths are used as they are
+    bench.mkdir(parents=True)
+    with pytest.raises(FileNotFoundError, match=str(model)):
+        resolve_default_inputs(None, None, str(tmp_path))
+    model.mkdir(parents=True)
+    assert resolve_default_inputs(None, None, str(tmp_path)) == (str(bench), str(model))

@@ -87,6 +87,20 @@ def default_cached_model(cache_dir: str = ".cache/mllm_unlearn", family: str = "
     return root, vanilla_location(cfg, key)
 
 
+def resolve_default_inputs(model: str | None, benchmark: str | None,
+                           cache_dir: str = ".cache/mllm_unlearn") -> tuple[str, str]:
+    """``(benchmark, model)``: each as given, else the default run's cached one, which must exist
+    (a clear error naming it otherwise). For benchmark scripts."""
+    default_bench, default_model = default_cached_model(cache_dir)
+    resolved = []
+    for given, default in ((benchmark, default_bench), (model, default_model)):
+        if given is None and not default.is_dir():
+            raise FileNotFoundError(f"{default} does not exist: run `make run` first (it generates the built-in "
+                                    "world and trains the default vanilla model), or pass the model and benchmark paths")
+        resolved.append(given or str(default))
+    return resolved[0], resolved[1]
+
+
 def prepare_benchmark(cfg: RunConfig) -> tuple[Benchmark, str]:
     """The benchmark (generated into the cache if built in) and a key that names its content."""
     if cfg.benchmark == BUILTIN_CLEAR:
