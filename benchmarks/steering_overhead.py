@@ -86,7 +86,7 @@ def main() -> None:
     plain, steered = statistics.median(plain_times), statistics.median(steered_times)
     param_bytes = sum(p.numel() * p.element_size() for p in vlm.model.parameters())
     stored = edit.extra_bytes
-    on_device = sum(m.numel() for m in edit.matrices.values()) * next(vlm.model.parameters()).element_size()
+    on_device = edit.applied_bytes(next(vlm.model.parameters()).element_size())
     print(f"model: {model or 'fresh tiny llava (default size)'} ({sum(p.numel() for p in vlm.model.parameters()):,} "
           f"parameters, LM hidden {hidden}, {len(layers)} LM layers), device {vlm.device}")
     print(f"batch: {len(items)} classification prompts, {batch['input_ids'].shape[1]} tokens; "

@@ -166,6 +166,8 @@ def test_mllmeraser_runs_through_the_pipeline(tmp_path_factory, family):
     base = tmp_path_factory.getbasetemp()
     cfg = small_run(base, "cache_methods" if family == "llava" else "cache_qwen2.5-vl", f"mllmeraser-{family}")
     extra = {"layers": "all", "pgd_steps": 1, "max_retain": 200, "task_strengths": "cloze=0.3"}  # as -o gives it
+    if family == "qwen2.5-vl":
+        extra["lift"] = "256"  # the lifted gate, end to end (as -o lift=256 gives it)
     cfg = replace(cfg, family=family, method="mllmeraser", method_cfg=replace(cfg.method_cfg, extra=extra),
                   eval=replace(cfg.eval, tasks=("mcq",)))
     results = run_pipeline(cfg)
@@ -173,6 +175,7 @@ def test_mllmeraser_runs_through_the_pipeline(tmp_path_factory, family):
     edit = load_edit(base / "runs" / f"mllmeraser-{family}" / "edit")
     assert edit.layers == [1] and edit.meta["counts"]["retain_prompts"] > 0
     assert edit.task_strengths == {"cloze": 0.3}
+    assert {k: v.width for k, v in edit.features.items()} == ({1: 256} if family == "qwen2.5-vl" else {})
     # The pipeline passed the real-world people's training data as retain data too (uses_prior_knowledge).
     assert edit.meta["retain_splits"] == ["finetune", "pretrain"]
 

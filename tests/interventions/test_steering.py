@@ -2,7 +2,7 @@ import pytest
 import torch
 
 from mllm_unlearn.data.collate import Encoder
-from mllm_unlearn.interventions import Steering, load_edit
+from mllm_unlearn.interventions import RandomFeatures, Steering, load_edit
 
 from ..conftest import weights_hash
 
@@ -169,3 +169,108 @@ def test_task_strength_is_used_inside_for_task_saved_and_seen_by_the_evaluator(b
     evaluator._score_items = spy
     evaluator.evaluate(benchmark, edit)
     assert seen == {"mcq": 2.0, "cloze": 0.0, "generation": 0.0}
+
+
+def _lifted_edit(vlm, layers, width=48, strength=0.5, seed=0):
+    hidden = vlm.model.config.text_config.hidden_size
+    generator = torch.Generator().manual_seed(seed)
+    features = {layer: RandomFeatures.draw(torch.randn(hidden, generator=generator), 2.0, width, seed=seed + layer)
+                for layer in layers}
+    matrices = {layer: torch.randn(width, hidden, generator=generator) / width ** 0.5 for layer in layers}
+    return Steering(matrices, strength, meta={"method": "test"}, features=features)
+
+
+def test_random_features_are_seeded_relu_of_standardised_states():
+    mean = torch.tensor([1.0, -1.0, 0.5])
+    first, again = RandomFeatures.draw(mean, 2.0, 16, seed=3), RandomFeatures.draw(mean, 2.0, 16, seed=3)
+    assert torch.equal(first.proj, again.proj) and torch.equal(first.bias, again.bias)
+    assert not torch.equal(first.proj, RandomFeatures.draw(mean, 2.0, 16, seed=4).proj)
+    h = torch.randn(5, 3)
+    expected = torch.relu(((h - mean) / 2.0) @ first.proj + first.bias)
+    torch.testing.assert_close(first(h), expected)
+    assert (first(h) >= 0).all() and first.width == 16 and first.hidden_size == 3
+    with pytest.raises(ValueError, match="scale must be > 0"):
+        RandomFeatures(mean, 0.0, first.proj, first.bias)
+    with pytest.raises(ValueError, match="proj is"):
+        RandomFeatures(mean, 1.0, first.proj[:2], first.bias)
+
+
+@pytest.mark.parametrize("family", ["llava", "qwen2.5-vl"])
+def test_lifted_steering_adds_strength_times_features_map_restores_and_round_trips(family, benchmark, tiny_vlm,
+                                                                                   tmp_path):
+    vlm = tiny_vlm(family)
+    batch = Encoder(vlm).batch([i for i in benchmark.eval_splits["forget"] if i.task == "mcq"][:3], train=False)
+    before, weights = _logits(vlm, batch), weights_hash(vlm.model)
+    edit = _lifted_edit(vlm, [1], strength=0.7)
+    block = vlm.adapter.lm_layers(vlm.model)[1]
+    seen = []
+    capture = block.register_forward_hook(lambda _m, _a, out: seen.append(out[0] if isinstance(out, tuple) else out))
+    try:
+        _logits(vlm, batch)  # block 1's unsteered output
+    finally:
+        capture.remove()
+    after = []
+    with edit.applied(vlm):
+        late = block.register_forward_hook(lambda _m, _a, out: after.append(out[0] if isinstance(out, tuple) else out))
+        try:
+            steered = _logits(vlm, batch)
+        finally:
+            late.remove()
+    plain = seen[0]
+    expected = plain + 0.7 * (edit.features[1](plain[:, -1]) @ edit.matrices[1])[:, None, :]
+    torch.testing.assert_close(after[0], expected, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(edit.steering_vectors(1, plain[:, -1]), (expected - plain)[:, -1], rtol=1e-5, atol=1e-5)
+    assert torch.equal(_logits(vlm, batch), before) and weights_hash(vlm.model) == weights
+
+    edit.save(tmp_path / "lifted")
+    loaded = load_edit(tmp_path / "lifted")
+    assert set(loaded.features) == {1} and loaded.features[1].scale == 2.0
+    assert torch.equal(loaded.features[1].proj, edit.features[1].proj)
+    with loaded.applied(vlm):
+        assert torch.equal(_logits(vlm, batch), steered)
+    hidden = edit.hidden_size
+    assert edit.extra_bytes == (48 * hidden + hidden + 48 * hidden + 48) * 4  # W, mean, proj, bias
+
+
+def test_lifted_matrix_must_match_its_feature_map(tiny_vlm):
+    vlm = tiny_vlm("llava")
+    hidden = vlm.model.config.text_config.hidden_size
+    lift = RandomFeatures.draw(torch.zeros(hidden), 1.0, 8, seed=0)
+    with pytest.raises(ValueError, match=r"\(lifted width × hidden\) = \(8, "):
+        Steering({0: torch.zeros(hidden, hidden)}, features={0: lift})
+    with pytest.raises(ValueError, match="layers \\[2\\] that have no steering matrix"):
+        Steering({0: torch.zeros(8, hidden)}, features={0: lift, 2: lift})
+
+
+def test_rank_one_matrices_are_applied_as_two_vectors_with_the_same_result(benchmark, tiny_vlm):
+    from mllm_unlearn.interventions.steering import rank_one_factors
+
+    generator = torch.Generator().manual_seed(0)
+    u, v = torch.randn(6, generator=generator), torch.randn(4, generator=generator)
+    left, right = rank_one_factors(torch.outer(u, v))
+    torch.testing.assert_close(torch.outer(left, right), torch.outer(u, v))
+    assert rank_one_factors(torch.randn(6, 4, generator=generator)) is None
+    assert rank_one_factors(torch.zeros(6, 4)) is None
+
+    vlm = tiny_vlm("llava")
+    hidden = vlm.model.config.text_config.hidden_size
+    matrix = torch.outer(torch.randn(hidden, generator=generator), torch.randn(hidden, generator=generator)) / hidden
+    edit = Steering({1: matrix}, 0.9)
+    assert set(edit.factors) == {1} and edit.applied_bytes(4) == 2 * hidden * 4
+    assert _random_edit(vlm, [1]).applied_bytes(4) == hidden * hidden * 4  # full rank: the matrix itself
+    batch = Encoder(vlm).batch([i for i in benchmark.eval_splits["forget"] if i.task == "mcq"][:3], train=False)
+    block = vlm.adapter.lm_layers(vlm.model)[1]
+    seen = []
+    capture = block.register_forward_hook(lambda _m, _a, out: seen.append(out[0] if isinstance(out, tuple) else out))
+    try:
+        _logits(vlm, batch)
+        with edit.applied(vlm):
+            late = block.register_forward_hook(lambda _m, _a, out: seen.append(out[0] if isinstance(out, tuple) else out))
+            try:
+                _logits(vlm, batch)
+            finally:
+                late.remove()
+    finally:
+        capture.remove()
+    plain, _, steered = seen  # capture (plain), capture (before steering), late (after steering)
+    torch.testing.assert_close(steered, plain + 0.9 * (plain[:, -1] @ matrix)[:, None, :], rtol=1e-5, atol=1e-5)

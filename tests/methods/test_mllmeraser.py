@@ -9,7 +9,8 @@ from mllm_unlearn.interventions import Steering, load_edit
 from mllm_unlearn.methods import MethodConfig, get_method
 from mllm_unlearn.methods.base import _to
 from mllm_unlearn.models.tiny import build_tiny_vlm
-from mllm_unlearn.methods.mllmeraser import null_space_projector, perturb_pixels, steering_matrix
+from mllm_unlearn.interventions import RandomFeatures
+from mllm_unlearn.methods.mllmeraser import Moments, null_space_projector, perturb_pixels, steering_matrix
 from mllm_unlearn.training.losses import sequence_nll
 
 from ..conftest import SMALL_SIZE, weights_hash
@@ -47,6 +48,41 @@ def test_energy_threshold_keeps_the_smallest_directions_within_budget():
         null_space_projector(second, ratio=1.0)
 
 
+def test_moments_stream_lifted_rows_in_chunks_and_match_the_direct_sums(monkeypatch):
+    monkeypatch.setattr(Moments, "flush_rows", 5)  # several folds and a pending remainder
+    generator = torch.Generator().manual_seed(0)
+    states = [torch.randn(3, 6, generator=generator) for _ in range(4)]  # 12 rows of width 6
+    lift = RandomFeatures.draw(torch.zeros(6), 1.5, 16, seed=0)
+    plain, lifted = Moments(), Moments(features={1: lift})
+    for h in states:
+        plain.add({0: h})
+        lifted.add({1: h})
+    rows = torch.cat(states).double()
+    torch.testing.assert_close(plain.outer[0], rows.T @ rows)
+    torch.testing.assert_close(plain.mean(0), rows.mean(0))
+    features = lift(torch.cat(states)).double()
+    torch.testing.assert_close(lifted.outer[1], features.T @ features, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(lifted.sum[1], features.sum(0), rtol=1e-5, atol=1e-5)
+    assert lifted.count == plain.count == 12
+    assert abs(plain.spread(0) - float(rows.var(0, unbiased=False).mean()) ** 0.5) < 1e-9
+
+
+def test_prompt_forms_are_the_open_question_its_generation_prompt_and_fresh_multiple_choices(benchmark):
+    from mllm_unlearn.data.synthetic import GENERATION_INSTRUCTION
+    from mllm_unlearn.methods.mllmeraser import MLLMEraser
+    from mllm_unlearn.training.inject import McqRenderer
+
+    items = list(benchmark.forget_train[:3])
+    renderer = McqRenderer(list(benchmark.forget_train) + list(benchmark.retain_train), 0)
+    assert all(renderer.renderable(i) for i in items)
+    prompts = MLLMEraser._prompts(items, ["qa", "generation", "mcq"], renderer, renderings=2)
+    assert prompts[:3] == items
+    assert [p.question for p in prompts[3:6]] == [f"{i.question}\n{GENERATION_INSTRUCTION}" for i in items]
+    choices = prompts[6:]
+    assert len(choices) == 6 and all(p.task == "mcq" and len(p.options) == 4 for p in choices)
+    assert [c.options for c in choices[:3]] != [c.options for c in choices[3:]]  # each rendering draws afresh
+
+
 def test_unknown_and_bad_options_are_rejected_clearly(benchmark, tiny_vlm):
     vlm = tiny_vlm("llava")
     method = get_method("mllmeraser")
@@ -56,6 +92,8 @@ def test_unknown_and_bad_options_are_rejected_clearly(benchmark, tiny_vlm):
         method.unlearn(vlm, benchmark.forget_train, benchmark.retain_train, MethodConfig(extra={"layers": "0,5"}))
     with pytest.raises(ValueError, match="forms must be"):
         method.unlearn(vlm, benchmark.forget_train, benchmark.retain_train, MethodConfig(extra={"forms": "cloze"}))
+    with pytest.raises(ValueError, match="retain_forms must be"):
+        method.unlearn(vlm, benchmark.forget_train, benchmark.retain_train, MethodConfig(extra={"retain_forms": ""}))
     with pytest.raises(ValueError, match="decode must be true or false"):
         method.unlearn(vlm, benchmark.forget_train, benchmark.retain_train, MethodConfig(extra={"decode": "maybe"}))
     with pytest.raises(ValueError, match="task_strengths names unknown task 'vqa'"):
@@ -85,6 +123,10 @@ WIDE = 512  # LM width of the gate test's model (see the test's docstring)
 # rendering per item the held-out retain ratio was 5.0%; four renderings (fresh options each)
 # cover the option texts' variation: 4.1% retain, 2.8% real-world (1.9% on the build items).
 HELD_OUT_RATIO = 0.05
+# The lifted-gate test (64-wide model, soft gate): held-out retain/forget steering norm 0.185 with
+# the linear gate, 0.058 with the states lifted to 1024 random ReLU features.
+LIFT = 1024
+LIFTED_RATIO = 0.1
 
 
 def test_gate_steers_forget_inputs_and_leaves_retain_inputs_alone(benchmark, words, tmp_path):
@@ -122,3 +164,44 @@ def test_gate_steers_forget_inputs_and_leaves_retain_inputs_alone(benchmark, wor
     loaded = load_edit(tmp_path / "edit")
     assert isinstance(loaded, Steering) and loaded.meta["method"] == "mllmeraser"
     assert all(torch.equal(loaded.matrices[k], edit.matrices[k]) for k in edit.layers)
+
+
+def test_lifted_gate_is_saved_with_its_features_and_separates_better_on_a_narrow_model(benchmark, tiny_vlm, tmp_path):
+    """The 64-wide test model's retain states fill its hidden space (see the test above); a random
+    ReLU lift of the gate's input gives the closed form room to map retain inputs to ~0."""
+    vlm = tiny_vlm("llava")
+    weights = weights_hash(vlm.model)
+    retain = list(benchmark.retain_train) + list(benchmark.pretrain_train)
+    base = {"layers": "all", "strength": 1.0, "pgd_steps": 1, "null_energy": 1.0, "retain_penalty": 1000,
+            "ridge": 0.01, "forms": "mcq", "renderings": 2}
+    method = get_method("mllmeraser")
+    encoder = Encoder(vlm)
+    held_out = {split: random.Random(0).sample(mcq := [i for i in benchmark.eval_splits[split] if i.task == "mcq"], min(48, len(mcq)))
+                for split in ("forget", "retain")}
+
+    def ratio(edit):
+        def norm(items):
+            batches = (_to(encoder.batch(items[k:k + 16], train=False), vlm.device) for k in range(0, len(items), 16))
+            return float(edit.steering_norms(vlm, batches).mean())
+        return norm(held_out["retain"]) / norm(held_out["forget"])
+
+    linear = method.unlearn(vlm, benchmark.forget_train, retain, MethodConfig(batch_size=32, seed=0, extra=base))
+    lifted = method.unlearn(vlm, benchmark.forget_train, retain,
+                            MethodConfig(batch_size=32, seed=0, extra={**base, "lift": LIFT}))
+    assert weights_hash(vlm.model) == weights and not linear.features
+    hidden = vlm.model.config.text_config.hidden_size
+    assert set(lifted.features) == set(lifted.layers) == {1}
+    assert lifted.features[1].width == LIFT and tuple(lifted.matrices[1].shape) == (LIFT, hidden)
+    assert set(lifted.factors) == {1}  # the closed form's W = w·rᵀ is applied as two vectors
+    linear_ratio, lifted_ratio = ratio(linear), ratio(lifted)
+    print(f"\nheld-out retain/forget steering norm, LM width {hidden}: linear gate {linear_ratio:.3f}, "
+          f"lifted to {LIFT} features {lifted_ratio:.3f}")
+    assert lifted_ratio <= LIFTED_RATIO < linear_ratio
+
+    lifted.save(tmp_path / "lifted")
+    loaded = load_edit(tmp_path / "lifted")
+    assert torch.equal(loaded.features[1].proj, lifted.features[1].proj)
+    assert loaded.features[1].scale == lifted.features[1].scale
+    assert ratio(loaded) == lifted_ratio
+    with pytest.raises(ValueError, match="lift must be 0"):
+        method.unlearn(vlm, benchmark.forget_train, retain, MethodConfig(extra={"lift": -1}))

@@ -22,9 +22,15 @@ transformers 5.x), and the steering hooks read it.
 W is input-aware by construction (``methods/mllmeraser.py``): W = P·Δ with P a projector onto
 the null space of retain activations, so h_last · W ≈ 0 for retained inputs. Nothing in the
 model's parameters changes; removing the hooks restores the model exactly.
+
+**Lifted gate** (optional, per layer): ``RandomFeatures`` φ maps h to a wider space first and
+W is (lifted width × hidden), s = strength · φ(h_last) · W. A narrow model's retain states fill
+its hidden space, leaving no null space to gate with; a random ReLU lift (a kernel gate) gives
+the closed form room. The feature map is stored with the edit, so it is reproduced exactly.
 """
 from __future__ import annotations
 
+import copy
 import json
 from contextlib import contextmanager
 from pathlib import Path
@@ -44,6 +50,71 @@ def _with_hidden(output: Any, hidden: torch.Tensor) -> Any:
     return (hidden, *output[1:]) if isinstance(output, tuple) else hidden
 
 
+class RandomFeatures:
+    """φ(h) = relu(((h − mean) / scale) · proj + bias): random ReLU features of standardised states.
+
+    ``mean`` (hidden,) and ``scale`` (a positive number) standardise the states (taken from the
+    retain activations); ``proj`` (hidden × width) is Gaussian / √hidden and ``bias`` (width,) is
+    uniform in [−1, 1], so about half the features are active on a typical state.
+    """
+
+    def __init__(self, mean: torch.Tensor, scale: float, proj: torch.Tensor, bias: torch.Tensor):
+        self.mean = torch.as_tensor(mean).detach().float().cpu().contiguous()
+        self.proj = torch.as_tensor(proj).detach().float().cpu().contiguous()
+        self.bias = torch.as_tensor(bias).detach().float().cpu().contiguous()
+        self.scale = float(scale)
+        if self.mean.dim() != 1 or self.proj.dim() != 2 or self.bias.dim() != 1:
+            raise ValueError("random features need mean (hidden,), proj (hidden × width) and bias (width,)")
+        if self.proj.shape != (self.mean.shape[0], self.bias.shape[0]):
+            raise ValueError(f"random features: proj is {tuple(self.proj.shape)}, expected "
+                             f"({self.mean.shape[0]}, {self.bias.shape[0]}) from mean and bias")
+        if not self.scale > 0:
+            raise ValueError(f"random features: scale must be > 0, got {self.scale}")
+
+    @classmethod
+    def draw(cls, mean: torch.Tensor, scale: float, width: int, seed: int) -> "RandomFeatures":
+        """A seeded draw of ``width`` features for states of size ``mean.shape[0]``."""
+        if width < 1:
+            raise ValueError(f"random features: width must be >= 1, got {width}")
+        hidden = int(mean.shape[0])
+        generator = torch.Generator().manual_seed(seed)
+        proj = torch.randn(hidden, width, generator=generator) / hidden ** 0.5
+        bias = torch.rand(width, generator=generator) * 2 - 1
+        return cls(mean, scale, proj, bias)
+
+    @property
+    def hidden_size(self) -> int:
+        return int(self.proj.shape[0])
+
+    @property
+    def width(self) -> int:
+        return int(self.proj.shape[1])
+
+    @property
+    def nbytes(self) -> int:
+        return sum(t.numel() * t.element_size() for t in (self.mean, self.proj, self.bias))
+
+    def to(self, device: torch.device | str, dtype: torch.dtype) -> "RandomFeatures":
+        """A copy on ``device`` in ``dtype`` (the hooks convert once per apply, not per forward)."""
+        moved = copy.copy(self)
+        moved.mean, moved.proj, moved.bias = (t.to(device, dtype) for t in (self.mean, self.proj, self.bias))
+        return moved
+
+    def __call__(self, hidden: torch.Tensor) -> torch.Tensor:
+        dtype = self.proj.dtype
+        z = ((hidden.to(dtype) - self.mean.to(hidden.device)) / self.scale) @ self.proj.to(hidden.device)
+        return torch.relu(z + self.bias.to(hidden.device))
+
+    def tensors(self, prefix: str) -> dict[str, torch.Tensor]:
+        return {f"{prefix}.mean": self.mean, f"{prefix}.proj": self.proj, f"{prefix}.bias": self.bias,
+                f"{prefix}.scale": torch.tensor(self.scale, dtype=torch.float64)}
+
+    @classmethod
+    def from_tensors(cls, tensors: Mapping[str, torch.Tensor], prefix: str) -> "RandomFeatures":
+        return cls(tensors[f"{prefix}.mean"], float(tensors[f"{prefix}.scale"]), tensors[f"{prefix}.proj"],
+                   tensors[f"{prefix}.bias"])
+
+
 class _StepState:
     """Whether the forward now running is a prefill (set by a pre-hook on the first LM layer)."""
 
@@ -57,23 +128,38 @@ class _StepState:
 
 @register_edit
 class Steering(Edit):
-    """Steering matrices per LM layer index, a strength (optionally one per evaluation task), and
-    whether decode steps are steered too."""
+    """Steering matrices per LM layer index, a strength (optionally one per evaluation task),
+    whether decode steps are steered too, and optionally per layer a feature map that lifts the
+    states before the matrix (then the matrix is lifted width × hidden)."""
 
     kind = "steering"
 
     def __init__(self, matrices: Mapping[int, torch.Tensor], strength: float = 1.0, decode: bool = False,
-                 meta: dict[str, Any] | None = None, task_strengths: Mapping[str, float] | None = None):
+                 meta: dict[str, Any] | None = None, task_strengths: Mapping[str, float] | None = None,
+                 features: Mapping[int, RandomFeatures] | None = None):
         if not matrices:
             raise ValueError("a steering edit needs at least one layer's matrix")
+        self.features: dict[int, RandomFeatures] = {int(k): v for k, v in (features or {}).items()}
+        unknown = set(self.features) - {int(k) for k in matrices}
+        if unknown:
+            raise ValueError(f"feature maps given for layers {sorted(unknown)} that have no steering matrix")
         self.matrices: dict[int, torch.Tensor] = {}
         for layer, matrix in sorted(matrices.items()):
+            layer = int(layer)
             matrix = torch.as_tensor(matrix).detach().to("cpu", copy=True).contiguous()
-            if matrix.dim() != 2 or matrix.shape[0] != matrix.shape[1]:
+            lift = self.features.get(layer)
+            if lift is None and (matrix.dim() != 2 or matrix.shape[0] != matrix.shape[1]):
                 raise ValueError(f"steering matrix of layer {layer} must be square (hidden × hidden), "
                                  f"got shape {tuple(matrix.shape)}")
-            self.matrices[int(layer)] = matrix
-        widths = {m.shape[0] for m in self.matrices.values()}
+            if lift is not None and (matrix.dim() != 2 or tuple(matrix.shape) != (lift.width, lift.hidden_size)):
+                raise ValueError(f"steering matrix of layer {layer} must be (lifted width × hidden) = "
+                                 f"({lift.width}, {lift.hidden_size}) for its feature map, got {tuple(matrix.shape)}")
+            self.matrices[layer] = matrix
+        # MLLMEraser's closed form gives W = w·rᵀ (one target direction): the hooks then hold and
+        # multiply by the two vectors instead of the matrix (the lifted gate's W is D × hidden).
+        self.factors: dict[int, tuple[torch.Tensor, torch.Tensor]] = {
+            layer: pair for layer, matrix in self.matrices.items() if (pair := rank_one_factors(matrix)) is not None}
+        widths = {m.shape[1] for m in self.matrices.values()}
         if len(widths) != 1:
             raise ValueError(f"steering matrices have different widths {sorted(widths)}")
         self.strength = float(strength)
@@ -99,16 +185,30 @@ class Steering(Edit):
 
     @property
     def hidden_size(self) -> int:
-        return next(iter(self.matrices.values())).shape[0]
+        return next(iter(self.matrices.values())).shape[1]
 
     @property
     def extra_bytes(self) -> int:
-        """Memory the steering matrices add to the model (as stored)."""
-        return sum(m.numel() * m.element_size() for m in self.matrices.values())
+        """Memory the steering matrices (and feature maps) add to the model (as stored)."""
+        return (sum(m.numel() * m.element_size() for m in self.matrices.values())
+                + sum(f.nbytes for f in self.features.values()))
+
+    def gate_input(self, layer: int, hidden: torch.Tensor) -> torch.Tensor:
+        """What multiplies W_layer: the states themselves, or their lifted features."""
+        lift = self.features.get(layer)
+        return hidden if lift is None else lift(hidden)
 
     def steering_vectors(self, layer: int, hidden_last: torch.Tensor) -> torch.Tensor:
         """strength · (h · W_layer) for rows h of ``hidden_last`` (…, hidden), in fp32 (the active task's strength)."""
-        return self.active_strength * (hidden_last.float() @ self.matrices[layer].float().to(hidden_last.device))
+        gate = self.gate_input(layer, hidden_last.float())
+        return self.active_strength * (gate.float() @ self.matrices[layer].float().to(hidden_last.device))
+
+    def applied_bytes(self, element_size: int) -> int:
+        """Memory the hooks hold on the model's device, at ``element_size`` bytes per number."""
+        numbers = sum(sum(t.numel() for t in self.factors[layer]) if layer in self.factors else matrix.numel()
+                      for layer, matrix in self.matrices.items())
+        numbers += sum(f.mean.numel() + f.proj.numel() + f.bias.numel() for f in self.features.values())
+        return numbers * element_size
 
     def apply(self, vlm: Any, record: dict[tuple[str, int], list[torch.Tensor]] | None = None) -> EditHandle:
         """Register the hooks. ``record``, if given, receives the norms of the steering vectors added,
@@ -126,18 +226,31 @@ class Steering(Edit):
         handles = [layers[0].register_forward_pre_hook(state.record, with_kwargs=True)]
         for layer, matrix in self.matrices.items():
             param = next(layers[layer].parameters())
-            weights = matrix.to(param.device, param.dtype)  # converted once per apply, not per forward
+            lift = self.features[layer].to(param.device, param.dtype) if layer in self.features else None
+            # converted once per apply, not per forward
+            if layer in self.factors:
+                left, right = (t.to(param.device, param.dtype) for t in self.factors[layer])
 
-            def steer(_module: nn.Module, _args: tuple, output: Any, weights: torch.Tensor = weights,
-                      layer: int = layer) -> Any:
+                def product(gate: torch.Tensor, left: torch.Tensor = left, right: torch.Tensor = right) -> torch.Tensor:
+                    return (gate @ left.to(gate.dtype))[..., None] * right.to(gate.dtype)
+            else:
+                weights = matrix.to(param.device, param.dtype)
+
+                def product(gate: torch.Tensor, weights: torch.Tensor = weights) -> torch.Tensor:
+                    return gate @ weights.to(gate.dtype)
+
+            def gated(hidden: torch.Tensor, product: Any = product, lift: RandomFeatures | None = lift) -> torch.Tensor:
+                return product(hidden if lift is None else lift(hidden).to(hidden.dtype))
+
+            def steer(_module: nn.Module, _args: tuple, output: Any, gated: Any = gated, layer: int = layer) -> Any:
                 hidden = _output_hidden(output)
                 if state.prefill:
-                    vector = (hidden[:, -1, :] @ weights.to(hidden.dtype)) * self.active_strength
+                    vector = gated(hidden[:, -1, :]) * self.active_strength
                     if record is not None:
                         record.setdefault(("prefill", layer), []).append(vector.detach().float().norm(dim=-1).cpu())
                     return _with_hidden(output, hidden + vector[:, None, :])
                 if self.decode:
-                    vectors = (hidden @ weights.to(hidden.dtype)) * self.active_strength
+                    vectors = gated(hidden) * self.active_strength
                     if record is not None:
                         record.setdefault(("decode", layer), []).append(vectors[:, -1].detach().float().norm(dim=-1).cpu())
                     return _with_hidden(output, hidden + vectors)
@@ -175,8 +288,10 @@ class Steering(Edit):
     def _save_payload(self, folder: Path) -> None:
         from safetensors.torch import save_file
 
-        save_file({f"layer.{layer}": matrix for layer, matrix in self.matrices.items()},
-                  str(folder / "steering.safetensors"),
+        tensors = {f"layer.{layer}": matrix for layer, matrix in self.matrices.items()}
+        for layer, lift in self.features.items():
+            tensors.update(lift.tensors(f"lift.{layer}"))
+        save_file(tensors, str(folder / "steering.safetensors"),
                   metadata={"strength": repr(self.strength), "decode": str(self.decode),
                             "task_strengths": json.dumps(self.task_strengths, sort_keys=True)})
 
@@ -191,12 +306,35 @@ class Steering(Edit):
             info = handle.metadata() or {}
             if "strength" not in info or "decode" not in info:
                 raise ValueError(f"{file}: metadata must hold 'strength' and 'decode', has {sorted(info)}")
-            matrices = {int(key.split(".", 1)[1]): handle.get_tensor(key) for key in handle.keys()}
+            tensors = {key: handle.get_tensor(key) for key in handle.keys()}
+        matrices = {int(key.split(".", 1)[1]): value for key, value in tensors.items() if key.startswith("layer.")}
+        lifted = sorted({int(key.split(".")[1]) for key in tensors if key.startswith("lift.")})
+        try:
+            features = {layer: RandomFeatures.from_tensors(tensors, f"lift.{layer}") for layer in lifted}
+        except KeyError as error:
+            raise ValueError(f"{file}: incomplete feature map, {error.args[0]} is missing") from None
         try:
             task_strengths = json.loads(info.get("task_strengths", "{}"))
         except json.JSONDecodeError as error:
             raise ValueError(f"{file}: metadata 'task_strengths' is not JSON ({error})") from None
-        return cls(matrices, float(info["strength"]), info["decode"] == "True", meta, task_strengths)
+        return cls(matrices, float(info["strength"]), info["decode"] == "True", meta, task_strengths, features)
+
+
+def rank_one_factors(matrix: torch.Tensor, tolerance: float = 1e-6) -> tuple[torch.Tensor, torch.Tensor] | None:
+    """(u, v) with u·vᵀ = ``matrix`` to within ``tolerance`` (relative Frobenius), or None.
+
+    O(rows × columns): v is the largest row's direction and u = matrix · v; no SVD, which would
+    cost minutes for a 7B model's 4096 × 4096 matrices."""
+    work = matrix.double()
+    norm = float(work.norm())
+    if norm == 0.0:
+        return None
+    row = work[int(work.norm(dim=1).argmax())]
+    right = row / row.norm()
+    left = work @ right
+    if float((work - torch.outer(left, right)).norm()) > tolerance * norm:
+        return None
+    return left.float(), right.float()
 
 
 def _hidden_width(layer: nn.Module) -> int | None:

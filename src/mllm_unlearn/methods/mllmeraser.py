@@ -21,14 +21,29 @@ Per steered LM layer l (activations = the output of block l at the last position
    ``ridge`` (λ) independent of the activation scale. Then h_f·W ≈ r for forget inputs and
    h_r·W ≈ 0 for retain inputs (h_r P ≈ 0).
 
-Prompts are taken in each form the model is asked in: "qa" (the open question) and "mcq"
+Prompts are taken in each form the model is asked in (``forms`` for the forget prompts the gate
+opens on, ``retain_forms``, by default the same, for the retain prompts it must stay shut on):
+"qa" (the open question) and "mcq"
 (the question rendered as a four-option multiple choice with distractors drawn from the same
 attribute's values, for items that carry ``Attribute``/``Value`` metadata), so the gate sees
-the classification prompts' format as MLLMEraser's extractor did (it formats options too).
+the classification prompts' format as MLLMEraser's extractor did (it formats options too),
+and "generation" (the open question with MLLMU-Bench's generation instruction appended).
 ``renderings`` (default 4) multiple-choice versions of each item are taken, fresh options each:
 one draw leaves the gate open to the option texts' variation on new prompts.
 Per-task strength (``task_strengths``, e.g. cloze=0.3 as the released evaluation) is applied
 by the evaluator through ``Edit.for_task``.
+
+**Lifted gate** (``lift`` = D > 0; off by default, as in the paper): the gate's input is
+φ(h) = relu(((h − μ)/σ)·R + b), D random ReLU features of the state standardised by the retain
+prompts' mean μ and spread σ (R Gaussian/√hidden, b uniform in [−1, 1], seeded), and steps 2-3
+run on φ(h) instead of h, so W is D × hidden and s = strength · φ(h)·W. Why: the gate needs
+directions that retain states do not fill, which a 4096-wide model has and a narrow one does
+not (the default tiny LM is 128 wide: its retain states span the whole space). A random lift
+is a kernel gate: on the default tiny LLaVA, held-out classification prompts of retained people
+got 1.7% (VQA) and 15% (QA) of the forget prompts' steering with D = 4096 and a soft null space
+(``retain_penalty``), against 55-110% with the linear gate in every setting tried. Costs: two more passes over
+the prompts (the lift is standardised with the retain prompts' statistics from the first) and
+D × D second moments (134 MB each in fp64 at D = 4096), so it is meant for narrow models.
 
 Statistics are streamed: only per-layer sums (d) and second moments (d × d) are kept.
 Activation ↔ steering indexing is consistent (both use block l's *output*), unlike the
@@ -40,20 +55,20 @@ from __future__ import annotations
 import random
 from contextlib import contextmanager
 from dataclasses import replace
-from typing import Any, Iterable, Iterator, Sequence
+from typing import Any, Iterator, Sequence
 
 import torch
 
 from ..data.collate import Encoder
 from ..data.items import Item
 from ..eval.evaluator import TASKS
-from ..interventions import Steering
+from ..interventions import RandomFeatures, Steering
 from ..models.base import VLM
-from ..training.inject import McqRenderer
+from ..training.inject import McqRenderer, as_task_prompt
 from ..training.losses import model_inputs, sequence_nll
 from .base import Method, MethodConfig, _to, register_method
 
-FORMS = ("qa", "mcq")
+FORMS = ("qa", "mcq", "generation")
 
 
 def null_space_projector(second_moment: torch.Tensor, energy: float | None = None,
@@ -64,9 +79,11 @@ def null_space_projector(second_moment: torch.Tensor, energy: float | None = Non
     smallest as keep their summed eigenvalues ≤ ``energy`` × trace (at least one direction);
     ``energy`` = 1 keeps every direction (P = I: no hard null space, see ``retain_penalty``).
     """
+    d = second_moment.shape[0]
+    if ratio is None and energy == 1:
+        return torch.eye(d, dtype=torch.float64)  # no eigendecomposition needed (D × D when lifted)
     values, vectors = torch.linalg.eigh(second_moment.double())  # ascending
     values = values.clamp(min=0)
-    d = values.numel()
     if ratio is not None:
         if not 0 < ratio < 1:
             raise ValueError(f"null_ratio must be in (0, 1), got {ratio}")
@@ -74,8 +91,6 @@ def null_space_projector(second_moment: torch.Tensor, energy: float | None = Non
     else:
         if energy is None or not 0 <= energy <= 1:
             raise ValueError(f"null_energy must be in [0, 1], got {energy}")
-        if energy == 1:
-            return torch.eye(d, dtype=torch.float64)
         budget = energy * float(values.sum())
         keep = max(1, int((torch.cumsum(values, 0) <= budget).sum()))
     basis = vectors[:, :keep]
@@ -103,6 +118,8 @@ def steering_matrix(projector: torch.Tensor, forget_sum: torch.Tensor, forget_se
             raise ValueError("retain_penalty needs the retain second moment")
         system = system + retain_penalty * P @ retain_second_moment.double() @ P
     target = (P @ forget_sum.double() / count)[:, None] @ direction.double()[None, :]
+    if rank >= P.shape[0] - 0.5 and ridge > 0:  # P = I and the ridge makes the system positive definite
+        return torch.linalg.solve(system, target).float()
     return (P @ torch.linalg.pinv(system, hermitian=True) @ target).float()
 
 
@@ -137,24 +154,54 @@ class LastTokenTap:
 
 
 class Moments:
-    """Streamed per-layer Σh and Σhhᵀ (fp64) and the row count."""
+    """Streamed per-layer Σh and Σhhᵀ (fp64) and the row count; of φ_l(h) where ``features`` has a map for l.
 
-    def __init__(self, second: bool = True):
+    Lifted rows are buffered and folded in ``flush_rows`` at a time: one wide product instead of
+    a D × D rank-k update per batch."""
+
+    flush_rows = 1024
+
+    def __init__(self, second: bool = True, features: dict[int, RandomFeatures] | None = None):
         self.second = second
+        self.features = dict(features or {})
         self.sum: dict[int, torch.Tensor] = {}
-        self.outer: dict[int, torch.Tensor] = {}
+        self._outer: dict[int, torch.Tensor] = {}
+        self._pending: dict[int, list[torch.Tensor]] = {}
         self.count = 0
 
     def add(self, states: dict[int, torch.Tensor]) -> None:
         for layer, h in states.items():
-            h = h.double().cpu()
-            self.sum[layer] = self.sum.get(layer, 0) + h.sum(0)
+            h = h.float().cpu()
+            if layer in self.features:
+                h = self.features[layer](h)
+            self.sum[layer] = self.sum.get(layer, 0) + h.double().sum(0)
             if self.second:
-                self.outer[layer] = self.outer.get(layer, 0) + h.T @ h
+                pending = self._pending.setdefault(layer, [])
+                pending.append(h)
+                if sum(len(rows) for rows in pending) >= self.flush_rows:
+                    self._fold(layer)
         self.count += next(iter(states.values())).shape[0]
+
+    def _fold(self, layer: int) -> None:
+        rows = torch.cat(self._pending.pop(layer))
+        # fp32 rows of one chunk, fp64 across chunks; unlifted states keep fp64 throughout
+        product = rows.T @ rows if layer in self.features else rows.double().T @ rows.double()
+        self._outer[layer] = self._outer.get(layer, 0) + product.double()
+
+    @property
+    def outer(self) -> dict[int, torch.Tensor]:
+        for layer in list(self._pending):
+            self._fold(layer)
+        return self._outer
 
     def mean(self, layer: int) -> torch.Tensor:
         return self.sum[layer] / max(1, self.count)
+
+    def spread(self, layer: int) -> float:
+        """√(mean per-coordinate variance): one scale for the whole state."""
+        mean = self.mean(layer)
+        variance = (float(torch.trace(self.outer[layer])) / max(1, self.count) - float(mean @ mean)) / mean.numel()
+        return max(variance, 1e-12) ** 0.5
 
 
 @contextmanager
@@ -193,8 +240,8 @@ class MLLMEraser(Method):
     uses_retain = True
     uses_prior_knowledge = True  # real-world people's data gates steering off for them too
     option_names = ("layers", "strength", "ridge", "null_energy", "null_ratio", "pgd_steps", "pgd_eps",
-                    "pgd_step_size", "refusal", "decode", "forms", "max_retain", "retain_penalty", "task_strengths",
-                    "renderings")
+                    "pgd_step_size", "refusal", "decode", "forms", "retain_forms", "max_retain", "retain_penalty", "task_strengths",
+                    "renderings", "lift")
 
     @staticmethod
     def options(vlm: VLM, cfg: MethodConfig) -> dict[str, Any]:
@@ -210,12 +257,16 @@ class MLLMEraser(Method):
         layers = sorted({int(x) for x in layers})
         if not layers or not all(0 <= x < n_layers for x in layers):
             raise ValueError(f"mllmeraser: layers must be 'all' or indices in [0, {n_layers - 1}], got {extra.get('layers')!r}")
-        forms = extra.get("forms", list(FORMS))
-        forms = [f.strip() for f in forms.split(",")] if isinstance(forms, str) else list(forms)
-        if not forms or set(forms) - set(FORMS):
-            raise ValueError(f"mllmeraser: forms must be a subset of {FORMS}, got {extra.get('forms')!r}")
+        def form_list(name: str, default: Sequence[str]) -> list[str]:
+            value = extra.get(name, list(default))
+            value = [f.strip() for f in value.split(",")] if isinstance(value, str) else list(value)
+            if not value or set(value) - set(FORMS):
+                raise ValueError(f"mllmeraser: {name} must be a subset of {FORMS}, got {extra.get(name)!r}")
+            return value
+
+        forms = form_list("forms", FORMS)
         opts = {
-            "layers": layers, "forms": forms,
+            "layers": layers, "forms": forms, "retain_forms": form_list("retain_forms", forms),
             "strength": float(extra.get("strength", 0.2)),  # the paper's |−0.2| (our r points to erasure)
             "ridge": float(extra.get("ridge", 0.1)),
             "null_energy": float(extra.get("null_energy", 0.01)),
@@ -228,9 +279,13 @@ class MLLMEraser(Method):
             "retain_penalty": float(extra.get("retain_penalty", 0.0)),
             "task_strengths": _task_strengths(extra.get("task_strengths", {})),
             "renderings": int(extra.get("renderings", 4)),
+            "lift": int(extra.get("lift", 0)),
         }
         if opts["renderings"] < 1:
             raise ValueError(f"mllmeraser: renderings must be >= 1, got {opts['renderings']}")
+        if opts["lift"] < 0:
+            raise ValueError(f"mllmeraser: lift must be 0 (the paper's linear gate) or a feature count > 0, "
+                             f"got {opts['lift']}")
         opts["pgd_step_size"] = float(extra.get("pgd_step_size", 2.5 * opts["pgd_eps"] / max(1, opts["pgd_steps"])))
         if opts["ridge"] < 0 or opts["retain_penalty"] < 0:
             raise ValueError(f"mllmeraser: ridge and retain_penalty must be >= 0, got {opts['ridge']}, "
@@ -268,19 +323,30 @@ class MLLMEraser(Method):
         if opts["max_retain"] is not None and len(retain) > opts["max_retain"]:
             retain = rng.sample(retain, opts["max_retain"])
         renderer = McqRenderer(list(forget) + list(retain), seed)
+        forget_items = self._prompts(forget, opts["forms"], renderer, opts["renderings"])
+        retain_items = self._prompts(retain, opts["retain_forms"], renderer, opts["renderings"])
+
+        def moments(items: Sequence[Item], features: dict[int, RandomFeatures] | None = None) -> Moments:
+            out = Moments(features=features)
+            for start in range(0, len(items), batch_size):
+                out.add(tap.run(vlm.model, _to(encoder.batch(items[start:start + batch_size], train=False), vlm.device)))
+            return out
+
         was_training = vlm.model.training
         vlm.model.eval()
         try:
             with tap.tapped():
                 recall, erasure = self._pairs(vlm, encoder, tap, forget, opts, batch_size)
-                forget_prompts = Moments()
-                for batch in self._prompt_batches(encoder, forget, opts["forms"], renderer, batch_size, vlm.device,
-                                                  opts["renderings"]):
-                    forget_prompts.add(tap.run(vlm.model, batch))
-                retain_prompts = Moments()
-                for batch in self._prompt_batches(encoder, retain, opts["forms"], renderer, batch_size, vlm.device,
-                                                  opts["renderings"]):
-                    retain_prompts.add(tap.run(vlm.model, batch))
+                retain_prompts = moments(retain_items)
+                features = None
+                if opts["lift"]:
+                    # Standardised by the retain prompts' statistics, then the same prompts again, lifted.
+                    features = {layer: RandomFeatures.draw(retain_prompts.mean(layer).float(),
+                                                           retain_prompts.spread(layer), opts["lift"],
+                                                           seed=seed * 1009 + layer)
+                                for layer in opts["layers"]}
+                    retain_prompts = moments(retain_items, features)
+                forget_prompts = moments(forget_items, features)
         finally:
             vlm.model.train(was_training)
         return {"recall": recall, "erasure": erasure, "forget_prompts": forget_prompts, "retain_prompts": retain_prompts}
@@ -303,7 +369,8 @@ class MLLMEraser(Method):
                                        "null_dim": int(round(float(torch.trace(projector)))),
                                        "forget_state_norm": float(forget_prompts.mean(layer).norm())}
         return Steering(matrices, opts["strength"], opts["decode"], {**(meta or {}), "layers": layer_stats},
-                        opts.get("task_strengths"))
+                        opts.get("task_strengths"),
+                        {layer: lift for layer, lift in forget_prompts.features.items() if layer in matrices})
 
     def _pairs(self, vlm: VLM, encoder: Encoder, tap: LastTokenTap, forget: Sequence[Item], opts: dict[str, Any],
                batch_size: int) -> tuple[Moments, Moments]:
@@ -329,19 +396,19 @@ class MLLMEraser(Method):
         return recall, erasure
 
     @staticmethod
-    def _prompt_batches(encoder: Encoder, items: Sequence[Item], forms: Sequence[str], renderer: McqRenderer,
-                        batch_size: int, device: torch.device, renderings: int = 1) -> Iterable[dict[str, torch.Tensor]]:
-        """Inference-form prompts (no answer) of ``items`` in each form, batched; ``renderings``
+    def _prompts(items: Sequence[Item], forms: Sequence[str], renderer: McqRenderer, renderings: int = 1) -> list[Item]:
+        """Inference-form prompts (no answer) of ``items`` in each form; ``renderings``
         multiple-choice versions of each item (options drawn afresh), so the statistics cover
         the option texts' variation and not one draw of it."""
         prompts: list[Item] = []
         for form in forms:
             if form == "qa":
                 prompts += list(items)
+            elif form == "generation":  # the open question with MLLMU-Bench's generation instruction
+                prompts += [prompt for prompt in (as_task_prompt(item, "generation") for item in items) if prompt]
             else:
                 prompts += [renderer(item) for _ in range(renderings) for item in items if renderer.renderable(item)]
-        for start in range(0, len(prompts), batch_size):
-            yield _to(encoder.batch(prompts[start:start + batch_size], train=False), device)
+        return prompts
 
 
 def _as_bool(value: Any, name: str) -> bool:
