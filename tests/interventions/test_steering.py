@@ -1,3 +1,5 @@
+from contextlib import nullcontext
+
 import pytest
 import torch
 
@@ -10,6 +12,19 @@ from ..conftest import weights_hash
 def _logits(vlm, batch):
     with torch.no_grad():
         return vlm.model(**batch).logits
+
+
+def _block_output(vlm, batch, layer, edit=None):
+    """Block ``layer``'s output in a forward over ``batch``: after the edit's hook when ``edit`` is given."""
+    block = vlm.adapter.lm_layers(vlm.model)[layer]
+    seen = []
+    with edit.applied(vlm) if edit is not None else nullcontext():
+        hook = block.register_forward_hook(lambda _m, _a, out: seen.append(out[0] if isinstance(out, tuple) else out))
+        try:
+            _logits(vlm, batch)
+        finally:
+            hook.remove()
+    return seen[0]
 
 
 def _random_edit(vlm, layers, strength=0.5, decode=False, seed=0):
@@ -59,15 +74,8 @@ def test_prefill_adds_strength_times_last_token_map_to_every_position(benchmark,
     assert torch.equal(plain, steered_input)
     # By hand: the steered output is plain + 0.7 · (plain[:, -1] @ W) at every position.
     edit = _random_edit(vlm, [1], strength=0.7)
-    after = []
-    with edit.applied(vlm):
-        late = layer.register_forward_hook(lambda _m, _a, out: after.append(out[0] if isinstance(out, tuple) else out))
-        try:
-            _logits(vlm, batch)
-        finally:
-            late.remove()
     expected = plain + 0.7 * (plain[:, -1] @ edit.matrices[1])[:, None, :]
-    torch.testing.assert_close(after[0], expected, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(_block_output(vlm, batch, 1, edit), expected, rtol=1e-5, atol=1e-5)
 
 
 @pytest.mark.parametrize("family", ["llava", "qwen2.5-vl"])
@@ -202,23 +210,11 @@ def test_lifted_steering_adds_strength_times_features_map_restores_and_round_tri
     batch = Encoder(vlm).batch([i for i in benchmark.eval_splits["forget"] if i.task == "mcq"][:3], train=False)
     before, weights = _logits(vlm, batch), weights_hash(vlm.model)
     edit = _lifted_edit(vlm, [1], strength=0.7)
-    block = vlm.adapter.lm_layers(vlm.model)[1]
-    seen = []
-    capture = block.register_forward_hook(lambda _m, _a, out: seen.append(out[0] if isinstance(out, tuple) else out))
-    try:
-        _logits(vlm, batch)  # block 1's unsteered output
-    finally:
-        capture.remove()
-    after = []
-    with edit.applied(vlm):
-        late = block.register_forward_hook(lambda _m, _a, out: after.append(out[0] if isinstance(out, tuple) else out))
-        try:
-            steered = _logits(vlm, batch)
-        finally:
-            late.remove()
-    plain = seen[0]
+    plain = _block_output(vlm, batch, 1)
     expected = plain + 0.7 * (edit.features[1](plain[:, -1]) @ edit.matrices[1])[:, None, :]
-    torch.testing.assert_close(after[0], expected, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(_block_output(vlm, batch, 1, edit), expected, rtol=1e-5, atol=1e-5)
+    with edit.applied(vlm):
+        steered = _logits(vlm, batch)
     torch.testing.assert_close(edit.steering_vectors(1, plain[:, -1]), (expected - plain)[:, -1], rtol=1e-5, atol=1e-5)
     assert torch.equal(_logits(vlm, batch), before) and weights_hash(vlm.model) == weights
 
@@ -259,18 +255,6 @@ def test_rank_one_matrices_are_applied_as_two_vectors_with_the_same_result(bench
     assert set(edit.factors) == {1} and edit.applied_bytes(4) == 2 * hidden * 4
     assert _random_edit(vlm, [1]).applied_bytes(4) == hidden * hidden * 4  # full rank: the matrix itself
     batch = Encoder(vlm).batch([i for i in benchmark.eval_splits["forget"] if i.task == "mcq"][:3], train=False)
-    block = vlm.adapter.lm_layers(vlm.model)[1]
-    seen = []
-    capture = block.register_forward_hook(lambda _m, _a, out: seen.append(out[0] if isinstance(out, tuple) else out))
-    try:
-        _logits(vlm, batch)
-        with edit.applied(vlm):
-            late = block.register_forward_hook(lambda _m, _a, out: seen.append(out[0] if isinstance(out, tuple) else out))
-            try:
-                _logits(vlm, batch)
-            finally:
-                late.remove()
-    finally:
-        capture.remove()
-    plain, _, steered = seen  # capture (plain), capture (before steering), late (after steering)
-    torch.testing.assert_close(steered, plain + 0.9 * (plain[:, -1] @ matrix)[:, None, :], rtol=1e-5, atol=1e-5)
+    plain = _block_output(vlm, batch, 1)
+    torch.testing.assert_close(_block_output(vlm, batch, 1, edit), plain + 0.9 * (plain[:, -1] @ matrix)[:, None, :],
+                               rtol=1e-5, atol=1e-5)
