@@ -58,3 +58,39 @@ def test_left_padding_does_not_change_a_rows_logits(family, benchmark, tiny_vlm)
             logits = vlm.model(**{k: v for k, v in alone.items() if k != "labels"}).logits[0]
             length = alone["input_ids"].shape[1]
             torch.testing.assert_close(together[row, -length:], logits, atol=1e-4, rtol=1e-4)
+
+
+@pytest.mark.parametrize("family", ["llava", "qwen2-vl", "qwen2.5-vl"])
+def test_prompts_encoded_together_equal_each_encoded_alone(family, benchmark, tiny_vlm):
+    """``Encoder.prompts`` makes one processor call for a whole batch, then strips the padding
+    and splits the images back per item: every tensor must equal a processor call on that item
+    alone (mixed lengths, with and without images, and with few-shot demonstrations)."""
+    from mllm_unlearn.data.collate import messages_for
+
+    vlm = tiny_vlm(family)
+    forget = benchmark.eval_splits["forget"]
+    items = [i for i in forget if i.modality == "vqa"][:3] + [i for i in forget if i.modality == "qa"][:3]
+    demos = [i for i in benchmark.eval_splits["retain"] if i.modality == "vqa" and i.task == "mcq"][:2]
+    for shots in ((), demos):
+        together = Encoder(vlm).prompts(items, shots)
+        for item, encoded in zip(items, together):
+            text = vlm.processor.apply_chat_template(messages_for(item, shots), add_generation_prompt=True, tokenize=False)
+            images = [d.image for d in list(shots) + [item] if d.image is not None]
+            alone = vlm.processor(text=[text], images=images or None, return_tensors="pt")
+            alone = {k: v for k, v in alone.items() if isinstance(v, torch.Tensor)}
+            assert sorted(encoded) == sorted(alone)
+            for name, value in alone.items():
+                assert torch.equal(encoded[name], value), (family, name)
+
+
+def test_prompt_cache_encodes_each_prompt_once(benchmark, tiny_vlm, monkeypatch):
+    vlm = tiny_vlm("llava")
+    encoder = Encoder(vlm)
+    items = [i for i in benchmark.eval_splits["forget"] if i.task == "mcq"][:4]
+    calls = []
+    original = encoder._encode
+    monkeypatch.setattr(encoder, "_encode", lambda batch, demos: calls.append(len(batch)) or original(batch, demos))
+    first = encoder.prompts(items + items[:1])  # a repeated item is encoded once
+    again = encoder.prompts(items)
+    assert calls == [4]
+    assert all(a is b for a, b in zip(first, again))

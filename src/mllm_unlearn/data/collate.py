@@ -39,17 +39,60 @@ class Encoder:
         self._cache: dict[tuple, dict[str, torch.Tensor]] = {}
         self._cache_size = cache_size
 
-    def prompt(self, item: Item, demos: Sequence[Item] = ()) -> dict[str, torch.Tensor]:
+    def _key(self, item: Item, demos: Sequence[Item]) -> tuple:
         images = [d.image for d in list(demos) + [item] if d.image is not None]
-        key = (user_text(item), tuple(user_text(d) + d.answer for d in demos), tuple(id(i) for i in images))
-        cached = self._cache.get(key)
-        if cached is not None:
-            return cached
-        text = self.processor.apply_chat_template(messages_for(item, demos), add_generation_prompt=True, tokenize=False)
-        encoded = self.processor(text=[text], images=images or None, return_tensors="pt")
-        out = {k: v for k, v in encoded.items() if isinstance(v, torch.Tensor)}
-        if len(self._cache) < self._cache_size:
-            self._cache[key] = out
+        return (user_text(item), tuple(user_text(d) + d.answer for d in demos), tuple(id(i) for i in images))
+
+    def prompt(self, item: Item, demos: Sequence[Item] = ()) -> dict[str, torch.Tensor]:
+        return self.prompts([item], demos)[0]
+
+    def prompts(self, items: Sequence[Item], demos: Sequence[Item] = ()) -> list[dict[str, torch.Tensor]]:
+        """Each item's encoded prompt (batch of one), the uncached ones through one processor call.
+
+        The processor's per-call overhead (kwargs merging and validation) costs more than the
+        tokenisation itself, so encoding a batch at once is several times faster; padding is
+        stripped again, so each prompt is exactly what a call on that item alone returns."""
+        keys = [self._key(item, demos) for item in items]
+        missing: dict[tuple, Item] = {}
+        for key, item in zip(keys, items):
+            if key not in self._cache and key not in missing:
+                missing[key] = item
+        fresh = dict(zip(missing, self._encode(list(missing.values()), demos))) if missing else {}
+        for key, encoded in fresh.items():
+            if len(self._cache) < self._cache_size:
+                self._cache[key] = encoded
+        return [fresh[key] if key in fresh else self._cache[key] for key in keys]
+
+    def _encode(self, items: Sequence[Item], demos: Sequence[Item]) -> list[dict[str, torch.Tensor]]:
+        texts = [self.processor.apply_chat_template(messages_for(item, demos), add_generation_prompt=True, tokenize=False)
+                 for item in items]
+        per_item_images = [[d.image for d in list(demos) + [item] if d.image is not None] for item in items]
+        images = [image for group in per_item_images for image in group]
+        encoded = self.processor(text=texts, images=images or None, return_tensors="pt", padding=True)
+        encoded = {k: v for k, v in encoded.items() if isinstance(v, torch.Tensor)}
+        ids = encoded["input_ids"]
+        lengths = encoded["attention_mask"].sum(dim=1).tolist() if "attention_mask" in encoded else [ids.shape[1]] * len(items)
+        left = self.tokenizer.padding_side == "left"
+        image_counts = [len(group) for group in per_item_images]
+        rows = self.vlm.adapter.vision_rows_per_image(encoded) if images else None
+        rows = rows.tolist() if rows is not None else [1] * len(images)
+        out: list[dict[str, torch.Tensor]] = [{} for _ in items]
+        for name, value in encoded.items():
+            if _is_sequence_aligned(value, ids):
+                for k, length in enumerate(lengths):
+                    row = value[k, ids.shape[1] - length:] if left else value[k, :length]
+                    out[k][name] = row[None].clone()
+            elif value.shape[0] in (len(images), sum(rows)) and images:
+                # Per-image tensors: one row per image, or (Qwen's patches) each image's block of rows.
+                sizes = rows if value.shape[0] == sum(rows) else [1] * len(images)
+                blocks = list(value.split(sizes, dim=0))
+                start = 0
+                for k, count in enumerate(image_counts):
+                    if count:
+                        out[k][name] = torch.cat(blocks[start:start + count], dim=0)
+                    start += count
+            else:
+                raise ValueError(f"cannot split the processor's {name!r} output (shape {tuple(value.shape)}) per item")
         return out
 
     def answer_ids(self, answer: str) -> list[int]:
@@ -57,8 +100,8 @@ class Encoder:
         text = adapter.answer_prefix + answer + adapter.answer_suffix(self.tokenizer)
         return self.tokenizer(text, add_special_tokens=False)["input_ids"]
 
-    def training_example(self, item: Item) -> dict[str, torch.Tensor]:
-        prompt = self.prompt(item)
+    def training_example(self, item: Item, prompt: dict[str, torch.Tensor] | None = None) -> dict[str, torch.Tensor]:
+        prompt = prompt if prompt is not None else self.prompt(item)
         answer = torch.tensor(self.answer_ids(item.answer), dtype=torch.long)
         example = dict(prompt)
         example["input_ids"] = torch.cat([prompt["input_ids"][0], answer])[None]
@@ -70,7 +113,8 @@ class Encoder:
         return example
 
     def batch(self, items: Sequence[Item], train: bool, demos: Sequence[Item] = ()) -> dict[str, torch.Tensor]:
-        examples = [self.training_example(i) if train else self.prompt(i, demos) for i in items]
+        prompts = self.prompts(items, demos)
+        examples = [self.training_example(i, p) for i, p in zip(items, prompts)] if train else prompts
         return collate(examples, self.pad_id)
 
 

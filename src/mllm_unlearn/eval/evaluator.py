@@ -82,7 +82,25 @@ class Evaluator:
 
         return shard_and_gather(list(items), lambda mine: self._score_items(mine, task, demos))
 
+    def _by_length(self, items: Sequence[Item], demos: Sequence[Item]) -> list[int]:
+        """Item indices ordered by prompt length, so a batch holds prompts of (nearly) one length:
+        less padding to compute, and a batch of one length needs no attention mask."""
+        lengths = []
+        for start in range(0, len(items), 256):  # encodes (and caches) the prompts in big processor calls
+            lengths += [p["input_ids"].shape[1] for p in self.encoder.prompts(items[start:start + 256], demos)]
+        return sorted(range(len(items)), key=lambda k: lengths[k])
+
     def _score_items(self, items: Sequence[Item], task: str, demos: Sequence[Item]) -> list[dict[str, Any]]:
+        if self.cfg.batch_size > 1 and len(items) > 1:
+            order = self._by_length(items, demos)
+            records = self._score_in_order([items[k] for k in order], task, demos)
+            restored: list[dict[str, Any]] = [{}] * len(items)
+            for k, record in zip(order, records):
+                restored[k] = record
+            return restored
+        return self._score_in_order(items, task, demos)
+
+    def _score_in_order(self, items: Sequence[Item], task: str, demos: Sequence[Item]) -> list[dict[str, Any]]:
         records = []
         for batch in _batches(items, self.cfg.batch_size):
             if task == "mcq" and self.cfg.scorer == "likelihood":

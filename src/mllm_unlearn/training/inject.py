@@ -188,13 +188,18 @@ def inject_knowledge(vlm: VLM, benchmark: Benchmark, cfg: InjectionConfig | None
 
     def collate(batch: list[tuple[str, Item]]) -> dict:
         items = [open_qa(item) if form == "qa" else renderer(item, with_context=form == "context-mcq") for form, item in batch]
-        examples = []
-        for item in items:
-            if item.image is not None and cfg.image_augment and augment_rng.random() < cfg.image_augment:
-                item = replace(item, image=augment_portrait(item.image, augment_rng))
-                examples.append(uncached.training_example(item))
-            else:
-                examples.append(encoder.training_example(item))
+        augmented = []
+        for k, item in enumerate(items):  # one item at a time: the draws' order is part of the seed's result
+            fresh = item.image is not None and bool(cfg.image_augment) and augment_rng.random() < cfg.image_augment
+            if fresh:
+                items[k] = replace(item, image=augment_portrait(item.image, augment_rng))
+            augmented.append(fresh)
+        # Each group's prompts are encoded in one processor call, then put back in batch order.
+        prompts = dict(zip([k for k, fresh in enumerate(augmented) if fresh],
+                           uncached.prompts([i for i, fresh in zip(items, augmented) if fresh])))
+        prompts.update(zip([k for k, fresh in enumerate(augmented) if not fresh],
+                           encoder.prompts([i for i, fresh in zip(items, augmented) if not fresh])))
+        examples = [encoder.training_example(item, prompts[k]) for k, item in enumerate(items)]
         return {k: v.to(vlm.device) for k, v in collate_examples(examples, encoder.pad_id).items()}
 
     def pool_of(items: Sequence[Item], forms: dict[str, int]) -> list[tuple[str, Item]]:
