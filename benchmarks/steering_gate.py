@@ -2,8 +2,10 @@
 
 Prints, for a saved MLLMEraser edit, the mean norm of all its steering vectors together
 (√Σ_l ‖s_l‖², edit applied) on forget, retain and real-world inputs, for the prompts the edit
-was built from (training questions) and for held-out ones (the evaluation's multiple-choice
-prompts), and the retain/forget ratios (target ≤ 0.05).
+was built from (the training questions in the prompt forms its options name, ``forms`` and
+``retain_forms``), for held-out ones (the evaluation's multiple-choice prompts) and for the
+open training questions when the gate was not built from that form, and the retain/forget
+ratios (target ≤ 0.05).
 
     .venv/bin/python benchmarks/steering_gate.py --edit runs/mllmeraser/edit [--cache-dir .cache/mllm_unlearn]
 """
@@ -17,7 +19,9 @@ import torch
 from mllm_unlearn.data import load_mllmu
 from mllm_unlearn.data.collate import Encoder
 from mllm_unlearn.interventions import load_edit
+from mllm_unlearn.methods.mllmeraser import MLLMEraser
 from mllm_unlearn.models import load_vlm
+from mllm_unlearn.training.inject import McqRenderer
 
 
 def main() -> None:
@@ -44,10 +48,21 @@ def main() -> None:
                    for s in range(0, len(items), 32))
         return float(edit.steering_norms(vlm, batches).mean())
 
-    used = {"forget": benchmark.forget_train, "retain": benchmark.retain_train, "real_world": benchmark.pretrain_train}
+    train = {"forget": benchmark.forget_train, "retain": benchmark.retain_train, "real_world": benchmark.pretrain_train}
+    options = edit.meta.get("options", {})
+    forms, retain_forms = options.get("forms", ["qa"]), options.get("retain_forms", options.get("forms", ["qa"]))
+    renderer = McqRenderer([i for items in train.values() for i in items], edit.meta.get("config", {}).get("seed", 0))
+    used = {name: MLLMEraser.inference_prompts(items, forms if name == "forget" else retain_forms, renderer,
+                                               options.get("renderings", 1))
+            for name, items in train.items()}
     held = {s: [i for i in benchmark.eval_splits[s] if i.task == "mcq"] for s in ("forget", "retain", "real_world")}
-    print(f"model: {model}; edit: {args.edit} (layers {edit.layers}, strength {edit.strength})")
-    for name, sets in (("used to build (training questions)", used), ("held out (evaluation MCQs)", held)):
+    sets = [(f"used to build (training questions as {','.join(forms)} / {','.join(retain_forms)})", used),
+            ("held out (evaluation MCQs)", held)]
+    if "qa" not in forms:
+        sets.append(("open training questions (a form the gate was not built from)", train))
+    print(f"model: {model}; edit: {args.edit} (layers {edit.layers}, strength {edit.strength}, "
+          f"gate reads {getattr(edit, 'pool', 'last')})")
+    for name, sets in sets:
         norms = {k: mean_norm(list(v)) for k, v in sets.items()}
         print(f"{name}: mean steering norm forget {norms['forget']:.3f}, retain {norms['retain']:.3f}, real-world "
               f"{norms['real_world']:.3f}; retain/forget {norms['retain'] / norms['forget']:.3f}, real-world/forget "

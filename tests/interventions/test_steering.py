@@ -258,3 +258,75 @@ def test_rank_one_matrices_are_applied_as_two_vectors_with_the_same_result(bench
     plain = _block_output(vlm, batch, 1)
     torch.testing.assert_close(_block_output(vlm, batch, 1, edit), plain + 0.9 * (plain[:, -1] @ matrix)[:, None, :],
                                rtol=1e-5, atol=1e-5)
+
+
+def test_pooled_state_is_the_mean_over_real_positions():
+    from mllm_unlearn.interventions.steering import pooled_state
+
+    hidden = torch.randn(2, 5, 3)
+    mask = torch.tensor([[0, 0, 1, 1, 1], [1, 1, 1, 1, 1]])
+    pooled = pooled_state(hidden, mask, "mean")
+    torch.testing.assert_close(pooled[0], hidden[0, 2:].mean(0))
+    torch.testing.assert_close(pooled[1], hidden[1].mean(0))
+    torch.testing.assert_close(pooled_state(hidden, None, "mean"), hidden.mean(1))
+    assert torch.equal(pooled_state(hidden, mask, "last"), hidden[:, -1])
+    with pytest.raises(ValueError, match="pool must be one of"):
+        pooled_state(hidden, mask, "max")
+
+
+@pytest.mark.parametrize("family", ["llava", "qwen2.5-vl"])
+def test_mean_pooled_gate_reads_real_positions_only_and_round_trips(family, benchmark, tiny_vlm, tmp_path):
+    """pool="mean": strength·φ(mean of the block's output over the real positions)·W is added at
+    every prefill position; left padding does not change a row's steering (so batched and
+    alone agree), and the pool is saved with the edit."""
+    vlm = tiny_vlm(family)
+    encoder = Encoder(vlm)
+    items = [i for i in benchmark.eval_splits["forget"] if i.task == "mcq"]
+    items = [next(i for i in items if i.modality == "vqa"), next(i for i in items if i.modality == "qa")]
+    batch = encoder.batch(items, train=False)
+    assert (batch["attention_mask"] == 0).any()  # a padded row
+    lifted = _lifted_edit(vlm, [1], strength=0.7)
+    edit = Steering(lifted.matrices, 0.7, features=lifted.features, pool="mean")
+    plain = _block_output(vlm, batch, 1)
+    mask = batch["attention_mask"].float()[..., None]
+    mean = (plain * mask).sum(1) / mask.sum(1)
+    expected = plain + 0.7 * (edit.features[1](mean) @ edit.matrices[1])[:, None, :]
+    torch.testing.assert_close(_block_output(vlm, batch, 1, edit), expected, rtol=1e-5, atol=1e-5)
+    with edit.applied(vlm):
+        together = _logits(vlm, batch)[:, -1]
+        for row, item in enumerate(items):
+            alone = _logits(vlm, encoder.batch([item], train=False))[0, -1]
+            torch.testing.assert_close(together[row], alone, rtol=1e-4, atol=1e-4)
+    edit.save(tmp_path / "pooled")
+    loaded = load_edit(tmp_path / "pooled")
+    assert loaded.pool == "mean"
+    with loaded.applied(vlm):
+        assert torch.equal(_logits(vlm, batch)[:, -1], together)
+    with pytest.raises(ValueError, match="pool must be one of"):
+        Steering(lifted.matrices, features=lifted.features, pool="max")
+
+
+def test_mean_pooled_decode_steps_use_the_running_mean(benchmark, tiny_vlm):
+    vlm = tiny_vlm("llava")
+    item = next(i for i in benchmark.eval_splits["forget"] if i.task == "generation" and i.modality == "qa")
+    batch = Encoder(vlm).batch([item], train=False)
+    lifted = _lifted_edit(vlm, [1], strength=0.5)
+    edit = Steering(lifted.matrices, 0.5, decode=True, features=lifted.features, pool="mean")
+    block = vlm.adapter.lm_layers(vlm.model)[1]
+    seen = []  # registered before the edit's hook: the unsteered outputs of each forward
+    hook = block.register_forward_hook(lambda _m, _a, out: seen.append((out[0] if isinstance(out, tuple) else out).clone()))
+    record: dict = {}
+    handle = edit.apply(vlm, record)
+    try:
+        with torch.no_grad():
+            vlm.model.generate(**batch, do_sample=False, max_new_tokens=3, min_new_tokens=3,
+                               pad_token_id=vlm.tokenizer.pad_token_id)
+    finally:
+        handle.remove()
+        hook.remove()
+    states = torch.cat(seen, dim=1)[0]  # prompt positions, then one per decode step
+    prompt = batch["input_ids"].shape[1]
+    for step, norm in enumerate(torch.cat(record[("decode", 1)])):
+        running = states[:prompt + step + 1].mean(0)
+        expected = 0.5 * (edit.features[1](running) @ edit.matrices[1])
+        torch.testing.assert_close(norm, expected.norm(), rtol=1e-4, atol=1e-4)

@@ -27,6 +27,13 @@ model's parameters changes; removing the hooks restores the model exactly.
 W is (lifted width × hidden), s = strength · φ(h_last) · W. A narrow model's retain states fill
 its hidden space, leaving no null space to gate with; a random ReLU lift (a kernel gate) gives
 the closed form room. The feature map is stored with the edit, so it is reproduced exactly.
+
+**What the gate reads** (``pool``): ``"last"`` (the paper) is h_last above. ``"mean"`` is the
+mean of the block's output over the prompt's real positions (the attention mask, recorded by a
+pre-hook on the whole model, excludes left padding; image positions count). In a small model
+the last position of a text-only prompt carries little of the person named mid-prompt, while
+the mean does; the steering vector is still added to every position. With ``decode=True`` and
+``"mean"``, each decode step uses the running mean over the prompt and the tokens so far.
 """
 from __future__ import annotations
 
@@ -115,15 +122,39 @@ class RandomFeatures:
                    tensors[f"{prefix}.bias"])
 
 
+POOLS = ("last", "mean")
+
+
+def pooled_state(hidden: torch.Tensor, attention_mask: torch.Tensor | None, pool: str) -> torch.Tensor:
+    """The (batch, hidden) state a gate reads from a block's output (batch, positions, hidden):
+    the last position (batches are left-padded), or the mean over the positions the 2-D
+    ``attention_mask`` marks real (its last ``positions`` columns; all positions if None)."""
+    if pool == "last":
+        return hidden[:, -1, :]
+    if pool != "mean":
+        raise ValueError(f"pool must be one of {POOLS}, got {pool!r}")
+    if attention_mask is None:
+        return hidden.mean(dim=1)
+    weights = attention_mask[:, -hidden.shape[1]:].to(hidden.dtype)[..., None]
+    return (hidden * weights).sum(dim=1) / weights.sum(dim=1).clamp(min=1)
+
+
 class _StepState:
-    """Whether the forward now running is a prefill (set by a pre-hook on the first LM layer)."""
+    """Whether the forward now running is a prefill (set by a pre-hook on the first LM layer),
+    and its 2-D attention mask (set by a pre-hook on the whole model, for ``pool="mean"``)."""
 
     def __init__(self) -> None:
         self.prefill = True
+        self.attention_mask: torch.Tensor | None = None
+        self.running: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}  # layer -> (Σh, count) for decode steps
 
     def record(self, _module: nn.Module, _args: tuple, kwargs: dict) -> None:
         cache = kwargs.get("past_key_values")
         self.prefill = cache is None or int(cache.get_seq_length(0)) == 0
+
+    def record_mask(self, _module: nn.Module, _args: tuple, kwargs: dict) -> None:
+        mask = kwargs.get("attention_mask")
+        self.attention_mask = mask if isinstance(mask, torch.Tensor) and mask.dim() == 2 else None
 
 
 @register_edit
@@ -136,7 +167,7 @@ class Steering(Edit):
 
     def __init__(self, matrices: Mapping[int, torch.Tensor], strength: float = 1.0, decode: bool = False,
                  meta: dict[str, Any] | None = None, task_strengths: Mapping[str, float] | None = None,
-                 features: Mapping[int, RandomFeatures] | None = None):
+                 features: Mapping[int, RandomFeatures] | None = None, pool: str = "last"):
         if not matrices:
             raise ValueError("a steering edit needs at least one layer's matrix")
         self.features: dict[int, RandomFeatures] = {int(k): v for k, v in (features or {}).items()}
@@ -168,6 +199,9 @@ class Steering(Edit):
         self.task_strengths = {str(task): float(value) for task, value in (task_strengths or {}).items()}
         self.active_strength = self.strength  # what the hooks use now (see ``for_task``)
         self.decode = bool(decode)
+        if pool not in POOLS:
+            raise ValueError(f"steering pool must be one of {POOLS}, got {pool!r}")
+        self.pool = pool
         self.meta = dict(meta or {})
 
     @contextmanager
@@ -224,6 +258,8 @@ class Steering(Edit):
                              f"the LM hidden size is {width}")
         state = _StepState()
         handles = [layers[0].register_forward_pre_hook(state.record, with_kwargs=True)]
+        if self.pool == "mean":
+            handles.append(vlm.model.register_forward_pre_hook(state.record_mask, with_kwargs=True))
         for layer, matrix in self.matrices.items():
             param = next(layers[layer].parameters())
             lift = self.features[layer].to(param.device, param.dtype) if layer in self.features else None
@@ -245,9 +281,22 @@ class Steering(Edit):
             def steer(_module: nn.Module, _args: tuple, output: Any, gated: Any = gated, layer: int = layer) -> Any:
                 hidden = _output_hidden(output)
                 if state.prefill:
-                    vector = gated(hidden[:, -1, :]) * self.active_strength
+                    read = pooled_state(hidden, state.attention_mask, self.pool)
+                    if self.pool == "mean" and self.decode:
+                        weights = (state.attention_mask[:, -hidden.shape[1]:].to(hidden.dtype)[..., None]
+                                   if state.attention_mask is not None else torch.ones_like(hidden[..., :1]))
+                        state.running[layer] = ((hidden * weights).sum(dim=1), weights.sum(dim=1))
+                    vector = gated(read) * self.active_strength
                     if record is not None:
                         record.setdefault(("prefill", layer), []).append(vector.detach().float().norm(dim=-1).cpu())
+                    return _with_hidden(output, hidden + vector[:, None, :])
+                if self.decode and self.pool == "mean" and layer in state.running:
+                    total, count = state.running[layer]
+                    total, count = total + hidden.sum(dim=1), count + hidden.shape[1]
+                    state.running[layer] = (total, count)
+                    vector = gated(total / count.clamp(min=1)) * self.active_strength
+                    if record is not None:
+                        record.setdefault(("decode", layer), []).append(vector.detach().float().norm(dim=-1).cpu())
                     return _with_hidden(output, hidden + vector[:, None, :])
                 if self.decode:
                     vectors = gated(hidden) * self.active_strength
@@ -292,7 +341,7 @@ class Steering(Edit):
         for layer, lift in self.features.items():
             tensors.update(lift.tensors(f"lift.{layer}"))
         save_file(tensors, str(folder / "steering.safetensors"),
-                  metadata={"strength": repr(self.strength), "decode": str(self.decode),
+                  metadata={"strength": repr(self.strength), "decode": str(self.decode), "pool": self.pool,
                             "task_strengths": json.dumps(self.task_strengths, sort_keys=True)})
 
     @classmethod
@@ -317,7 +366,10 @@ class Steering(Edit):
             task_strengths = json.loads(info.get("task_strengths", "{}"))
         except json.JSONDecodeError as error:
             raise ValueError(f"{file}: metadata 'task_strengths' is not JSON ({error})") from None
-        return cls(matrices, float(info["strength"]), info["decode"] == "True", meta, task_strengths, features)
+        pool = info.get("pool", "last")  # edits saved before the option read the last position
+        if pool not in POOLS:
+            raise ValueError(f"{file}: metadata 'pool' must be one of {POOLS}, got {pool!r}")
+        return cls(matrices, float(info["strength"]), info["decode"] == "True", meta, task_strengths, features, pool)
 
 
 def rank_one_factors(matrix: torch.Tensor, tolerance: float = 1e-6) -> tuple[torch.Tensor, torch.Tensor] | None:
