@@ -94,7 +94,7 @@ def main() -> None:
     print(f"prefill without edit: {plain * 1000:.2f} ms")
     print(f"prefill with steering on {len(edit.layers)} layers: {steered * 1000:.2f} ms")
     print(f"overhead: {100 * (steered / plain - 1):+.1f}% (goal <= 10%)")
-    print(f"steering matrices: {stored:,} bytes stored ({edit.matrices[edit.layers[0]].dtype}), "
+    print(f"steering matrices: {stored:,} bytes stored ({edit.dtype}), "
           f"{on_device:,} bytes on the model's device = {100 * on_device / param_bytes:.2f}% of the model's "
           f"{param_bytes:,} parameter bytes")
 

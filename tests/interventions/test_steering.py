@@ -330,3 +330,44 @@ def test_mean_pooled_decode_steps_use_the_running_mean(benchmark, tiny_vlm):
         running = states[:prompt + step + 1].mean(0)
         expected = 0.5 * (edit.features[1](running) @ edit.matrices[1])
         torch.testing.assert_close(norm, expected.norm(), rtol=1e-4, atol=1e-4)
+
+
+def test_rank_one_edit_is_saved_as_two_vectors_and_older_full_matrix_files_still_load(benchmark, tiny_vlm, tmp_path):
+    from safetensors import safe_open
+    from safetensors.torch import save_file
+
+    vlm = tiny_vlm("llava")
+    hidden = vlm.model.config.text_config.hidden_size
+    generator = torch.Generator().manual_seed(1)
+    u, v = torch.randn(hidden, generator=generator), torch.randn(hidden, generator=generator) / hidden
+    edit = Steering({1: torch.outer(u, v), 0: _random_edit(vlm, [0]).matrices[0]}, 0.8, meta={"method": "test"})
+    assert set(edit.factors) == {1} and edit.layers == [0, 1] and edit.hidden_size == hidden
+    assert edit.extra_bytes == (2 * hidden + hidden * hidden) * 4
+    batch = Encoder(vlm).batch([i for i in benchmark.eval_splits["forget"] if i.task == "mcq"][:3], train=False)
+    with edit.applied(vlm):
+        steered = _logits(vlm, batch)
+
+    edit.save(tmp_path / "new")
+    with safe_open(str(tmp_path / "new" / "steering.safetensors"), "pt") as handle:
+        assert sorted(handle.keys()) == ["layer.0", "layer.1.left", "layer.1.right"]
+    loaded = load_edit(tmp_path / "new")
+    assert all(torch.equal(a, b) for a, b in zip(loaded.factors[1], edit.factors[1]))
+    with loaded.applied(vlm):
+        assert torch.equal(_logits(vlm, batch), steered)
+
+    # A file written before factors were stored holds every layer's full matrix.
+    (tmp_path / "old").mkdir()
+    (tmp_path / "old" / "edit.json").write_text((tmp_path / "new" / "edit.json").read_text())
+    save_file({f"layer.{k}": m.contiguous() for k, m in edit.matrices.items()}, str(tmp_path / "old" / "steering.safetensors"),
+              metadata={"strength": "0.8", "decode": "False"})
+    old = load_edit(tmp_path / "old")
+    assert set(old.factors) == {1} and old.pool == "last"
+    with old.applied(vlm):
+        torch.testing.assert_close(_logits(vlm, batch), steered, rtol=1e-5, atol=1e-5)
+
+    direct = Steering({1: (u, v)}, 0.8)
+    assert torch.equal(direct.matrices[1], torch.outer(u, v))
+    with pytest.raises(ValueError, match="must be two vectors"):
+        Steering({1: (torch.outer(u, v), v)})
+    with pytest.raises(ValueError, match="must be square"):
+        Steering({1: (u[:5], v)})

@@ -165,32 +165,49 @@ class Steering(Edit):
 
     kind = "steering"
 
-    def __init__(self, matrices: Mapping[int, torch.Tensor], strength: float = 1.0, decode: bool = False,
-                 meta: dict[str, Any] | None = None, task_strengths: Mapping[str, float] | None = None,
+    def __init__(self, matrices: Mapping[int, torch.Tensor | tuple[torch.Tensor, torch.Tensor]], strength: float = 1.0,
+                 decode: bool = False, meta: dict[str, Any] | None = None,
+                 task_strengths: Mapping[str, float] | None = None,
                  features: Mapping[int, RandomFeatures] | None = None, pool: str = "last"):
+        """``matrices``: per layer W, or its rank-one factors (u, v) with W = u·vᵀ."""
         if not matrices:
             raise ValueError("a steering edit needs at least one layer's matrix")
         self.features: dict[int, RandomFeatures] = {int(k): v for k, v in (features or {}).items()}
         unknown = set(self.features) - {int(k) for k in matrices}
         if unknown:
             raise ValueError(f"feature maps given for layers {sorted(unknown)} that have no steering matrix")
-        self.matrices: dict[int, torch.Tensor] = {}
+        # MLLMEraser's closed form gives W = w·rᵀ (one target direction): such a W is held, applied
+        # and saved as its two vectors (a 7B model's 31 layers of 4096 × 4096 would be 2 GB in fp32);
+        # other matrices are kept whole.
+        self.factors: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
+        self._full: dict[int, torch.Tensor] = {}
         for layer, matrix in sorted(matrices.items()):
             layer = int(layer)
-            matrix = torch.as_tensor(matrix).detach().to("cpu", copy=True).contiguous()
+            if isinstance(matrix, (tuple, list)):
+                left, right = (torch.as_tensor(t).detach().to("cpu", copy=True).contiguous() for t in matrix)
+                if left.dim() != 1 or right.dim() != 1:
+                    raise ValueError(f"steering factors of layer {layer} must be two vectors, got shapes "
+                                     f"{tuple(left.shape)} and {tuple(right.shape)}")
+                self.factors[layer] = (left, right)
+                shape = (left.shape[0], right.shape[0])
+            else:
+                matrix = torch.as_tensor(matrix).detach().to("cpu", copy=True).contiguous()
+                if matrix.dim() != 2:
+                    raise ValueError(f"steering matrix of layer {layer} must be 2-D, got shape {tuple(matrix.shape)}")
+                shape = tuple(matrix.shape)
+                pair = rank_one_factors(matrix)
+                if pair is not None:
+                    self.factors[layer] = pair
+                else:
+                    self._full[layer] = matrix
             lift = self.features.get(layer)
-            if lift is None and (matrix.dim() != 2 or matrix.shape[0] != matrix.shape[1]):
-                raise ValueError(f"steering matrix of layer {layer} must be square (hidden × hidden), "
-                                 f"got shape {tuple(matrix.shape)}")
-            if lift is not None and (matrix.dim() != 2 or tuple(matrix.shape) != (lift.width, lift.hidden_size)):
+            if lift is None and shape[0] != shape[1]:
+                raise ValueError(f"steering matrix of layer {layer} must be square (hidden × hidden), got shape {shape}")
+            if lift is not None and shape != (lift.width, lift.hidden_size):
                 raise ValueError(f"steering matrix of layer {layer} must be (lifted width × hidden) = "
-                                 f"({lift.width}, {lift.hidden_size}) for its feature map, got {tuple(matrix.shape)}")
-            self.matrices[layer] = matrix
-        # MLLMEraser's closed form gives W = w·rᵀ (one target direction): the hooks then hold and
-        # multiply by the two vectors instead of the matrix (the lifted gate's W is D × hidden).
-        self.factors: dict[int, tuple[torch.Tensor, torch.Tensor]] = {
-            layer: pair for layer, matrix in self.matrices.items() if (pair := rank_one_factors(matrix)) is not None}
-        widths = {m.shape[1] for m in self.matrices.values()}
+                                 f"({lift.width}, {lift.hidden_size}) for its feature map, got {shape}")
+        self._layers = sorted(set(self.factors) | set(self._full))
+        widths = {self._shape(layer)[1] for layer in self._layers}
         if len(widths) != 1:
             raise ValueError(f"steering matrices have different widths {sorted(widths)}")
         self.strength = float(strength)
@@ -213,19 +230,36 @@ class Steering(Edit):
         finally:
             self.active_strength = previous
 
+    def _shape(self, layer: int) -> tuple[int, int]:
+        if layer in self.factors:
+            left, right = self.factors[layer]
+            return left.shape[0], right.shape[0]
+        return tuple(self._full[layer].shape)
+
+    @property
+    def matrices(self) -> dict[int, torch.Tensor]:
+        """Each layer's W as a full matrix (materialised from the factors where it is rank one)."""
+        return {layer: torch.outer(*self.factors[layer]) if layer in self.factors else self._full[layer]
+                for layer in self._layers}
+
     @property
     def layers(self) -> list[int]:
-        return list(self.matrices)
+        return list(self._layers)
 
     @property
     def hidden_size(self) -> int:
-        return next(iter(self.matrices.values())).shape[1]
+        return self._shape(self._layers[0])[1]
+
+    @property
+    def dtype(self) -> torch.dtype:
+        layer = self._layers[0]
+        return self.factors[layer][0].dtype if layer in self.factors else self._full[layer].dtype
 
     @property
     def extra_bytes(self) -> int:
-        """Memory the steering matrices (and feature maps) add to the model (as stored)."""
-        return (sum(m.numel() * m.element_size() for m in self.matrices.values())
-                + sum(f.nbytes for f in self.features.values()))
+        """Memory the steering matrices (or their factors) and feature maps add, as stored."""
+        tensors = [t for pair in self.factors.values() for t in pair] + list(self._full.values())
+        return sum(t.numel() * t.element_size() for t in tensors) + sum(f.nbytes for f in self.features.values())
 
     def gate_input(self, layer: int, hidden: torch.Tensor) -> torch.Tensor:
         """What multiplies W_layer: the states themselves, or their lifted features."""
@@ -234,13 +268,16 @@ class Steering(Edit):
 
     def steering_vectors(self, layer: int, hidden_last: torch.Tensor) -> torch.Tensor:
         """strength · (h · W_layer) for rows h of ``hidden_last`` (…, hidden), in fp32 (the active task's strength)."""
-        gate = self.gate_input(layer, hidden_last.float())
-        return self.active_strength * (gate.float() @ self.matrices[layer].float().to(hidden_last.device))
+        gate = self.gate_input(layer, hidden_last.float()).float()
+        if layer in self.factors:
+            left, right = (t.float().to(hidden_last.device) for t in self.factors[layer])
+            return self.active_strength * ((gate @ left)[..., None] * right)
+        return self.active_strength * (gate @ self._full[layer].float().to(hidden_last.device))
 
     def applied_bytes(self, element_size: int) -> int:
         """Memory the hooks hold on the model's device, at ``element_size`` bytes per number."""
-        numbers = sum(sum(t.numel() for t in self.factors[layer]) if layer in self.factors else matrix.numel()
-                      for layer, matrix in self.matrices.items())
+        numbers = sum(t.numel() for pair in self.factors.values() for t in pair)
+        numbers += sum(matrix.numel() for matrix in self._full.values())
         numbers += sum(f.mean.numel() + f.proj.numel() + f.bias.numel() for f in self.features.values())
         return numbers * element_size
 
@@ -248,7 +285,7 @@ class Steering(Edit):
         """Register the hooks. ``record``, if given, receives the norms of the steering vectors added,
         under ("prefill" | "decode", layer): one row per input (a diagnostic of the gate)."""
         layers = vlm.adapter.lm_layers(vlm.model)
-        for layer in self.matrices:
+        for layer in self._layers:
             if not 0 <= layer < len(layers):
                 raise ValueError(f"steering edit does not fit this model: it steers LM layer {layer}, "
                                  f"the model has {len(layers)} layers")
@@ -260,7 +297,7 @@ class Steering(Edit):
         handles = [layers[0].register_forward_pre_hook(state.record, with_kwargs=True)]
         if self.pool == "mean":
             handles.append(vlm.model.register_forward_pre_hook(state.record_mask, with_kwargs=True))
-        for layer, matrix in self.matrices.items():
+        for layer in self._layers:
             param = next(layers[layer].parameters())
             lift = self.features[layer].to(param.device, param.dtype) if layer in self.features else None
             # converted once per apply, not per forward
@@ -270,7 +307,7 @@ class Steering(Edit):
                 def product(gate: torch.Tensor, left: torch.Tensor = left, right: torch.Tensor = right) -> torch.Tensor:
                     return (gate @ left.to(gate.dtype))[..., None] * right.to(gate.dtype)
             else:
-                weights = matrix.to(param.device, param.dtype)
+                weights = self._full[layer].to(param.device, param.dtype)
 
                 def product(gate: torch.Tensor, weights: torch.Tensor = weights) -> torch.Tensor:
                     return gate @ weights.to(gate.dtype)
@@ -337,7 +374,9 @@ class Steering(Edit):
     def _save_payload(self, folder: Path) -> None:
         from safetensors.torch import save_file
 
-        tensors = {f"layer.{layer}": matrix for layer, matrix in self.matrices.items()}
+        tensors = {f"layer.{layer}": matrix for layer, matrix in self._full.items()}
+        for layer, (left, right) in self.factors.items():
+            tensors[f"layer.{layer}.left"], tensors[f"layer.{layer}.right"] = left, right
         for layer, lift in self.features.items():
             tensors.update(lift.tensors(f"lift.{layer}"))
         save_file(tensors, str(folder / "steering.safetensors"),
@@ -356,7 +395,18 @@ class Steering(Edit):
             if "strength" not in info or "decode" not in info:
                 raise ValueError(f"{file}: metadata must hold 'strength' and 'decode', has {sorted(info)}")
             tensors = {key: handle.get_tensor(key) for key in handle.keys()}
-        matrices = {int(key.split(".", 1)[1]): value for key, value in tensors.items() if key.startswith("layer.")}
+        matrices: dict[int, Any] = {}
+        for key, value in tensors.items():
+            parts = key.split(".")
+            if parts[0] != "layer":
+                continue
+            if len(parts) == 2:  # a full matrix (and every file saved before factors were stored)
+                matrices[int(parts[1])] = value
+            elif len(parts) == 3 and parts[2] == "left":
+                right = tensors.get(f"layer.{parts[1]}.right")
+                if right is None:
+                    raise ValueError(f"{file}: layer.{parts[1]}.left has no layer.{parts[1]}.right")
+                matrices[int(parts[1])] = (value, right)
         lifted = sorted({int(key.split(".")[1]) for key in tensors if key.startswith("lift.")})
         try:
             features = {layer: RandomFeatures.from_tensors(tensors, f"lift.{layer}") for layer in lifted}
