@@ -38,42 +38,63 @@ def _steps(rows: list) -> str:
     return "/".join(str(s) for s in sorted(steps, key=str))
 
 
+def _kept_intro(out: Path) -> list[str]:
+    """The hand-written lines between an existing table file's title and its table."""
+    if not out.is_file():
+        return []
+    lines = out.read_text().splitlines()
+    start = 1 if lines and lines[0].startswith("# ") else 0
+    end = next((k for k, line in enumerate(lines) if line.startswith("| method |")), None)
+    kept = lines[start:end] if end is not None else []
+    while kept and not kept[0].strip():
+        kept.pop(0)
+    return kept
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--family", default="llava")
     parser.add_argument("--methods", default=",".join(available_methods()))
     parser.add_argument("--out", default="docs/results.md")
+    parser.add_argument("--from-runs", action="store_true",
+                        help="rebuild the table from the runs/table-* folders already there, without running")
     args = parser.parse_args()
+    default_intro = ["Classification accuracy (%), likelihood scorer. Produced by `benchmarks/methods_table.py`.", ""]
+    intro = _kept_intro(Path(args.out)) or default_intro
     rows, vanilla = [], None
     for method in [m.strip() for m in args.methods.split(",") if m.strip()]:
         name = f"table-{args.family}-{method}"
         # One process per method, so each peak-memory figure is that method's run alone.
         command = [sys.executable, "-m", "mllm_unlearn", "run", "--method", method, "--family", args.family,
                    "--name", name, "--tasks", "mcq", "--quiet"]
-        start = time.perf_counter()
-        subprocess.run(command, check=True, stdout=subprocess.DEVNULL)
-        print(f"{method}: {time.perf_counter() - start:.0f} s", file=sys.stderr)
+        if not args.from_runs:
+            start = time.perf_counter()
+            subprocess.run(command, check=True, stdout=subprocess.DEVNULL)
+            print(f"{method}: {time.perf_counter() - start:.0f} s", file=sys.stderr)
+        elif not (Path("runs") / name / "results.json").is_file():
+            raise SystemExit(f"--from-runs: runs/{name}/results.json is missing (run without --from-runs first)")
         results = json.loads((Path("runs") / name / "results.json").read_text())
         vanilla = vanilla or results["vanilla"]["figures"]
         rows.append((method, results))
     header = ("| method | " + " | ".join(f"{s} VQA | {s} QA" for s in SPLITS)
               + " | MIA AUC LOSS | MIA AUC Min-20% | relearned forget VQA | relearned forget QA"
-              + " | unlearn time (s) | peak memory (MB) |")
-    lines = [f"# Methods on the built-in benchmark ({args.family}, forget 10%)", "",
-             "Classification accuracy (%), likelihood scorer. Produced by `benchmarks/methods_table.py`.", "",
-             header, "|" + " --- |" * (2 + 2 * len(SPLITS) + 5)]
+              + " | attack's shown people | unlearn time (s) | peak memory (MB) |")
+    lines = [f"# Methods on the built-in benchmark ({args.family}, forget 10%)", "", *intro,
+             header, "|" + " --- |" * (2 + 2 * len(SPLITS) + 6)]
     first = rows[0][1]
     relearn0 = first["robustness"].get("relearn", {}).get("vanilla_forget_accuracy", {})
     lines.append("| vanilla | " + " | ".join(f"{vanilla[s]['vqa']['mcq_accuracy']:.1f} | {vanilla[s]['qa']['mcq_accuracy']:.1f}"
                                             for s in SPLITS)
                  + f" | {_auc(first, 'vanilla', 'loss')} | {_auc(first, 'vanilla', 'min_k_20')}"
-                 + f" | {_num(relearn0.get('vqa'))} | {_num(relearn0.get('qa'))} | | |")
+                 + f" | {_num(relearn0.get('vqa'))} | {_num(relearn0.get('qa'))} | | | |")
     for method, results in rows:
         figures = results["unlearned"]["figures"]
         cost = results["cost"]
         unlearn_s = next(v for k, v in cost["wall_time_s"].items() if k.startswith("unlearn"))
         curve = results["robustness"].get("relearn", {}).get("forget_accuracy") or [{}]
         relearned = " | ".join(f"{_num(curve[0].get(m))} → {_num(curve[-1].get(m))}" for m in ("vqa", "qa"))
+        shown = results["robustness"].get("relearn", {}).get("shown_accuracy") or [{}]
+        relearned += f" | {_num(shown[0].get('all'))} → {_num(shown[-1].get('all'))}"
         peak = cost.get("peak_memory_mb_before_robustness", cost["peak_memory_mb"])
         lines.append(f"| {method} | " + " | ".join(
             f"{figures[s]['vqa']['mcq_accuracy']:.1f} | {figures[s]['qa']['mcq_accuracy']:.1f}" for s in SPLITS)
@@ -82,7 +103,9 @@ def main() -> None:
     lines += ["", "MIA AUC: P(a held-out person's training item looks less familiar than a forget person's); "
               "about 1 = still recognisably trained on, 0.5 = like never seen. Relearned forget: accuracy on forget "
               "people the relearning attack never shows, after unlearning → after "
-              f"{_steps(rows)} fine-tuning steps on the other forget people (vanilla row: the vanilla model).",
+              f"{_steps(rows)} fine-tuning steps on the other forget people (vanilla row: the vanilla model). "
+              "Attack's shown people: the same accuracy on the forget people the attack trains on, its positive "
+              "control (if it does not rise, the attack is too weak to tell erased from hidden knowledge).",
               "", "Peak memory: the method's whole run (load, evaluate twice, unlearn) in its own process, before "
               "the robustness evaluations: max RSS on CPU, the CUDA allocator's peak on GPU."]
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)

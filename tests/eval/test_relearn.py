@@ -37,6 +37,12 @@ def test_relearning_is_seeded_and_leaves_the_callers_model_unchanged(tiny_vlm, b
         records = Evaluator(vlm, EvalConfig(progress=False)).score_group([i for i in items if i.modality == "qa"], "mcq")
     assert first["counts"]["forget_qa"] == len(records)
     assert first["forget_accuracy"][0]["qa"] == 100.0 * sum(r["correct"] for r in records) / len(records)
+    # The positive control: the forget people the attack trains on, measured on their own questions.
+    trained = [i for i in benchmark.eval_splits["forget"] if i.task == "mcq" and i.person_id in shown]
+    with edit.applied(vlm):
+        records = Evaluator(vlm, EvalConfig(progress=False)).score_group([i for i in trained if i.modality == "vqa"], "mcq")
+    assert len(first["shown_accuracy"]) == 3 and first["counts"]["shown_vqa"] == len(records)
+    assert first["shown_accuracy"][0]["vqa"] == 100.0 * sum(r["correct"] for r in records) / len(records)
 
     other = relearn_attack(vlm, benchmark, edit, RelearnConfig(**{**cfg.__dict__, "seed": 1, "steps": 2}))
     assert other["train_losses"] != first["train_losses"][:2]
@@ -66,3 +72,23 @@ def test_a_steering_edit_is_attacked_applied_as_hooks_on_the_copy(tiny_vlm, benc
     assert all(torch.equal(before[k], v) for k, v in vlm.model.state_dict().items())
     # (transformers itself adds output-capturing hooks to the vision tower on a first forward)
     assert not any(m._forward_hooks or m._forward_pre_hooks for m in vlm.adapter.lm_layers(vlm.model).modules())
+
+
+def test_attack_data_adds_multiple_choice_versions_of_the_shown_items(tiny_vlm, benchmark):
+    import pytest
+
+    vlm = tiny_vlm("llava")
+    cfg = RelearnConfig(steps=1, eval_every=1, batch_size=4, fraction=0.5, max_eval_items=2)
+    shown, _ = split_forget_people(benchmark, cfg)
+    items = [i for i in benchmark.forget_train if i.person_id in shown]
+    from mllm_unlearn.training.inject import McqRenderer
+
+    renderer = McqRenderer(list(benchmark.forget_train) + list(benchmark.retain_train), 0)
+    renderable = [i for i in items if renderer.renderable(i)]
+    assert renderable  # the built-in world's training items carry their attribute
+    with_mcq = relearn_attack(vlm, benchmark, None, cfg)
+    plain = relearn_attack(vlm, benchmark, None, RelearnConfig(**{**cfg.__dict__, "mcq_renderings": 0}))
+    assert plain["counts"]["train_items"] == len(items)
+    assert with_mcq["counts"]["train_items"] == len(items) + cfg.mcq_renderings * len(renderable)
+    with pytest.raises(ValueError, match="mcq_renderings must be >= 0"):
+        RelearnConfig(mcq_renderings=-1)

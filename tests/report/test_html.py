@@ -45,6 +45,8 @@ def results_of(name: str, method: str, forget: float, retain: float, auc: float,
             "relearn": {"config": {"lr": 2e-4, "batch_size": 8}, "people": {"shown": ["001", "002"], "measured": ["003"]},
                         "steps": [0, 5, 10, 15, 20], "forget_accuracy": curve,
                         "retain_accuracy": [{"vqa": 90.0, "qa": 92.0, "all": 91.0}] * 5,
+                        "shown_accuracy": [{"vqa": 50.0 + 10 * k, "qa": 60.0 + 10 * k, "all": 55.0 + 10 * k}
+                                           for k in range(5)],
                         "vanilla_forget_accuracy": {"vqa": 90.0, "qa": 95.0, "all": 92.5},
                         "recovered_fraction": {"vqa": 0.5, "qa": 0.4, "all": 0.45}}},
         "cost": {"wall_time_s": {"load vanilla model": 2.0, f"unlearn ({method})": 20.0, "evaluate unlearned": 5.0},
@@ -63,7 +65,7 @@ def test_html_is_self_contained_with_table_and_every_plot():
     assert not re.search(r"""(src|href)=["'](?!data:)""", page)  # nothing loaded from elsewhere
     markdown = render_markdown(RUNS[0])
     assert "## Membership inference" in markdown and "| loss | 0.970 | 0.620 |" in markdown
-    assert "## Relearning attack" in markdown and "| 20 | 70.0 | 70.0 | 70.0 | 91.0 |" in markdown
+    assert "## Relearning attack" in markdown and "| 20 | 70.0 | 70.0 | 70.0 | 91.0 | 95.0 |" in markdown
     assert "transformed image only" in markdown
 
 

@@ -2,14 +2,16 @@
 
 The unlearned model (the edit baked into a *copy* of the caller's model, as an attacker
 holding the released weights would have it) is fine-tuned through the shared training loop on
-the training items of a few forget people, and classification accuracy is measured on the
+the training items of a few forget people (and multiple-choice versions of them), and classification accuracy is measured on the
 *other* forget people's questions every ``eval_every`` steps. Knowledge that was erased must
 be relearned item by item; knowledge that was only hidden comes back for people the attack
 never showed (Lynch et al. 2024; Hu et al. 2025, "jogging the memory").
 
 A rise can also come from restoring a skill unlearning damaged (answering in the letter
 format, say); the curve therefore also tracks the same accuracy on a sample of retain people,
-whose knowledge the attack neither shows nor (ideally) needed to restore.
+whose knowledge the attack neither shows nor (ideally) needed to restore. As a positive
+control it tracks the forget people the attack trains on too: if their accuracy does not rise,
+the attack was too weak to tell erased from hidden knowledge.
 """
 from __future__ import annotations
 
@@ -24,6 +26,7 @@ import torch
 from ..data.collate import Encoder
 from ..data.items import Benchmark, Item
 from ..models.base import VLM
+from ..training.inject import McqRenderer
 from ..training.loop import LoraOptions, TrainConfig, train
 from ..training.losses import sequence_nll
 from .evaluator import EvalConfig, Evaluator
@@ -34,8 +37,13 @@ class RelearnConfig:
     fraction: float = 0.2  # share of the forget people whose training items the attack sees
     steps: int = 20
     eval_every: int = 5
-    lr: float = 2e-4
+    lr: float = 1e-3
     batch_size: int = 8
+    # Multiple-choice versions of each shown item added to the attack's data (fresh options each;
+    # items need Attribute/Value metadata, as the built-in world's have). Trained on the open
+    # answers alone, the default tiny model's shown people regained little classification
+    # accuracy (55 -> 65% after GA, even with the training loss at 0): an attack without power.
+    mcq_renderings: int = 2
     task: str = "mcq"  # the accuracy measured: mcq or cloze
     max_eval_items: int | None = None  # per modality and side (held-out forget / retain control)
     seed: int = 0
@@ -47,6 +55,8 @@ class RelearnConfig:
             raise ValueError(f"relearn fraction must lie in (0, 1), got {self.fraction}")
         if self.steps < 1 or self.eval_every < 1:
             raise ValueError("relearn steps and eval_every must be >= 1")
+        if self.mcq_renderings < 0:
+            raise ValueError(f"relearn mcq_renderings must be >= 0, got {self.mcq_renderings}")
         if self.task not in ("mcq", "cloze"):
             raise ValueError(f"relearn task must be mcq or cloze (accuracy tasks), got {self.task!r}")
 
@@ -99,7 +109,12 @@ def relearn_attack(vlm: VLM, benchmark: Benchmark, edit: Any, cfg: RelearnConfig
                                f"{cfg.seed}:forget")
     retain_items = _eval_items(benchmark.eval_splits.get("retain", []), None, cfg.task,
                                cfg.max_eval_items or max(len(v) for v in forget_items.values()), f"{cfg.seed}:retain")
+    shown_items = _eval_items(benchmark.eval_splits["forget"], set(shown), cfg.task, cfg.max_eval_items,
+                              f"{cfg.seed}:shown")
     train_items = [i for i in benchmark.forget_train if i.person_id in set(shown)]
+    if cfg.mcq_renderings:
+        renderer = McqRenderer(list(benchmark.forget_train) + list(benchmark.retain_train), cfg.seed)
+        train_items += [renderer(i) for _ in range(cfg.mcq_renderings) for i in train_items if renderer.renderable(i)]
     eval_cfg = EvalConfig(scorer="likelihood", batch_size=32, progress=False, seed=cfg.seed)
 
     vanilla = _accuracy(Evaluator(vlm, eval_cfg), forget_items, cfg.task)
@@ -116,12 +131,15 @@ def relearn_attack(vlm: VLM, benchmark: Benchmark, edit: Any, cfg: RelearnConfig
         steps: list[int] = [0]
         forget_curve = [_accuracy(evaluator, forget_items, cfg.task)]
         retain_curve = [_accuracy(evaluator, retain_items, cfg.task)] if retain_items else []
+        shown_curve = [_accuracy(evaluator, shown_items, cfg.task)] if shown_items else []
 
         def record(step: int) -> bool:
             steps.append(step)
             forget_curve.append(_accuracy(evaluator, forget_items, cfg.task))
             if retain_items:
                 retain_curve.append(_accuracy(evaluator, retain_items, cfg.task))
+            if shown_items:
+                shown_curve.append(_accuracy(evaluator, shown_items, cfg.task))
             return False
 
         encoder = Encoder(attacked)
@@ -147,11 +165,13 @@ def relearn_attack(vlm: VLM, benchmark: Benchmark, edit: Any, cfg: RelearnConfig
         "config": asdict(cfg),
         "people": {"shown": shown, "measured": measured},
         "counts": {"train_items": len(train_items), **{f"forget_{m}": len(v) for m, v in forget_items.items()},
-                   **{f"retain_{m}": len(v) for m, v in retain_items.items()}},
+                   **{f"retain_{m}": len(v) for m, v in retain_items.items()},
+                   **{f"shown_{m}": len(v) for m, v in shown_items.items()}},
         "edit_mode": None if edit is None else ("baked" if edit.bakeable else "applied as hooks"),
         "steps": steps,
         "forget_accuracy": forget_curve,  # per step: {"vqa", "qa", "all"} on the people never shown
         "retain_accuracy": retain_curve,  # the control
+        "shown_accuracy": shown_curve,  # positive control: the forget people the attack trains on
         "vanilla_forget_accuracy": vanilla,
         "recovered_fraction": recovered,  # (final − unlearned) / (vanilla − unlearned); None if nothing was forgotten
         "train_losses": result.losses,

@@ -222,6 +222,9 @@ def relearn_plot(runs: Sequence[dict[str, Any]]) -> str | None:
             if data.get("retain_accuracy"):
                 ax.plot(data["steps"], [p.get(modality) for p in data["retain_accuracy"]], linestyle=":", color=color,
                         label=f"{run_label(r)}: retain (control)")
+            if data.get("shown_accuracy"):
+                ax.plot(data["steps"], [p.get(modality) for p in data["shown_accuracy"]], linestyle="-.", color=color,
+                        alpha=0.6, label=f"{run_label(r)}: shown forget (positive control)")
         vanilla = with_curve[0]["robustness"]["relearn"]["vanilla_forget_accuracy"].get(modality)
         if vanilla is not None:
             ax.axhline(vanilla, color=VANILLA_COLOR, linestyle="--", linewidth=1, label="vanilla (same questions)")
@@ -359,7 +362,8 @@ def render_html(runs: Sequence[dict[str, Any]], title: str | None = None) -> str
     parts.append("<h2>Relearning attack</h2>")
     relearn = relearn_plot(runs)
     parts.append(_figure_html(relearn, "Accuracy on forget people the attack never showed while it fine-tunes the "
-                              "unlearned model on other forget people (dotted: retain control)", "relearn") if relearn else
+                              "unlearned model on other forget people (dotted: retain control; dash-dot: the shown forget people, "
+                              "a positive control)", "relearn") if relearn else
                  "".join(f"<p class='skipped'>{html.escape(run_label(r))}: "
                          f"{html.escape(str(r.get('robustness', {}).get('relearn', {}).get('skipped', 'not run')))}</p>"
                          for r in runs))

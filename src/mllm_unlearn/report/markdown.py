@@ -157,14 +157,18 @@ def robustness_markdown(results: dict[str, Any]) -> list[str]:
             lines += [f"The unlearned model fine-tuned for {relearn['steps'][-1]} steps (lr {cfg['lr']}, batch "
                       f"{cfg['batch_size']}) on the training items of {len(relearn['people']['shown'])} forget people; "
                       f"classification accuracy (%) on the other {len(relearn['people']['measured'])} forget people "
-                      "(never shown), and on retain people as a control.", "",
-                      "| Step | " + " | ".join(f"forget {m.upper()}" for m in ("vqa", "qa", "all")) + " | retain (all) |",
-                      "|---|---|---|---|---|"]
+                      "(never shown), on retain people as a control, and on the shown forget people as a positive "
+                      "control (if they do not come back, the attack was too weak to tell erased from hidden "
+                      "knowledge).", "",
+                      "| Step | " + " | ".join(f"forget {m.upper()}" for m in ("vqa", "qa", "all"))
+                      + " | retain (all) | shown forget (all) |",
+                      "|---|---|---|---|---|---|"]
             for k, step in enumerate(relearn["steps"]):
                 point = relearn["forget_accuracy"][k]
                 control = relearn["retain_accuracy"][k]["all"] if relearn.get("retain_accuracy") else None
+                shown = relearn["shown_accuracy"][k]["all"] if relearn.get("shown_accuracy") else None
                 lines.append(f"| {step} | " + " | ".join(_fmt(point.get(m), "{:.1f}") for m in ("vqa", "qa", "all"))
-                             + f" | {_fmt(control, '{:.1f}')} |")
+                             + f" | {_fmt(control, '{:.1f}')} | {_fmt(shown, '{:.1f}')} |")
             vanilla = relearn["vanilla_forget_accuracy"]
             recovered = relearn["recovered_fraction"]
             lines += ["", f"Vanilla on the same questions: VQA {vanilla.get('vqa', 0):.1f}, QA {vanilla.get('qa', 0):.1f}. "
