@@ -83,6 +83,17 @@ def test_prompts_encoded_together_equal_each_encoded_alone(family, benchmark, ti
                 assert torch.equal(encoded[name], value), (family, name)
 
 
+def test_a_tokenizer_without_pad_token_is_encoded_item_by_item(benchmark, tiny_vlm):
+    vlm = tiny_vlm("llava")
+    items = [i for i in benchmark.eval_splits["forget"] if i.task == "mcq"][:4]
+    batched = Encoder(vlm).prompts(items)
+    vlm.processor.tokenizer.pad_token = None
+    assert vlm.processor.tokenizer.pad_token is None
+    alone = Encoder(vlm).prompts(items)
+    for a, b in zip(batched, alone):
+        assert sorted(a) == sorted(b) and all(torch.equal(a[k], b[k]) for k in a)
+
+
 def test_prompt_cache_encodes_each_prompt_once(benchmark, tiny_vlm, monkeypatch):
     vlm = tiny_vlm("llava")
     encoder = Encoder(vlm)

@@ -64,11 +64,14 @@ class Encoder:
         return [fresh[key] if key in fresh else self._cache[key] for key in keys]
 
     def _encode(self, items: Sequence[Item], demos: Sequence[Item]) -> list[dict[str, torch.Tensor]]:
+        if len(items) > 1 and self.tokenizer.pad_token is None:
+            # The processor cannot pad a batch without a pad token: one call per item, as before.
+            return [encoded for item in items for encoded in self._encode([item], demos)]
         texts = [self.processor.apply_chat_template(messages_for(item, demos), add_generation_prompt=True, tokenize=False)
                  for item in items]
         per_item_images = [[d.image for d in list(demos) + [item] if d.image is not None] for item in items]
         images = [image for group in per_item_images for image in group]
-        encoded = self.processor(text=texts, images=images or None, return_tensors="pt", padding=True)
+        encoded = self.processor(text=texts, images=images or None, return_tensors="pt", padding=len(items) > 1)
         encoded = {k: v for k, v in encoded.items() if isinstance(v, torch.Tensor)}
         ids = encoded["input_ids"]
         lengths = encoded["attention_mask"].sum(dim=1).tolist() if "attention_mask" in encoded else [ids.shape[1]] * len(items)
