@@ -50,7 +50,7 @@ class Encoder:
         """Each item's encoded prompt (batch of one), the uncached ones through one processor call.
 
         The processor's per-call overhead (kwargs merging and validation) costs more than the
-        tokenisation itself, so encoding a batch at once is several times faster; padding is
+        tokenisation itself, so encoding a batch at once is about twice as fast; padding is
         stripped again, so each prompt is exactly what a call on that item alone returns."""
         keys = [self._key(item, demos) for item in items]
         missing: dict[tuple, Item] = {}

@@ -83,8 +83,8 @@ class Evaluator:
         return shard_and_gather(list(items), lambda mine: self._score_items(mine, task, demos))
 
     def _by_length(self, items: Sequence[Item], demos: Sequence[Item]) -> list[int]:
-        """Item indices ordered by prompt length, so a batch holds prompts of (nearly) one length:
-        less padding to compute, and a batch of one length needs no attention mask."""
+        """Item indices ordered by prompt length, so a batch holds prompts of (nearly) one length
+        and less padding is computed."""
         lengths = []
         for start in range(0, len(items), 256):  # encodes (and caches) the prompts in big processor calls
             lengths += [p["input_ids"].shape[1] for p in self.encoder.prompts(items[start:start + 256], demos)]

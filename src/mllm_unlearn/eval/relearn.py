@@ -2,8 +2,9 @@
 
 The unlearned model (the edit baked into a *copy* of the caller's model, as an attacker
 holding the released weights would have it) is fine-tuned through the shared training loop on
-the training items of a few forget people (and multiple-choice versions of them), and classification accuracy is measured on the
-*other* forget people's questions every ``eval_every`` steps. Knowledge that was erased must
+the training items of a few forget people (and multiple-choice versions of them), and
+classification accuracy is measured on the *other* forget people's questions every
+``eval_every`` steps. Knowledge that was erased must
 be relearned item by item; knowledge that was only hidden comes back for people the attack
 never showed (Lynch et al. 2024; Hu et al. 2025, "jogging the memory").
 

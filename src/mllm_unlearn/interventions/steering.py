@@ -133,10 +133,16 @@ def pooled_state(hidden: torch.Tensor, attention_mask: torch.Tensor | None, pool
         return hidden[:, -1, :]
     if pool != "mean":
         raise ValueError(f"pool must be one of {POOLS}, got {pool!r}")
+    total, count = _masked_sum(hidden, attention_mask)
+    return total / count.clamp(min=1)
+
+
+def _masked_sum(hidden: torch.Tensor, attention_mask: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
+    """(Σ over real positions of h, their count (batch, 1)) for ``pool="mean"``."""
     if attention_mask is None:
-        return hidden.mean(dim=1)
+        return hidden.sum(dim=1), torch.full_like(hidden[:, 0, :1], hidden.shape[1])
     weights = attention_mask[:, -hidden.shape[1]:].to(hidden.dtype)[..., None]
-    return (hidden * weights).sum(dim=1) / weights.sum(dim=1).clamp(min=1)
+    return (hidden * weights).sum(dim=1), weights.sum(dim=1)
 
 
 class _StepState:
@@ -318,11 +324,13 @@ class Steering(Edit):
             def steer(_module: nn.Module, _args: tuple, output: Any, gated: Any = gated, layer: int = layer) -> Any:
                 hidden = _output_hidden(output)
                 if state.prefill:
-                    read = pooled_state(hidden, state.attention_mask, self.pool)
-                    if self.pool == "mean" and self.decode:
-                        weights = (state.attention_mask[:, -hidden.shape[1]:].to(hidden.dtype)[..., None]
-                                   if state.attention_mask is not None else torch.ones_like(hidden[..., :1]))
-                        state.running[layer] = ((hidden * weights).sum(dim=1), weights.sum(dim=1))
+                    if self.pool == "mean":
+                        total, count = _masked_sum(hidden, state.attention_mask)
+                        read = total / count.clamp(min=1)
+                        if self.decode:  # decode steps continue the mean
+                            state.running[layer] = (total, count)
+                    else:
+                        read = hidden[:, -1, :]
                     vector = gated(read) * self.active_strength
                     if record is not None:
                         record.setdefault(("prefill", layer), []).append(vector.detach().float().norm(dim=-1).cpu())
@@ -407,6 +415,10 @@ class Steering(Edit):
                 if right is None:
                     raise ValueError(f"{file}: layer.{parts[1]}.left has no layer.{parts[1]}.right")
                 matrices[int(parts[1])] = (value, right)
+        orphans = [key for key in tensors if key.startswith("layer.") and key.endswith(".right")
+                   and int(key.split(".")[1]) not in matrices]
+        if orphans:
+            raise ValueError(f"{file}: {orphans[0]} has no matching .left")
         lifted = sorted({int(key.split(".")[1]) for key in tensors if key.startswith("lift.")})
         try:
             features = {layer: RandomFeatures.from_tensors(tensors, f"lift.{layer}") for layer in lifted}

@@ -195,10 +195,10 @@ def inject_knowledge(vlm: VLM, benchmark: Benchmark, cfg: InjectionConfig | None
                 items[k] = replace(item, image=augment_portrait(item.image, augment_rng))
             augmented.append(fresh)
         # Each group's prompts are encoded in one processor call, then put back in batch order.
-        prompts = dict(zip([k for k, fresh in enumerate(augmented) if fresh],
-                           uncached.prompts([i for i, fresh in zip(items, augmented) if fresh])))
-        prompts.update(zip([k for k, fresh in enumerate(augmented) if not fresh],
-                           encoder.prompts([i for i, fresh in zip(items, augmented) if not fresh])))
+        fresh = [k for k, augment in enumerate(augmented) if augment]
+        kept = [k for k, augment in enumerate(augmented) if not augment]
+        prompts = dict(zip(fresh, uncached.prompts([items[k] for k in fresh])))
+        prompts.update(zip(kept, encoder.prompts([items[k] for k in kept])))
         examples = [encoder.training_example(item, prompts[k]) for k, item in enumerate(items)]
         return {k: v.to(vlm.device) for k, v in collate_examples(examples, encoder.pad_id).items()}
 
