@@ -137,6 +137,18 @@ def _mean_steering_norm(edit, vlm, encoder, items, count=48):
     return float(edit.steering_norms(vlm, batches).mean())
 
 
+def _gate_norms(edit, vlm, encoder, benchmark, used_items, label):
+    """Mean steering norms on the prompts the edit was built from (``used_items``: forget and
+    retain) and on held-out evaluation MCQs (forget, retain, real-world), printed with their ratios."""
+    used = {name: _mean_steering_norm(edit, vlm, encoder, items) for name, items in used_items.items()}
+    held_out = {split: _mean_steering_norm(edit, vlm, encoder, [i for i in benchmark.eval_splits[split] if i.task == "mcq"])
+                for split in ("forget", "retain", "real_world")}
+    print(f"\n{label}: steering norms used to build {used} (retain/forget {used['retain'] / used['forget']:.3f}); "
+          f"held out {held_out} (retain/forget {held_out['retain'] / held_out['forget']:.3f}, real_world/forget "
+          f"{held_out['real_world'] / held_out['forget']:.3f})")
+    return used, held_out
+
+
 def test_gate_steers_forget_inputs_and_leaves_retain_inputs_alone(benchmark, words, tmp_path):
     """The null-space gate needs a hidden space wider than what the retain activations fill: with
     the 64-wide test model (and the 128-wide default one) the retain people's last-token states
@@ -152,16 +164,8 @@ def test_gate_steers_forget_inputs_and_leaves_retain_inputs_alone(benchmark, wor
     assert isinstance(edit, Steering) and edit.layers == [1] and weights_hash(vlm.model) == weights
 
     encoder = Encoder(vlm)
-
-    def norms(items):
-        return _mean_steering_norm(edit, vlm, encoder, items)
-
-    used = {"forget": norms(list(benchmark.forget_train)), "retain": norms(retain)}
-    held_out = {split: norms([i for i in benchmark.eval_splits[split] if i.task == "mcq"])
-                for split in ("forget", "retain", "real_world")}
-    print(f"\nsteering-vector norms (LM width {WIDE}): used to build {used}, retain/forget "
-          f"{used['retain'] / used['forget']:.3f}; held out {held_out}, retain/forget "
-          f"{held_out['retain'] / held_out['forget']:.3f}, real_world/forget {held_out['real_world'] / held_out['forget']:.3f}")
+    used, held_out = _gate_norms(edit, vlm, encoder, benchmark,
+                                 {"forget": list(benchmark.forget_train), "retain": retain}, f"linear gate, LM width {WIDE}")
     assert used["retain"] <= 0.05 * used["forget"]
     assert held_out["retain"] <= HELD_OUT_RATIO * held_out["forget"]
     assert held_out["real_world"] <= HELD_OUT_RATIO * held_out["forget"]
@@ -226,17 +230,10 @@ def test_mean_pooled_lifted_gate_keeps_retain_inputs_under_five_percent_on_a_nar
     assert edit.pool == "mean"
     encoder = Encoder(vlm)
     renderer = McqRenderer(list(benchmark.forget_train) + retain, 0)
-
-    def norm(items):
-        return _mean_steering_norm(edit, vlm, encoder, items)
-
-    used = {name: norm([renderer(i) for i in items if renderer.renderable(i)])
-            for name, items in (("forget", benchmark.forget_train), ("retain", retain))}
-    held_out = {split: norm([i for i in benchmark.eval_splits[split] if i.task == "mcq"])
-                for split in ("forget", "retain", "real_world")}
-    print(f"\nmean-pooled lifted gate, LM width {vlm.model.config.text_config.hidden_size}: steering norms used to "
-          f"build {used} (retain/forget {used['retain'] / used['forget']:.3f}); held out {held_out} (retain/forget "
-          f"{held_out['retain'] / held_out['forget']:.3f}, real_world/forget {held_out['real_world'] / held_out['forget']:.3f})")
+    used_items = {name: [renderer(i) for i in items if renderer.renderable(i)]
+                  for name, items in (("forget", benchmark.forget_train), ("retain", retain))}
+    used, held_out = _gate_norms(edit, vlm, encoder, benchmark, used_items,
+                                 f"mean-pooled lifted gate, LM width {vlm.model.config.text_config.hidden_size}")
     assert used["retain"] <= 0.05 * used["forget"]
     assert held_out["retain"] <= 0.05 * held_out["forget"]
     assert held_out["real_world"] <= 0.05 * held_out["forget"]
