@@ -36,14 +36,11 @@ from typing import Any
 
 import torch
 
+from _common import add_model_arguments, resolve_inputs
+
 
 def _vanilla_and_benchmark(args: argparse.Namespace) -> tuple[str, str]:
-    from mllm_unlearn.pipeline import resolve_default_inputs
-
-    try:
-        bench, model = resolve_default_inputs(args.model, args.benchmark, args.cache_dir)
-    except FileNotFoundError as error:
-        raise SystemExit(str(error)) from None
+    bench, model = resolve_inputs(args)
     return model, bench
 
 
@@ -127,18 +124,16 @@ def manu_statistics_memory(args: argparse.Namespace) -> None:
           f"max relative difference {worst:.2e} ({'OK' if counts_equal and worst < 1e-4 else 'MISMATCH'})")
 
 
-def path_search_speed(cache_dir: str = ".cache/mllm_unlearn", samples: int = 32, steps: int = 4, top_k: int = 5,
+def path_search_speed(model_path: str, bench: str, samples: int = 32, steps: int = 4, top_k: int = 5,
                       batch_size: int = 16) -> dict[str, Any]:
     """Times batched and step-by-step path search on the same samples; raises if their paths differ."""
+    from mllm_unlearn.data import load_mllmu
     from mllm_unlearn.data.collate import Encoder
     from mllm_unlearn.localization.paths import PathSearchConfig, search_paths, text_path_task, visual_path_task
-    from mllm_unlearn.pipeline import RunConfig, prepare_benchmark, prepare_vanilla
+    from mllm_unlearn.models import load_vlm
 
-    cfg = RunConfig(cache_dir=cache_dir, progress=False)
-    benchmark, key = prepare_benchmark(cfg)
-    vlm, model_path, trained = prepare_vanilla(cfg, benchmark, key)
-    if trained:
-        print(f"(trained a vanilla model into {model_path} first)")
+    torch.set_num_threads(2)
+    vlm, benchmark = load_vlm(model_path, device="auto"), load_mllmu(bench)
     encoder = Encoder(vlm)
     text = [i for i in benchmark.forget_train if i.modality == "qa"][:samples]
     images = [i for i in benchmark.forget_train if i.modality == "vqa"][:samples]
@@ -166,7 +161,8 @@ def path_search_speed(cache_dir: str = ".cache/mllm_unlearn", samples: int = 32,
 
 
 def print_path_search_speed(args: argparse.Namespace) -> None:
-    r = path_search_speed(args.cache_dir, args.samples, args.steps, batch_size=16)
+    model, bench = _vanilla_and_benchmark(args)
+    r = path_search_speed(model, bench, args.samples, args.steps, batch_size=16)
     print(f"MIP-Editor path search (IGI on text + IFI on images), {r['samples']} forget samples, m={r['steps']}, "
           f"k={r['top_k']}: identical paths ({r['path_neurons']} path neurons)")
     print(f"  batched:      {r['batched_s']:.2f} s")
@@ -176,9 +172,7 @@ def print_path_search_speed(args: argparse.Namespace) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--model", help="checkpoint (default: the default run's cached vanilla LLaVA)")
-    parser.add_argument("--benchmark", help="MLLMU-Bench directory (default: the cached built-in world)")
-    parser.add_argument("--cache-dir", default=".cache/mllm_unlearn")
+    add_model_arguments(parser, placement=False)  # the memory workers run as the measurements were made
     parser.add_argument("--positions", default="all", help="MANU positions option: all, answer or last")
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--samples", type=int, default=32, help="MIP-Editor: forget samples per modality")

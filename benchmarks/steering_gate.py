@@ -16,30 +16,23 @@ import random
 
 import torch
 
+from _common import add_model_arguments, load_model, resolve_inputs
 from mllm_unlearn.data import load_mllmu
 from mllm_unlearn.data.collate import Encoder
 from mllm_unlearn.interventions import load_edit
 from mllm_unlearn.methods.mllmeraser import MLLMEraser
-from mllm_unlearn.models import load_vlm
 from mllm_unlearn.training.inject import McqRenderer
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--edit", required=True, help="a saved steering edit (RUN_DIR/edit)")
-    parser.add_argument("--model", help="checkpoint (default: the default run's cached vanilla LLaVA)")
-    parser.add_argument("--cache-dir", default=".cache/mllm_unlearn")
+    add_model_arguments(parser)
     parser.add_argument("--items", type=int, default=64, help="inputs per set (seeded sample)")
     args = parser.parse_args()
-    torch.set_num_threads(2)
-    from mllm_unlearn.pipeline import resolve_default_inputs
-
-    try:
-        bench_dir, model = resolve_default_inputs(args.model, None, args.cache_dir)
-    except FileNotFoundError as error:
-        raise SystemExit(str(error)) from None
+    bench_dir, model = resolve_inputs(args)
     benchmark = load_mllmu(bench_dir)
-    vlm, edit = load_vlm(model, device="auto"), load_edit(args.edit)
+    vlm, edit = load_model(args, model), load_edit(args.edit)
     encoder = Encoder(vlm)
 
     def mean_norm(items: list) -> float:

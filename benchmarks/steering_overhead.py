@@ -19,28 +19,30 @@ import time
 
 import torch
 
+from _common import add_model_arguments, load_model
 from mllm_unlearn.data import WorldConfig, generate_world, load_mllmu
 from mllm_unlearn.data.collate import Encoder
 from mllm_unlearn.interventions import Steering, load_edit
-from mllm_unlearn.models import TinySize, load_vlm
+from mllm_unlearn.models import TinySize
 from mllm_unlearn.models.tiny import build_tiny_vlm, words_of
 from mllm_unlearn.pipeline import benchmark_texts
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--model", help="checkpoint (default: the default run's cached vanilla LLaVA, else a fresh tiny one)")
-    parser.add_argument("--cache-dir", default=".cache/mllm_unlearn")
+    add_model_arguments(parser, benchmark=False)  # no cached model: a fresh tiny one on a small world
     parser.add_argument("--edit", help="a saved steering edit (default: random matrices)")
     parser.add_argument("--batch", type=int, default=32)
     parser.add_argument("--warmup", type=int, default=3)
     parser.add_argument("--repeats", type=int, default=20)
     args = parser.parse_args()
-    torch.set_num_threads(2)
+    torch.set_num_threads(args.threads)
 
     from mllm_unlearn.pipeline import default_cached_model
 
     bench_dir, default_model = default_cached_model(args.cache_dir)
+    if not args.model and not default_model.is_dir() and args.dtype != "float32":
+        raise SystemExit("--dtype applies to a saved model (--model, or the cached default); the fresh tiny one is float32")
     if bench_dir.is_dir():
         benchmark = load_mllmu(bench_dir)
     else:
@@ -48,8 +50,8 @@ def main() -> None:
 
         benchmark = load_mllmu(generate_world(tempfile.mkdtemp() + "/world", WorldConfig(fictitious=20, real_world=4)))
     model = args.model or (str(default_model) if default_model.is_dir() else None)
-    vlm = load_vlm(model, device="auto") if model else build_tiny_vlm(
-        "llava", words_of(benchmark_texts(benchmark)), TinySize(), seed=0)
+    vlm = load_model(args, model) if model else build_tiny_vlm(
+        "llava", words_of(benchmark_texts(benchmark)), TinySize(), seed=0, device=args.device)
     items = [i for i in benchmark.eval_splits["forget"] if i.task == "mcq"][:args.batch]
     batch = {k: v.to(vlm.device) for k, v in Encoder(vlm).batch(items, train=False).items()}
 

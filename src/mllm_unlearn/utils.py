@@ -84,7 +84,10 @@ def resolve_device(device: str = "auto") -> torch.device:
         return torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")) % torch.cuda.device_count())
     if device.startswith("cuda") and not torch.cuda.is_available():
         raise ValueError(f"--device {device!r} was asked for, but CUDA is not available on this machine")
-    return torch.device(device)
+    try:
+        return torch.device(device)
+    except RuntimeError:
+        raise ValueError(f"--device must be auto, cpu, cuda or cuda:N, got {device!r}") from None
 
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}

@@ -60,3 +60,12 @@ def test_unsupported_checkpoint_is_named(tmp_path):
         adapter_for_checkpoint(tmp_path)
     with pytest.raises(FileNotFoundError, match="config.json"):
         adapter_for_checkpoint(tmp_path / "missing")
+
+
+@pytest.mark.parametrize(("device", "dtype", "message"), [("tpu", "float32", "--device must be auto, cpu, cuda or cuda:N"),
+                                                         ("cpu", "fp8", "--dtype must be one of")])
+def test_bad_device_or_dtype_is_named_before_the_checkpoint_is_read(tmp_path, device, dtype, message):
+    from mllm_unlearn.models import load_vlm
+
+    with pytest.raises(ValueError, match=message):
+        load_vlm(tmp_path / "missing", device=device, dtype=dtype)

@@ -193,8 +193,8 @@ def load_vlm(path: str | Path, device: str = "auto", dtype: str = "float32") -> 
 
     from ..utils import resolve_device, resolve_dtype
 
+    torch_device, torch_dtype = resolve_device(device), resolve_dtype(dtype)  # option errors before file errors
     adapter = adapter_for_checkpoint(path)
-    torch_device, torch_dtype = resolve_device(device), resolve_dtype(dtype)
     model = AutoModelForImageTextToText.from_pretrained(str(path), dtype=torch_dtype)
     model.to(torch_device).eval()
     processor = adapter.load_processor(path)
