@@ -3,6 +3,7 @@ import json
 from dataclasses import replace
 
 import pytest
+import torch
 from typer.testing import CliRunner
 
 from mllm_unlearn.cli import app
@@ -212,3 +213,60 @@ def test_benchmark_scripts_resolve_the_default_runs_cache_or_name_what_is_missin
         resolve_default_inputs(None, None, str(tmp_path))
     model.mkdir(parents=True)
     assert resolve_default_inputs(None, None, str(tmp_path)) == (str(bench), str(model))
+
+
+def test_a_given_edit_or_an_exported_checkpoint_is_measured_like_the_run_that_made_it(tmp_path):
+    from mllm_unlearn.models import load_vlm
+    from mllm_unlearn.pipeline import UNLEARNING_FILE
+
+    cfg = replace(small_run(tmp_path, "cache", "a"), relearn=None)
+    first = run_pipeline(cfg)
+    run_dir = tmp_path / "runs" / "a"
+
+    # Export: the run's edit baked into its vanilla model, saved as a normal checkpoint.
+    out = tmp_path / "unlearned"
+    result = CliRunner().invoke(app, ["export", str(run_dir), "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    provenance = json.loads((out / UNLEARNING_FILE).read_text())
+    assert provenance["method"] == "ga" and provenance["edit_kind"] == "weight_delta"
+    assert provenance["base_model"] == first["config"]["model_path"]
+    exported = dict(load_vlm(out, device="cpu").model.named_parameters())
+    vanilla = load_vlm(first["config"]["model_path"], device="cpu")
+    edit = load_edit(run_dir / "edit")
+    with edit.applied(vanilla):
+        for name, param in vanilla.model.named_parameters():
+            assert torch.equal(exported[name], param), name
+    result = CliRunner().invoke(app, ["export", str(run_dir), "--out", str(out)])
+    assert result.exit_code == 2 and "already exists" in result.output
+
+    # The saved edit, and the exported checkpoint, evaluated in place of unlearning: same figures.
+    for name, source in (("given-edit", run_dir / "edit"), ("given-checkpoint", out)):
+        again = run_pipeline(replace(cfg, name=name, edit=str(source), method="not-used"))
+        assert again["unlearned"]["figures"] == first["unlearned"]["figures"], name
+        assert again["unlearned"]["predictions"] == first["unlearned"]["predictions"], name
+        assert again["robustness"]["mia"] == first["robustness"]["mia"], name
+        assert again["config"]["edit_source"] == str(source)
+        assert "unlearn (ga)" not in again["cost"]["wall_time_s"] and "load edit" in again["cost"]["wall_time_s"]
+        assert f"Edit given, not trained by this run: `{source}`" in (tmp_path / "runs" / name / "report.md").read_text()
+    assert again["config"]["method"] == "checkpoint" and again["edit"]["kind"] == "weight_delta"
+    assert load_edit(tmp_path / "runs" / "given-checkpoint" / "edit").meta["checkpoint"] == str(out)
+
+
+def test_cli_edit_and_export_name_what_is_wrong(tmp_path, tiny_vlm):
+    from mllm_unlearn.interventions import Steering
+
+    result = CliRunner().invoke(app, ["run", "--edit", str(tmp_path), "--lr", "1e-4", "--runs-dir", str(tmp_path)])
+    assert result.exit_code == 2 and "--edit evaluates a given edit; --lr only apply when unlearning" in result.output
+    result = CliRunner().invoke(app, ["run", "--edit", str(tmp_path / "nothing"), "--runs-dir", str(tmp_path)])
+    assert result.exit_code == 2 and "neither a saved edit" in result.output
+
+    vlm = tiny_vlm("llava")
+    vlm.save(tmp_path / "model")
+    hidden = vlm.model.config.text_config.hidden_size
+    Steering({1: torch.zeros(hidden, hidden)}, strength=1.0).save(tmp_path / "steering")
+    result = CliRunner().invoke(app, ["export", str(tmp_path / "steering"), "--out", str(tmp_path / "out")])
+    assert result.exit_code == 2 and "not a run folder (no results.json): say which model it edits with --model" in result.output
+    result = CliRunner().invoke(app, ["export", str(tmp_path / "steering"), "--model", str(tmp_path / "model"),
+                                      "--out", str(tmp_path / "out")])
+    assert result.exit_code == 2 and "cannot be baked into weights" in result.output
+    assert not (tmp_path / "out").exists()

@@ -39,7 +39,10 @@ def run(
     tofu: bool = typer.Option(False, help="CLEAR: train on the +tofu configs (captions + TOFU text QA)."),
     gold_model: Optional[Path] = typer.Option(
         None, help="CLEAR: checkpoint fine-tuned on the retain split only, for forget quality (default: trained here)."),
-    method: str = typer.Option("ga", help="Unlearning method name."),
+    method: Optional[str] = typer.Option(None, help="Unlearning method name (default ga)."),
+    edit: Optional[Path] = typer.Option(
+        None, help="Evaluate this instead of unlearning: a saved edit (RUN_DIR/edit) or an unlearned checkpoint "
+                   "of --model (made by this tool or another; compared weight by weight)."),
     lr: Optional[float] = typer.Option(None, help="Unlearning learning rate (method default if unset)."),
     epochs: Optional[int] = typer.Option(None, help="Unlearning epochs over the forget set."),
     max_steps: Optional[int] = typer.Option(None, help="Stop unlearning after this many steps."),
@@ -81,6 +84,14 @@ def run(
     from .training import InjectionConfig, LoraOptions
     from .methods.defaults import method_defaults
 
+    training_options = {"--method": method, "--lr": lr, "--epochs": epochs, "--max-steps": max_steps,
+                        "--batch-size": batch_size, "--lora": lora or None, "--option": option or None}
+    given = [flag for flag, value in training_options.items() if value is not None]
+    if edit is not None and given:
+        typer.secho(f"error: --edit evaluates a given edit; {', '.join(given)} only apply when unlearning",
+                    fg=typer.colors.RED, err=True)
+        raise typer.Exit(code=2)
+    method = method or "ga"
     try:
         world = WorldConfig(fictitious=people or 100, real_world=real_people or 30, seed=seed)
         injection = InjectionConfig(seed=seed)
@@ -99,7 +110,7 @@ def run(
                               seed=seed, progress=not quiet)
         cfg = RunConfig(name=name, family=family, model=str(model) if model else None,
                         benchmark=benchmark or None, clear_tofu=tofu, gold_model=str(gold_model) if gold_model else None,
-                        forget_percent=forget, method=method, seed=seed,
+                        forget_percent=forget, method=method, edit=str(edit) if edit else None, seed=seed,
                         device=device, dtype=dtype, runs_dir=str(runs_dir), cache_dir=str(cache_dir), world=world,
                         injection=injection, method_cfg=method_cfg, eval=eval_cfg, progress=not quiet,
                         mia=MIAConfig() if mia else None,
@@ -116,6 +127,39 @@ def run(
     run_dir = runs_dir / name
     typer.echo((run_dir / "report.md").read_text())
     typer.echo(f"Wrote {run_dir / 'results.json'}, {run_dir / 'report.md'} and {run_dir / 'report.html'}")
+
+
+@app.command()
+def export(
+    source: Path = typer.Argument(..., help="A run folder (RUN_DIR, holding results.json and edit/) or a saved edit."),
+    out: Path = typer.Option(..., help="New folder for the unlearned checkpoint."),
+    model: Optional[Path] = typer.Option(None, help="The model the edit was made on (default: a run folder's model)."),
+    device: str = typer.Option("cpu", help="auto, cpu, cuda or cuda:N."),
+    dtype: str = typer.Option("float32", help="float32, bfloat16 or float16: the saved weights' dtype."),
+) -> None:
+    """Bake an edit into its model and save the unlearned checkpoint (from_pretrained loads it;
+    unlearning.json beside it says what was removed and how)."""
+    from .interventions import load_edit
+    from .models import load_vlm
+    from .pipeline import export_unlearned_model
+
+    try:
+        edit_dir, base = source, model
+        if (source / "results.json").is_file():
+            edit_dir = source / "edit"
+            if base is None:
+                base = Path(json.loads((source / "results.json").read_text())["config"]["model_path"])
+        if base is None:
+            raise ValueError(f"{source} is not a run folder (no results.json): say which model it edits with --model")
+        edit = load_edit(edit_dir)
+        if out.exists():
+            raise FileExistsError(f"{out} already exists: choose a new folder for the unlearned checkpoint")
+        vlm = load_vlm(base, device=device, dtype=dtype)
+        export_unlearned_model(vlm, edit, out, base_model=str(base))
+    except (ValueError, FileNotFoundError, FileExistsError) as error:
+        typer.secho(f"error: {error}", fg=typer.colors.RED, err=True)
+        raise typer.Exit(code=2)
+    typer.echo(f"Wrote the unlearned checkpoint {out} ({edit.kind} edit of {base} baked in)")
 
 
 @app.command()

@@ -18,6 +18,7 @@ from .eval import EvalConfig, Evaluator
 from .eval.clear import ClearEvalConfig, ClearEvaluator
 from .eval.generalisation import generalisation_breakdown
 from .eval.mia import MIAConfig, membership_inference, mia_items
+from .interventions import Edit, WeightDelta, load_edit
 from .eval.relearn import RelearnConfig, relearn_attack
 from .methods import MethodConfig, get_method
 from .methods.base import UnlearningDiverged
@@ -42,6 +43,9 @@ class RunConfig:
     gold_model: str | None = None  # CLEAR: a checkpoint fine-tuned on the retain split (else trained here)
     forget_percent: int = 10
     method: str = "ga"
+    # A saved edit (a run's ``edit`` folder) or an unlearned checkpoint of ``model``: evaluated
+    # (and attacked) in place of unlearning, so ``method``/``method_cfg`` are not used.
+    edit: str | None = None
     seed: int = 0
     device: str = "auto"
     dtype: str = "float32"
@@ -193,6 +197,45 @@ def versions() -> dict[str, str]:
             "peft": peft.__version__, "accelerate": accelerate.__version__, "python": platform.python_version()}
 
 
+def load_given_edit(path: str | Path, vlm: VLM) -> Edit:
+    """``path`` as an edit: a saved edit folder (``edit.json``), or an unlearned checkpoint
+    (``config.json``), which becomes the weight change from ``vlm`` to it."""
+    if given_edit_kind(path) == "edit":
+        return load_edit(path)
+    return WeightDelta.between(vlm, path)
+
+
+def given_edit_kind(path: str | Path) -> str:
+    """"edit" (a saved edit folder) or "checkpoint" (a model folder); a clear error otherwise."""
+    folder = Path(path)
+    if (folder / "edit.json").is_file():
+        return "edit"
+    if (folder / "config.json").is_file():
+        return "checkpoint"
+    raise FileNotFoundError(f"--edit {folder}: neither a saved edit ({folder / 'edit.json'} is missing) "
+                            f"nor a model checkpoint ({folder / 'config.json'} is missing)")
+
+
+UNLEARNING_FILE = "unlearning.json"  # provenance written beside an exported checkpoint's weights
+
+
+def export_unlearned_model(vlm: VLM, edit: Edit, out: str | Path, base_model: str | None = None) -> Path:
+    """Bake ``edit`` into ``vlm`` (in place) and save a normal checkpoint at ``out`` that
+    ``from_pretrained`` loads, with ``unlearning.json`` saying what was removed and how.
+    A steering edit acts on activations and cannot be baked: ValueError, nothing written."""
+    out = Path(out)
+    if out.exists():
+        raise FileExistsError(f"{out} already exists: choose a new folder for the unlearned checkpoint")
+    if not edit.bakeable or any(not p.bakeable for p in getattr(edit, "parts", [])):
+        raise ValueError(f"a {edit.kind} edit acts on each input's activations and cannot be baked into weights; "
+                         "apply it at inference with load_edit(...).apply(vlm) instead of exporting a checkpoint")
+    edit.bake(vlm)
+    provenance = {"edit_kind": edit.kind, "method": edit.meta.get("method"), "base_model": base_model,
+                  "edit_meta": edit.meta, "versions": versions()}
+    vlm.save(out, extra_files={UNLEARNING_FILE: json.dumps(provenance, indent=2, default=str)})
+    return out
+
+
 def run_pipeline(cfg: RunConfig) -> dict[str, Any]:
     """Run everything and write ``runs/<name>/results.json`` and ``report.md``; returns the results.
 
@@ -200,8 +243,11 @@ def run_pipeline(cfg: RunConfig) -> dict[str, Any]:
     items are shared out and gathered, and only the main process writes files.
     """
     init_distributed(cpu=resolve_device(cfg.device).type == "cpu")
-    method = get_method(cfg.method)  # fail on a bad name or option before any work
-    method.check_options(cfg.method_cfg)
+    if cfg.edit is None:
+        method = get_method(cfg.method)  # fail on a bad name or option before any work
+        method.check_options(cfg.method_cfg)
+    else:
+        given_edit_kind(cfg.edit)  # a bad path fails before any work
     run_dir = Path(cfg.runs_dir) / cfg.name
     timings: dict[str, float] = {}
 
@@ -238,7 +284,7 @@ def run_pipeline(cfg: RunConfig) -> dict[str, Any]:
 
     method_cfg = cfg.method_cfg
     reference_path = None
-    if method_cfg.extra.get("reference") == RETAIN_REFERENCE:
+    if cfg.edit is None and method_cfg.extra.get("reference") == RETAIN_REFERENCE:
         # A reference model trained without the forget people (NPO's option), trained once and cached.
         start = time.perf_counter()
         reference_vlm, reference_path, reference_trained = prepare_retain_model(cfg, benchmark, benchmark_key)
@@ -252,17 +298,23 @@ def run_pipeline(cfg: RunConfig) -> dict[str, Any]:
 
     seed_everything(cfg.seed)
     start = time.perf_counter()
-    retain = benchmark.retain_train + (benchmark.pretrain_train if method.uses_prior_knowledge else [])
-    try:
-        edit = method.unlearn(vlm, benchmark.forget_train, retain, method_cfg)
-    except UnlearningDiverged as error:
-        if is_main_process():
-            error.last_good.save(run_dir / "edit-last-good")
-        raise UnlearningDiverged(f"{error} The edit of the last finite step is saved in {run_dir / 'edit-last-good'}.",
-                                 error.last_good) from error
-    timings[f"unlearn ({cfg.method})"] = time.perf_counter() - start
+    if cfg.edit is not None:
+        edit = load_given_edit(cfg.edit, vlm)
+        method_name = str(edit.meta.get("method") or edit.kind)
+        timings["load edit"] = time.perf_counter() - start
+    else:
+        retain = benchmark.retain_train + (benchmark.pretrain_train if method.uses_prior_knowledge else [])
+        try:
+            edit = method.unlearn(vlm, benchmark.forget_train, retain, method_cfg)
+        except UnlearningDiverged as error:
+            if is_main_process():
+                error.last_good.save(run_dir / "edit-last-good")
+            raise UnlearningDiverged(f"{error} The edit of the last finite step is saved in "
+                                     f"{run_dir / 'edit-last-good'}.", error.last_good) from error
+        method_name = cfg.method
+        timings[f"unlearn ({cfg.method})"] = time.perf_counter() - start
     if is_main_process():
-        edit.save(run_dir / "edit")
+        edit.save(run_dir / "edit")  # a given edit too: the run folder holds what it measured
     wait_for_everyone()
 
     start = time.perf_counter()
@@ -282,10 +334,12 @@ def run_pipeline(cfg: RunConfig) -> dict[str, Any]:
     robustness = run_robustness(cfg, vlm, benchmark, edit, timings)
 
     config = {
-        "name": cfg.name, "family": vlm.adapter.family, "model_path": model_path, "method": cfg.method,
+        "name": cfg.name, "family": vlm.adapter.family, "model_path": model_path, "method": method_name,
+        "edit_source": cfg.edit,
         "benchmark_name": benchmark.name, "benchmark": benchmark.meta, "forget_percent": cfg.forget_percent,
         "seed": cfg.seed, "device": str(vlm.device), "processes": process_rank_and_count()[1], "dtype": cfg.dtype, "world": asdict(cfg.world),
-        "injection": cfg.injection.to_dict(), "method_config": cfg.method_cfg.to_dict(), "eval": asdict(cfg.eval),
+        "injection": cfg.injection.to_dict(),
+        "method_config": cfg.method_cfg.to_dict() if cfg.edit is None else edit.meta.get("config"), "eval": asdict(cfg.eval),
         "mia": asdict(cfg.mia) if cfg.mia else None, "relearn": asdict(cfg.relearn) if cfg.relearn else None,
         "versions": versions(),
     }

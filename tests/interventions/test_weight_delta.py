@@ -42,3 +42,25 @@ def test_edit_from_another_model_is_refused(tiny_vlm):
         WeightDelta({"model.language_model.layers.0.mlp.down_proj.weight": torch.zeros(3, 3)}).apply(vlm)
     with pytest.raises(ValueError, match="not found"):
         WeightDelta({"no.such.weight": torch.zeros(3)}).apply(vlm)
+
+
+def test_between_a_model_and_a_checkpoint_holds_exactly_the_changed_parameters(tiny_vlm, tmp_path):
+    import pytest
+
+    vlm = tiny_vlm("llava")
+    vlm.save(tmp_path / "same")
+    assert WeightDelta.between(vlm, tmp_path / "same").tensors == {}
+
+    name = "model.language_model.layers.1.mlp.down_proj.weight"
+    state = {n: p.detach().clone() for n, p in vlm.model.named_parameters()}
+    with WeightDelta({name: state[name] * -1.0}).applied(vlm):
+        vlm.save(tmp_path / "unlearned")
+    delta = WeightDelta.between(vlm, tmp_path / "unlearned")
+    assert list(delta.tensors) == [name] and torch.equal(delta.tensors[name], -state[name])
+    assert delta.meta == {"method": "checkpoint", "checkpoint": str(tmp_path / "unlearned")}
+    for n, p in vlm.model.named_parameters():  # comparing changed nothing
+        assert torch.equal(p, state[n])
+
+    tiny_vlm("qwen2-vl").save(tmp_path / "other")
+    with pytest.raises(ValueError, match="is a qwen2-vl checkpoint; the model it is compared with is llava"):
+        WeightDelta.between(vlm, tmp_path / "other")

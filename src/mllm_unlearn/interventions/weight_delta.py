@@ -31,6 +31,34 @@ class WeightDelta(Edit):
                 changed[name] = param.detach()
         return cls(changed, meta)
 
+    @classmethod
+    def between(cls, vlm: Any, checkpoint: str | Path, meta: dict[str, Any] | None = None) -> "WeightDelta":
+        """The parameters in which the checkpoint at ``checkpoint`` (an unlearned model, made by
+        this tool or another) differs from ``vlm`` (the model it was unlearned from). Applying the
+        result to ``vlm`` gives the checkpoint's weights, so the checkpoint can be evaluated,
+        attacked and compared like any edit. Holds both models in memory while comparing."""
+        from ..models import load_vlm
+        from ..models.base import adapter_for_checkpoint
+        from ..utils import DTYPES
+
+        family = adapter_for_checkpoint(checkpoint).family
+        if family != vlm.adapter.family:
+            raise ValueError(f"{checkpoint} is a {family} checkpoint; the model it is compared with is {vlm.adapter.family}")
+        dtype_name = {v: k for k, v in DTYPES.items()}[vlm.dtype]
+        other = dict(load_vlm(checkpoint, device="cpu", dtype=dtype_name).model.named_parameters())
+        ours = dict(vlm.model.named_parameters())
+        if set(other) != set(ours):
+            differ = sorted(set(other) ^ set(ours))
+            raise ValueError(f"{checkpoint} does not have this model's parameters (e.g. {differ[:3]})")
+        changed = {}
+        for name, param in ours.items():
+            if other[name].shape != param.shape:
+                raise ValueError(f"{checkpoint}: {name} has shape {tuple(other[name].shape)}, "
+                                 f"the model {tuple(param.shape)}")
+            if not torch.equal(other[name], param.detach().cpu()):
+                changed[name] = other[name]
+        return cls(changed, {"method": "checkpoint", "checkpoint": str(checkpoint), **(meta or {})})
+
     def apply(self, vlm: Any) -> EditHandle:
         params = dict(vlm.model.named_parameters())
         missing = [n for n in self.tensors if n not in params]

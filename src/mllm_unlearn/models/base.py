@@ -179,12 +179,16 @@ class VLM:
     def tokenizer(self) -> Any:
         return self.processor.tokenizer
 
-    def save(self, path: str | Path) -> None:
+    def save(self, path: str | Path, extra_files: dict[str, str] | None = None) -> None:
+        """``save_pretrained`` of model and processor (plus ``extra_files``: name -> text), all
+        appearing at ``path`` together or not at all."""
         from ..utils import atomic_directory
 
         with atomic_directory(path) as tmp:
             self.model.save_pretrained(str(tmp))
             self.adapter.save_processor(self.processor, tmp)
+            for name, text in (extra_files or {}).items():
+                (tmp / name).write_text(text)
 
 
 def load_vlm(path: str | Path, device: str = "auto", dtype: str = "float32") -> VLM:

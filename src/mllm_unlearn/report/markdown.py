@@ -59,12 +59,18 @@ def render_clear(results: dict[str, Any]) -> list[str]:
     return lines
 
 
+def _edit_source(config: dict[str, Any]) -> list[str]:
+    """The line saying the edit was given (``--edit``), not made by this run."""
+    source = config.get("edit_source")
+    return [f"- Edit given, not trained by this run: `{source}`"] if source else []
+
+
 def render_markdown(results: dict[str, Any]) -> str:
     if results.get("protocol") == "clear":
         config = results["config"]
         lines = [f"# Unlearning report: {config['name']}", "",
                  f"- Method: **{config['method']}** on `{config['benchmark_name']}` (CLEAR protocol), model family "
-                 f"**{config['family']}** (`{config['model_path']}`)",
+                 f"**{config['family']}** (`{config['model_path']}`)", *_edit_source(config),
                  f"- Gold model (retain split only): `{config.get('gold_model_path')}`; seed {config['seed']}", ""]
         return "\n".join(lines + render_clear(results) + robustness_markdown(results) + _cost_lines(results)) + "\n"
     config = results["config"]
@@ -75,6 +81,7 @@ def render_markdown(results: dict[str, Any]) -> str:
         "",
         f"- Method: **{config['method']}** on `{config['benchmark_name']}`, model family **{config['family']}**"
         f" (`{config['model_path']}`)",
+        *_edit_source(config),
         f"- Seed {config['seed']}; classification scorer `{config['eval']['scorer']}`, few-shot {config['eval']['few_shot']}",
         "",
         "Each cell: vanilla → unlearned. Forget and test should fall; retain and real-world should stay.",
