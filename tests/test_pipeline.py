@@ -270,3 +270,30 @@ def test_cli_edit_and_export_name_what_is_wrong(tmp_path, tiny_vlm):
                                       "--out", str(tmp_path / "out")])
     assert result.exit_code == 2 and "cannot be baked into weights" in result.output
     assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("method", ["manu", "mip-editor"])
+def test_an_exported_mask_or_composite_edit_reloads_as_the_model_with_its_hooks(method, benchmark, tiny_vlm, tmp_path):
+    from mllm_unlearn.data.collate import Encoder
+    from mllm_unlearn.interventions import CompositeEdit, NeuronMask
+    from mllm_unlearn.methods import get_method
+    from mllm_unlearn.models import load_vlm
+    from mllm_unlearn.pipeline import export_unlearned_model
+
+    vlm = tiny_vlm("llava")
+    forget = [i for i in benchmark.forget_train if i.modality == "qa"][:4] + \
+        [i for i in benchmark.forget_train if i.modality == "vqa"][:4]
+    extra = {"alpha": 0.1} if method == "manu" else {"path_samples": 4, "top_k": 3, "layer": 0}
+    edit = get_method(method).unlearn(vlm, forget, benchmark.retain_train[:8],
+                                      MethodConfig(max_steps=2, batch_size=4, lr=5e-2, progress=False, extra=extra))
+    if method == "manu":
+        assert isinstance(edit, NeuronMask)
+    else:  # pruned-only neurons as hooks, path columns retrained
+        assert isinstance(edit, CompositeEdit) and [p.kind for p in edit.parts] == ["neuron_mask", "weight_delta"]
+    batch = Encoder(vlm).batch(benchmark.eval_splits["forget"][:6], train=False)
+    with torch.no_grad(), edit.applied(vlm):
+        hooked = vlm.model(**batch).logits
+    export_unlearned_model(vlm, edit, tmp_path / "out", base_model="tiny")
+    with torch.no_grad():
+        reloaded = load_vlm(tmp_path / "out", device="cpu").model(**batch).logits
+    assert torch.allclose(reloaded, hooked, atol=1e-5, rtol=0)
