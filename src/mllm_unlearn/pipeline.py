@@ -1,4 +1,5 @@
-"""The whole job: benchmark -> vanilla model (cached) -> evaluate -> unlearn -> evaluate -> report."""
+"""The whole job: benchmark -> vanilla model (cached) -> evaluate -> unlearn (or a given edit) ->
+evaluate -> report; and exporting an unlearned checkpoint."""
 from __future__ import annotations
 
 import json
@@ -18,8 +19,8 @@ from .eval import EvalConfig, Evaluator
 from .eval.clear import ClearEvalConfig, ClearEvaluator
 from .eval.generalisation import generalisation_breakdown
 from .eval.mia import MIAConfig, membership_inference, mia_items
-from .interventions import Edit, WeightDelta, load_edit
 from .eval.relearn import RelearnConfig, relearn_attack
+from .interventions import Edit, WeightDelta, load_edit
 from .methods import MethodConfig, get_method
 from .methods.base import UnlearningDiverged
 from .models import VLM, TinySize, load_vlm
