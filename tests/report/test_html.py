@@ -140,3 +140,26 @@ def test_compare_over_two_runs_writes_html_and_markdown(tmp_path):
 
     missing = CliRunner().invoke(app, ["compare", str(tmp_path / "nope"), "--out", str(out)])
     assert missing.exit_code == 2 and "results.json" in missing.output
+
+
+def test_runs_that_differ_only_in_seed_are_summarised_as_mean_and_sd():
+    def seeded(name: str, seed: int, forget: float, auc: float, relearned: float) -> dict:
+        results = results_of(name, "ga", forget, 80.0, auc, relearned)
+        results["config"].update(seed=seed, method_config={"lr": 5e-4, "seed": seed},
+                                 eval={"scorer": "likelihood", "few_shot": 0, "seed": seed})
+        return results
+
+    other_lr = seeded("ga-lr", 0, 50.0, 0.9, 60.0)
+    other_lr["config"]["method_config"]["lr"] = 1e-3  # another experiment: not grouped with the seeds
+    runs = [seeded("ga-s0", 0, 30.0, 0.6, 70.0), other_lr, seeded("ga-s1", 1, 40.0, 0.7, 80.0),
+            results_of("npo", "npo", 45.0, 92.0, 0.8, 85.0)]
+    markdown = compare_markdown(runs)
+    seed_part = markdown.split("## Across seeds")[1]
+    rows = [line for line in seed_part.splitlines() if line.startswith("| ")]
+    assert len(rows) == 4  # header, separator, the ga group's vanilla and unlearned rows
+    assert rows[2].startswith("| vanilla (0, 1) | 90.0 ± 0.0 | 95.0 ± 0.0 |") and "| 0.970 ± 0.000 | 92.5 ± 0.0 |" in rows[2]
+    # forget VQA 25 and 35 (sample sd 7.07), MIA AUC 0.6 and 0.7, relearned 70 and 80
+    assert rows[3].startswith("| ga (0, 1) | 30.0 ± 7.1 | 35.0 ± 7.1 |") and rows[3].endswith("| 0.650 ± 0.071 | 75.0 ± 7.1 |")
+    page = render_html(runs)
+    assert "Across seeds" in page and "30.0 ± 7.1" in page
+    assert "Across seeds" not in compare_markdown(RUNS) and "Across seeds" not in render_html(RUNS)

@@ -286,6 +286,62 @@ def summary_rows(runs: Sequence[dict[str, Any]], metric: str) -> tuple[list[str]
     return header, rows
 
 
+def seed_group_key(results: dict[str, Any]) -> str:
+    """What must match for two runs to be repeats of one experiment: everything a user sets
+    except the seed (which also draws the built-in world and its vanilla model) and the name."""
+    config = results["config"]
+    method_config = {k: v for k, v in (config.get("method_config") or {}).items() if k not in ("seed", "progress")}
+    evaluation = {k: v for k, v in (config.get("eval") or {}).items() if k not in ("seed", "progress")}
+    return json.dumps([results.get("protocol"), config.get("method"), config.get("family"), config.get("forget_percent"),
+                       bool(config.get("edit_source")), method_config, evaluation], sort_keys=True, default=str)
+
+
+def seed_groups(runs: Sequence[dict[str, Any]]) -> list[list[dict[str, Any]]]:
+    """Runs grouped by ``seed_group_key``, in order of first appearance; only groups of two or more."""
+    groups: dict[str, list[dict[str, Any]]] = {}
+    for r in runs:
+        groups.setdefault(seed_group_key(r), []).append(r)
+    return [g for g in groups.values() if len(g) > 1]
+
+
+def _mean_sd(values: Sequence[float | None], digits: int) -> str:
+    """``mean ± sample standard deviation`` over the values present (– if none)."""
+    import statistics
+
+    present = [v for v in values if v is not None]
+    if not present:
+        return "–"
+    if len(present) == 1:
+        return _fmt(present[0], digits)
+    return f"{statistics.mean(present):.{digits}f} ± {statistics.stdev(present):.{digits}f}"
+
+
+def seed_rows(runs: Sequence[dict[str, Any]], metric: str) -> tuple[list[str], list[list[str]]]:
+    """For each group of repeated runs (``seed_groups``): the vanilla and the unlearned model's
+    headline metric per split x modality, MIA AUC and relearned accuracy, as mean ± sd."""
+    modalities, splits = _modalities(runs), _splits(runs)
+    columns = [(s, m) for s in splits for m in modalities]
+    digits = 3 if "rouge" in metric else 1
+    header = ["runs (seeds)", *[f"{s} {m.upper()}" for s, m in columns], "MIA AUC LOSS", "relearned forget acc."]
+    rows = []
+    for group in seed_groups(runs):
+        seeds = ", ".join(str(r["config"].get("seed")) for r in group)
+        method = group[0]["config"].get("method")
+        for stage, label in (("vanilla", f"vanilla ({seeds})"), ("unlearned", f"{method} ({seeds})")):
+            relearned = [relearned_accuracy(r)[1] if stage == "unlearned" else
+                         r.get("robustness", {}).get("relearn", {}).get("vanilla_forget_accuracy", {}).get("all")
+                         for r in group]
+            rows.append([label, *[_mean_sd([_cell(r[stage]["figures"], s, m, metric) for r in group], digits)
+                                  for s, m in columns],
+                         _mean_sd([mia_auc(r, stage) for r in group], 3), _mean_sd(relearned, 1)])
+    return header, rows
+
+
+SEED_NOTE = ("Runs that differ only in seed and name, as mean ± sample standard deviation over the runs. "
+             "With the built-in world the seed also draws the world and trains its own vanilla model, so the "
+             "vanilla row varies too.")
+
+
 def detail_rows(results: dict[str, Any]) -> tuple[list[str], list[list[str]]]:
     """One run: vanilla → unlearned for every split x modality x metric (report.md's table)."""
     vanilla, unlearned = results["vanilla"]["figures"], results["unlearned"]["figures"]
@@ -339,6 +395,9 @@ def render_html(runs: Sequence[dict[str, Any]], title: str | None = None) -> str
               "the forget people are still recognisably trained on, 0.5 = indistinguishable from unseen people. "
               "Relearned forget acc.: accuracy on forget people the relearning attack never showed, before → "
               "after the attack (vanilla row: the vanilla model on the same questions).</p>"]
+    if seed_groups(runs):
+        header, rows = seed_rows(runs, metric)
+        parts += ["<h3>Across seeds</h3>", _table(header, rows, "results seeds"), f"<p class='note'>{SEED_NOTE}</p>"]
     if len(runs) == 1:
         header, rows = detail_rows(runs[0])
         parts += ["<h3>Every metric, vanilla → unlearned</h3>", _table(header, rows, "results detail")]
@@ -387,4 +446,8 @@ def compare_markdown(runs: Sequence[dict[str, Any]], title: str | None = None) -
              f"Headline metric: {METRIC_LABELS.get(metric, metric)}; each cell is the unlearned model's value.", "",
              "| " + " | ".join(header) + " |", "|" + " --- |" * len(header)]
     lines += ["| " + " | ".join(row) + " |" for row in rows]
+    if seed_groups(runs):
+        header, rows = seed_rows(runs, metric)
+        lines += ["", "## Across seeds", "", SEED_NOTE, "", "| " + " | ".join(header) + " |", "|" + " --- |" * len(header)]
+        lines += ["| " + " | ".join(row) + " |" for row in rows]
     return "\n".join(lines) + "\n"
