@@ -249,6 +249,11 @@ def test_a_given_edit_or_an_exported_checkpoint_is_measured_like_the_run_that_ma
         assert "unlearn (ga)" not in again["cost"]["wall_time_s"] and "load edit" in again["cost"]["wall_time_s"]
         assert f"Edit given, not trained by this run: `{source}`" in (tmp_path / "runs" / name / "report.md").read_text()
     assert again["config"]["method"] == "checkpoint" and again["edit"]["kind"] == "weight_delta"
+
+    # The cached vanilla model records its world: on another world it would meet people it never saw.
+    with pytest.raises(ValueError, match="was trained on the built-in world 'synthetic:.*but this run's world is"):
+        run_pipeline(replace(cfg, name="other-world", model=first["config"]["model_path"],
+                             world=replace(SMALL_WORLD, seed=1)))
     assert load_edit(tmp_path / "runs" / "given-checkpoint" / "edit").meta["checkpoint"] == str(out)
 
 

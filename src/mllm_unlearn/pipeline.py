@@ -26,7 +26,8 @@ from .methods.base import UnlearningDiverged
 from .models import VLM, TinySize, load_vlm
 from .models.tiny import build_tiny_vlm, words_of
 from .report import render_html, render_markdown
-from .training.inject import InjectionConfig, inject_knowledge, injection_cache_key, injection_texts, write_injection_meta
+from .training.inject import (INJECTION_META, InjectionConfig, inject_knowledge, injection_cache_key, injection_meta_text,
+                              injection_texts)
 from .utils import (atomic_write_text, init_distributed, is_main_process, peak_memory_mb, process_rank_and_count,
                     resolve_device, seed_everything, stable_hash, wait_for_everyone)
 
@@ -134,24 +135,42 @@ def _injected_tiny_model(cfg: RunConfig, vocabulary_of: Benchmark, trained_on: B
                          meta: dict[str, Any]) -> tuple[VLM, bool]:
     """The cached model at ``path``, or a tiny model whose tokenizer spells ``vocabulary_of``
     trained on ``trained_on`` with the knowledge-injection curriculum, then cached there."""
-    if (path / "injection.json").is_file():
+    if (path / INJECTION_META).is_file():
         return load_vlm(path, cfg.device, cfg.dtype), False
     seed_everything(cfg.seed)
     vlm = build_tiny_vlm(cfg.family, words_of(benchmark_texts(vocabulary_of) + injection_texts(cfg.injection)), cfg.size,
                          seed=cfg.injection.seed, device=str(resolve_device(cfg.device)))
     history = inject_knowledge(vlm, trained_on, cfg.injection, progress=cfg.progress)
     if is_main_process():  # every process holds the same weights (DDP); one writes them
-        vlm.save(path)
-        write_injection_meta(path, {"family": cfg.family, "injection": cfg.injection.to_dict(), "size": asdict(cfg.size),
-                                    "history": history, **meta})
+        # injection.json marks a finished cache entry: it appears together with the weights.
+        vlm.save(path, extra_files={INJECTION_META: injection_meta_text(
+            {"family": cfg.family, "injection": cfg.injection.to_dict(), "size": asdict(cfg.size),
+             "history": history, **meta})})
     wait_for_everyone()
     # Reload through the public loading path, exactly as a user's checkpoint would be.
     return load_vlm(path, cfg.device, cfg.dtype), True
 
 
+def _check_builtin_world_matches(model: str, benchmark_key: str) -> None:
+    """A model this tool trained on a built-in world records that world's key; measuring it on
+    another world (other --seed, --people or --real-people) would score people it never saw."""
+    meta_file = Path(model) / INJECTION_META
+    if not meta_file.is_file():
+        return  # a user's checkpoint: nothing recorded to check
+    def world(key: str | None) -> str | None:  # "synthetic:<world>" / "clear-synthetic:<world>[:tofu]"
+        parts = (key or "").split(":")
+        return parts[1] if len(parts) > 1 and parts[0] in ("synthetic", "clear-synthetic") else None
+
+    trained_on = json.loads(meta_file.read_text()).get("benchmark")
+    if world(trained_on) and world(benchmark_key) and world(trained_on) != world(benchmark_key):
+        raise ValueError(f"--model {model} was trained on the built-in world {trained_on!r}, but this run's world is "
+                         f"{benchmark_key!r}: use the seed and world options it was trained with, or pass --benchmark")
+
+
 def prepare_vanilla(cfg: RunConfig, benchmark: Benchmark, benchmark_key: str) -> tuple[VLM, str, bool]:
     """Load the given checkpoint, or the cached injected tiny model, or build and train one."""
     if cfg.model:
+        _check_builtin_world_matches(cfg.model, benchmark_key)
         return load_vlm(cfg.model, cfg.device, cfg.dtype), cfg.model, False
     path = vanilla_location(cfg, benchmark_key)
     vlm, trained = _injected_tiny_model(cfg, benchmark, benchmark, path, {"benchmark": benchmark_key})

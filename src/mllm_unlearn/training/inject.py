@@ -288,5 +288,8 @@ def injection_cache_key(family: str, size: dict[str, Any], benchmark_key: str, c
     return stable_hash({"family": family, "size": size, "benchmark": benchmark_key, "injection": settings, "format": 1})
 
 
-def write_injection_meta(path: Path, meta: dict[str, Any]) -> None:
-    (path / "injection.json").write_text(json.dumps(meta, indent=2, default=str))
+INJECTION_META = "injection.json"  # beside a vanilla model's weights: how it was trained, and on what
+
+
+def injection_meta_text(meta: dict[str, Any]) -> str:
+    return json.dumps(meta, indent=2, default=str)
