@@ -250,6 +250,10 @@ def test_a_given_edit_or_an_exported_checkpoint_is_measured_like_the_run_that_ma
         assert f"Edit given, not trained by this run: `{source}`" in (tmp_path / "runs" / name / "report.md").read_text()
     assert again["config"]["method"] == "checkpoint" and again["edit"]["kind"] == "weight_delta"
 
+    # An edit of another model is refused before anything is evaluated.
+    with pytest.raises(ValueError, match="weight edit does not fit this model"):
+        run_pipeline(replace(cfg, name="misfit", edit=str(run_dir / "edit"), family="qwen2-vl", eval=None))
+
     # The cached vanilla model records its world: on another world it would meet people it never saw.
     with pytest.raises(ValueError, match="was trained on the built-in world 'synthetic:.*but this run's world is"):
         run_pipeline(replace(cfg, name="other-world", model=first["config"]["model_path"],
@@ -275,6 +279,12 @@ def test_cli_edit_and_export_name_what_is_wrong(tmp_path, tiny_vlm):
                                       "--out", str(tmp_path / "out")])
     assert result.exit_code == 2 and "cannot be baked into weights" in result.output
     assert not (tmp_path / "out").exists()
+    result = CliRunner().invoke(app, ["export", str(tmp_path / "no-run"), "--out", str(tmp_path / "out")])
+    assert result.exit_code == 2 and "no-run does not exist (expected a run folder or a saved edit)" in result.output
+    (tmp_path / "run").mkdir()
+    (tmp_path / "run" / "results.json").write_text('{"config": {}}')
+    result = CliRunner().invoke(app, ["export", str(tmp_path / "run"), "--out", str(tmp_path / "out")])
+    assert result.exit_code == 2 and "records no config.model_path: say which model" in result.output
 
 
 @pytest.mark.parametrize("method", ["manu", "mip-editor"])

@@ -73,7 +73,8 @@ def run(
     cache_dir: Path = typer.Option(Path(".cache/mllm_unlearn"), help="Cache of generated benchmarks and vanilla models."),
     quiet: bool = typer.Option(False, help="No progress bars."),
 ) -> None:
-    """Build or load the vanilla model, evaluate, unlearn the forget split, evaluate again, write a report."""
+    """Build or load the vanilla model, evaluate, unlearn the forget split (or take a given --edit),
+    evaluate again, attack, write a report."""
     from .data import WorldConfig
     from .eval import EvalConfig
     from .eval.mia import MIAConfig
@@ -143,12 +144,20 @@ def export(
     from .models import load_vlm
     from .pipeline import export_unlearned_model
 
+    from .report import load_results
+
     try:
         edit_dir, base = source, model
+        if not source.exists():
+            raise FileNotFoundError(f"{source} does not exist (expected a run folder or a saved edit)")
         if (source / "results.json").is_file():
             edit_dir = source / "edit"
             if base is None:
-                base = Path(json.loads((source / "results.json").read_text())["config"]["model_path"])
+                recorded = load_results(source).get("config", {}).get("model_path")
+                if not recorded:
+                    raise ValueError(f"{source / 'results.json'} records no config.model_path: "
+                                     "say which model the edit was made on with --model")
+                base = Path(recorded)
         if base is None:
             raise ValueError(f"{source} is not a run folder (no results.json): say which model it edits with --model")
         edit = load_edit(edit_dir)

@@ -278,6 +278,12 @@ def run_pipeline(cfg: RunConfig) -> dict[str, Any]:
     start = time.perf_counter()
     vlm, model_path, trained = prepare_vanilla(cfg, benchmark, benchmark_key)
     timings["knowledge injection" if trained else "load vanilla model"] = time.perf_counter() - start
+    given_edit = None
+    if cfg.edit is not None:
+        start = time.perf_counter()
+        given_edit = load_given_edit(cfg.edit, vlm)
+        given_edit.apply(vlm).remove()  # an edit of another model fails here, before any evaluation
+        timings["load edit"] = time.perf_counter() - start
 
     gold: dict[str, Any] | None = None
     gold_path = None
@@ -318,10 +324,9 @@ def run_pipeline(cfg: RunConfig) -> dict[str, Any]:
 
     seed_everything(cfg.seed)
     start = time.perf_counter()
-    if cfg.edit is not None:
-        edit = load_given_edit(cfg.edit, vlm)
+    if given_edit is not None:
+        edit = given_edit
         method_name = str(edit.meta.get("method") or edit.kind)
-        timings["load edit"] = time.perf_counter() - start
     else:
         retain = benchmark.retain_train + (benchmark.pretrain_train if method.uses_prior_knowledge else [])
         try:
