@@ -20,6 +20,7 @@ import time
 from pathlib import Path
 
 from mllm_unlearn.methods import available_methods
+from mllm_unlearn.report.html import still_known_cell
 
 SPLITS = ("forget", "test", "retain", "real_world")
 
@@ -78,15 +79,15 @@ def main() -> None:
         rows.append((method, results))
     header = ("| method | " + " | ".join(f"{s} VQA | {s} QA" for s in SPLITS)
               + " | MIA AUC LOSS | MIA AUC Min-20% | relearned forget VQA | relearned forget QA"
-              + " | attack's shown people | unlearn time (s) | peak memory (MB) |")
+              + " | attack's shown people | unlearn time (s) | peak memory (MB) | forget people still known (VQA · QA) |")
     lines = [f"# Methods on the built-in benchmark ({args.family}, forget 10%)", "", *intro,
-             header, "|" + " --- |" * (2 + 2 * len(SPLITS) + 6)]
+             header, "|" + " --- |" * (2 + 2 * len(SPLITS) + 7)]
     first = rows[0][1]
     relearn0 = first["robustness"].get("relearn", {}).get("vanilla_forget_accuracy", {})
     lines.append("| vanilla | " + " | ".join(f"{vanilla[s]['vqa']['mcq_accuracy']:.1f} | {vanilla[s]['qa']['mcq_accuracy']:.1f}"
                                             for s in SPLITS)
                  + f" | {_auc(first, 'vanilla', 'loss')} | {_auc(first, 'vanilla', 'min_k_20')}"
-                 + f" | {_num(relearn0.get('vqa'))} | {_num(relearn0.get('qa'))} | | | |")
+                 + f" | {_num(relearn0.get('vqa'))} | {_num(relearn0.get('qa'))} | | | | {still_known_cell(first, 'vanilla')} |")
     for method, results in rows:
         figures = results["unlearned"]["figures"]
         cost = results["cost"]
@@ -99,13 +100,15 @@ def main() -> None:
         lines.append(f"| {method} | " + " | ".join(
             f"{figures[s]['vqa']['mcq_accuracy']:.1f} | {figures[s]['qa']['mcq_accuracy']:.1f}" for s in SPLITS)
             + f" | {_auc(results, 'unlearned', 'loss')} | {_auc(results, 'unlearned', 'min_k_20')} | {relearned}"
-            + f" | {unlearn_s:.1f} | {peak:.0f} |")
+            + f" | {unlearn_s:.1f} | {peak:.0f} | {still_known_cell(results, 'unlearned')} |")
     lines += ["", "MIA AUC: P(a held-out person's training item looks less familiar than a forget person's); "
               "about 1 = still recognisably trained on, 0.5 = like never seen. Relearned forget: accuracy on forget "
               "people the relearning attack never shows, after unlearning → after "
               f"{_steps(rows)} fine-tuning steps on the other forget people (vanilla row: the vanilla model). "
               "Attack's shown people: the same accuracy on the forget people the attack trains on, its positive "
               "control (if it does not rise, the attack is too weak to tell erased from hidden knowledge).",
+              "", "Forget people still known: how many of the forget people still answer at least 75% of their "
+              "classification questions right (chance 25% each), in VQA · QA; an average can hide them.",
               "", "Peak memory: the method's whole run (load, evaluate twice, unlearn) in its own process, before "
               "the robustness evaluations: max RSS on CPU, the CUDA allocator's peak on GPU."]
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)

@@ -163,3 +163,24 @@ def test_runs_that_differ_only_in_seed_are_summarised_as_mean_and_sd():
     page = render_html(runs)
     assert "Across seeds" in page and "30.0 ± 7.1" in page
     assert "Across seeds" not in compare_markdown(RUNS) and "Across seeds" not in render_html(RUNS)
+
+
+def test_forget_people_are_shown_one_by_one_and_counted_when_still_known():
+    results = results_of("ga", "ga", 30.0, 80.0, 0.62, 70.0)
+
+    def records(right: dict[str, tuple[int, int]]) -> list[dict]:  # person -> (VQA right of 4, QA right of 4)
+        return [{"split": "forget", "task": "mcq", "modality": m, "person_id": p, "correct": k < n}
+                for p, counts in right.items() for m, n in zip(("vqa", "qa"), counts) for k in range(4)]
+
+    results["vanilla"]["predictions"] = records({"001": (4, 4), "002": (4, 3)})
+    results["unlearned"]["predictions"] = records({"001": (1, 4), "002": (0, 2)})
+    markdown = render_markdown(results)
+    assert "Still known (at least 75% of their questions right, chance 25% each): VQA 0 of 2 (vanilla 2); " \
+           "QA 1 of 2 (vanilla 2)." in markdown
+    assert "| 001 | 100 → 25 | 100 → 100 |" in markdown and "| 002 | 100 → 0 | 75 → 50 |" in markdown
+    page = render_html([results])
+    assert "Forget people, one by one" in page and "<td>001</td><td>100 → 25</td><td>100 → 100</td>" in page
+    summary = [line for line in compare_markdown([results]).splitlines() if line.startswith("| ")]
+    assert summary[2].endswith("| 2/2 · 2/2 |") and summary[3].endswith("| 0/2 · 1/2 |")
+    assert "Forget people" not in render_markdown(results_of("npo", "npo", 45.0, 92.0, 0.8, 85.0))  # no predictions
+

@@ -13,6 +13,7 @@ import json
 from pathlib import Path
 from typing import Any, Sequence
 
+from ..eval.metrics import STILL_KNOWN, people_still_known, per_person_accuracy
 from .markdown import METRICS, MODALITY_LABELS, SPLIT_LABELS
 
 # The headline metric of a figures cell: the first of these it has (else its first number).
@@ -270,11 +271,12 @@ def summary_rows(runs: Sequence[dict[str, Any]], metric: str) -> tuple[list[str]
     modalities, splits = _modalities(runs), _splits(runs)
     columns = [(s, m) for s in splits for m in modalities]
     header = ["run", *[f"{s} {m.upper()}" for s, m in columns], "MIA AUC LOSS", "MIA AUC Min-20%",
-              "relearned forget acc.", "wall time (s)", "peak memory (MB)"]
+              "relearned forget acc.", "wall time (s)", "peak memory (MB)", "forget people still known (VQA · QA)"]
     vanilla = runs[0]["vanilla"]["figures"]
     rows = [["vanilla", *[_fmt(_cell(vanilla, s, m, metric), 3 if "rouge" in metric else 1) for s, m in columns],
              _fmt(mia_auc(runs[0], "vanilla"), 3), _fmt(mia_auc(runs[0], "vanilla", "min_k_20"), 3),
-             _fmt(runs[0].get("robustness", {}).get("relearn", {}).get("vanilla_forget_accuracy", {}).get("all")), "", ""]]
+             _fmt(runs[0].get("robustness", {}).get("relearn", {}).get("vanilla_forget_accuracy", {}).get("all")), "", "",
+             still_known_cell(runs[0], "vanilla")]]
     for r in runs:
         figures = r["unlearned"]["figures"]
         before, after = relearned_accuracy(r)
@@ -282,8 +284,28 @@ def summary_rows(runs: Sequence[dict[str, Any]], metric: str) -> tuple[list[str]
         rows.append([run_label(r), *[_fmt(_cell(figures, s, m, metric), 3 if "rouge" in metric else 1) for s, m in columns],
                      _fmt(mia_auc(r), 3), _fmt(mia_auc(r, attack="min_k_20"), 3),
                      f"{_fmt(before)} → {_fmt(after)}" if after is not None else "–",
-                     _fmt(sum(cost.get("wall_time_s", {}).values()) or None), _fmt(cost.get("peak_memory_mb"), 0)])
+                     _fmt(sum(cost.get("wall_time_s", {}).values()) or None), _fmt(cost.get("peak_memory_mb"), 0),
+                     still_known_cell(r, "unlearned")])
     return header, rows
+
+
+def still_known_cell(results: dict[str, Any], stage: str) -> str:
+    """"k/n · k/n": forget people still answering most of their VQA and QA questions right."""
+    accuracy = per_person_accuracy(results.get(stage, {}).get("predictions", []))
+    if not accuracy:
+        return "–"
+    return " · ".join(f"{people_still_known(accuracy, m)}/{len(accuracy)}" for m in ("vqa", "qa")
+                      if any(m in v for v in accuracy.values()))
+
+
+def per_person_rows(results: dict[str, Any]) -> tuple[list[str], list[list[str]]]:
+    """One run: each forget person's classification accuracy per modality, vanilla → unlearned."""
+    before = per_person_accuracy(results["vanilla"].get("predictions", []))
+    after = per_person_accuracy(results.get("unlearned", {}).get("predictions", []))
+    modalities = [m for m in ("vqa", "qa") if any(m in v for v in before.values())]
+    rows = [[person, *[f"{_fmt(before[person].get(m), 0)} → {_fmt(after.get(person, {}).get(m), 0)}"
+                       for m in modalities]] for person in sorted(before)]
+    return ["person", *[MODALITY_LABELS.get(m, m) for m in modalities]], rows
 
 
 def seed_group_key(results: dict[str, Any]) -> str:
@@ -401,6 +423,12 @@ def render_html(runs: Sequence[dict[str, Any]], title: str | None = None) -> str
     if len(runs) == 1:
         header, rows = detail_rows(runs[0])
         parts += ["<h3>Every metric, vanilla → unlearned</h3>", _table(header, rows, "results detail")]
+        header, rows = per_person_rows(runs[0])
+        if rows:
+            parts += ["<h3>Forget people, one by one</h3>", _table(header, rows, "results people"),
+                      f"<p class='note'>Classification accuracy (%) per forget person, vanilla → unlearned. "
+                      f"An average can hide a few people who are still fully known; the summary column counts "
+                      f"those with at least {STILL_KNOWN:.0f}% of their questions right.</p>"]
     parts += ["<h2>Forget vs retain trade-off</h2>",
               _figure_html(tradeoff_plot(runs, metric), f"{metric_label}: forget (x) vs retain (y) per modality; "
                            "best is top-left", "tradeoff"),

@@ -3,6 +3,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from ..eval.metrics import STILL_KNOWN, people_still_known, per_person_accuracy
+
 SPLIT_LABELS = {"forget": "Forget", "test": "Test (paraphrased, transformed images)", "retain": "Retain",
                 "real_world": "Real-world"}
 MODALITY_LABELS = {"vqa": "VQA (image + text)", "qa": "QA (text only)"}
@@ -101,9 +103,31 @@ def render_markdown(results: dict[str, Any]) -> str:
                   "VQA classification accuracy of the vanilla model with each portrait swapped for another person's "
                   "(chance is 25%):", ""]
         lines += [f"- {key.replace('_vqa_mcq_accuracy', '')}: {value:.1f}%" for key, value in diagnostics.items()]
+    lines += per_person_markdown(results)
     lines += robustness_markdown(results)
     lines += _cost_lines(results)
     return "\n".join(lines) + "\n"
+
+
+def per_person_markdown(results: dict[str, Any]) -> list[str]:
+    """The forget people one by one: an average can hide a few people who are still fully known."""
+    before = per_person_accuracy(results["vanilla"].get("predictions", []))
+    after = per_person_accuracy(results.get("unlearned", {}).get("predictions", []))
+    if not before or not after:
+        return []
+    modalities = [m for m in ("vqa", "qa") if any(m in v for v in before.values())]
+    summary = "; ".join(f"{m.upper()} {people_still_known(after, m)} of {len(after)} "
+                        f"(vanilla {people_still_known(before, m)})" for m in modalities)
+    lines = ["", "## Forget people, one by one", "",
+             f"Classification accuracy (%) per forget person, vanilla → unlearned. Still known (at least "
+             f"{STILL_KNOWN:.0f}% of their questions right, chance 25% each): {summary}.", "",
+             "| Person | " + " | ".join(MODALITY_LABELS.get(m, m) for m in modalities) + " |",
+             "|---|" + "---|" * len(modalities)]
+    for person in sorted(before):
+        cells = [f"{_fmt(before[person].get(m), '{:.0f}')} → {_fmt(after.get(person, {}).get(m), '{:.0f}')}"
+                 for m in modalities]
+        lines.append(f"| {person} | " + " | ".join(cells) + " |")
+    return lines
 
 
 def _cost_lines(results: dict[str, Any]) -> list[str]:
