@@ -143,7 +143,6 @@ def export(
     from .interventions import load_edit
     from .models import load_vlm
     from .pipeline import export_unlearned_model
-
     from .report import load_results
 
     try:

@@ -10,11 +10,12 @@ import base64
 import html
 import io
 import json
+import statistics
 from pathlib import Path
 from typing import Any, Sequence
 
-from ..eval.metrics import STILL_KNOWN, people_still_known, per_person_accuracy
-from .markdown import METRICS, MODALITY_LABELS, SPLIT_LABELS
+from ..eval.metrics import people_still_known, per_person_accuracy
+from .markdown import METRICS, MODALITY_LABELS, SPLIT_LABELS, per_person_table
 
 # The headline metric of a figures cell: the first of these it has (else its first number).
 HEADLINE = ("mcq_accuracy", "cloze_accuracy", "rougeL_f", "prob", "truth_ratio", "rougeL_recall")
@@ -298,16 +299,6 @@ def still_known_cell(results: dict[str, Any], stage: str) -> str:
                       if any(m in v for v in accuracy.values()))
 
 
-def per_person_rows(results: dict[str, Any]) -> tuple[list[str], list[list[str]]]:
-    """One run: each forget person's classification accuracy per modality, vanilla → unlearned."""
-    before = per_person_accuracy(results["vanilla"].get("predictions", []))
-    after = per_person_accuracy(results.get("unlearned", {}).get("predictions", []))
-    modalities = [m for m in ("vqa", "qa") if any(m in v for v in before.values())]
-    rows = [[person, *[f"{_fmt(before[person].get(m), 0)} → {_fmt(after.get(person, {}).get(m), 0)}"
-                       for m in modalities]] for person in sorted(before)]
-    return ["person", *[MODALITY_LABELS.get(m, m) for m in modalities]], rows
-
-
 def seed_group_key(results: dict[str, Any]) -> str:
     """What must match for two runs to be repeats of one experiment: everything a user sets
     except the seed (which also draws the built-in world and its vanilla model) and the name."""
@@ -328,8 +319,6 @@ def seed_groups(runs: Sequence[dict[str, Any]]) -> list[list[dict[str, Any]]]:
 
 def _mean_sd(values: Sequence[float | None], digits: int) -> str:
     """``mean ± sample standard deviation`` over the values present (– if none)."""
-    import statistics
-
     present = [v for v in values if v is not None]
     if not present:
         return "–"
@@ -423,12 +412,12 @@ def render_html(runs: Sequence[dict[str, Any]], title: str | None = None) -> str
     if len(runs) == 1:
         header, rows = detail_rows(runs[0])
         parts += ["<h3>Every metric, vanilla → unlearned</h3>", _table(header, rows, "results detail")]
-        header, rows = per_person_rows(runs[0])
-        if rows:
+        people = per_person_table(runs[0])
+        if people is not None:
+            header, rows, summary = people
             parts += ["<h3>Forget people, one by one</h3>", _table(header, rows, "results people"),
-                      f"<p class='note'>Classification accuracy (%) per forget person, vanilla → unlearned. "
-                      f"An average can hide a few people who are still fully known; the summary column counts "
-                      f"those with at least {STILL_KNOWN:.0f}% of their questions right.</p>"]
+                      f"<p class='note'>{html.escape(summary)} An average can hide a few people who are still "
+                      "fully known.</p>"]
     parts += ["<h2>Forget vs retain trade-off</h2>",
               _figure_html(tradeoff_plot(runs, metric), f"{metric_label}: forget (x) vs retain (y) per modality; "
                            "best is top-left", "tradeoff"),

@@ -109,25 +109,31 @@ def render_markdown(results: dict[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def per_person_markdown(results: dict[str, Any]) -> list[str]:
-    """The forget people one by one: an average can hide a few people who are still fully known."""
+def per_person_table(results: dict[str, Any]) -> tuple[list[str], list[list[str]], str] | None:
+    """The forget people one by one (header, rows of "vanilla → unlearned" accuracy per modality,
+    and a summary of how many are still known), or None without item predictions."""
     before = per_person_accuracy(results["vanilla"].get("predictions", []))
     after = per_person_accuracy(results.get("unlearned", {}).get("predictions", []))
     if not before or not after:
-        return []
+        return None
     modalities = [m for m in ("vqa", "qa") if any(m in v for v in before.values())]
+    header = ["Person", *[MODALITY_LABELS.get(m, m) for m in modalities]]
+    rows = [[person, *[f"{_fmt(before[person].get(m), '{:.0f}')} → {_fmt(after.get(person, {}).get(m), '{:.0f}')}"
+                       for m in modalities]] for person in sorted(before)]
     summary = "; ".join(f"{m.upper()} {people_still_known(after, m)} of {len(after)} "
                         f"(vanilla {people_still_known(before, m)})" for m in modalities)
-    lines = ["", "## Forget people, one by one", "",
-             f"Classification accuracy (%) per forget person, vanilla → unlearned. Still known (at least "
-             f"{STILL_KNOWN:.0f}% of their questions right, chance 25% each): {summary}.", "",
-             "| Person | " + " | ".join(MODALITY_LABELS.get(m, m) for m in modalities) + " |",
-             "|---|" + "---|" * len(modalities)]
-    for person in sorted(before):
-        cells = [f"{_fmt(before[person].get(m), '{:.0f}')} → {_fmt(after.get(person, {}).get(m), '{:.0f}')}"
-                 for m in modalities]
-        lines.append(f"| {person} | " + " | ".join(cells) + " |")
-    return lines
+    return header, rows, (f"Classification accuracy (%) per forget person, vanilla → unlearned. Still known (at least "
+                          f"{STILL_KNOWN:.0f}% of their questions right, chance 25% each): {summary}.")
+
+
+def per_person_markdown(results: dict[str, Any]) -> list[str]:
+    """An average can hide a few people who are still fully known: the forget people one by one."""
+    table = per_person_table(results)
+    if table is None:
+        return []
+    header, rows, summary = table
+    return ["", "## Forget people, one by one", "", summary, "", "| " + " | ".join(header) + " |",
+            "|---|" + "---|" * (len(header) - 1), *["| " + " | ".join(row) + " |" for row in rows]]
 
 
 def _cost_lines(results: dict[str, Any]) -> list[str]:
