@@ -22,6 +22,14 @@ def test_labels_cover_answer_tokens_only(benchmark, tiny_vlm):
         assert ids[row, -len(answer):].tolist() == answer
     assert (ids[:, :1] == pad_id).any()  # left padding in a mixed-length batch
 
+    # Answers are tokenised once and cached; what a caller does with the list leaves the cache alone.
+    first = encoder.answer_ids(items[0].answer)
+    first.append(-1)
+    adapter = vlm.adapter
+    direct = vlm.tokenizer(adapter.answer_prefix + items[0].answer + adapter.answer_suffix(vlm.tokenizer),
+                           add_special_tokens=False)["input_ids"]
+    assert encoder.answer_ids(items[0].answer) == direct
+
 
 def test_vqa_batch_has_one_image_per_vqa_item(benchmark, tiny_vlm):
     for family in ("llava", "qwen2.5-vl"):

@@ -37,6 +37,7 @@ class Encoder:
         self.tokenizer = vlm.processor.tokenizer
         self.pad_id = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0
         self._cache: dict[tuple, dict[str, torch.Tensor]] = {}
+        self._answer_cache: dict[str, list[int]] = {}
         self._cache_size = cache_size
 
     def _key(self, item: Item, demos: Sequence[Item]) -> tuple:
@@ -99,9 +100,15 @@ class Encoder:
         return out
 
     def answer_ids(self, answer: str) -> list[int]:
-        adapter = self.vlm.adapter
-        text = adapter.answer_prefix + answer + adapter.answer_suffix(self.tokenizer)
-        return self.tokenizer(text, add_special_tokens=False)["input_ids"]
+        # Training draws the same answers (letters, facts) over and over: tokenise each once.
+        ids = self._answer_cache.get(answer)
+        if ids is None:
+            adapter = self.vlm.adapter
+            text = adapter.answer_prefix + answer + adapter.answer_suffix(self.tokenizer)
+            ids = self.tokenizer(text, add_special_tokens=False)["input_ids"]
+            if len(self._answer_cache) < self._cache_size:
+                self._answer_cache[answer] = ids
+        return list(ids)
 
     def training_example(self, item: Item, prompt: dict[str, torch.Tensor] | None = None) -> dict[str, torch.Tensor]:
         prompt = prompt if prompt is not None else self.prompt(item)
