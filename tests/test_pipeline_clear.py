@@ -1,6 +1,8 @@
 """The whole job on CLEAR: built-in world in CLEAR's layout, vanilla and gold models (cached),
 CLEAR's metrics before and after unlearning, offline, on tiny LLaVA and Qwen2.5-VL."""
 import json
+from dataclasses import replace
+
 import pytest
 from typer.testing import CliRunner
 
@@ -55,6 +57,12 @@ def test_clear_pipeline_end_to_end_with_cached_gold_model(tmp_path, family):
     assert "load vanilla model" in timings and "load gold model" in timings
     assert again["gold"]["figures"] == results["gold"]["figures"]
     assert again["unlearned"]["summary"] == pytest.approx(results["unlearned"]["summary"])
+
+    # The first run's edit, given instead of unlearning, measures the same on CLEAR's protocol.
+    given = run_pipeline(replace(clear_run(tmp_path, family, "c"), edit=str(tmp_path / "runs" / "a" / "edit")))
+    assert "load edit" in given["cost"]["wall_time_s"] and given["config"]["edit_source"].endswith("/runs/a/edit")
+    assert given["unlearned"]["summary"] == pytest.approx(results["unlearned"]["summary"])
+    assert "Edit given, not trained by this run" in (tmp_path / "runs" / "c" / "report.md").read_text()
 
 
 def test_cli_runs_clear_builtin_and_detects_a_clear_directory(tmp_path):
