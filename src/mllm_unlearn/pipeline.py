@@ -157,6 +157,7 @@ def _check_builtin_world_matches(model: str, benchmark_key: str) -> None:
     meta_file = Path(model) / INJECTION_META
     if not meta_file.is_file():
         return  # a user's checkpoint: nothing recorded to check
+
     def world(key: str | None) -> str | None:  # "synthetic:<world>" / "clear-synthetic:<world>[:tofu]"
         parts = (key or "").split(":")
         return parts[1] if len(parts) > 1 and parts[0] in ("synthetic", "clear-synthetic") else None
@@ -246,7 +247,7 @@ def export_unlearned_model(vlm: VLM, edit: Edit, out: str | Path, base_model: st
     out = Path(out)
     if out.exists():
         raise FileExistsError(f"{out} already exists: choose a new folder for the unlearned checkpoint")
-    if not edit.bakeable or any(not p.bakeable for p in getattr(edit, "parts", [])):
+    if not edit.bakeable:
         raise ValueError(f"a {edit.kind} edit acts on each input's activations and cannot be baked into weights; "
                          "apply it at inference with load_edit(...).apply(vlm) instead of exporting a checkpoint")
     edit.bake(vlm)

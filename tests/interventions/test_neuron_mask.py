@@ -69,3 +69,18 @@ def test_composite_applies_in_order_and_round_trips(benchmark, tiny_vlm, tmp_pat
     with loaded.applied(vlm):
         assert torch.equal(_logits(vlm, batch), both)
     assert torch.equal(_logits(vlm, batch), before)
+
+
+def test_a_composite_is_bakeable_only_if_every_part_is(tiny_vlm, tmp_path):
+    from mllm_unlearn.interventions import Steering
+    from mllm_unlearn.pipeline import export_unlearned_model
+
+    vlm = tiny_vlm("llava")
+    hidden = vlm.model.config.text_config.hidden_size
+    site = vlm.adapter.lm_ffn_sites(vlm.model)[1].module_path
+    assert CompositeEdit([NeuronMask({site: [3]})]).bakeable
+    mixed = CompositeEdit([NeuronMask({site: [3]}), Steering({1: torch.zeros(hidden, hidden)})])
+    assert not mixed.bakeable
+    with pytest.raises(ValueError, match="cannot be baked into weights"):
+        export_unlearned_model(vlm, mixed, tmp_path / "out")
+    assert not (tmp_path / "out").exists()

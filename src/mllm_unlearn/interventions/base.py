@@ -115,6 +115,10 @@ class CompositeEdit(Edit):
                 stack.enter_context(part.for_task(task))
             yield
 
+    @property
+    def bakeable(self) -> bool:  # type: ignore[override]  # only if every part is
+        return all(part.bakeable for part in self.parts)
+
     def bake(self, vlm: Any) -> None:
         for part in self.parts:
             part.bake(vlm)
