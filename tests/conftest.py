@@ -48,3 +48,11 @@ def weights_hash(model) -> str:
         digest.update(name.encode())
         digest.update(tensor.detach().cpu().contiguous().numpy().tobytes())
     return digest.hexdigest()
+
+
+@pytest.fixture(scope="session")
+def published_mllmu_dir(tmp_path_factory):
+    """A small MLLMU-Bench download in the published layout and its quirks (tests/data/mllmu_published.py)."""
+    from tests.data.mllmu_published import write_published_mllmu
+
+    return write_published_mllmu(tmp_path_factory.mktemp("published") / "MLLMU-Bench")

@@ -15,6 +15,7 @@ from .data import Benchmark, WorldConfig, generate_world, load_mllmu
 from .data.clear import is_clear_layout, load_clear
 from .data.mllmu import HOLDOUT_CONFIG, BenchmarkFormatError
 from .data.synthetic import add_holdout, all_template_texts, clear_template_texts
+from .data.text_forms import text_only_forms
 from .eval import EvalConfig, Evaluator
 from .eval.clear import ClearEvalConfig, ClearEvaluator
 from .eval.generalisation import generalisation_breakdown
@@ -68,6 +69,8 @@ class RunConfig:
 def benchmark_texts(benchmark: Benchmark) -> list[str]:
     """Every text a tiny tokenizer must be able to spell for this benchmark."""
     items = benchmark.finetune_train + benchmark.pretrain_train + [i for s in benchmark.eval_splits.values() for i in s]
+    # Text-only forms methods build from image pairs (data.text_forms) name the person in new places.
+    items += text_only_forms(benchmark.finetune_train + benchmark.pretrain_train).items
     extra = clear_template_texts() if benchmark.protocol == "clear" else []
     return all_template_texts() + extra + [
         t for i in items for t in [i.question, i.answer, *(i.options or {}).values(), i.paraphrased_answer or "",

@@ -5,11 +5,19 @@
 ``ft_Data``'s format: people the vanilla model never saw, the non-members of membership
 inference; MLLMU-Bench itself has none, since all its people are fine-tuned on). Every malformed input raises
 ``BenchmarkFormatError`` naming the file, row and field.
+
+The published files as they are: ``metadata`` entries that are not QA pairs are skipped and
+counted; a training row's person comes from its ``ID`` column, the ``ID`` of its metadata entries
+or the profile image it shows; names from a ``name`` column, the biography (key spellings
+normalised) or the name question; ``Retain_Set``'s real people are ``real:<ID>`` (their IDs
+repeat the fictitious people's). What was skipped and which rule applied is in ``Benchmark.meta``.
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import random
+import re
 from pathlib import Path
 from typing import Any
 
@@ -17,6 +25,7 @@ import pyarrow.parquet as pq
 
 from .items import OPTION_KEYS, Benchmark, Item
 from .portraits import from_png
+from .text_forms import PERSON_NAME, is_name_question, name_from_answer, text_only_forms
 
 EVAL_SPLITS = ("forget", "test", "retain", "real_world")
 MCQ_INSTRUCTION = "Just give ONE letter representing the answer directly."
@@ -85,11 +94,12 @@ def mcq_prompt(question: str, options: dict[str, str]) -> str:
     return "\n".join(lines)
 
 
-def profile_items(row: dict[str, Any], split: str, image: Any, image_key: str) -> list[Item]:
-    """Evaluation items of one profile row: classification, cloze and generation, per modality."""
+def profile_items(row: dict[str, Any], split: str, image: Any, image_key: str, person_id: str | None = None) -> list[Item]:
+    """Evaluation items of one profile row: classification, cloze and generation, per modality
+    (``person_id``: the row's ``ID`` unless given, e.g. namespaced for the real-world split)."""
     from .synthetic import CLOZE_INSTRUCTION, GENERATION_INSTRUCTION
 
-    pid = str(field(row, "ID"))
+    pid = person_id if person_id is not None else str(field(row, "ID"))
     items: list[Item] = []
     for key, modality in (("Image_Textual_Questions", "vqa"), ("Pure_Text_Questions", "qa")):
         for index, question in enumerate(field(row, f"Classification_Task.{key}")):
@@ -120,40 +130,227 @@ def profile_items(row: dict[str, Any], split: str, image: Any, image_key: str) -
     return items
 
 
-def training_items(rows: list[dict[str, Any]], split: str) -> list[Item]:
-    """QA pairs of ``ft_Data``-style rows (image + JSON ``metadata``) as training items."""
-    items: list[Item] = []
-    for row in rows:
-        pid = str(row.get("ID", ""))
-        image = decode_image(row, "image")
+# --- training data (ft_Data and our pretrain_Data / Holdout_Set in its format) ----------------
+def metadata_pairs(row: dict[str, Any]) -> tuple[list[dict[str, Any]], int, set[str]]:
+    """The QA pairs of a row's ``metadata`` JSON list, how many entries were skipped, and the
+    ``ID``s the entries carry. Entries without a non-empty ``Question`` and ``Answer`` (e.g. an
+    ``Additional_question`` record) are skipped, as MLLMU-Bench's ``data_preprocess.py`` does."""
+    where = row["__where__"]
+    raw = field(row, "metadata")
+    try:
+        entries = json.loads(raw) if isinstance(raw, (str, bytes)) else raw
+    except json.JSONDecodeError as error:
+        raise BenchmarkFormatError(f"{where}: column 'metadata' is not valid JSON ({error})") from error
+    if not isinstance(entries, list):
+        raise BenchmarkFormatError(f"{where}: column 'metadata' must be a JSON list of {{Question, Answer}} objects, "
+                                   f"got a {type(entries).__name__}")
+    pairs, skipped, ids = [], 0, set()
+    for index, entry in enumerate(entries):
+        if not isinstance(entry, dict):
+            raise BenchmarkFormatError(f"{where}: metadata[{index}] must be a JSON object, got {type(entry).__name__} "
+                                       f"{str(entry)[:60]!r}")
+        if entry.get("ID") not in (None, ""):
+            ids.add(str(entry["ID"]).strip())
+        texts = {}
+        for key in ("Question", "Answer"):
+            value = entry.get(key)
+            if isinstance(value, (dict, list, bool)):
+                raise BenchmarkFormatError(f"{where}: metadata[{index}].{key} must be text, got {type(value).__name__}")
+            texts[key] = "" if value is None else str(value).strip()
+        if not texts["Question"] or not texts["Answer"]:
+            skipped += 1
+            continue
+        pairs.append({**entry, **texts})
+    return pairs, skipped, ids
+
+
+def _normalise_id(pid: str, known: set[str]) -> str:
+    """``pid`` as spelled among ``known`` IDs when it differs only by zero padding (93 vs "093")."""
+    if not known or pid in known or not pid.isdigit():
+        return pid
+    matches = [k for k in known if k.isdigit() and int(k) == int(pid)]
+    return matches[0] if len(matches) == 1 else pid
+
+
+def _image_digests(row: dict[str, Any], path: str) -> tuple[str, str]:
+    """SHA-1 of an image's encoded bytes and of its decoded pixels (re-encoded copies match the latter)."""
+    data = field(row, path)
+    data = data.get("bytes") if isinstance(data, dict) else data
+    pixels = decode_image(row, path)
+    return (hashlib.sha1(data or b"").hexdigest(),
+            hashlib.sha1(f"{pixels.size}{pixels.mode}".encode() + pixels.tobytes()).hexdigest())
+
+
+class _ImageIndex:
+    """Profile images by digest, to find whose portrait a training row shows (built on first use)."""
+
+    def __init__(self, profiles: list[dict[str, Any]]):
+        self.profiles = profiles
+        self.index: dict[str, str | None] | None = None
+
+    def person(self, row: dict[str, Any]) -> str | None:
+        if self.index is None:
+            self.index = {}
+            for profile in self.profiles:
+                for digest in _image_digests(profile, "image"):
+                    pid = str(field(profile, "ID"))
+                    self.index[digest] = pid if self.index.get(digest, pid) == pid else None  # None: ambiguous
+        for digest in _image_digests(row, "image"):
+            if self.index.get(digest):
+                return self.index[digest]
+        return None
+
+
+ID_RULES = ("ID column", "metadata ID", "image match")
+
+
+def resolve_person_ids(rows: list[dict[str, Any]], ids_in_metadata: list[set[str]],
+                       profiles: list[dict[str, Any]]) -> tuple[list[str | None], dict[str, int]]:
+    """Each training row's person: its ``ID`` column, else the ``ID`` its metadata entries carry,
+    else the profile (of ``profiles``) whose image it shows. None where no rule applies; also how
+    many rows each rule resolved."""
+    known = {str(r["ID"]) for r in profiles if r.get("ID") is not None}
+    images = _ImageIndex(profiles)
+    out: list[str | None] = []
+    used = {rule: 0 for rule in ID_RULES}
+    for row, ids in zip(rows, ids_in_metadata):
+        if row.get("ID") not in (None, "") and str(row["ID"]).strip():
+            pid, rule = str(row["ID"]).strip(), "ID column"
+        elif ids:
+            if len(ids) > 1:
+                raise BenchmarkFormatError(f"{row['__where__']}: the metadata entries name several IDs {sorted(ids)}")
+            pid, rule = next(iter(ids)), "metadata ID"
+        else:
+            pid, rule = (images.person(row) if profiles else None), "image match"
+        if pid is not None:
+            used[rule] += 1
+            pid = _normalise_id(pid, known)
+        out.append(pid)
+    return out, {rule: n for rule, n in used.items() if n}
+
+
+NAME_KEYS = ("name", "full name")
+
+
+def biography_fields(value: Any) -> dict[str, Any] | str | None:
+    """A ``biography`` as a dict with normalised keys (stripped, no trailing colon, lower case;
+    "Name:" and "name " both read as "name") when it is a struct or a JSON object, else its text."""
+    if value is None:
+        return None
+    if isinstance(value, str) and value.strip().startswith("{"):
         try:
-            pairs = json.loads(field(row, "metadata"))
-        except json.JSONDecodeError as error:
-            raise BenchmarkFormatError(f"{row['__where__']}: column 'metadata' is not valid JSON ({error})") from error
-        for index, pair in enumerate(pairs):
-            if "Question" not in pair or "Answer" not in pair:
-                raise BenchmarkFormatError(f"{row['__where__']}: metadata[{index}] needs 'Question' and 'Answer'")
+            value = json.loads(value)
+        except json.JSONDecodeError:
+            pass
+    if isinstance(value, dict):
+        return {str(k).strip().rstrip(":").strip().lower(): v for k, v in value.items()}
+    return str(value)
+
+
+def biography_name(value: Any) -> str | None:
+    """The person's name in a biography: its name key, or a "Name: ..." line of plain text."""
+    bio = biography_fields(value)
+    if isinstance(bio, dict):
+        for key in NAME_KEYS:
+            if bio.get(key) is not None and str(bio[key]).strip():
+                return str(bio[key]).strip()
+    elif bio:
+        match = re.search(r"(?im)^\s*(?:full\s+)?name\s*:\s*(.+?)\s*$", bio)
+        if match:
+            return match.group(1)
+    return None
+
+
+def profile_names(rows: list[dict[str, Any]], prefix: str = "") -> dict[str, tuple[str, str]]:
+    """person id -> (name, where it came from): the ``name`` column, else the biography."""
+    names = {}
+    for row in rows:
+        pid = prefix + str(field(row, "ID"))
+        if row.get("name"):
+            names[pid] = (str(row["name"]).strip(), "name column")
+        elif (name := biography_name(row.get("biography"))):
+            names[pid] = (name, "biography")
+    return names
+
+
+def training_items(rows: list[dict[str, Any]], split: str, person_ids: list[str],
+                   pairs_of: list[list[dict[str, Any]]], names: dict[str, str]) -> list[Item]:
+    """QA pairs of ``ft_Data``-style rows (image + JSON ``metadata``) as training items; each carries
+    its person's name (``meta[PERSON_NAME]``, None if unknown) for its text-only form."""
+    items: list[Item] = []
+    for row, pid, pairs in zip(rows, person_ids, pairs_of):
+        image = decode_image(row, "image")
+        for pair in pairs:
             modality = "qa" if pair.get("Type") == "Pure_Text" else "vqa"
             meta = {k: pair[k] for k in ("Attribute", "Value") if k in pair}
+            meta[PERSON_NAME] = names.get(pid)
+            key = f"{pid.removeprefix(REAL_WORLD_PREFIX)}.png" if modality == "vqa" else None
             items.append(Item(pid, split, modality, "train", pair["Question"], pair["Answer"],
-                              image if modality == "vqa" else None, None, f"{pid}.png" if modality == "vqa" else None, meta))
+                              image if modality == "vqa" else None, None, key, meta))
     return items
 
 
-def generation_as_training(rows: list[dict[str, Any]], split: str) -> list[Item]:
-    """Fallback training data when ``ft_Data`` has no ``ID`` column: the profiles' generation QA."""
+def generation_as_training(rows: list[dict[str, Any]], split: str, names: dict[str, str]) -> list[Item]:
+    """Fallback training data when no ``ft_Data`` row can be tied to a person: the profiles' generation QA."""
     items: list[Item] = []
     for row in rows:
         image = decode_image(row, "image")
+        pid = str(row["ID"])
         for index, entry in enumerate(field(row, "Generation_Task")):
             modality = "vqa" if entry.get("Type") == "Image_Textual" else "qa"
-            items.append(Item(str(row["ID"]), split, modality, "train", str(field(row, f"Generation_Task.{index}.Question")),
-                              str(field(row, f"Generation_Task.{index}.Ground_Truth")), image if modality == "vqa" else None))
+            items.append(Item(pid, split, modality, "train", str(field(row, f"Generation_Task.{index}.Question")),
+                              str(field(row, f"Generation_Task.{index}.Ground_Truth")), image if modality == "vqa" else None,
+                              meta={PERSON_NAME: names.get(pid)}))
     return items
 
 
 PROFILE_COLUMNS = ("ID", "image", "Classification_Task")
 HOLDOUT_CONFIG = "Holdout_Set"
+# IDs are unique only within a config: Retain_Set's real people get their own namespace, so a
+# real person never shares an id with a fictitious one (statistics, tables, names, forget ids).
+REAL_WORLD_PREFIX = "real:"
+
+
+class _TrainingReader:
+    """Reads the ``ft_Data``-format configs, counting what it skipped and how it found people."""
+
+    def __init__(self) -> None:
+        self.skipped: dict[str, int] = {}  # config -> metadata entries that are not QA pairs
+        self.id_rules: dict[str, Any] = {}  # config -> rows per person-id rule (or the fallback)
+        self.name_questions: dict[str, dict[str, str]] = {}  # config -> person id -> name from a name question
+
+    def parse(self, rows: list[dict[str, Any]], config: str) -> tuple[list[list[dict[str, Any]]], list[set[str]]]:
+        parsed = [metadata_pairs(row) for row in rows]
+        self.skipped[config] = sum(skipped for _, skipped, _ in parsed)
+        return [pairs for pairs, _, _ in parsed], [ids for _, _, ids in parsed]
+
+    def read(self, rows: list[dict[str, Any]], config: str, split: str, profiles: list[dict[str, Any]],
+             names: dict[str, str], prefix: str = "", row_ids: bool = False) -> list[Item] | None:
+        """Training items of a config, or None when no row can be tied to a person (``row_ids``:
+        such rows become people of their own, ``<config>:<row>``)."""
+        pairs_of, ids_in_metadata = self.parse(rows, config)
+        person_ids, used = resolve_person_ids(rows, ids_in_metadata, profiles)
+        unresolved = [i for i, pid in enumerate(person_ids) if pid is None]
+        if unresolved and row_ids:
+            person_ids = [pid if pid is not None else f"{config}:{i}" for i, pid in enumerate(person_ids)]
+            used["row index"] = len(unresolved)
+        elif len(unresolved) == len(rows):
+            return None
+        elif unresolved:
+            raise BenchmarkFormatError(
+                f"{rows[unresolved[0]]['__where__']}: no person for this row ({len(unresolved)} of {len(rows)} rows of "
+                f"{config!r}): no 'ID' column value, no 'ID' in its metadata entries, and its image matches no "
+                "profile image")
+        self.id_rules[config] = used
+        person_ids = [prefix + str(pid) for pid in person_ids]
+        asked = self.name_questions[config] = {}
+        for pid, pairs in zip(person_ids, pairs_of):
+            if pid not in names and pid not in asked:
+                for pair in pairs:  # as MANU's unimodal dataset: the answer to the first name question
+                    if is_name_question(pair["Question"]) and (name := name_from_answer(pair["Answer"])):
+                        asked[pid] = name
+                        break
+        return training_items(rows, split, person_ids, pairs_of, {**names, **asked})
 
 
 def load_mllmu(root: str | Path, forget_percent: int = 10, seed: int = 0) -> Benchmark:
@@ -174,8 +371,9 @@ def load_mllmu(root: str | Path, forget_percent: int = 10, seed: int = 0) -> Ben
     forget_ids = [str(field(r, "ID")) for r in forget_rows]
     forget_set = set(forget_ids)
 
-    def profiles(rows: list[dict[str, Any]], split: str) -> list[Item]:
-        return [item for r in rows for item in profile_items(r, split, decode_image(r, "image"), f"{r['ID']}.png")]
+    def profiles(rows: list[dict[str, Any]], split: str, prefix: str = "") -> list[Item]:
+        return [item for r in rows
+                for item in profile_items(r, split, decode_image(r, "image"), f"{r['ID']}.png", prefix + str(r["ID"]))]
 
     test_items: list[Item] = []
     for row in test_rows:
@@ -190,25 +388,50 @@ def load_mllmu(root: str | Path, forget_percent: int = 10, seed: int = 0) -> Ben
     if not test_items:
         raise BenchmarkFormatError(f"{root}/Test_Set has no row for the forget IDs {forget_ids[:5]}...")
 
-    if "ID" in {k for r in ft_rows for k in r}:
-        finetune = training_items(ft_rows, "finetune")
-    else:
-        finetune = generation_as_training(forget_rows + retain_rows, "finetune")
+    found = {**profile_names(forget_rows + retain_rows), **profile_names(real_rows, REAL_WORLD_PREFIX)}
+    names = {pid: name for pid, (name, _) in found.items()}
+    reader = _TrainingReader()
+    finetune = reader.read(ft_rows, "ft_Data", "finetune", forget_rows + retain_rows, names)
+    if finetune is None:
+        reader.id_rules["ft_Data"] = {"Generation_Task fallback": len(forget_rows) + len(retain_rows)}
+        finetune = generation_as_training(forget_rows + retain_rows, "finetune", names)
+    pretrain = reader.read(pretrain_rows, "pretrain_Data", "pretrain", real_rows, names, REAL_WORLD_PREFIX,
+                           row_ids=True) if pretrain_rows else []
+    holdout_names = {str(r["ID"]): str(r["name"]) for r in holdout_rows if r.get("ID") and r.get("name")}
+    holdout = reader.read(holdout_rows, HOLDOUT_CONFIG, "holdout", [], holdout_names, row_ids=True) if holdout_rows else []
+    for config in ("ft_Data", "pretrain_Data"):
+        for pid, name in reader.name_questions.get(config, {}).items():
+            names.setdefault(pid, name)
+            found.setdefault(pid, (name, "name question"))
+    people = {str(r["ID"]) for r in forget_rows + retain_rows} | {REAL_WORLD_PREFIX + str(r["ID"]) for r in real_rows}
+    sources = [found[p][1] if p in found else "not found" for p in people]
+    text_forms = text_only_forms(finetune)
     return Benchmark(
         name=f"mllmu:{root.name}:forget_{forget_percent}",
         eval_splits={
             "forget": profiles(forget_rows, "forget"),
             "test": test_items,
             "retain": profiles(retain_rows, "retain"),
-            "real_world": profiles(real_rows, "real_world"),
+            "real_world": profiles(real_rows, "real_world", REAL_WORLD_PREFIX),
         },
         forget_train=[i for i in finetune if i.person_id in forget_set],
         retain_train=[i for i in finetune if i.person_id not in forget_set],
         finetune_train=finetune,
-        pretrain_train=training_items(pretrain_rows, "pretrain") if pretrain_rows else [],
+        pretrain_train=pretrain or [],
         forget_ids=forget_ids,
-        holdout=training_items(holdout_rows, "holdout") if holdout_rows else [],
+        holdout=holdout or [],
         meta={"root": str(root), "forget_percent": forget_percent, "seed": seed,
-              # Optional "name" column (the built-in world has it; MLLMU-Bench's release does not).
-              "names": {str(r["ID"]): str(r["name"]) for r in forget_rows + retain_rows + real_rows if r.get("name")}},
+              # Names from a "name" column (the built-in world), the biography or ft_Data's name
+              # question; real-world people under "real:<ID>".
+              "names": names,
+              "name_sources": {source: sources.count(source) for source in sorted(set(sources))},
+              # Metadata entries that are not QA pairs (no Question or Answer), skipped as the authors do.
+              "skipped_metadata": reader.skipped,
+              "training_person_ids": reader.id_rules,
+              "text_only_forms": {"rule": TEXT_FORM_RULE, **text_forms.summary()}},
     )
+
+
+TEXT_FORM_RULE = ("the data's own Pure_Text pairs where a person has any, else each image + question pair with "
+                  "'this person'/'the person'/'this individual'/'the individual'/'this profile' replaced by the "
+                  "person's name (none for pairs without such a phrase or asking for the name)")

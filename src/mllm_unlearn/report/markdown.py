@@ -105,8 +105,24 @@ def render_markdown(results: dict[str, Any]) -> str:
         lines += [f"- {key.replace('_vqa_mcq_accuracy', '')}: {value:.1f}%" for key, value in diagnostics.items()]
     lines += per_person_markdown(results)
     lines += robustness_markdown(results)
+    lines += _data_notes(config)
     lines += _cost_lines(results)
     return "\n".join(lines) + "\n"
+
+
+def _data_notes(config: dict[str, Any]) -> list[str]:
+    """What the MLLMU-Bench loader skipped or built (only when it did either)."""
+    meta = config.get("benchmark") or {}
+    skipped = {k: v for k, v in (meta.get("skipped_metadata") or {}).items() if v}
+    forms = meta.get("text_only_forms") or {}
+    notes = []
+    if skipped:
+        notes.append("- Metadata entries skipped (no Question or Answer, as MLLMU-Bench's own loader does): "
+                     + ", ".join(f"{config_name} {count}" for config_name, count in skipped.items()))
+    if forms.get("built"):
+        notes.append(f"- Text-only training forms built from image + question pairs (the person named): "
+                     f"{forms['built']}; {forms.get('without_form', 0)} pairs had none")
+    return ["", "## Data", "", *notes] if notes else []
 
 
 def per_person_table(results: dict[str, Any]) -> tuple[list[str], list[list[str]], str] | None:
