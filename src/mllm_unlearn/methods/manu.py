@@ -3,7 +3,8 @@ the FFN neurons that fire for the forget people far more than for the retain peo
 
 1. Streaming per-neuron statistics (``localization.statistics``) on four item sets: forget and
    retain, each in the multimodal form (image + question + answer; the benchmark's VQA items)
-   and the text-only form (the person named, no image tokens at all; the QA items). Language
+   and the text-only form (the person named, no image tokens at all: the QA items, or where the
+   data has none, as MLLMU-Bench's ft_Data, the image pairs rewritten by ``data.text_forms``). Language
    FFNs see both forms; vision FFNs only the multimodal one. Per layer, fp64 running sums.
 2. Importance functions per neuron: I_abs = mean|a|, I_freq = P(|a| > threshold), I_var = std(a),
    I_rms = sqrt(mean a²). Score per form: S = sum_m w_m * (I_m^forget / (I_m^retain + eps) - 1);
@@ -37,6 +38,7 @@ import torch
 
 from ..data.collate import Encoder
 from ..data.items import Item
+from ..data.text_forms import text_only_items
 from ..interventions import Edit, NeuronMask
 from ..localization.statistics import POSITIONS, SiteStatistics, collect_neuron_statistics
 from ..models.base import VLM, NeuronSite
@@ -152,8 +154,12 @@ class MANU(Method):
         counts: dict[str, int] = {}
         for form in opts["forms"]:
             modality = FORMS[form]
-            forget_items = [i for i in forget if i.modality == modality]
-            retain_items = [i for i in retain if i.modality == modality]
+            if form == "text":  # the data's text-only pairs, else the image pairs with the person named
+                forget_items = text_only_items(forget, self.name, "forget")
+                retain_items = text_only_items(retain, self.name, "retain")
+            else:
+                forget_items = [i for i in forget if i.modality == modality]
+                retain_items = [i for i in retain if i.modality == modality]
             if not forget_items:
                 continue
             if not retain_items:

@@ -1,7 +1,8 @@
 """MIP-Editor (arXiv 2511.06793): forget along modality-specific influential neuron paths.
 
 1. Path search (``localization/paths.py``) on the forget samples: IGI over language-model FFN
-   neurons with the text-only (QA) samples, IFI over vision-tower FFN neurons with the image +
+   neurons with the text-only (QA) samples (where the data has none, the image pairs with the person
+   named, ``data.text_forms``), IFI over vision-tower FFN neurons with the image +
    question (VQA) samples; greedy per layer, top ``top_k`` per layer and sample, union over samples
    (``max_per_layer`` optionally keeps only the highest-scoring neurons of each union).
 2. Prune the path neurons: their output is scaled by ``prune_scale`` (0 = removed) at every position.
@@ -42,6 +43,7 @@ import torch
 
 from ..data.collate import Encoder
 from ..data.items import Item
+from ..data.text_forms import text_only_items
 from ..interventions import CompositeEdit, Edit, NeuronMask, WeightDelta
 from ..localization.paths import POSITIONS, PathSearchConfig, predicting_positions, search_paths, text_path_task, \
     visual_path_task
@@ -109,7 +111,8 @@ class MIPEditor(GradientMethod):
         limit = None if o["path_samples"] is None else int(o["path_samples"])
         searches = []
         if o["paths"] in ("both", "text"):
-            searches.append(("ig", [i for i in forget if i.modality == "qa"][:limit], vlm.adapter.lm_ffn_sites(vlm.model),
+            text = text_only_items(forget, f"{self.name} (paths={o['paths']})", "forget")  # data.text_forms
+            searches.append(("ig", text[:limit], vlm.adapter.lm_ffn_sites(vlm.model),
                              text_path_task(vlm, encoder, o["positions"])))
         if o["paths"] in ("both", "visual"):
             searches.append(("fisher", [i for i in forget if i.modality == "vqa"][:limit],

@@ -5,7 +5,8 @@ the textual knowledge, by gradient ascent restricted to weights salient for the 
    and of a preserve loss, F_p, over the weights of the chosen tower.
 2. Saliency mask M = (F_f + 1e-15) / (F_p + 1e-15) >= gamma (default 1), per weight.
    - ``mask=language`` (the paper's main runs): language-model linear weights; preserve =
-     text-only QA of *all* people (forget people included) + retain VQA.
+     text-only QA of *all* people (forget people included; built by ``data.text_forms`` where the
+     data has no text-only pairs) + retain VQA.
    - ``mask=vision``: vision tower + projector linear weights; preserve = retain VQA.
    - ``mask=both``: both towers, each with its own preserve set.
 3. Each step: a forget phase (ascent on forget VQA, gradient masked by M) then a retain phase
@@ -35,6 +36,7 @@ import torch
 
 from ..data.collate import Encoder
 from ..data.items import Item
+from ..data.text_forms import text_only_items
 from ..interventions import Edit
 from ..models.base import VLM, _module_path
 from ..training.fisher import diagonal_fisher
@@ -124,7 +126,9 @@ class MMUnlearner(GradientMethod):
             self.mask = load_mask(mask_file, self.params)
         else:
             retain_vqa = [i for i in retain if i.modality == "vqa"]
-            text_qa = [i for i in list(self.all_forget) + list(retain) if i.modality == "qa"]
+            # Text-only QA of all people: the data's own, else the image pairs with the person named.
+            text_qa = text_only_items(list(self.all_forget) + list(retain), f"{self.name} (mask={mask_kind})",
+                                      "forget and retain") if "language" in towers else []
             preserve = {"language": text_qa + retain_vqa, "vision": retain_vqa}
 
             def batches(items: Sequence[Item]):
