@@ -1,4 +1,6 @@
 """MIP-Editor on tiny models: only path-neuron columns move, edits are reversible, options checked."""
+from dataclasses import replace
+
 import pytest
 import torch
 
@@ -111,5 +113,7 @@ def test_unknown_and_bad_options_are_rejected_clearly(benchmark, tiny_vlm):
         method.unlearn(vlm, forget, retain, MethodConfig(extra={"positions": "first"}))
     with pytest.raises(ValueError, match=r"layer must be in \[0, 1\]"):
         method.unlearn(vlm, forget, retain, MethodConfig(extra={"layer": 5}))
+    # Image items that carry no person name (a loader that knows none, e.g. CLEAR's) give no text-only forms.
+    nameless = [replace(i, meta={}) for i in forget if i.modality == "vqa"]
     with pytest.raises(ValueError, match="needs text-only \\(QA\\) forget items"):
-        method.unlearn(vlm, [i for i in forget if i.modality == "vqa"], retain, MethodConfig(extra={"paths": "text"}))
+        method.unlearn(vlm, nameless, retain, MethodConfig(extra={"paths": "text"}))
