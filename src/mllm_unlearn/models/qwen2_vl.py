@@ -31,7 +31,11 @@ class Qwen2VLAdapter(ModelAdapter):
     family = "qwen2-vl"
     model_types = ("qwen2_vl",)
     image_placeholder = "<|image_pad|>"
+    # transformers >= 4.52 first (model = {visual, language_model}), then the older layout
+    # (visual beside model = the language model). The vision tower holds the merger (projector).
     lm_layer_paths = ("model.language_model.layers", "model.layers")
+    language_model_paths = ("model.language_model", "model")
+    vision_tower_paths = ("model.visual", "visual")
     vision_block_paths = ("model.visual.blocks", "visual.blocks")
     projector_paths = ("model.visual.merger", "visual.merger")
     vision_down_proj_name = "fc2"
