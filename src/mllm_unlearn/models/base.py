@@ -66,6 +66,20 @@ class ModelAdapter:
     def save_processor(self, processor: Any, path: str | Path) -> None:
         processor.save_pretrained(str(path))
 
+    def check_max_pixels(self, max_pixels: int) -> None:
+        """Refuse ``--max-pixels`` where it means nothing: by default every image is resized to one
+        fixed size (LLaVA); families with dynamic resolution override this."""
+        raise ValueError(f"--max-pixels applies to Qwen2-VL and Qwen2.5-VL, whose image token count grows with the "
+                         f"image; {self.family} resizes every image to one fixed size")
+
+    def limit_image_pixels(self, processor: Any, max_pixels: int) -> None:
+        """Cap the pixels of each image the loaded ``processor`` feeds the model."""
+        self.check_max_pixels(max_pixels)
+
+    def image_max_pixels(self, processor: Any) -> int | None:
+        """The processor's cap on an image's pixels; ``None`` for fixed-size families."""
+        return None
+
     # --- where things live -----------------------------------------------------------
     # Each family declares its modules by path; several candidates per module because
     # transformers moved them (the 4.52 refactor) and peft adds prefixes (see ``_find_module``).
@@ -248,16 +262,20 @@ class VLM:
                 (tmp / name).write_text(text)
 
 
-def load_vlm(path: str | Path, device: str = "auto", dtype: str = "float32") -> VLM:
-    """Load any local checkpoint of a supported family: the one loading path for tiny and real models."""
+def load_vlm(path: str | Path, device: str = "auto", dtype: str = "float32", max_pixels: int | None = None) -> VLM:
+    """Load any local checkpoint of a supported family: the one loading path for tiny and real models.
+
+    ``max_pixels`` (Qwen families only): cap each image's pixels below the checkpoint's own limit."""
     from transformers import AutoModelForImageTextToText
 
     from ..utils import resolve_device, resolve_dtype
 
     torch_device, torch_dtype = resolve_device(device), resolve_dtype(dtype)  # option errors before file errors
     adapter = adapter_for_checkpoint(path)
-    model = AutoModelForImageTextToText.from_pretrained(str(path), dtype=torch_dtype)
-    model.to(torch_device).eval()
     processor = adapter.load_processor(path)
     processor.tokenizer.padding_side = "left"
+    if max_pixels is not None:
+        adapter.limit_image_pixels(processor, max_pixels)
+    model = AutoModelForImageTextToText.from_pretrained(str(path), dtype=torch_dtype)
+    model.to(torch_device).eval()
     return VLM(model, processor, adapter, torch_device, torch_dtype)

@@ -31,7 +31,6 @@ class LlavaAdapter(ModelAdapter):
     vision_block_paths = ("model.vision_tower.encoder.layers", "vision_tower.vision_model.encoder.layers")
     projector_paths = ("model.multi_modal_projector", "multi_modal_projector")
     vision_down_proj_name = "fc2"
-    answer_prefix = " "
 
     def special_tokens(self) -> list[str]:
         return ["<image>"]
