@@ -13,7 +13,9 @@ from mllm_unlearn.pipeline import benchmark_texts
 
 torch.set_num_threads(2)
 SMALL_WORLD = WorldConfig(fictitious=20, real_world=4, seed=0)
-SMALL_SIZE = TinySize(hidden=64, layers=2, heads=2, ffn=128, vision_hidden=32, vision_layers=1, vision_heads=2,
+# Two vision layers: LLaVA reads the second-to-last one's output (vision_feature_layer=-2), so
+# with one layer its vision tower would feed the language model nothing but the embeddings.
+SMALL_SIZE = TinySize(hidden=64, layers=2, heads=2, ffn=128, vision_hidden=32, vision_layers=2, vision_heads=2,
                       vision_ffn=64)
 FAMILIES = ("llava", "qwen2-vl", "qwen2.5-vl")
 

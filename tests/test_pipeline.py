@@ -90,10 +90,14 @@ def test_every_gradient_method_runs_through_the_pipeline(tmp_path_factory, metho
     cfg = small_run(base, "cache_methods" if family == "llava" else "cache_qwen2.5-vl", name)
     cfg = replace(cfg, family=family, method=method, method_cfg=replace(cfg.method_cfg, extra=extra),
                   eval=replace(cfg.eval, tasks=("mcq",)))
-    results = run_pipeline(replace(cfg, mia=None, relearn=None))
+    # --max-pixels rides along on one Qwen run (the tiny 32 x 32 portraits are below any cap it may take).
+    max_pixels = 4096 if family != "llava" and method == "mmunlearner" else None
+    results = run_pipeline(replace(cfg, mia=None, relearn=None, max_pixels=max_pixels))
     assert results["robustness"]["mia"] == {"skipped": "switched off (--no-mia)"}
     assert results["edit"]["steps"] == 3 and results["config"]["method_config"]["extra"] == extra
     assert results["config"]["family"] == family and results["cost"]["changed_parameters"] > 0
+    assert results["config"]["max_pixels"] == max_pixels
+    assert results["config"]["image_max_pixels"] == (None if family == "llava" else max_pixels or 32 * 32)
     assert (base / "runs" / name / "report.md").is_file()
 
 
@@ -179,6 +183,27 @@ def test_mllmeraser_runs_through_the_pipeline(tmp_path_factory, family):
     assert {k: v.width for k, v in edit.features.items()} == ({1: 256} if family == "qwen2.5-vl" else {})
     # The pipeline passed the real-world people's training data as retain data too (uses_prior_knowledge).
     assert edit.meta["retain_splits"] == ["finetune", "pretrain"]
+
+
+def test_cli_max_pixels_reaches_the_run_and_is_refused_for_llava_before_any_work(tmp_path, monkeypatch):
+    args = ["run", "--runs-dir", str(tmp_path / "runs"), "--cache-dir", str(tmp_path / "cache")]
+    result = CliRunner().invoke(app, args + ["--family", "llava", "--max-pixels", "200704"])
+    assert result.exit_code == 2 and "--max-pixels applies to Qwen2-VL and Qwen2.5-VL" in result.output
+    assert not (tmp_path / "cache").exists()  # refused before the benchmark or any model was built
+    result = CliRunner().invoke(app, args + ["--family", "qwen2-vl", "--max-pixels", "0"])
+    assert result.exit_code == 2 and "--max-pixels must be a positive number" in result.output
+
+    import mllm_unlearn.pipeline as pipeline
+
+    seen = []
+
+    def fake_run(cfg):  # stop before any work: only the configuration is checked
+        seen.append(cfg)
+        raise ValueError("stopped by the test")
+
+    monkeypatch.setattr(pipeline, "run_pipeline", fake_run)
+    CliRunner().invoke(app, args + ["--family", "qwen2.5-vl", "--max-pixels", "200704"])
+    assert seen[0].max_pixels == 200704
 
 
 def test_cli_task_formats_sets_the_injection_forms(tmp_path, monkeypatch):

@@ -69,6 +69,10 @@ def run(
     seed: int = typer.Option(0, help="Seed for everything."),
     device: str = typer.Option("auto", help="auto, cpu, cuda or cuda:N."),
     dtype: str = typer.Option("float32", help="float32, bfloat16 or float16."),
+    max_pixels: Optional[int] = typer.Option(
+        None, help="Qwen2-VL / Qwen2.5-VL: cap on each image's pixels (the processor's max_pixels; default: the "
+                   "checkpoint's own, 12845056 for the 7B Instruct models). Fewer pixels, fewer image tokens, less "
+                   "memory. Refused for LLaVA, whose images have one fixed size."),
     runs_dir: Path = typer.Option(Path("runs"), help="Where run folders are written."),
     cache_dir: Path = typer.Option(Path(".cache/mllm_unlearn"), help="Cache of generated benchmarks and vanilla models."),
     quiet: bool = typer.Option(False, help="No progress bars."),
@@ -112,7 +116,7 @@ def run(
         cfg = RunConfig(name=name, family=family, model=str(model) if model else None,
                         benchmark=benchmark or None, clear_tofu=tofu, gold_model=str(gold_model) if gold_model else None,
                         forget_percent=forget, method=method, edit=str(edit) if edit else None, seed=seed,
-                        device=device, dtype=dtype, runs_dir=str(runs_dir), cache_dir=str(cache_dir), world=world,
+                        device=device, dtype=dtype, max_pixels=max_pixels, runs_dir=str(runs_dir), cache_dir=str(cache_dir), world=world,
                         injection=injection, method_cfg=method_cfg, eval=eval_cfg, progress=not quiet,
                         mia=MIAConfig() if mia else None,
                         relearn=RelearnConfig(steps=relearn_steps, eval_every=max(1, relearn_steps // 4), seed=seed)

@@ -52,6 +52,7 @@ class RunConfig:
     seed: int = 0
     device: str = "auto"
     dtype: str = "float32"
+    max_pixels: int | None = None  # Qwen families: cap on each image's pixels (default: the checkpoint's own)
     runs_dir: str = "runs"
     cache_dir: str = ".cache/mllm_unlearn"
     world: WorldConfig = field(default_factory=WorldConfig)
@@ -139,7 +140,7 @@ def _injected_tiny_model(cfg: RunConfig, vocabulary_of: Benchmark, trained_on: B
     """The cached model at ``path``, or a tiny model whose tokenizer spells ``vocabulary_of``
     trained on ``trained_on`` with the knowledge-injection curriculum, then cached there."""
     if (path / INJECTION_META).is_file():
-        return load_vlm(path, cfg.device, cfg.dtype), False
+        return load_vlm(path, cfg.device, cfg.dtype, cfg.max_pixels), False
     seed_everything(cfg.seed)
     vlm = build_tiny_vlm(cfg.family, words_of(benchmark_texts(vocabulary_of) + injection_texts(cfg.injection)), cfg.size,
                          seed=cfg.injection.seed, device=str(resolve_device(cfg.device)))
@@ -151,7 +152,7 @@ def _injected_tiny_model(cfg: RunConfig, vocabulary_of: Benchmark, trained_on: B
              "history": history, **meta})})
     wait_for_everyone()
     # Reload through the public loading path, exactly as a user's checkpoint would be.
-    return load_vlm(path, cfg.device, cfg.dtype), True
+    return load_vlm(path, cfg.device, cfg.dtype, cfg.max_pixels), True
 
 
 def _check_builtin_world_matches(model: str, benchmark_key: str) -> None:
@@ -175,7 +176,7 @@ def prepare_vanilla(cfg: RunConfig, benchmark: Benchmark, benchmark_key: str) ->
     """Load the given checkpoint, or the cached injected tiny model, or build and train one."""
     if cfg.model:
         _check_builtin_world_matches(cfg.model, benchmark_key)
-        return load_vlm(cfg.model, cfg.device, cfg.dtype), cfg.model, False
+        return load_vlm(cfg.model, cfg.device, cfg.dtype, cfg.max_pixels), cfg.model, False
     path = vanilla_location(cfg, benchmark_key)
     vlm, trained = _injected_tiny_model(cfg, benchmark, benchmark, path, {"benchmark": benchmark_key})
     return vlm, str(path), trained
@@ -191,7 +192,7 @@ def prepare_retain_model(cfg: RunConfig, benchmark: Benchmark, benchmark_key: st
     gold checkpoint there is no way to train one here, and ``(None, None, False)`` comes back.
     """
     if cfg.gold_model:
-        return load_vlm(cfg.gold_model, cfg.device, cfg.dtype), cfg.gold_model, False
+        return load_vlm(cfg.gold_model, cfg.device, cfg.dtype, cfg.max_pixels), cfg.gold_model, False
     if cfg.model:
         return None, None, False
     forget_key = stable_hash(sorted(benchmark.forget_ids))
@@ -272,6 +273,10 @@ def run_pipeline(cfg: RunConfig) -> dict[str, Any]:
         method.check_options(cfg.method_cfg)
     else:
         given_edit_kind(cfg.edit)  # a bad path fails before any work
+    if cfg.max_pixels is not None:  # refused for LLaVA before any work
+        from .models import adapter_for_checkpoint, adapter_for_family
+
+        (adapter_for_checkpoint(cfg.model) if cfg.model else adapter_for_family(cfg.family)).check_max_pixels(cfg.max_pixels)
     run_dir = Path(cfg.runs_dir) / cfg.name
     timings: dict[str, float] = {}
 
@@ -367,6 +372,8 @@ def run_pipeline(cfg: RunConfig) -> dict[str, Any]:
         "edit_source": cfg.edit,
         "benchmark_name": benchmark.name, "benchmark": benchmark.meta, "forget_percent": cfg.forget_percent,
         "seed": cfg.seed, "device": str(vlm.device), "processes": process_rank_and_count()[1], "dtype": cfg.dtype, "world": asdict(cfg.world),
+        # --max-pixels as asked, and the cap the image processor applied (None: fixed-size images)
+        "max_pixels": cfg.max_pixels, "image_max_pixels": vlm.adapter.image_max_pixels(vlm.processor),
         "injection": cfg.injection.to_dict(),
         "method_config": cfg.method_cfg.to_dict() if cfg.edit is None else edit.meta.get("config"), "eval": asdict(cfg.eval),
         "mia": asdict(cfg.mia) if cfg.mia else None, "relearn": asdict(cfg.relearn) if cfg.relearn else None,

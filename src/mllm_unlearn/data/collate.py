@@ -37,7 +37,11 @@ class Encoder:
         self.tokenizer = vlm.processor.tokenizer
         self.pad_id = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0
         self._cache: dict[tuple, dict[str, torch.Tensor]] = {}
+        # Prompts are keyed by their images' id(); holding the images keeps an id from being reused
+        # by another image while its prompt is cached.
+        self._cached_images: list[Any] = []
         self._answer_cache: dict[str, list[int]] = {}
+        self._lead: tuple[str, str] | None = None  # (generation prompt, text the template writes before an answer)
         self._cache_size = cache_size
 
     def _key(self, item: Item, demos: Sequence[Item]) -> tuple:
@@ -62,6 +66,8 @@ class Encoder:
         for key, encoded in fresh.items():
             if len(self._cache) < self._cache_size:
                 self._cache[key] = encoded
+                item = missing[key]
+                self._cached_images.extend(d.image for d in list(demos) + [item] if d.image is not None)
         return [fresh[key] if key in fresh else self._cache[key] for key in keys]
 
     def _encode(self, items: Sequence[Item], demos: Sequence[Item]) -> list[dict[str, torch.Tensor]]:
@@ -100,15 +106,53 @@ class Encoder:
         return out
 
     def answer_ids(self, answer: str) -> list[int]:
+        """The answer's tokens exactly as the model reads them right after the generation prompt,
+        then the end-of-turn token (LLaVA ``</s>``, Qwen ``<|im_end|>``): the training labels, the
+        likelihood targets, and the first token the classification scorer reads."""
         # Training draws the same answers (letters, facts) over and over: tokenise each once.
         ids = self._answer_cache.get(answer)
         if ids is None:
-            adapter = self.vlm.adapter
-            text = adapter.answer_prefix + answer + adapter.answer_suffix(self.tokenizer)
-            ids = self.tokenizer(text, add_special_tokens=False)["input_ids"]
+            ids = self._in_context_tokens(answer) + self._end_of_turn_ids()
             if len(self._answer_cache) < self._cache_size:
                 self._answer_cache[answer] = ids
         return list(ids)
+
+    def _in_context_tokens(self, answer: str) -> list[int]:
+        """Tokens of ``answer`` as the chat template places it after the generation prompt.
+
+        Encoded in context, not alone: a SentencePiece tokenizer encodes a lone " A" with an extra
+        "▁" (["▁", "▁A"] or ["▁▁", "A"]) that it never produces after "ASSISTANT:", and other
+        tokenizers may merge differently at the start of a text. The text between the generation
+        prompt and the answer (LLaVA: a space, Qwen: none) is read off the template itself."""
+        prompt, lead = self._generation_prompt_and_answer_lead()
+        prompt_ids = self.tokenizer(prompt, add_special_tokens=False)["input_ids"]
+        full_ids = self.tokenizer(prompt + lead + answer, add_special_tokens=False)["input_ids"]
+        if full_ids[: len(prompt_ids)] == prompt_ids:
+            return full_ids[len(prompt_ids):]
+        # The answer's first characters merged with the prompt's last token: the model continues
+        # the prompt's own tokens, so the answer is spelt as it would start a fresh text.
+        return self.tokenizer(lead + answer, add_special_tokens=False)["input_ids"]
+
+    def _generation_prompt_and_answer_lead(self) -> tuple[str, str]:
+        if self._lead is None:
+            probe = [{"role": "user", "content": [{"type": "text", "text": "?"}]}]
+            prompt = self.processor.apply_chat_template(probe, add_generation_prompt=True, tokenize=False)
+            marker = "Zq7answer"  # any answer: what the template writes before it is the lead
+            full = self.processor.apply_chat_template(
+                probe + [{"role": "assistant", "content": [{"type": "text", "text": marker}]}], tokenize=False)
+            rest = full[len(prompt):] if full.startswith(prompt) else None
+            if rest is None or marker not in rest:
+                raise ValueError("the chat template does not write an assistant answer right after its generation "
+                                 f"prompt ({prompt!r} then {full!r}); answers cannot be placed after prompts")
+            self._lead = (prompt, rest[: rest.index(marker)])
+        return self._lead
+
+    def _end_of_turn_ids(self) -> list[int]:
+        return self.tokenizer(self.vlm.adapter.answer_suffix(self.tokenizer), add_special_tokens=False)["input_ids"]
+
+    def first_answer_token(self, answer: str) -> int:
+        """The token the model emits first when it gives ``answer``."""
+        return self.answer_ids(answer)[0]
 
     def training_example(self, item: Item, prompt: dict[str, torch.Tensor] | None = None) -> dict[str, torch.Tensor]:
         prompt = prompt if prompt is not None else self.prompt(item)

@@ -40,6 +40,20 @@ class EvalConfig:
             raise ValueError("few_shot must be >= 0")
 
 
+def option_letter_ids(encoder: Encoder) -> dict[str, int]:
+    """Each option letter's token: the first token of that letter as an answer, i.e. what the model
+    emits right after the generation prompt when it answers with the letter. Four distinct tokens,
+    or a ValueError (with SentencePiece, a letter encoded alone can start with a "▁" that all
+    letters share, and every letter would score the same)."""
+    ids = {letter: encoder.first_answer_token(letter) for letter in OPTION_KEYS}
+    if len(set(ids.values())) < len(ids):
+        tokenizer = encoder.tokenizer
+        spelled = {letter: tokenizer.convert_ids_to_tokens(encoder.answer_ids(letter)) for letter in OPTION_KEYS}
+        raise ValueError(f"the option letters do not start with distinct tokens under this tokenizer ({spelled}): "
+                         "the likelihood scorer could not tell them apart")
+    return ids
+
+
 def _batches(items: Sequence[Item], size: int) -> Iterable[Sequence[Item]]:
     for start in range(0, len(items), size):
         yield items[start : start + size]
@@ -50,12 +64,7 @@ class Evaluator:
         self.vlm = vlm
         self.cfg = cfg or EvalConfig()
         self.encoder = Encoder(vlm)
-        tokenizer = vlm.tokenizer
-        # A letter may be tokenised alone or with a leading space, depending on the tokenizer.
-        self.letter_ids = {
-            letter: sorted({ids[0] for ids in (tokenizer.encode(v, add_special_tokens=False) for v in (letter, " " + letter)) if ids})
-            for letter in OPTION_KEYS
-        }
+        self.letter_ids = option_letter_ids(self.encoder)
 
     def _inputs(self, items: Sequence[Item], demos: Sequence[Item]) -> dict[str, torch.Tensor]:
         return {k: v.to(self.vlm.device) for k, v in self.encoder.batch(items, train=False, demos=demos).items()}
@@ -65,7 +74,7 @@ class Evaluator:
         """Log-probability of each option letter as the answer's first token: one forward pass per batch."""
         logits = self.vlm.model(**self._inputs(items, demos), logits_to_keep=1).logits[:, -1].float()
         logprobs = torch.log_softmax(logits, dim=-1)
-        return [{k: max(float(row[i]) for i in ids) for k, ids in self.letter_ids.items()} for row in logprobs]
+        return [{k: float(row[i]) for k, i in self.letter_ids.items()} for row in logprobs]
 
     @torch.no_grad()
     def generate(self, items: Sequence[Item], demos: Sequence[Item] = (), max_new_tokens: int | None = None) -> list[str]:

@@ -141,7 +141,10 @@ class MANU(Method):
     def tower_sites(vlm: VLM, opts: dict[str, Any]) -> tuple[list[NeuronSite], list[NeuronSite]]:
         """The candidate (language, vision) sites for the ``towers`` option."""
         lm = vlm.adapter.lm_ffn_sites(vlm.model) if opts["towers"] in ("lm", "both") else []
-        vision = vlm.adapter.vision_ffn_sites(vlm.model) if opts["towers"] in ("vision", "both") else []
+        # Only the vision layers the language model reads (LLaVA's last is not); towers=vision
+        # with none of them is an error, towers=both then scores the language model alone.
+        vision = vlm.adapter.vision_ffn_sites(vlm.model, required_by="manu (towers=vision)" if opts["towers"] == "vision"
+                                              else None) if opts["towers"] in ("vision", "both") else []
         return lm, vision
 
     def scores(self, vlm: VLM, forget: Sequence[Item], retain: Sequence[Item], cfg: MethodConfig,

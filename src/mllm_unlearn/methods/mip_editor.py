@@ -116,7 +116,8 @@ class MIPEditor(GradientMethod):
                              text_path_task(vlm, encoder, o["positions"])))
         if o["paths"] in ("both", "visual"):
             searches.append(("fisher", [i for i in forget if i.modality == "vqa"][:limit],
-                             vlm.adapter.vision_ffn_sites(vlm.model), visual_path_task(vlm, encoder)))
+                             vlm.adapter.vision_ffn_sites(vlm.model, required_by=f"mip-editor (paths={o['paths']})"),
+                             visual_path_task(vlm, encoder)))
         paths: dict[str, torch.Tensor] = {}
         for score, samples, sites, task in searches:
             if not samples:

@@ -7,7 +7,8 @@ the textual knowledge, by gradient ascent restricted to weights salient for the 
    - ``mask=language`` (the paper's main runs): language-model linear weights; preserve =
      text-only QA of *all* people (forget people included; built by ``data.text_forms`` where the
      data has no text-only pairs) + retain VQA.
-   - ``mask=vision``: vision tower + projector linear weights; preserve = retain VQA.
+   - ``mask=vision``: vision tower + projector linear weights (the vision layers the model
+     never reads, e.g. LLaVA's last, left out); preserve = retain VQA.
    - ``mask=both``: both towers, each with its own preserve set.
 3. Each step: a forget phase (ascent on forget VQA, gradient masked by M) then a retain phase
    (descent on retain data, unmasked), as the released code alternates them.
@@ -38,7 +39,7 @@ from ..data.collate import Encoder
 from ..data.items import Item
 from ..data.text_forms import text_only_items
 from ..interventions import Edit
-from ..models.base import VLM, _module_path
+from ..models.base import VLM
 from ..training.fisher import diagonal_fisher
 from ..training.losses import sequence_nll
 from .base import GradientMethod, MethodConfig, item_batches, register_method
@@ -99,14 +100,12 @@ class MMUnlearner(GradientMethod):
         return mask, float(cfg.extra.get("gamma", 1.0))
 
     def tower_parameters(self, vlm: VLM, tower: str) -> dict[str, torch.nn.Parameter]:
-        """Linear-layer weights of a tower (norms, embeddings and lm_head excluded)."""
-        if tower == "language":
-            prefixes = [_module_path(vlm.model, vlm.adapter.lm_layers(vlm.model))]
-        else:
-            prefixes = [vlm.adapter.vision_module_prefix(vlm.model), _module_path(vlm.model, vlm.adapter.projector(vlm.model))]
-        linear = {name for name, m in vlm.model.named_modules() if isinstance(m, torch.nn.Linear)}
-        return {f"{name}.weight": m.weight for name, m in vlm.model.named_modules()
-                if name in linear and any(name == p or name.startswith(p + ".") for p in prefixes)}
+        """Linear-layer weights of a tower as the adapter declares it (vision: encoder + projector,
+        without layers the model never reads; language: the decoder layers); norms, embeddings
+        and lm_head excluded."""
+        params = vlm.adapter.tower_parameters(vlm.model, tower)
+        linear = {f"{name}.weight" for name, m in vlm.model.named_modules() if isinstance(m, torch.nn.Linear)}
+        return {name: param for name, param in params.items() if name in linear}
 
     def unlearn(self, vlm: VLM, forget: Sequence[Item], retain: Sequence[Item], cfg: MethodConfig) -> Edit:
         self.options(cfg)

@@ -66,9 +66,38 @@ class ModelAdapter:
     def save_processor(self, processor: Any, path: str | Path) -> None:
         processor.save_pretrained(str(path))
 
+    def check_max_pixels(self, max_pixels: int) -> None:
+        """Refuse ``--max-pixels`` where it means nothing: by default every image is resized to one
+        fixed size (LLaVA); families with dynamic resolution override this."""
+        raise ValueError(f"--max-pixels applies to Qwen2-VL and Qwen2.5-VL, whose image token count grows with the "
+                         f"image; {self.family} resizes every image to one fixed size")
+
+    def limit_image_pixels(self, processor: Any, max_pixels: int) -> None:
+        """Cap the pixels of each image the loaded ``processor`` feeds the model."""
+        self.check_max_pixels(max_pixels)
+
+    def image_max_pixels(self, processor: Any) -> int | None:
+        """The processor's cap on an image's pixels; ``None`` for fixed-size families."""
+        return None
+
     # --- where things live -----------------------------------------------------------
+    # Each family declares its modules by path; several candidates per module because
+    # transformers moved them (the 4.52 refactor) and peft adds prefixes (see ``_find_module``).
+    lm_layer_paths: ClassVar[tuple[str, ...]]  # the language model's decoder layers
+    language_model_paths: ClassVar[tuple[str, ...]]  # the language model: embeddings, layers, final norm
+    vision_tower_paths: ClassVar[tuple[str, ...]]  # the whole vision encoder
+    vision_block_paths: ClassVar[tuple[str, ...]]  # the vision encoder's layers
+    projector_paths: ClassVar[tuple[str, ...]]  # vision -> language projector (Qwen: the merger, inside the tower)
+    vision_down_proj_name: ClassVar[str]  # leaf name of the vision FFN's down projection
+
     def lm_layers(self, model: nn.Module) -> nn.ModuleList:
         return _find_module(model, self.lm_layer_paths)
+
+    def language_model(self, model: nn.Module) -> nn.Module:
+        return _find_module(model, self.language_model_paths)
+
+    def vision_tower(self, model: nn.Module) -> nn.Module:
+        return _find_module(model, self.vision_tower_paths)
 
     def vision_blocks(self, model: nn.Module) -> nn.ModuleList:
         return _find_module(model, self.vision_block_paths)
@@ -76,16 +105,53 @@ class ModelAdapter:
     def projector(self, model: nn.Module) -> nn.Module:
         return _find_module(model, self.projector_paths)
 
-    lm_layer_paths: ClassVar[tuple[str, ...]]
-    vision_block_paths: ClassVar[tuple[str, ...]]
-    projector_paths: ClassVar[tuple[str, ...]]
-    vision_down_proj_name: ClassVar[str]  # leaf name of the vision FFN's down projection
+    def read_vision_blocks(self, model: nn.Module) -> int:
+        """How many vision blocks, counted from the first, feed the model's output (default: all)."""
+        return len(self.vision_blocks(model))
+
+    def unread_vision_modules(self, model: nn.Module) -> list[str]:
+        """Paths of vision-tower modules whose output the model never reads: the blocks after the
+        last one read (and family-specific heads, see LLaVA)."""
+        blocks = self.vision_blocks(model)
+        base = _module_path(model, blocks)
+        return [f"{base}.{index}" for index in range(self.read_vision_blocks(model), len(blocks))]
+
+    def tower_parameters(self, model: nn.Module, tower: str) -> dict[str, nn.Parameter]:
+        """Named parameters (names as in ``model.named_parameters()``) of one tower.
+
+        ``vision``: the vision encoder and its projector (merger), without the modules whose output
+        the model never reads (``unread_vision_modules``): they cannot carry what the model knows.
+        ``language``: the language model (embeddings, decoder layers, final norm); the output head
+        belongs to neither tower.
+        """
+        if tower not in TOWERS:
+            raise ValueError(f"tower must be one of {TOWERS}, got {tower!r}")
+        vision = [_module_path(model, self.vision_tower(model)), _module_path(model, self.projector(model))]
+        language = [_module_path(model, self.language_model(model))]
+        for v in vision:  # a candidate path that matched too much (e.g. a whole model) is a bug, not a tower
+            for lm in language:
+                if _under(v, lm) or _under(lm, v):
+                    raise AttributeError(f"{self.family}: the vision module {v!r} and the language model {lm!r} "
+                                         "overlap; the adapter's module paths do not fit this model")
+        unread = self.unread_vision_modules(model) if tower == "vision" else []
+        prefixes = vision if tower == "vision" else language
+        return {name: param for name, param in model.named_parameters()
+                if any(_under(name, p) for p in prefixes) and not any(_under(name, u) for u in unread)}
 
     def lm_ffn_sites(self, model: nn.Module) -> list[NeuronSite]:
         return self._sites(model, self.lm_layers(model), "lm", "mlp.down_proj")
 
-    def vision_ffn_sites(self, model: nn.Module) -> list[NeuronSite]:
-        return self._sites(model, self.vision_blocks(model), "vision", f"mlp.{self.vision_down_proj_name}")
+    def vision_ffn_sites(self, model: nn.Module, required_by: str | None = None) -> list[NeuronSite]:
+        """FFN sites of the vision blocks whose output the model reads; may be empty (a LLaVA whose
+        one vision layer is past its ``vision_feature_layer``). With ``required_by`` (a method's
+        name), an empty list is a ValueError saying why."""
+        sites = self._sites(model, self.vision_blocks(model), "vision", f"mlp.{self.vision_down_proj_name}")
+        read = sites[: self.read_vision_blocks(model)]
+        if required_by and not read:
+            raise ValueError(f"{required_by}: no vision layer of this {self.family} model is read by the language "
+                             f"model ({len(sites)} vision layer(s), none before the layer the model takes its image "
+                             "features from), so there are no vision neurons to work on")
+        return read
 
     def repeat_examples(self, batch: dict[str, torch.Tensor], times: int) -> dict[str, torch.Tensor]:
         """Each example of a collated batch repeated ``times`` times in a row (example-major).
@@ -99,10 +165,6 @@ class ModelAdapter:
         (tokens, width) sequence; ``None`` when its input is (images, tokens, width)."""
         return None
 
-    def vision_module_prefix(self, model: nn.Module) -> str:
-        """Dotted prefix of the whole vision tower, for freezing or masking by tower."""
-        return _module_path(model, self.vision_blocks(model)).rsplit(".", 2)[0]
-
     def _sites(self, model: nn.Module, blocks: nn.ModuleList, kind: str, leaf: str) -> list[NeuronSite]:
         base = _module_path(model, blocks)
         sites = []
@@ -113,6 +175,7 @@ class ModelAdapter:
 
 
 ADAPTERS: dict[str, ModelAdapter] = {}
+TOWERS = ("vision", "language")
 
 
 def register_adapter(adapter: ModelAdapter) -> ModelAdapter:
@@ -147,15 +210,23 @@ def _import_families() -> None:
 
 def _find_module(model: nn.Module, candidates: tuple[str, ...]) -> nn.Module:
     # Several paths because transformers moved modules (4.52 refactor) and peft adds prefixes.
-    for root in (model, getattr(model, "base_model", None), getattr(getattr(model, "base_model", None), "model", None)):
-        if root is None:
-            continue
-        for path in candidates:
+    # Candidates in order of preference, each tried under every root: a later, looser candidate
+    # (Qwen's old-layout "model") must not match a peft wrapper before a precise one matches inside.
+    roots = (model, getattr(model, "base_model", None), getattr(getattr(model, "base_model", None), "model", None))
+    for path in candidates:
+        for root in roots:
+            if root is None:
+                continue
             try:
                 return root.get_submodule(path)
             except AttributeError:
                 continue
     raise AttributeError(f"none of {candidates} found in {type(model).__name__}")
+
+
+def _under(name: str, prefix: str) -> bool:
+    """``name`` is the module/parameter ``prefix`` or lies inside it (dotted paths)."""
+    return prefix == "" or name == prefix or name.startswith(prefix + ".")
 
 
 def _module_path(model: nn.Module, target: nn.Module) -> str:
@@ -191,16 +262,20 @@ class VLM:
                 (tmp / name).write_text(text)
 
 
-def load_vlm(path: str | Path, device: str = "auto", dtype: str = "float32") -> VLM:
-    """Load any local checkpoint of a supported family: the one loading path for tiny and real models."""
+def load_vlm(path: str | Path, device: str = "auto", dtype: str = "float32", max_pixels: int | None = None) -> VLM:
+    """Load any local checkpoint of a supported family: the one loading path for tiny and real models.
+
+    ``max_pixels`` (Qwen families only): cap each image's pixels below the checkpoint's own limit."""
     from transformers import AutoModelForImageTextToText
 
     from ..utils import resolve_device, resolve_dtype
 
     torch_device, torch_dtype = resolve_device(device), resolve_dtype(dtype)  # option errors before file errors
     adapter = adapter_for_checkpoint(path)
-    model = AutoModelForImageTextToText.from_pretrained(str(path), dtype=torch_dtype)
-    model.to(torch_device).eval()
     processor = adapter.load_processor(path)
     processor.tokenizer.padding_side = "left"
+    if max_pixels is not None:
+        adapter.limit_image_pixels(processor, max_pixels)
+    model = AutoModelForImageTextToText.from_pretrained(str(path), dtype=torch_dtype)
+    model.to(torch_device).eval()
     return VLM(model, processor, adapter, torch_device, torch_dtype)

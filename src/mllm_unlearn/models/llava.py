@@ -5,7 +5,7 @@ from typing import Any
 
 from torch import nn
 
-from .base import ModelAdapter, TinySize, register_adapter
+from .base import ModelAdapter, TinySize, _module_path, register_adapter
 
 # LLaVA-1.5's conversation format, written as a chat template so tiny and real
 # checkpoints are prompted through the same ``apply_chat_template`` call.
@@ -23,14 +23,39 @@ class LlavaAdapter(ModelAdapter):
     family = "llava"
     model_types = ("llava",)
     image_placeholder = "<image>"
+    # transformers >= 4.52 first, then the older layout (language_model = LlamaForCausalLM, and
+    # vision_tower = CLIPVisionModel wrapping vision_model).
     lm_layer_paths = ("model.language_model.layers", "language_model.model.layers")
+    language_model_paths = ("model.language_model", "language_model.model")
+    vision_tower_paths = ("model.vision_tower", "vision_tower")
     vision_block_paths = ("model.vision_tower.encoder.layers", "vision_tower.vision_model.encoder.layers")
     projector_paths = ("model.multi_modal_projector", "multi_modal_projector")
     vision_down_proj_name = "fc2"
-    answer_prefix = " "
 
     def special_tokens(self) -> list[str]:
         return ["<image>"]
+
+    def read_vision_blocks(self, model: nn.Module) -> int:
+        """LLaVA feeds the projector ``hidden_states[vision_feature_layer]`` of the vision tower
+        (index 0 = the embeddings, k = block k-1's output; LLaVA-1.5: -2, the second-to-last
+        block), so the blocks after that one never reach the language model."""
+        blocks = len(self.vision_blocks(model))
+        chosen = getattr(model.config, "vision_feature_layer", None)
+        if chosen is None:
+            raise AttributeError(f"{type(model).__name__}'s config has no vision_feature_layer")
+        layers = [chosen] if isinstance(chosen, int) else list(chosen)
+        for layer in layers:
+            if not -(blocks + 1) <= layer <= blocks:
+                raise ValueError(f"vision_feature_layer {chosen} does not fit a vision tower of {blocks} layers")
+        return max(layer % (blocks + 1) for layer in layers)
+
+    def unread_vision_modules(self, model: nn.Module) -> list[str]:
+        # CLIP's post_layernorm only normalises the pooled class token, which LLaVA does not use.
+        tower = self.vision_tower(model)
+        base = _module_path(model, tower)
+        heads = [f"{base}.{name}" for name in ("post_layernorm", "vision_model.post_layernorm")
+                 if _has_submodule(tower, name)]
+        return super().unread_vision_modules(model) + heads
 
     def answer_suffix(self, tokenizer: Any) -> str:
         return tokenizer.eos_token
@@ -84,6 +109,14 @@ class LlavaAdapter(ModelAdapter):
             num_additional_image_tokens=1,  # CLIP's class token, dropped by the "default" strategy
             chat_template=LLAVA_CHAT_TEMPLATE,
         )
+
+
+def _has_submodule(module: nn.Module, path: str) -> bool:
+    try:
+        module.get_submodule(path)
+    except AttributeError:
+        return False
+    return True
 
 
 register_adapter(LlavaAdapter())

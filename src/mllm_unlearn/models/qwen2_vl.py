@@ -1,6 +1,7 @@
 """Qwen2-VL (``Qwen2VLForConditionalGeneration``): ViT with 2x2 patch merger, Qwen2 LM with M-RoPE."""
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 from typing import Any
@@ -31,11 +32,14 @@ class Qwen2VLAdapter(ModelAdapter):
     family = "qwen2-vl"
     model_types = ("qwen2_vl",)
     image_placeholder = "<|image_pad|>"
+    # transformers >= 4.52 first (model = {visual, language_model}), then the older layout
+    # (visual beside model = the language model). The vision tower holds the merger (projector).
     lm_layer_paths = ("model.language_model.layers", "model.layers")
+    language_model_paths = ("model.language_model", "model")
+    vision_tower_paths = ("model.visual", "visual")
     vision_block_paths = ("model.visual.blocks", "visual.blocks")
     projector_paths = ("model.visual.merger", "visual.merger")
     vision_down_proj_name = "fc2"
-    answer_prefix = ""
 
     def repeat_examples(self, batch: dict[str, torch.Tensor], times: int) -> dict[str, torch.Tensor]:
         # pixel_values are the images' patch rows concatenated: repeat each image's block of rows.
@@ -154,6 +158,27 @@ class Qwen2VLAdapter(ModelAdapter):
         elif (Path(path) / "chat_template.json").is_file():
             template = json.loads((Path(path) / "chat_template.json").read_text())["chat_template"]
         return self._image_only_processor(image_processor, tokenizer, template)
+
+    def check_max_pixels(self, max_pixels: int) -> None:
+        if isinstance(max_pixels, bool) or not isinstance(max_pixels, int) or max_pixels < 1:
+            raise ValueError(f"--max-pixels must be a positive number of pixels, got {max_pixels!r}")
+
+    def limit_image_pixels(self, processor: Any, max_pixels: int) -> None:
+        """The image processor's ``max_pixels`` (``size["longest_edge"]`` in transformers 5): images
+        above it are scaled down, so they give fewer image tokens."""
+        self.check_max_pixels(max_pixels)
+        image_processor = processor.image_processor
+        size = image_processor.size
+        least = max(size["shortest_edge"] or 0, (image_processor.patch_size * image_processor.merge_size) ** 2)
+        if max_pixels < least:
+            raise ValueError(f"--max-pixels {max_pixels} is below this checkpoint's smallest image ({least} pixels: its "
+                             "min_pixels, and at least one merged patch)")
+        image_processor.size = (dataclasses.replace(size, longest_edge=max_pixels) if dataclasses.is_dataclass(size)
+                                else {**size, "longest_edge": max_pixels})
+
+    def image_max_pixels(self, processor: Any) -> int | None:
+        size = processor.image_processor.size
+        return int(size["longest_edge"])
 
     def save_processor(self, processor: Any, path: str | Path) -> None:
         if getattr(processor, "video_processor", None) is not None:
