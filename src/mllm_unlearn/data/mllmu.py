@@ -158,6 +158,8 @@ HOLDOUT_CONFIG = "Holdout_Set"
 
 def load_mllmu(root: str | Path, forget_percent: int = 10, seed: int = 0) -> Benchmark:
     """Read an MLLMU-Bench directory into evaluation splits and training items."""
+    from .mllmu_protocol import full_set_reader
+
     root = Path(root)
     if not root.is_dir():
         raise BenchmarkFormatError(f"benchmark directory {root} does not exist")
@@ -208,6 +210,7 @@ def load_mllmu(root: str | Path, forget_percent: int = 10, seed: int = 0) -> Ben
         pretrain_train=training_items(pretrain_rows, "pretrain") if pretrain_rows else [],
         forget_ids=forget_ids,
         holdout=training_items(holdout_rows, "holdout") if holdout_rows else [],
+        demonstrations=full_set_reader(root),  # --protocol mllmu's few-shot source
         meta={"root": str(root), "forget_percent": forget_percent, "seed": seed,
               # Optional "name" column (the built-in world has it; MLLMU-Bench's release does not).
               "names": {str(r["ID"]): str(r["name"]) for r in forget_rows + retain_rows + real_rows if r.get("name")}},

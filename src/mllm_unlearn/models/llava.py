@@ -23,6 +23,7 @@ class LlavaAdapter(ModelAdapter):
     family = "llava"
     model_types = ("llava",)
     image_placeholder = "<image>"
+    benchmark_prompts = ("mllmu",)  # MLLMU-Bench's eval.py prompts LLaVA itself (data/mllmu_protocol.py)
     lm_layer_paths = ("model.language_model.layers", "language_model.model.layers")
     vision_block_paths = ("model.vision_tower.encoder.layers", "vision_tower.vision_model.encoder.layers")
     projector_paths = ("model.multi_modal_projector", "multi_modal_projector")
