@@ -71,6 +71,31 @@ def test_cli_rejects_unknown_method_clearly(tmp_path):
     assert "unknown method 'nope'" in result.output
 
 
+def test_mllmu_protocol_is_recorded_and_named_in_the_report(tmp_path_factory):
+    base = tmp_path_factory.getbasetemp()  # shares the llava vanilla cache of the gradient-method runs
+    cfg = small_run(base, "cache_methods", "protocol-mllmu")
+    # The likelihood scorer keeps the test quick (the protocol's own default is generate).
+    cfg = replace(cfg, eval=replace(cfg.eval, protocol="mllmu", scorer="likelihood", tasks=("mcq",)), mia=None, relearn=None)
+    results = run_pipeline(cfg)
+    saved = json.loads((base / "runs" / "protocol-mllmu" / "results.json").read_text())
+    assert saved["config"]["eval"]["protocol"] == "mllmu" and saved["vanilla"]["config"]["protocol"] == "mllmu"
+    assert set(results["vanilla"]["demonstration_people"]) == {"forget", "test", "retain"}
+    assert results["unlearned"]["demonstration_people"] == results["vanilla"]["demonstration_people"]
+    report = (base / "runs" / "protocol-mllmu" / "report.md").read_text()
+    assert "protocol `mllmu` (MLLMU-Bench's eval.py" in report and "classification scorer `likelihood`" in report
+
+
+def test_cli_refuses_protocol_mixups_before_any_work(tmp_path):
+    common = ["--runs-dir", str(tmp_path / "runs"), "--cache-dir", str(tmp_path / "cache"), "--quiet"]
+    result = CliRunner().invoke(app, ["run", "--protocol", "mllmu", "--few-shot", "1", *common])
+    assert result.exit_code == 2 and "few_shot (1) is an option of protocol 'ours'" in result.output
+    result = CliRunner().invoke(app, ["run", "--benchmark", "clear", "--protocol", "mllmu", *common])
+    assert result.exit_code == 2 and "CLEAR's own protocol" in result.output
+    result = CliRunner().invoke(app, ["run", "--protocol", "tofu", *common])
+    assert result.exit_code == 2 and "protocol must be one of" in result.output
+    assert not (tmp_path / "cache").exists()
+
+
 def test_cli_lists_methods():
     result = CliRunner().invoke(app, ["methods"])
     assert result.exit_code == 0 and "ga" in result.output and "graddiff" in result.output

@@ -50,8 +50,15 @@ def run(
     lora: bool = typer.Option(False, help="Unlearn through LoRA adapters (merged into the edit)."),
     option: list[str] = typer.Option([], "--option", "-o",
                                      help="Method-specific option KEY=VALUE, repeatable (e.g. -o beta=0.2 for npo)."),
-    scorer: str = typer.Option("likelihood", help="Classification scorer: likelihood or generate (MLLMU-Bench's)."),
-    few_shot: int = typer.Option(0, help="Few-shot demonstration people per split."),
+    protocol: str = typer.Option(
+        "ours", help="MLLMU-Bench evaluation settings: 'ours' (zero-shot, chat template, likelihood scorer) or "
+                     "'mllmu' (MLLMU-Bench's eval.py exactly: its few-shot per task from Full_Set, its LLaVA prompts, "
+                     "generate scorer)."),
+    scorer: Optional[str] = typer.Option(
+        None, help="Classification scorer: likelihood or generate (MLLMU-Bench's); default: the protocol's."),
+    few_shot: int = typer.Option(0, help="--protocol ours: few-shot demonstration people per split (not scored)."),
+    max_new_tokens: Optional[int] = typer.Option(
+        None, help="Greedy generation length (default: the benchmark's own, 50 on MLLMU-Bench, 300 on CLEAR)."),
     tasks: str = typer.Option("mcq,cloze,generation",
                               help="Comma-separated tasks to evaluate (CLEAR: 'generation' switches ROUGE on)."),
     people: Optional[int] = typer.Option(None, help="Fictitious people in the built-in world (default 100)."),
@@ -111,8 +118,8 @@ def run(
                                               "batch_size": batch_size}.items() if v is not None}
         method_cfg = replace(method_cfg, progress=not quiet, lora=LoraOptions() if lora else None, **overrides)
         method_cfg.extra.update(parse_options(option))
-        eval_cfg = EvalConfig(scorer=scorer, few_shot=few_shot, tasks=tuple(t.strip() for t in tasks.split(",") if t.strip()),
-                              seed=seed, progress=not quiet)
+        eval_cfg = EvalConfig(protocol=protocol, scorer=scorer, few_shot=few_shot, max_new_tokens=max_new_tokens,
+                              tasks=tuple(t.strip() for t in tasks.split(",") if t.strip()), seed=seed, progress=not quiet)
         cfg = RunConfig(name=name, family=family, model=str(model) if model else None,
                         benchmark=benchmark or None, clear_tofu=tofu, gold_model=str(gold_model) if gold_model else None,
                         forget_percent=forget, method=method, edit=str(edit) if edit else None, seed=seed,

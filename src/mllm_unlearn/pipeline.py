@@ -204,11 +204,11 @@ def prepare_retain_model(cfg: RunConfig, benchmark: Benchmark, benchmark_key: st
 
 
 def clear_eval_config(cfg: EvalConfig) -> ClearEvalConfig:
-    """CLEAR's evaluation options from the run's: batch, generation length, item cap, seed;
-    ROUGE only when the ``generation`` task is asked for."""
-    return ClearEvalConfig(batch_size=cfg.batch_size, max_new_tokens=cfg.max_new_tokens,
-                           max_items_per_task=cfg.max_items_per_group, rouge="generation" in cfg.tasks, seed=cfg.seed,
-                           progress=cfg.progress)
+    """CLEAR's evaluation options from the run's: batch, generation length (CLEAR's own 300
+    unless given), item cap, seed; ROUGE only when the ``generation`` task is asked for."""
+    length = {"max_new_tokens": cfg.max_new_tokens} if cfg.max_new_tokens else {}
+    return ClearEvalConfig(batch_size=cfg.batch_size, max_items_per_task=cfg.max_items_per_group,
+                           rouge="generation" in cfg.tasks, seed=cfg.seed, progress=cfg.progress, **length)
 
 
 def versions() -> dict[str, str]:
@@ -277,6 +277,10 @@ def run_pipeline(cfg: RunConfig) -> dict[str, Any]:
         from .models import adapter_for_checkpoint, adapter_for_family
 
         (adapter_for_checkpoint(cfg.model) if cfg.model else adapter_for_family(cfg.family)).check_max_pixels(cfg.max_pixels)
+    protocol = getattr(cfg.eval, "protocol", "ours")
+    if protocol != "ours" and (cfg.benchmark == BUILTIN_CLEAR or (cfg.benchmark and is_clear_layout(cfg.benchmark))):
+        raise ValueError(f"--protocol {protocol} is MLLMU-Bench's evaluation; a CLEAR benchmark is evaluated "
+                         "with CLEAR's own protocol (leave --protocol out)")
     run_dir = Path(cfg.runs_dir) / cfg.name
     timings: dict[str, float] = {}
 
@@ -337,7 +341,7 @@ def run_pipeline(cfg: RunConfig) -> dict[str, Any]:
         edit = given_edit
         method_name = str(edit.meta.get("method") or edit.kind)
     else:
-        retain = benchmark.retain_train + (benchmark.pretrain_train if method.uses_prior_knowledge else [])
+        retain = benchmark.retain_train + (benchmark.prior_knowledge() if method.uses_prior_knowledge else [])
         try:
             edit = method.unlearn(vlm, benchmark.forget_train, retain, method_cfg)
         except UnlearningDiverged as error:

@@ -6,6 +6,7 @@ import pytest
 
 from mllm_unlearn.data import BenchmarkFormatError, generate_world, load_clear
 from mllm_unlearn.data.clear import CAPTION_PROMPTS, NAME_PROMPT, is_clear_layout
+from mllm_unlearn.data.items import INJECTION_ONLY
 from mllm_unlearn.data.synthetic import PERTURBED_PER_ROW
 
 from ..conftest import SMALL_WORLD
@@ -56,11 +57,18 @@ def test_clear_layout_round_trips_through_the_loader(clear_dir, world_dir):
     assert not {i.person_id for i in benchmark.eval_splits["retain"]} & set(forget_names)
     assert {i.person_id for i in benchmark.forget_train} == set(forget_names)
     assert not {i.person_id for i in benchmark.retain_train} & set(forget_names)
-    # Every caption row is trained with every caption instruction, plus the name question.
-    assert len(benchmark.forget_train) == len(forget_rows) * (len(CAPTION_PROMPTS) + 1)
+    # Every caption row is trained with every caption instruction (CLEAR trains on captions only).
+    assert len(benchmark.forget_train) == len(forget_rows) * len(CAPTION_PROMPTS)
+    assert all(i.question in CAPTION_PROMPTS for i in benchmark.forget_train + benchmark.retain_train)
+    # The built-in world's knowledge injection also asks each caption row's name (injection only).
+    named = [i for i in benchmark.finetune_train if i.question == NAME_PROMPT]
+    assert len(named) == len(forget_rows) + len(rows(clear_dir, "retain90")) and all(i.meta[INJECTION_ONLY] for i in named)
+    assert [i for i in benchmark.finetune_train if i not in named] == benchmark.forget_train + benchmark.retain_train
     # Real-world people come with prior-knowledge training data (our pretrain_data config).
     real = {i.person_id for i in benchmark.eval_splits["real_faces"]}
-    assert real and real <= {i.person_id for i in benchmark.pretrain_train}
+    assert real and real <= {i.person_id for i in benchmark.prior_knowledge()}
+    assert not [i for i in benchmark.prior_knowledge() if i.question == NAME_PROMPT]
+    assert benchmark.meta["builtin_world"] is True
     # The same people and portraits as the MLLMU-Bench layout of the same world.
     mllmu = {r["name"]: r["image"]["bytes"] for c in ("Full_Set", "Retain_Set") for r in rows(world_dir, c)}
     clear_people = {r["name"]: r["image"]["bytes"] for r in rows(clear_dir, "full") if r["image"]["path"].endswith("_0.png")}
@@ -78,9 +86,51 @@ def test_tofu_configs_add_text_questions_and_retain_only_drops_the_forget_split(
     forget_names = set(benchmark.forget_ids)
     assert any(name in i.question for i in text for name in forget_names)  # TOFU-style questions name the person
     gold = benchmark.retain_only()
-    assert not gold.forget_train and len(gold.finetune_train) == len(benchmark.retain_train)
+    trained = [i for i in gold.finetune_train if not i.meta.get(INJECTION_ONLY)]
+    assert not gold.forget_train and trained == benchmark.retain_train
     assert not {id(i) for i in gold.finetune_train} & {id(i) for i in benchmark.forget_train}
     assert not {i.person_id for i in gold.finetune_train} & forget_names
+
+
+def as_published(clear_dir, tmp_path):
+    """The built-in world's files as a published CLEAR directory holds them (no world.json)."""
+    root = tmp_path / "published"
+    shutil.copytree(clear_dir, root)
+    (root / "world.json").unlink()
+    return root
+
+
+def signature(item):
+    return (item.image.tobytes() if item.image is not None else None, item.question, item.answer)
+
+
+@pytest.mark.parametrize("tofu", [False, True])
+def test_no_training_item_a_method_sees_is_an_evaluation_item(clear_dir, tmp_path, tofu):
+    """CLEAR trains on captions: no training item is a face-recognition, real-faces or real-world
+    evaluation item (same image, question and answer). Only the built-in world's knowledge
+    injection asks the face-recognition question. (CLEAR's caption tasks score the trained
+    captions themselves, TOFU-style: there the overlap is the protocol.)"""
+    published = load_clear(as_published(clear_dir, tmp_path), forget_percent=10, tofu=tofu)
+    builtin = load_clear(clear_dir, forget_percent=10, tofu=tofu)
+    assert published.meta["builtin_world"] is False
+
+    def evaluation(benchmark):
+        return {signature(i) for task in ("forget_facerec", "retain_facerec", "real_faces", "real_world")
+                for i in benchmark.eval_splits[task]}
+
+    for benchmark in (published, builtin):
+        seen_by_methods = benchmark.forget_train + benchmark.retain_train
+        assert seen_by_methods and not {signature(i) for i in seen_by_methods} & evaluation(benchmark)
+        assert not [i for i in benchmark.prior_knowledge() if i.question == NAME_PROMPT]
+        captions = {(i.image.tobytes(), i.answer) for i in benchmark.eval_splits["forget"]}
+        assert captions <= {(i.image.tobytes(), i.answer) for i in benchmark.forget_train if i.image is not None}
+    assert not {signature(i) for i in published.finetune_train} & evaluation(published)
+    assert not [i for i in published.finetune_train + published.pretrain_train if i.question == NAME_PROMPT]
+    # The same captions either way; the built-in world adds only the name question, for injection.
+    assert [signature(i) for i in published.forget_train] == [signature(i) for i in builtin.forget_train]
+    extra = [i for i in builtin.finetune_train if i.meta.get(INJECTION_ONLY)]
+    assert extra and all(i.question == NAME_PROMPT for i in extra)
+    assert {signature(i) for i in extra} & {signature(i) for i in builtin.eval_splits["forget_facerec"]}
 
 
 def copy_with(clear_dir, tmp_path, config, edit):

@@ -159,3 +159,32 @@ def test_items_without_perturbations_are_refused(clear_benchmark, clear_vlm):
     item = replace(clear_benchmark.eval_splits["forget"][0], perturbed_answers=None)
     with pytest.raises(ValueError, match="lacks a paraphrased or perturbed answer"):
         ClearEvaluator(clear_vlm, ClearEvalConfig(progress=False)).score_task([item], "forget")
+
+
+def test_generation_length_is_clears_300_and_stops_at_end_of_sequence(clear_benchmark, clear_vlm, monkeypatch):
+    from mllm_unlearn.eval import EvalConfig
+    from mllm_unlearn.pipeline import clear_eval_config
+
+    assert ClearEvalConfig().max_new_tokens == 300  # CLEAR's mm/eval.py
+    assert clear_eval_config(EvalConfig()).max_new_tokens == 300  # a run's default on CLEAR: CLEAR's own
+    assert clear_eval_config(EvalConfig(max_new_tokens=8)).max_new_tokens == 8  # a given length is kept
+    # A model whose greedy choice is always the end of sequence: generation stops after one token.
+    config = clear_vlm.model.config.get_text_config()
+    head = torch.nn.Linear(config.hidden_size, config.vocab_size, bias=True)
+    with torch.no_grad():
+        head.weight.zero_()
+        head.bias.zero_()
+        head.bias[clear_vlm.model.generation_config.eos_token_id] = 1.0
+    monkeypatch.setattr(clear_vlm.model, "lm_head", head)
+    lengths = []
+    original = clear_vlm.model.generate
+
+    def spy(**kwargs):
+        out = original(**kwargs)
+        lengths.append((kwargs["max_new_tokens"], out.shape[1] - kwargs["input_ids"].shape[1]))
+        return out
+
+    monkeypatch.setattr(clear_vlm.model, "generate", spy)
+    records = ClearEvaluator(clear_vlm, ClearEvalConfig(progress=False)).score_task(clear_benchmark.eval_splits["forget"][:2],
+                                                                                   "forget")
+    assert lengths == [(300, 1)] and all(r["prediction"] == "" for r in records)

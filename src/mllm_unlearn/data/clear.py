@@ -18,6 +18,10 @@ Evaluation splits follow CLEAR's six tasks: ``forget``/``retain`` (caption of th
 scored against its paraphrase and perturbed captions), ``forget_facerec``/``retain_facerec``
 (the person's name against perturbed names), ``real_faces`` and ``real_world``. Every
 malformed input raises ``BenchmarkFormatError`` naming the config and column.
+
+Training items are the captions (CLEAR trains on nothing else). Only in the built-in world
+(``world.json`` names our generator) does knowledge injection also train the face-recognition
+question, flagged ``INJECTION_ONLY``: ``forget_train``/``retain_train`` never hold it.
 """
 from __future__ import annotations
 
@@ -26,9 +30,10 @@ from pathlib import Path
 from typing import Any
 
 
-from .items import Benchmark, Item
+from .items import INJECTION_ONLY, Benchmark, Item
 from .mllmu import BenchmarkFormatError, read_config
 from .portraits import from_png
+from .synthetic import is_builtin_world
 
 FORGET_PERCENTS = (1, 5, 10)
 # CLEAR asks for a caption with one of several fixed instructions, drawn at random; we draw
@@ -107,12 +112,16 @@ def caption_prompt(row_key: str, seed: int) -> str:
     return random.Random(f"{seed}:{row_key}").choice(CAPTION_PROMPTS)
 
 
-def training_items(rows: list[dict[str, Any]], split: str, names_by_caption: dict[str, str] | None = None) -> list[Item]:
-    """Training items of caption rows (every caption instruction + the name question) and of
+def training_items(rows: list[dict[str, Any]], split: str, names_by_caption: dict[str, str] | None = None,
+                   name_question: bool = False) -> list[Item]:
+    """Training items of caption rows (the caption asked with every caption instruction) and of
     ``+tofu`` text rows (question/answer, no image).
 
-    CLEAR fine-tunes on captions only; the name question is added because a model trained
-    from scratch does not carry a caption's name over to the face-recognition prompt.
+    CLEAR fine-tunes on captions only. ``name_question`` (the built-in world only) adds, per
+    caption row, the face-recognition question with the name as answer, flagged
+    ``INJECTION_ONLY``: a model trained from scratch does not carry a caption's name over to
+    that prompt. It is the face-recognition evaluation item itself, so knowledge injection alone
+    trains on it; unlearning methods never see it.
     """
     items: list[Item] = []
     for index, row in enumerate(rows):
@@ -132,9 +141,9 @@ def training_items(rows: list[dict[str, Any]], split: str, names_by_caption: dic
         # One fact asked with every caption instruction (``fact`` makes injection count it once).
         items += [Item(person, split, "vqa", "train", prompt, caption, image, image_key=key,
                        meta={"clear_task": "caption", "fact": f"caption:{key}"}) for prompt in CAPTION_PROMPTS]
-        if name:
+        if name and name_question:
             items.append(Item(person, split, "vqa", "train", NAME_PROMPT, str(name), image, image_key=key,
-                              meta={"clear_task": "name", "fact": f"name:{key}"}))
+                              meta={"clear_task": "name", "fact": f"name:{key}", INJECTION_ONLY: True}))
     return items
 
 
@@ -199,13 +208,16 @@ def load_clear(root: str | Path, forget_percent: int = 10, seed: int = 0, tofu: 
 
     forget_ids = sorted({value(r, "name") for r in forget_rows})
     forget_set = set(forget_ids)
+    builtin = is_builtin_world(root)  # only our generated world trains the name question (injection only)
+    forget_source, retain_source, names = forget_rows, retain_rows, None
     if tofu:
         names = {value(r, "caption"): value(r, "name") for r in forget_rows + retain_rows}
-        forget_train = training_items(read_clear_config(root, f"{forget_name}+tofu", TOFU_COLUMNS), "forget", names)
-        retain_train = training_items(read_clear_config(root, f"{retain_name}+tofu", TOFU_COLUMNS), "retain", names)
-    else:
-        forget_train = training_items(forget_rows, "forget")
-        retain_train = training_items(retain_rows, "retain")
+        forget_source = read_clear_config(root, f"{forget_name}+tofu", TOFU_COLUMNS)
+        retain_source = read_clear_config(root, f"{retain_name}+tofu", TOFU_COLUMNS)
+    injected = (training_items(forget_source, "forget", names, name_question=builtin)
+                + training_items(retain_source, "retain", names, name_question=builtin))
+    forget_train = [i for i in injected if i.split == "forget" and not i.meta.get(INJECTION_ONLY)]
+    retain_train = [i for i in injected if i.split == "retain" and not i.meta.get(INJECTION_ONLY)]
     overlap = {i.person_id for i in retain_train} & forget_set
     if overlap:
         raise BenchmarkFormatError(f"{root}: config {retain_name!r} holds forget people of {forget_name!r}: {sorted(overlap)[:5]}")
@@ -221,10 +233,11 @@ def load_clear(root: str | Path, forget_percent: int = 10, seed: int = 0, tofu: 
                      "real_world": real_world_items(real_world)},
         forget_train=forget_train,
         retain_train=retain_train,
-        finetune_train=forget_train + retain_train,  # CLEAR's ``full`` is forget ∪ retain
-        pretrain_train=training_items(pretrain, "pretrain"),
+        finetune_train=injected,  # CLEAR's ``full`` is forget ∪ retain (+ the built-in world's name question)
+        pretrain_train=training_items(pretrain, "pretrain", name_question=builtin),
         forget_ids=forget_ids,
         meta={"root": str(root), "forget_percent": forget_percent, "seed": seed, "tofu": tofu, "layout": "clear",
+              "builtin_world": builtin,
               "retain_perturbed_rows_dropped": len(retain_perturbed) - len(retain_rows_eval)},
         protocol="clear",
     )

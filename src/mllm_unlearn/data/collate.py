@@ -29,10 +29,17 @@ def messages_for(item: Item, demos: Sequence[Item] = ()) -> list[dict[str, Any]]
 
 
 class Encoder:
-    """Turns items into padded batches for one model's processor (with a prompt cache)."""
+    """Turns items into padded batches for one model's processor (with a prompt cache).
 
-    def __init__(self, vlm: Any, cache_size: int = 50_000):
+    ``protocol``: the evaluation protocol the prompts are for. Under a benchmark's protocol
+    whose own code writes this family's prompts (``adapter.benchmark_prompts``; MLLMU-Bench
+    for LLaVA), prompts are that benchmark's text; otherwise the processor's chat template.
+    """
+
+    def __init__(self, vlm: Any, cache_size: int = 50_000, protocol: str = "ours"):
         self.vlm = vlm
+        self.protocol = protocol
+        self.benchmark_prompt = protocol in vlm.adapter.benchmark_prompts
         self.processor = vlm.processor
         self.tokenizer = vlm.processor.tokenizer
         self.pad_id = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0
@@ -70,12 +77,21 @@ class Encoder:
                 self._cached_images.extend(d.image for d in list(demos) + [item] if d.image is not None)
         return [fresh[key] if key in fresh else self._cache[key] for key in keys]
 
+    def prompt_text(self, item: Item, demos: Sequence[Item] = ()) -> str:
+        """The prompt as text, before the processor expands image placeholders and tokenises it."""
+        if self.benchmark_prompt:
+            from .mllmu_protocol import PROTOCOL, eval_prompt
+
+            if self.protocol == PROTOCOL:
+                return eval_prompt(item, demos, self.vlm.adapter.image_placeholder)
+            raise ValueError(f"no prompt text is known for protocol {self.protocol!r}")
+        return self.processor.apply_chat_template(messages_for(item, demos), add_generation_prompt=True, tokenize=False)
+
     def _encode(self, items: Sequence[Item], demos: Sequence[Item]) -> list[dict[str, torch.Tensor]]:
         if len(items) > 1 and self.tokenizer.pad_token is None:
             # The processor cannot pad a batch without a pad token: one call per item, as before.
             return [encoded for item in items for encoded in self._encode([item], demos)]
-        texts = [self.processor.apply_chat_template(messages_for(item, demos), add_generation_prompt=True, tokenize=False)
-                 for item in items]
+        texts = [self.prompt_text(item, demos) for item in items]
         per_item_images = [[d.image for d in list(demos) + [item] if d.image is not None] for item in items]
         images = [image for group in per_item_images for image in group]
         encoded = self.processor(text=texts, images=images or None, return_tensors="pt", padding=len(items) > 1)

@@ -2,11 +2,13 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any, Callable, Literal, Sequence
 
 Modality = Literal["vqa", "qa"]
 Task = Literal["mcq", "cloze", "generation", "train"]
 OPTION_KEYS = ("A", "B", "C", "D")
+# Item meta flag: knowledge injection trains on the item, unlearning methods never see it.
+INJECTION_ONLY = "injection_only"
 
 
 @dataclass
@@ -57,6 +59,15 @@ class Benchmark:
     holdout: list[Item] = field(default_factory=list)
     meta: dict[str, Any] = field(default_factory=dict)
     protocol: str = "mllmu"  # which evaluation protocol reads ``eval_splits``: "mllmu" or "clear"
+    # MLLMU-Bench's few-shot source (its ``Full_Set`` config): the evaluation items of the
+    # profiles with the given IDs, read on demand so only those profiles' images are decoded
+    # (data/mllmu_protocol.py). None when the benchmark has no ``Full_Set``.
+    demonstrations: Callable[[Sequence[str]], list[Item]] | None = None
+
+    def prior_knowledge(self) -> list[Item]:
+        """``pretrain_train`` as unlearning methods may see it: without the items only knowledge
+        injection trains on (``meta[INJECTION_ONLY]``, e.g. the built-in CLEAR world's name question)."""
+        return [i for i in self.pretrain_train if not i.meta.get(INJECTION_ONLY)]
 
     def text_only_train(self, which: str = "forget", needed_by: str | None = None) -> list[Item]:
         """Text-only forms of ``forget_train``/``retain_train``/``finetune_train`` (``which``): the

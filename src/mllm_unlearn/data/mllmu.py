@@ -355,6 +355,8 @@ class _TrainingReader:
 
 def load_mllmu(root: str | Path, forget_percent: int = 10, seed: int = 0) -> Benchmark:
     """Read an MLLMU-Bench directory into evaluation splits and training items."""
+    from .mllmu_protocol import full_set_reader
+
     root = Path(root)
     if not root.is_dir():
         raise BenchmarkFormatError(f"benchmark directory {root} does not exist")
@@ -420,6 +422,7 @@ def load_mllmu(root: str | Path, forget_percent: int = 10, seed: int = 0) -> Ben
         pretrain_train=pretrain or [],
         forget_ids=forget_ids,
         holdout=holdout or [],
+        demonstrations=full_set_reader(root),  # --protocol mllmu's few-shot source
         meta={"root": str(root), "forget_percent": forget_percent, "seed": seed,
               # Names from a "name" column (the built-in world), the biography or ft_Data's name
               # question; real-world people under "real:<ID>".

@@ -106,6 +106,19 @@ class WorldConfig:
         return stable_hash(settings)
 
 
+GENERATOR = "mllm-unlearn synthetic"  # world.json's "generator": marks a directory this module wrote
+WORLD_FILE = "world.json"
+
+
+def is_builtin_world(root: str | Path) -> bool:
+    """Whether ``root`` was written by ``generate_world`` (its ``world.json`` names this generator);
+    a published benchmark directory has no such file."""
+    try:
+        return json.loads((Path(root) / WORLD_FILE).read_text()).get("generator") == GENERATOR
+    except (OSError, ValueError, AttributeError):
+        return False
+
+
 def subject_forms(name: str | None) -> dict[str, str]:
     if name is None:  # image + question: the person is shown, not named
         return {"subj": "this person", "Subj": "This person", "poss": "this person's"}
@@ -288,7 +301,7 @@ def generate_world(out_dir: str | Path, config: WorldConfig | None = None, layou
             _write_config(tmp, f"forget_{pct}", [p for p in profiles if p["ID"] in forget])
             _write_config(tmp, f"retain_{100 - pct}", [p for p in profiles if p["ID"] not in forget])
         _write_config(tmp, "Holdout_Set", holdout_rows(config, people))
-        (tmp / "world.json").write_text(json.dumps({"generator": "mllm-unlearn synthetic", **asdict(config)}, indent=2))
+        (tmp / WORLD_FILE).write_text(json.dumps({"generator": GENERATOR, **asdict(config)}, indent=2))
     return out_dir
 
 
@@ -400,5 +413,5 @@ def _write_clear(root: Path, config: WorldConfig, people: list[dict[str, Any]], 
     _write_config(root, "real_faces", real_faces)
     _write_config(root, "real_world", real_world)
     _write_config(root, "pretrain_data", pretrain)
-    (root / "world.json").write_text(json.dumps({"generator": "mllm-unlearn synthetic", "layout": "clear",
+    (root / WORLD_FILE).write_text(json.dumps({"generator": GENERATOR, "layout": "clear",
                                                  **asdict(config)}, indent=2))

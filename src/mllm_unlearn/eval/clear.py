@@ -39,7 +39,7 @@ FORGET_QUALITY_TASK = "forget"  # CLEAR's forget quality reads ``eval_log_forget
 @dataclass
 class ClearEvalConfig:
     batch_size: int = 32
-    max_new_tokens: int = 64
+    max_new_tokens: int = 300  # CLEAR's (mm/eval.py); generation stops earlier at end of sequence
     max_items_per_task: int | None = None  # the first N rows of each task (CLEAR: ds_size=300)
     rouge: bool = True  # generate and score ROUGE-L recall (the slowest part)
     seed: int = 0

@@ -1,4 +1,10 @@
-"""MLLMU-Bench's protocol: per split x modality, classification (two scorers), cloze and generation."""
+"""MLLMU-Bench's protocol: per split x modality, classification (two scorers), cloze and generation.
+
+Two settings (``EvalConfig.protocol``): ``"mllmu"`` is MLLMU-Bench's eval.py exactly (its
+per-task few-shot from ``Full_Set``, its LLaVA prompt text, generation scorer; see
+data/mllmu_protocol.py); ``"ours"`` (the default) scores zero-shot through each family's chat
+template, with the likelihood scorer and optional ``few_shot`` people of the split.
+"""
 from __future__ import annotations
 
 import random
@@ -9,28 +15,35 @@ from typing import Any, Iterable, Sequence
 
 import torch
 
+from ..data import mllmu_protocol
 from ..data.collate import Encoder
 from ..data.items import OPTION_KEYS, Benchmark, Item
 from ..models.base import VLM
 from .metrics import bleu, cloze_correct, parse_letter, rouge_l_f
 
 TASKS = ("mcq", "cloze", "generation")
+PROTOCOLS = ("ours", mllmu_protocol.PROTOCOL)
 
 
 @dataclass
 class EvalConfig:
-    scorer: str = "likelihood"  # likelihood | generate (MLLMU-Bench's)
+    protocol: str = "ours"  # ours | mllmu (MLLMU-Bench's eval.py settings exactly; see the module docstring)
+    scorer: str | None = None  # likelihood | generate (MLLMU-Bench's); None: generate under protocol mllmu, else likelihood
     tasks: tuple[str, ...] = TASKS
     splits: tuple[str, ...] = ("forget", "test", "retain", "real_world")
-    few_shot: int = 0  # demonstration people per split (excluded from scoring)
+    few_shot: int = 0  # protocol "ours": demonstration people per split (excluded from scoring)
     batch_size: int = 32
-    max_new_tokens: int = 50
+    max_new_tokens: int | None = None  # None: the benchmark's own (MLLMU-Bench 50; CLEAR 300, eval/clear.py)
     max_items_per_group: int | None = None  # subsample each split x modality x task (seeded)
     image_swap_check: bool = False  # also score VQA MCQs with each portrait swapped for another person's
     seed: int = 0
     progress: bool = True
 
     def __post_init__(self) -> None:
+        if self.protocol not in PROTOCOLS:
+            raise ValueError(f"protocol must be one of {PROTOCOLS}, got {self.protocol!r}")
+        if self.scorer is None:
+            self.scorer = "generate" if self.protocol == mllmu_protocol.PROTOCOL else "likelihood"
         if self.scorer not in ("likelihood", "generate"):
             raise ValueError(f"scorer must be 'likelihood' or 'generate', got {self.scorer!r}")
         unknown = set(self.tasks) - set(TASKS)
@@ -38,6 +51,11 @@ class EvalConfig:
             raise ValueError(f"unknown task(s) {sorted(unknown)}; tasks are {TASKS}")
         if self.few_shot < 0:
             raise ValueError("few_shot must be >= 0")
+        if self.few_shot and self.protocol == mllmu_protocol.PROTOCOL:
+            raise ValueError(f"few_shot ({self.few_shot}) is an option of protocol 'ours'; protocol 'mllmu' shows "
+                             f"MLLMU-Bench's own demonstrations, per task {mllmu_protocol.FEW_SHOT_PROFILES}")
+        if self.max_new_tokens is not None and self.max_new_tokens < 1:
+            raise ValueError(f"max_new_tokens must be >= 1, got {self.max_new_tokens}")
 
 
 def option_letter_ids(encoder: Encoder) -> dict[str, int]:
@@ -62,9 +80,22 @@ def _batches(items: Sequence[Item], size: int) -> Iterable[Sequence[Item]]:
 class Evaluator:
     def __init__(self, vlm: VLM, cfg: EvalConfig | None = None):
         self.vlm = vlm
-        self.cfg = cfg or EvalConfig()
         self.encoder = Encoder(vlm)
         self.letter_ids = option_letter_ids(self.encoder)
+        self.cfg = cfg or EvalConfig()
+        self._demonstrations: dict[tuple[str, ...], tuple[Any, list[Item]]] = {}
+
+    @property
+    def cfg(self) -> EvalConfig:
+        return self._cfg
+
+    @cfg.setter
+    def cfg(self, cfg: EvalConfig) -> None:
+        # The prompts follow the protocol: a new protocol needs an encoder (and prompt cache) of its own.
+        self._cfg = cfg
+        if self.encoder.protocol != cfg.protocol:
+            self.encoder = Encoder(self.vlm, protocol=cfg.protocol)
+            self.letter_ids = option_letter_ids(self.encoder)
 
     def _inputs(self, items: Sequence[Item], demos: Sequence[Item]) -> dict[str, torch.Tensor]:
         return {k: v.to(self.vlm.device) for k, v in self.encoder.batch(items, train=False, demos=demos).items()}
@@ -80,7 +111,8 @@ class Evaluator:
     def generate(self, items: Sequence[Item], demos: Sequence[Item] = (), max_new_tokens: int | None = None) -> list[str]:
         inputs = self._inputs(items, demos)
         tokenizer = self.vlm.tokenizer
-        output = self.vlm.model.generate(**inputs, do_sample=False, max_new_tokens=max_new_tokens or self.cfg.max_new_tokens,
+        length = max_new_tokens or self.cfg.max_new_tokens or mllmu_protocol.MAX_NEW_TOKENS
+        output = self.vlm.model.generate(**inputs, do_sample=False, max_new_tokens=length,
                                          pad_token_id=tokenizer.pad_token_id)
         new_tokens = output[:, inputs["input_ids"].shape[1]:]
         return [t.strip() for t in tokenizer.batch_decode(new_tokens, skip_special_tokens=True)]
@@ -148,15 +180,15 @@ class Evaluator:
         for split in cfg.splits:
             if split not in benchmark.eval_splits:
                 raise ValueError(f"benchmark {benchmark.name} has no split {split!r}; it has {sorted(benchmark.eval_splits)}")
+        few_shot = self.few_shot_plan(benchmark)
+        for split in cfg.splits:
             items = benchmark.eval_splits[split]
-            rng = random.Random(f"{cfg.seed}:{split}")
-            people = sorted({i.person_id for i in items})
-            demo_people = set(rng.sample(people, min(cfg.few_shot, max(0, len(people) - 1)))) if cfg.few_shot else set()
             for modality in ("vqa", "qa"):
                 for task in cfg.tasks:
                     group = [i for i in items if i.modality == modality and i.task == task]
-                    demos = [i for i in group if i.person_id in demo_people]
-                    scored = [i for i in group if i.person_id not in demo_people]
+                    skipped, shown = few_shot.get((split, task), (set(), []))
+                    demos = [i for i in shown if i.modality == modality]
+                    scored = [i for i in group if i.person_id not in skipped]
                     if cfg.max_items_per_group and len(scored) > cfg.max_items_per_group:
                         scored = random.Random(f"{cfg.seed}:{split}:{modality}:{task}").sample(scored, cfg.max_items_per_group)
                     if scored:
@@ -176,10 +208,62 @@ class Evaluator:
             for record in records:
                 predictions.append({"split": split, "modality": modality, "task": task, **record})
         bar.close()
-        results: dict[str, Any] = {"config": asdict(self.cfg), "figures": figures, "predictions": predictions}
+        config = {**asdict(cfg), "max_new_tokens": cfg.max_new_tokens or mllmu_protocol.MAX_NEW_TOKENS}
+        demonstrations: dict[str, dict[str, list[str]]] = {}
+        for (split, task), (skipped, _) in few_shot.items():
+            if skipped:
+                demonstrations.setdefault(split, {})[task] = sorted(skipped)
+        results: dict[str, Any] = {"config": config, "figures": figures, "predictions": predictions,
+                                   "demonstration_people": demonstrations}
         if cfg.image_swap_check:
             results["diagnostics"] = {"image_swap": self.image_swap_accuracy(benchmark)}
         return results
+
+    def few_shot_plan(self, benchmark: Benchmark) -> dict[tuple[str, str], tuple[set[str], list[Item]]]:
+        """(split, task) -> (people not scored, demonstration items of both modalities), seeded.
+
+        Protocol "ours": ``few_shot`` people of the split, the same for every task, shown with
+        their own items of that task. Protocol "mllmu": MLLMU-Bench's per-task draw with
+        demonstrations from ``Full_Set`` (data/mllmu_protocol.py)."""
+        cfg = self.cfg
+        plan: dict[tuple[str, str], tuple[set[str], list[Item]]] = {}
+        if cfg.protocol != mllmu_protocol.PROTOCOL:
+            if not cfg.few_shot:
+                return plan
+            for split in cfg.splits:
+                items = benchmark.eval_splits[split]
+                people = sorted({i.person_id for i in items})
+                chosen = set(random.Random(f"{cfg.seed}:{split}").sample(people, min(cfg.few_shot, max(0, len(people) - 1))))
+                for task in cfg.tasks:
+                    plan[(split, task)] = (chosen, [i for i in items if i.task == task and i.person_id in chosen])
+            return plan
+        drawn: dict[tuple[str, str], list[str]] = {}
+        for split in cfg.splits:
+            people = sorted({i.person_id for i in benchmark.eval_splits[split]})
+            for task in cfg.tasks:
+                # At least one person stays scored (eval.py would fail to draw, or score nobody).
+                count = min(mllmu_protocol.FEW_SHOT_PROFILES[task], max(0, len(people) - 1))
+                if count:
+                    drawn[(split, task)] = random.Random(f"{cfg.seed}:{split}:{task}").sample(people, count)
+        if not drawn:
+            return plan
+        if benchmark.demonstrations is None:
+            raise ValueError(f"protocol mllmu reads its few-shot demonstrations from MLLMU-Bench's "
+                             f"{mllmu_protocol.FULL_SET} config, which {benchmark.name} lacks (download that config "
+                             f"next to the others, or use protocol 'ours')")
+        wanted = tuple(sorted({p for people in drawn.values() for p in people}))
+        cached = self._demonstrations.get(wanted)
+        if cached is None or cached[0] is not benchmark.demonstrations:
+            # Read once: the same Item objects every evaluation keep the prompt cache warm.
+            cached = self._demonstrations[wanted] = (benchmark.demonstrations, benchmark.demonstrations(wanted))
+        source = cached[1]
+        in_full_set = {i.person_id for i in source}
+        for (split, task), people in drawn.items():
+            # eval.py finds each drawn ID in Full_Set: one it lacks is neither shown nor skipped.
+            found = set(people) & in_full_set
+            shown = split in mllmu_protocol.DEMONSTRATION_SPLITS[task]
+            plan[(split, task)] = (found, [i for i in source if i.person_id in found and i.task == task] if shown else [])
+        return plan
 
     def image_swap_accuracy(self, benchmark: Benchmark) -> dict[str, float]:
         """VQA classification accuracy when each portrait is replaced by another person's.

@@ -46,6 +46,9 @@ class ModelAdapter:
     family: ClassVar[str]
     model_types: ClassVar[tuple[str, ...]]  # values of ``config.model_type`` this adapter handles
     image_placeholder: ClassVar[str]  # the token a tiny tokenizer must know as special
+    # Benchmarks whose own evaluation code writes this family's prompts (e.g. "mllmu": MLLMU-Bench's
+    # eval.py writes LLaVA-1.5's); under that benchmark's protocol they replace the chat template.
+    benchmark_prompts: ClassVar[tuple[str, ...]] = ()
 
     # --- tiny models -----------------------------------------------------------------
     def special_tokens(self) -> list[str]:

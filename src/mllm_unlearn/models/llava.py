@@ -23,6 +23,7 @@ class LlavaAdapter(ModelAdapter):
     family = "llava"
     model_types = ("llava",)
     image_placeholder = "<image>"
+    benchmark_prompts = ("mllmu",)  # MLLMU-Bench's eval.py prompts LLaVA itself (data/mllmu_protocol.py)
     # transformers >= 4.52 first, then the older layout (language_model = LlamaForCausalLM, and
     # vision_tower = CLIPVisionModel wrapping vision_model).
     lm_layer_paths = ("model.language_model.layers", "language_model.model.layers")

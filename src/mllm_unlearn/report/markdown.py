@@ -67,6 +67,15 @@ def _edit_source(config: dict[str, Any]) -> list[str]:
     return [f"- Edit given, not trained by this run: `{source}`"] if source else []
 
 
+def _protocol_line(eval_cfg: dict[str, Any]) -> str:
+    """Which evaluation settings produced the MLLMU-Bench figures (older results: protocol ours)."""
+    scorer = f"classification scorer `{eval_cfg['scorer']}`"
+    if eval_cfg.get("protocol", "ours") == "mllmu":
+        return (f"protocol `mllmu` (MLLMU-Bench's eval.py: few-shot profiles per task from Full_Set, classification 1, "
+                f"fill-in-the-blank 2, generation 0, not scored; its LLaVA prompts), {scorer}")
+    return f"protocol `ours` (chat template), {scorer}, few-shot {eval_cfg['few_shot']}"
+
+
 def render_markdown(results: dict[str, Any]) -> str:
     if results.get("protocol") == "clear":
         config = results["config"]
@@ -84,7 +93,7 @@ def render_markdown(results: dict[str, Any]) -> str:
         f"- Method: **{config['method']}** on `{config['benchmark_name']}`, model family **{config['family']}**"
         f" (`{config['model_path']}`)",
         *_edit_source(config),
-        f"- Seed {config['seed']}; classification scorer `{config['eval']['scorer']}`, few-shot {config['eval']['few_shot']}",
+        f"- Seed {config['seed']}; {_protocol_line(config['eval'])}",
         "",
         "Each cell: vanilla → unlearned. Forget and test should fall; retain and real-world should stay.",
         "",
