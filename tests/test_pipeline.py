@@ -12,7 +12,7 @@ from mllm_unlearn.eval.mia import MIAConfig
 from mllm_unlearn.eval.relearn import RelearnConfig
 from mllm_unlearn.interventions import load_edit
 from mllm_unlearn.methods import MethodConfig
-from mllm_unlearn.pipeline import RunConfig, run_pipeline
+from mllm_unlearn.pipeline import RunConfig, run_pipeline, versions
 from mllm_unlearn.training import InjectionConfig
 
 from .conftest import SMALL_SIZE, SMALL_WORLD
@@ -26,6 +26,26 @@ def small_run(tmp_path, cache: str, name: str = "r") -> RunConfig:
         eval=EvalConfig(max_items_per_group=6, max_new_tokens=6, progress=False), progress=False,
         mia=MIAConfig(max_items=24), relearn=RelearnConfig(steps=2, eval_every=1, batch_size=4, max_eval_items=4),
     )
+
+
+def test_versions_record_the_stack_a_run_depends_on():
+    """results.json's ``config.versions``: the modules as imported, and datasets when installed."""
+    from importlib import metadata
+
+    import accelerate
+    import peft
+    import tokenizers
+    import transformers
+
+    found = versions()
+    assert found["torch"] == torch.__version__ and found["transformers"] == transformers.__version__
+    assert found["tokenizers"] == tokenizers.__version__ and found["peft"] == peft.__version__
+    assert found["accelerate"] == accelerate.__version__
+    assert {"mllm_unlearn", "python", "numpy", "safetensors"} <= set(found)
+    try:
+        assert found["datasets"] == metadata.version("datasets")
+    except metadata.PackageNotFoundError:
+        assert "datasets" not in found
 
 
 def test_same_seed_gives_identical_figures_and_cache_skips_injection(tmp_path):

@@ -211,15 +211,34 @@ def clear_eval_config(cfg: EvalConfig) -> ClearEvalConfig:
                            rouge="generation" in cfg.tasks, seed=cfg.seed, progress=cfg.progress, **length)
 
 
+# Installed but not imported by a run (test fixtures): recorded when present, to reproduce a run's stack.
+OPTIONAL_RECORDED_PACKAGES = ("datasets",)
+
+
 def versions() -> dict[str, str]:
+    """The versions of what a run's figures depend on (results.json's ``config.versions``): the
+    modules as imported (torch with its build tag, e.g. ``+cpu``), and optional packages if installed."""
+    from importlib import metadata
+
     import accelerate
+    import numpy
     import peft
+    import safetensors
+    import tokenizers
     import transformers
 
     from . import __version__
 
-    return {"mllm_unlearn": __version__, "torch": torch.__version__, "transformers": transformers.__version__,
-            "peft": peft.__version__, "accelerate": accelerate.__version__, "python": platform.python_version()}
+    found = {"mllm_unlearn": __version__, "python": platform.python_version(), "torch": torch.__version__,
+             "transformers": transformers.__version__, "tokenizers": tokenizers.__version__,
+             "peft": peft.__version__, "accelerate": accelerate.__version__, "safetensors": safetensors.__version__,
+             "numpy": numpy.__version__}
+    for name in OPTIONAL_RECORDED_PACKAGES:
+        try:
+            found[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            pass
+    return found
 
 
 def load_given_edit(path: str | Path, vlm: VLM) -> Edit:

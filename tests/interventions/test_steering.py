@@ -1,3 +1,4 @@
+import inspect
 from contextlib import nullcontext
 
 import pytest
@@ -5,6 +6,7 @@ import torch
 
 from mllm_unlearn.data.collate import Encoder
 from mllm_unlearn.interventions import RandomFeatures, Steering, load_edit
+from mllm_unlearn.interventions.steering import CACHE_ARGUMENTS, _StepState, layer_cache
 
 from ..conftest import weights_hash
 
@@ -101,6 +103,116 @@ def test_generate_steers_the_prefill_once_and_decode_steps_only_with_decode(fami
     assert calls == {("prefill", 0): 1, ("prefill", 1): 1, ("decode", 0): 3, ("decode", 1): 3}
 
 
+def _output_cache(out):
+    """A forward's KV cache: ``cache`` from transformers 5.24, ``past_key_values`` before."""
+    return out["cache"] if "cache" in out else out["past_key_values"]
+
+
+def _filled_cache(vlm, batch):
+    """The KV cache of a prefill over ``batch``."""
+    with torch.no_grad():
+        return _output_cache(vlm.model(**batch, use_cache=True))
+
+
+def _cache_parameter(layer):
+    """(the layer's forward parameters without self, its cache parameter's name, that parameter's index)."""
+    parameters = list(inspect.signature(type(layer).forward).parameters)[1:]
+    declared = next(name for name in parameters if name in CACHE_ARGUMENTS)
+    return parameters, declared, parameters.index(declared)
+
+
+def _respell(spelling, layer):
+    """A forward pre-hook that passes the layer's KV cache as ``spelling`` (a keyword, or "positional")."""
+    parameters, _, position = _cache_parameter(layer)
+
+    def hook(_module, args, kwargs):
+        cache = next((kwargs.pop(name) for name in CACHE_ARGUMENTS if name in kwargs), None)
+        if spelling == "positional":  # the arguments before the cache move from keywords to positions
+            args = (*args, *(kwargs.pop(name, None) for name in parameters[len(args):position]), cache)
+        else:
+            kwargs[spelling] = cache
+        return args, kwargs
+
+    return hook
+
+
+def _restore(layer):
+    """A forward pre-hook that undoes ``_respell``: the layer gets its cache as it declares it."""
+    parameters, declared, position = _cache_parameter(layer)
+
+    def hook(_module, args, kwargs):
+        if len(args) > position:  # back from positions to keywords
+            kwargs.update(zip(parameters[1:position + 1], args[1:position + 1]))
+            args = args[:1]
+        kwargs[declared] = next((kwargs.pop(name) for name in CACHE_ARGUMENTS if name in kwargs), None)
+        return args, kwargs
+
+    return hook
+
+
+@pytest.mark.parametrize("family", ["llava", "qwen2-vl", "qwen2.5-vl"])
+def test_step_state_reads_the_cache_under_every_spelling(family, benchmark, tiny_vlm):
+    """transformers 5.24 passes decoder layers ``cache=``, 5.23 ``past_key_values=``; either, or by position."""
+    vlm = tiny_vlm(family)
+    layer = vlm.adapter.lm_layers(vlm.model)[0]
+    batch = Encoder(vlm).batch([i for i in benchmark.eval_splits["forget"] if i.task == "generation"][:2], train=False)
+    filled = _filled_cache(vlm, batch)
+    assert filled.get_seq_length(0) == batch["input_ids"].shape[1]
+    empty = type(filled)()
+    hidden = torch.zeros(2, 1, vlm.model.config.text_config.hidden_size)
+    _, _, position = _cache_parameter(layer)
+    state = _StepState()
+    for cache, prefill in ((filled, False), (empty, True), (None, True)):
+        for name in ("cache", "past_key_values"):
+            state.prefill = not prefill
+            state.record(layer, (hidden,), {name: cache, "use_cache": True})
+            assert state.prefill is prefill, (name, cache)
+        state.prefill = not prefill
+        state.record(layer, (hidden, *[None] * (position - 1), cache), {})
+        assert state.prefill is prefill, ("positional", cache)
+    state.prefill = False
+    state.record(layer, (hidden,), {})  # no cache at all (e.g. the likelihood scorer's forward)
+    assert state.prefill is True
+    with pytest.raises(TypeError, match="no get_seq_length"):
+        layer_cache(layer, (hidden,), {"cache": ((torch.zeros(1), torch.zeros(1)),)})
+
+
+@pytest.mark.parametrize("spelling", ["cache", "past_key_values", "positional"])
+def test_generate_tells_decode_steps_whatever_the_cache_is_called(spelling, benchmark, tiny_vlm):
+    """The steering hooks see the cache under ``spelling`` (a pre-hook renames it before them and
+    back after them, so the layer itself runs as this transformers version expects)."""
+    vlm = tiny_vlm("qwen2.5-vl")
+    batch = Encoder(vlm).batch([i for i in benchmark.eval_splits["forget"] if i.task == "generation"][:2], train=False)
+    layer = vlm.adapter.lm_layers(vlm.model)[0]
+    _, declared, _ = _cache_parameter(layer)
+    generate_args = dict(do_sample=False, max_new_tokens=4, min_new_tokens=4, pad_token_id=vlm.tokenizer.pad_token_id)
+    with torch.no_grad():
+        plain = vlm.model.generate(**batch, **generate_args)
+    for decode, expected in ((False, {("prefill", 0): 1, ("prefill", 1): 1}),
+                             (True, {("prefill", 0): 1, ("prefill", 1): 1, ("decode", 0): 3, ("decode", 1): 3})):
+        record: dict = {}
+        edit = _random_edit(vlm, [0, 1], strength=2.0, decode=decode)
+        handle = edit.apply(vlm, record)
+        renamed = layer.register_forward_pre_hook(_respell(spelling, layer), with_kwargs=True, prepend=True)
+        restored = layer.register_forward_pre_hook(_restore(layer), with_kwargs=True)
+        seen = []  # cached positions the layer itself received, after ``restored`` (the cache object grows)
+        spy = layer.register_forward_pre_hook(
+            lambda _m, _a, kwargs: seen.append(kwargs[declared] is not None and kwargs[declared].get_seq_length(0)),
+            with_kwargs=True)
+        try:
+            with torch.no_grad():
+                vlm.model.generate(**batch, **generate_args)
+        finally:
+            for hook in (renamed, restored, spy):
+                hook.remove()
+            handle.remove()
+        assert {key: len(rows) for key, rows in record.items()} == expected, (spelling, decode)
+        prompt = batch["input_ids"].shape[1]
+        assert seen == [0, prompt, prompt + 1, prompt + 2]  # a real prefill, then three real decode steps
+    with torch.no_grad():  # the renaming hooks left the model as it was
+        assert torch.equal(vlm.model.generate(**batch, **generate_args), plain)
+
+
 def test_prefill_only_steering_acts_through_the_cache(benchmark, tiny_vlm):
     """Greedy generate with the edit == a steered prefill, then unsteered decoding from its cache (by hand)."""
     vlm = tiny_vlm("llava")
@@ -114,14 +226,15 @@ def test_prefill_only_steering_acts_through_the_cache(benchmark, tiny_vlm):
         prefill_positions = (mask.long().cumsum(-1) - 1).masked_fill(mask == 0, 0)  # as generate computes them
         with edit.applied(vlm):
             out = vlm.model(**batch, position_ids=prefill_positions, use_cache=True)
-        cache, token, mask = out.past_key_values, out.logits[:, -1].argmax(-1, keepdim=True), batch["attention_mask"]
+        cache, token, mask = _output_cache(out), out.logits[:, -1].argmax(-1, keepdim=True), batch["attention_mask"]
+        cache_argument = "cache" if "cache" in inspect.signature(vlm.model.forward).parameters else "past_key_values"
         tokens = [token]
         for _ in range(3):
             mask = torch.cat([mask, torch.ones_like(token)], dim=1)
             positions = mask.long().cumsum(-1)[:, -1:] - 1  # left padding: positions count real tokens only
-            out = vlm.model(input_ids=token, attention_mask=mask, position_ids=positions, past_key_values=cache,
+            out = vlm.model(input_ids=token, attention_mask=mask, position_ids=positions, **{cache_argument: cache},
                             use_cache=True)
-            cache, token = out.past_key_values, out.logits[:, -1].argmax(-1, keepdim=True)
+            cache, token = _output_cache(out), out.logits[:, -1].argmax(-1, keepdim=True)
             tokens.append(token)
     assert torch.equal(generated, torch.cat(tokens, dim=1))
     with torch.no_grad():

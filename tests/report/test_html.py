@@ -1,11 +1,19 @@
-"""report.html: structure, self-containment, rendering in headless Chromium, and `compare` over runs."""
+"""report.html: structure, self-containment, rendering in headless Chromium, and `compare` over runs.
+
+The page's structure, images and tables are checked by parsing it (no browser needed); the real
+render in headless Chromium runs where Chromium is on PATH, is skipped (with the reason) on a
+developer machine without it, and fails under CI (``CI`` set, as ``.ci/run`` does, which installs it)."""
 from __future__ import annotations
 
+import base64
+import io
 import json
 import os
 import re
 import shutil
 import subprocess
+from collections import Counter
+from html.parser import HTMLParser
 from pathlib import Path
 
 import numpy as np
@@ -76,11 +84,84 @@ def test_skipped_robustness_is_stated_not_plotted():
     assert "no held-out people" in page and "switched off" in page and 'id="plot-mia"' not in page
 
 
+class _Page(HTMLParser):
+    """What a browser builds from the page, read with the standard library: nesting problems,
+    tag counts, ids, image sources, table rows and the visible text."""
+
+    VOID = {"area", "base", "br", "col", "embed", "hr", "img", "input", "link", "meta", "source", "track", "wbr"}
+
+    def __init__(self, page: str):
+        super().__init__(convert_charrefs=True)
+        self.open: list[tuple[str, tuple[int, int]]] = []
+        self.problems: list[str] = []
+        self.tags: Counter = Counter()
+        self.ids: list[str] = []
+        self.images: list[dict[str, str | None]] = []
+        self.text: list[str] = []
+        self.feed(page)
+        self.close()
+        self.problems += [f"<{tag}> at line {line} is never closed" for tag, (line, _) in self.open]
+
+    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+        attributes = dict(attrs)
+        self.tags[tag] += 1
+        if "id" in attributes:
+            self.ids.append(attributes["id"])
+        if tag == "img":
+            self.images.append(attributes)
+        if tag not in self.VOID:
+            self.open.append((tag, self.getpos()))
+
+    def handle_endtag(self, tag: str) -> None:
+        if not self.open or self.open[-1][0] != tag:
+            innermost = f"<{self.open[-1][0]}> from line {self.open[-1][1][0]}" if self.open else "nothing"
+            self.problems.append(f"</{tag}> at line {self.getpos()[0]} closes {innermost}")
+        else:
+            self.open.pop()
+
+    def handle_data(self, data: str) -> None:
+        self.text.append(data)
+
+
+def test_report_structure_images_and_tables_without_a_browser():
+    """What the Chromium test sees, checked by parsing: well-formed, static (no script to fail),
+    every plot a PNG that decodes to a real picture, and the tables with their rows."""
+    page = render_html(RUNS[:1])
+    parsed = _Page(page)
+    assert page.lstrip().lower().startswith("<!doctype html>")
+    assert parsed.problems == []
+    assert all(parsed.tags[tag] == 1 for tag in ("html", "head", "title", "body"))
+    assert parsed.tags["script"] == 0  # nothing that could raise a script error
+    assert len(parsed.ids) == len(set(parsed.ids))
+    assert sorted(i for i in parsed.ids if i.startswith("plot-")) == sorted(
+        f"plot-{plot}" for plot in ("tradeoff", "splits", "generalisation", "mia", "relearn", "cost"))
+    assert len(parsed.images) == 6
+    for image in parsed.images:
+        source = image.get("src") or ""
+        assert source.startswith("data:image/png;base64,"), source[:60]
+        data = base64.b64decode(source.split(",", 1)[1], validate=True)
+        with Image.open(io.BytesIO(data)) as picture:
+            picture.load()  # decodes every pixel: a truncated or corrupt PNG raises here
+            assert picture.format == "PNG" and picture.width > 300 and picture.height > 150, picture.size
+            pixels = np.asarray(picture.convert("RGB")).astype(int)
+        assert (pixels < 240).any(axis=2).mean() > 0.01  # something is drawn, not a blank canvas
+    text = " ".join(parsed.text)
+    assert parsed.tags["table"] >= 1 and parsed.tags["tr"] >= 3 and "relearned forget acc." in text
+    assert "Forget" in text and "90.0 → 25.0" in text
+
+
+def _in_ci() -> bool:
+    return os.environ.get("CI", "").strip().lower() not in ("", "0", "false", "no")
+
+
 def _chromium() -> str:
     path = shutil.which("chromium") or shutil.which("chromium-browser")
     if path is None:
-        pytest.fail("headless Chromium is required for the report test: apt-get install -y chromium "
-                    "(.ci/run installs it)")
+        reason = ("headless Chromium is not on PATH, so report.html's real render is not checked "
+                  "(apt-get install -y chromium; .ci/run installs it)")
+        if _in_ci():
+            pytest.fail(f"{reason}; CI is set, so this is a failure, not a skip")
+        pytest.skip(reason)
     return path
 
 

@@ -16,8 +16,11 @@ position and added to the block's output:
 Prefill vs decode is read from the KV cache, not from the sequence length (a one-token
 prompt is still a prefill; a multi-token continuation is not): a forward pre-hook on the
 first LM layer records how many positions the cache held before this forward
-(``past_key_values.get_seq_length(0)``, the same call for LLaVA and Qwen2.5-VL in
-transformers 5.x), and the steering hooks read it.
+(``cache.get_seq_length(0)``, the same call for LLaVA, Qwen2-VL and Qwen2.5-VL in
+transformers 5.x), and the steering hooks read it. Decoder layers receive the cache as
+``past_key_values=`` up to transformers 5.23 and as ``cache=`` from 5.24 (``layer_cache``
+reads either, by keyword or by position); missing it would take every decode step for a
+prefill and silently ignore ``decode=False``.
 
 W is input-aware by construction (``methods/mllmeraser.py``): W = P·Δ with P a projector onto
 the null space of retain activations, so h_last · W ≈ 0 for retained inputs. Nothing in the
@@ -38,6 +41,8 @@ the mean does; the steering vector is still added to every position. With ``deco
 from __future__ import annotations
 
 import copy
+import functools
+import inspect
 import json
 from contextlib import contextmanager
 from pathlib import Path
@@ -145,6 +150,48 @@ def _masked_sum(hidden: torch.Tensor, attention_mask: torch.Tensor | None) -> tu
     return (hidden * weights).sum(dim=1), weights.sum(dim=1)
 
 
+# The names transformers 5.x gives a decoder layer's KV cache argument: ``cache`` from 5.24,
+# ``past_key_values`` before (deprecated, renamed by the layer's own decorator, which runs after
+# module hooks, so a hook sees whichever spelling the caller used); the last two are older
+# spellings some architectures still use.
+CACHE_ARGUMENTS = ("cache", "past_key_values", "past_key_value", "layer_past")
+
+
+@functools.lru_cache(maxsize=None)
+def _cache_position(layer_type: type) -> int | None:
+    """Index among the positional arguments of ``layer_type.forward`` (without self) of its
+    cache parameter, or None when it has none that can be passed by position."""
+    try:
+        parameters = list(inspect.signature(layer_type.forward).parameters.values())[1:]
+    except (TypeError, ValueError):  # a forward without a readable signature
+        return None
+    for index, parameter in enumerate(parameters):
+        if parameter.kind not in (parameter.POSITIONAL_ONLY, parameter.POSITIONAL_OR_KEYWORD):
+            return None
+        if parameter.name in CACHE_ARGUMENTS:
+            return index
+    return None
+
+
+def layer_cache(layer: nn.Module, args: tuple, kwargs: Mapping[str, Any]) -> Any:
+    """The KV cache a decoder layer's call received (None when it has none), whatever the
+    transformers version calls it: by keyword under any name in ``CACHE_ARGUMENTS``, or by
+    position as the layer's ``forward`` declares it."""
+    for name in CACHE_ARGUMENTS:
+        if kwargs.get(name) is not None:
+            cache = kwargs[name]
+            break
+    else:
+        position = _cache_position(type(layer))
+        if position is None or position >= len(args) or args[position] is None:
+            return None
+        cache = args[position]
+    if not callable(getattr(cache, "get_seq_length", None)):
+        raise TypeError(f"steering: {type(layer).__name__} received a KV cache of type {type(cache).__name__}, "
+                        "which has no get_seq_length(); this transformers version is not supported")
+    return cache
+
+
 class _StepState:
     """Whether the forward now running is a prefill (set by a pre-hook on the first LM layer),
     and its 2-D attention mask (set by a pre-hook on the whole model, for ``pool="mean"``)."""
@@ -154,8 +201,8 @@ class _StepState:
         self.attention_mask: torch.Tensor | None = None
         self.running: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}  # layer -> (Σh, count) for decode steps
 
-    def record(self, _module: nn.Module, _args: tuple, kwargs: dict) -> None:
-        cache = kwargs.get("past_key_values")
+    def record(self, module: nn.Module, args: tuple, kwargs: dict) -> None:
+        cache = layer_cache(module, args, kwargs)
         self.prefill = cache is None or int(cache.get_seq_length(0)) == 0
 
     def record_mask(self, _module: nn.Module, _args: tuple, kwargs: dict) -> None:
