@@ -119,6 +119,10 @@ def test_pgd_strengthens_recall_within_the_budget(benchmark, tiny_vlm):
 
 
 WIDE = 512  # LM width of the gate test's model (see the test's docstring)
+# The gate's figures below were measured on the test model with one vision layer (whose image
+# features LLaVA then reads straight from the embeddings); tests/conftest.py's SMALL_SIZE now has
+# two. The gate is about the LM's width, so the test keeps the model its figures describe.
+GATE_SIZE = replace(SMALL_SIZE, hidden=WIDE, vision_layers=1)
 # Held-out items (the evaluation's multiple-choice prompts, with the benchmark's own options)
 # are gated less sharply than the items the edit was built from. With one multiple-choice
 # rendering per item the held-out retain ratio was 5.0%; four renderings (fresh options each)
@@ -154,7 +158,7 @@ def test_gate_steers_forget_inputs_and_leaves_retain_inputs_alone(benchmark, wor
     the 64-wide test model (and the 128-wide default one) the retain people's last-token states
     span it and retain inputs get ~40-85% of the forget inputs' steering. Here the LM is 512 wide
     (a 7B model is 4096 wide for ~500 MLLMU-Bench people)."""
-    vlm = build_tiny_vlm("llava", words, replace(SMALL_SIZE, hidden=WIDE), seed=0)
+    vlm = build_tiny_vlm("llava", words, GATE_SIZE, seed=0)
     weights = weights_hash(vlm.model)
     retain = list(benchmark.retain_train) + list(benchmark.pretrain_train)
     cfg = MethodConfig(batch_size=32, seed=0, extra={"layers": "all", "strength": 1.0, "pgd_steps": 1,
