@@ -186,7 +186,9 @@ def test_manu_runs_through_the_pipeline(tmp_path_factory, family):
     edit_dir = base / "runs" / f"manu-{family}" / "edit"
     assert (edit_dir / "neurons.safetensors").is_file()
     meta = json.loads((edit_dir / "edit.json").read_text())["meta"]
-    sites = {**{f"lm.{k}": 0 for k in range(2)}, "vision.0": 0}  # SMALL_SIZE: 2 LM layers, 1 vision block
+    # SMALL_SIZE: 2 LM layers, 2 vision blocks; LLaVA reads only the first (vision_feature_layer=-2)
+    read_vision_blocks = 1 if family == "llava" else 2
+    sites = {**{f"lm.{k}": 0 for k in range(2)}, **{f"vision.{k}": 0 for k in range(read_vision_blocks)}}
     assert set(meta["neurons_per_site"]) == set(sites) and meta["neurons"] == sum(meta["neurons_per_site"].values()) > 0
     assert results["unlearned"]["figures"]["forget"]["vqa"]["mcq_count"] > 0
 
