@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import hashlib
+import os
 
 import pytest
 import torch
@@ -11,7 +12,8 @@ from mllm_unlearn.models import TinySize
 from mllm_unlearn.models.tiny import build_tiny_vlm, words_of
 from mllm_unlearn.pipeline import benchmark_texts
 
-torch.set_num_threads(2)
+# OMP_NUM_THREADS (set by whoever shares the CPU with other jobs) wins over the default 2.
+torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "2")))
 SMALL_WORLD = WorldConfig(fictitious=20, real_world=4, seed=0)
 # Two vision layers: LLaVA reads the second-to-last one's output (vision_feature_layer=-2), so
 # with one layer its vision tower would feed the language model nothing but the embeddings.
