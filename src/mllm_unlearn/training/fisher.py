@@ -7,11 +7,14 @@ import torch
 
 
 def diagonal_fisher(model: torch.nn.Module, batches: Iterable[Any], loss_fn: Callable[[torch.nn.Module, Any], torch.Tensor],
-                    parameters: dict[str, torch.nn.Parameter]) -> dict[str, torch.Tensor]:
+                    parameters: dict[str, torch.nn.Parameter], out_device: torch.device | str | None = None,
+                    ) -> dict[str, torch.Tensor]:
     """Mean over mini-batches of the squared mini-batch gradient of each parameter, in fp32.
 
     Only ``parameters`` accumulate (others get no gradient buffer); nothing but the running
-    sums is kept, so memory is one fp32 copy of the selected parameters.
+    sums is kept, so memory is one fp32 copy of the selected parameters. ``out_device`` (e.g.
+    "cpu"): each finished mean is moved there tensor by tensor, freeing the device's copy, so a
+    second Fisher can be computed on the device without two fp32 copies of a tower there.
     """
     if not parameters:
         raise ValueError("diagonal_fisher: no parameters selected")
@@ -38,4 +41,9 @@ def diagonal_fisher(model: torch.nn.Module, batches: Iterable[Any], loss_fn: Cal
         model.train(was_training)
     if count == 0:
         raise ValueError("diagonal_fisher: no batches")
-    return {name: total / count for name, total in sums.items()}
+    means = {}
+    for name in list(sums):  # one tensor at a time: the device never holds the sums and their copies
+        total = sums.pop(name)
+        means[name] = (total.div_(count) if out_device is None else total.to(out_device).div_(count))
+        del total
+    return means
