@@ -57,20 +57,22 @@ class TrainResult:
 
 
 # --- precision -------------------------------------------------------------------------------
-def compute_dtype_for(trainable: dict[str, torch.nn.Parameter], description: str = "training") -> torch.dtype | None:
+def compute_dtype_for(trainable: dict[str, torch.nn.Parameter], description: str = "training",
+                      model: torch.nn.Module | None = None) -> torch.dtype | None:
     """The dtype the forward should compute in under mixed precision, or None to train as stored.
 
     bf16 weights train as fp32 master weights (and fp32 AdamW state) with a bf16 forward:
     pure-bf16 AdamW rounds away updates below bf16's resolution (~0.4% of a weight: at lr 1e-5
     most of them). float16 is refused: its range overflows in the loss and AdamW's eps (1e-8)
-    rounds to 0 in fp16, so entries with zero gradient (masked ones) become 0/0 = NaN.
+    rounds to 0 in fp16, so entries with zero gradient (masked ones) become 0/0 = NaN. A float16
+    ``model`` is refused even when only fp32 adapters train (its forward and backward overflow alike).
     """
-    dtypes = {p.dtype for p in trainable.values()}
+    dtypes = {p.dtype for p in trainable.values()} | ({p.dtype for p in model.parameters()} if model is not None else set())
     if torch.float16 in dtypes:
         raise ValueError(f"{description}: float16 training is not supported (overflow, and NaN in AdamW for entries "
                          "with zero gradient): load the model with --dtype bfloat16 (trained as fp32 master weights "
                          "with bf16 compute), --dtype float32 or --dtype auto")
-    return torch.bfloat16 if torch.bfloat16 in dtypes else None
+    return torch.bfloat16 if any(p.dtype == torch.bfloat16 for p in trainable.values()) else None
 
 
 @contextmanager
@@ -179,7 +181,7 @@ def train(
     if not selected:
         raise ValueError(f"{description}: no parameter selected for training")
     try:
-        compute_dtype = compute_dtype_for(selected, description)
+        compute_dtype = compute_dtype_for(selected, description, model)
     except ValueError:
         _hand_back(model, base_model, cfg, merge_lora, TrainResult())
         raise
