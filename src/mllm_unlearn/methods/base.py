@@ -197,7 +197,9 @@ class GradientMethod(Method):
             # The method hands back an edit; the model itself is left as it was given.
             with torch.no_grad():
                 for name, param in vlm.model.named_parameters():
-                    if name in before:
+                    if name in before and param.dtype != before[name].dtype:  # folded in fp32 (finalize)
+                        param.data = before[name].to(param.device, copy=True)
+                    elif name in before:
                         param.copy_(before[name].to(param.device))
         return edit
 

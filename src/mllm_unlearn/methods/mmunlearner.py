@@ -197,7 +197,13 @@ class MMUnlearner(GradientMethod):
         return None  # our masked adapters replace peft's (see the module docstring)
 
     def finalize(self, vlm: VLM) -> None:
-        self._remove_adapters(keep=True)  # fold the trained adapters into the weights
+        # Fold the trained adapters into the weights, in fp32: folding into a bf16 weight would round
+        # their small updates away. The edit keeps the fp32 values; the model gets its dtype back.
+        for module in getattr(self, "adapted", {}).values():
+            original = module.parametrizations.weight.original
+            if original.dtype != torch.float32:
+                original.data = original.data.float()
+        self._remove_adapters(keep=True)
 
     def trainable(self, vlm: VLM, cfg: MethodConfig) -> Callable[[str, torch.nn.Parameter], bool] | None:
         if cfg.lora is not None:
