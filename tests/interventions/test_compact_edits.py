@@ -45,6 +45,7 @@ def test_lora_edit_is_factors_that_apply_remove_save_load_and_bake(benchmark, ti
     stored = (tmp_path / "edit" / "factors.safetensors").stat().st_size
     whole = sum(state[f"{p}.weight"].numel() * 4 for p in edit.factors)  # the merged tensors, fp32
     assert stored < whole / 4, (stored, whole)
+    assert edit.changed_parameters == whole // 4 and edit.stored_parameters < edit.changed_parameters / 4
     loaded = load_edit(tmp_path / "edit")
     assert isinstance(loaded, LowRankDelta) and loaded.meta == json.loads(json.dumps(edit.meta))
     assert all(torch.equal(loaded.factors[p]["a"], f["a"]) and torch.equal(loaded.factors[p]["b"], f["b"])

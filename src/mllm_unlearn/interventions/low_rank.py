@@ -88,7 +88,12 @@ class LowRankDelta(Edit):
 
     @property
     def changed_parameters(self) -> int:
-        """Numbers stored (the factors), not the weights they move."""
+        """Weights the edit moves (every entry of each adapted matrix), as for a merged edit."""
+        return sum(f["b"].shape[0] * f["a"].shape[1] for f in self.factors.values())
+
+    @property
+    def stored_parameters(self) -> int:
+        """Numbers the edit holds: the factors."""
         return sum(f["a"].numel() + f["b"].numel() for f in self.factors.values())
 
     # --- persistence --------------------------------------------------------------------------
