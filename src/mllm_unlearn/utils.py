@@ -95,7 +95,7 @@ DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch
 
 def resolve_dtype(dtype: str) -> torch.dtype:
     if dtype not in DTYPES:
-        raise ValueError(f"--dtype must be auto or one of {sorted(DTYPES)}, got {dtype!r}")
+        raise ValueError(f"--dtype must be one of {sorted(DTYPES)} or auto, got {dtype!r}")
     return DTYPES[dtype]
 
 
