@@ -36,7 +36,7 @@ from torch import nn
 
 from ..data.collate import IGNORE, Encoder
 from ..data.items import Item
-from ..training.losses import model_inputs, token_nll
+from ..training.losses import answer_token_nll
 
 SCORES = ("ig", "fisher")
 POSITIONS = ("answer", "all")
@@ -236,7 +236,7 @@ def search_paths(model: nn.Module, sites: Sequence[str], samples: Sequence[Any],
 
 def answer_logprob(model: nn.Module, batch: dict[str, torch.Tensor]) -> torch.Tensor:
     """Mean log-probability of each example's answer tokens, shape (N,)."""
-    nll, mask = token_nll(model(**model_inputs(batch)).logits, batch["labels"])
+    nll, mask = answer_token_nll(model, batch)  # the LM head on answer positions only
     return -nll.sum(dim=1) / mask.sum(dim=1).clamp(min=1)
 
 
