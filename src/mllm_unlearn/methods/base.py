@@ -33,6 +33,9 @@ class MethodConfig:
     seed: int = 0
     lora: LoraOptions | None = None
     progress: bool = True
+    # Gradient checkpointing in the shared loop. None: the pipeline decides (on for models this
+    # tool did not build, off for its tiny ones); through the Python API None means off.
+    gradient_checkpointing: bool | None = None
     extra: dict[str, Any] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
@@ -159,7 +162,8 @@ class GradientMethod(Method):
         self.prepare(vlm, forget, retain, cfg, encoder)
         train_cfg = TrainConfig(lr=cfg.lr, epochs=cfg.epochs, max_steps=cfg.max_steps,
                                 batch_size=cfg.batch_size, schedule=cfg.schedule, warmup_ratio=cfg.warmup_ratio,
-                                seed=cfg.seed, lora=self.loop_lora(cfg), progress=cfg.progress)
+                                seed=cfg.seed, lora=self.loop_lora(cfg), progress=cfg.progress,
+                                gradient_checkpointing=bool(cfg.gradient_checkpointing))
         try:
             try:
                 if self.phases:
