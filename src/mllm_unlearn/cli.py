@@ -52,6 +52,10 @@ def run(
         None, "--gradient-checkpointing/--no-gradient-checkpointing",
         help="Recompute activations in the backward pass (less memory, ~1/3 more compute); default: on for a "
              "--model this tool did not build, off for its tiny models."),
+    max_batch_tokens: Optional[int] = typer.Option(
+        None, min=1, help="Localisation passes (MANU statistics, MMUnlearner's Fisher, MIP-Editor's path search) and "
+                          "MLLMEraser's PGD: split each batch into parts of at most this many padded tokens "
+                          "(results unchanged, less memory)."),
     option: list[str] = typer.Option([], "--option", "-o",
                                      help="Method-specific option KEY=VALUE, repeatable (e.g. -o beta=0.2 for npo)."),
     protocol: str = typer.Option(
@@ -102,7 +106,7 @@ def run(
 
     training_options = {"--method": method, "--lr": lr, "--epochs": epochs, "--max-steps": max_steps,
                         "--batch-size": batch_size, "--lora": lora or None, "--option": option or None,
-                        "--[no-]gradient-checkpointing": gradient_checkpointing}
+                        "--[no-]gradient-checkpointing": gradient_checkpointing, "--max-batch-tokens": max_batch_tokens}
     given = [flag for flag, value in training_options.items() if value is not None]
     if edit is not None and given:
         typer.secho(f"error: --edit evaluates a given edit; {', '.join(given)} only apply when unlearning",
@@ -122,7 +126,8 @@ def run(
         overrides = {k: v for k, v in {"lr": lr, "epochs": epochs, "max_steps": max_steps,
                                               "batch_size": batch_size}.items() if v is not None}
         method_cfg = replace(method_cfg, progress=not quiet, lora=LoraOptions() if lora else None,
-                             gradient_checkpointing=gradient_checkpointing, **overrides)
+                             gradient_checkpointing=gradient_checkpointing, max_batch_tokens=max_batch_tokens,
+                             **overrides)
         method_cfg.extra.update(parse_options(option))
         eval_cfg = EvalConfig(protocol=protocol, scorer=scorer, few_shot=few_shot, max_new_tokens=max_new_tokens,
                               tasks=tuple(t.strip() for t in tasks.split(",") if t.strip()), seed=seed, progress=not quiet)
