@@ -301,3 +301,28 @@ def test_path_search_and_mllmeraser_statistics_do_not_depend_on_the_token_budget
         assert full[key].count == small[key].count
         for layer in full[key].sum:
             torch.testing.assert_close(small[key].sum[layer], full[key].sum[layer], rtol=1e-5, atol=1e-6)
+
+
+# --- options -----------------------------------------------------------------------------------------
+
+def test_checkpointing_default_follows_who_built_the_model(tmp_path):
+    from mllm_unlearn.pipeline import INJECTION_META, RunConfig, built_by_this_tool
+
+    assert built_by_this_tool(RunConfig())  # the tiny model built and cached here
+    (tmp_path / "ours").mkdir()
+    (tmp_path / "ours" / INJECTION_META).write_text("{}")
+    (tmp_path / "theirs").mkdir()
+    assert built_by_this_tool(RunConfig(model=str(tmp_path / "ours")))
+    assert not built_by_this_tool(RunConfig(model=str(tmp_path / "theirs")))
+
+
+def test_cli_memory_options_are_training_options(tmp_path):
+    from typer.testing import CliRunner
+
+    from mllm_unlearn.cli import app
+
+    for flag in (["--gradient-checkpointing"], ["--no-gradient-checkpointing"], ["--max-batch-tokens", "512"]):
+        result = CliRunner().invoke(app, ["run", "--edit", str(tmp_path), *flag, "--runs-dir", str(tmp_path)])
+        assert result.exit_code == 2 and flag[0].lstrip("-").replace("no-", "") in result.output.replace("[no-]", "")
+    result = CliRunner().invoke(app, ["run", "--max-batch-tokens", "0", "--runs-dir", str(tmp_path)])
+    assert result.exit_code == 2 and "max-batch-tokens" in result.output
