@@ -41,7 +41,7 @@ def answer_logits(model: torch.nn.Module, batch: dict[str, torch.Tensor],
     are ~1.3 GB per forward, several times that with their gradient and softmax.
     """
     where = predicting_mask(batch["labels"]) if where is None else where
-    logits = model(**model_inputs(batch), logits_to_keep=where).logits
+    logits = model(**model_inputs(batch), logits_to_keep=where, use_cache=False).logits  # no cache to build
     if logits.dim() == 3 and logits.shape[:2] == where.shape:  # a model without logits_to_keep: select here
         logits = logits[where]
     if logits.dim() != 2 or logits.shape[0] != int(where.sum()):
