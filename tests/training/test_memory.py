@@ -196,7 +196,11 @@ def _edited_state(vlm, edit):
 
 
 def _unlearn(name, benchmark, vlm, extra, checkpointing):
-    cfg = MethodConfig(max_steps=2, batch_size=4, lr=1e-3, progress=False, extra=dict(extra),
+    from mllm_unlearn.training.loop import LoraOptions
+
+    extra = dict(extra)
+    lora = LoraOptions(r=2, alpha=4) if extra.pop("lora", False) else None
+    cfg = MethodConfig(max_steps=2, batch_size=4, lr=1e-3, progress=False, extra=extra, lora=lora,
                        gradient_checkpointing=checkpointing)
     forget = list(benchmark.forget_train[:8])
     return get_method(name).unlearn(vlm, forget, list(benchmark.retain_train[:8]), cfg)
@@ -206,10 +210,11 @@ CASES = [("ga", {}, "llava"), ("graddiff", {}, "llava"), ("kl", {}, "llava"), ("
          ("rmu", {"layer": 0}, "llava"), ("mmunlearner", {}, "llava"),
          ("mip-editor", {"layer": 0, "path_batch_size": 2}, "llava"),
          ("ga", {}, "qwen2-vl"), ("rmu", {"layer": 0}, "qwen2-vl"),
-         ("kl", {}, "qwen2.5-vl"), ("mip-editor", {"layer": 0, "paths": "text"}, "qwen2.5-vl")]
+         ("kl", {}, "qwen2.5-vl"), ("mip-editor", {"layer": 0, "paths": "text"}, "qwen2.5-vl"),
+         ("graddiff", {"lora": True}, "llava"), ("mmunlearner", {"lora": True}, "qwen2-vl")]
 
 
-@pytest.mark.parametrize("name,extra,family", CASES, ids=[f"{n}-{f}" for n, _, f in CASES])
+@pytest.mark.parametrize("name,extra,family", CASES, ids=[f"{n}-{f}{'-lora' if e.get('lora') else ''}" for n, e, f in CASES])
 def test_methods_give_the_same_losses_and_edits_as_before(benchmark, tiny_vlm, monkeypatch, name, extra, family):
     vlm = tiny_vlm(family)
     with monkeypatch.context() as patch:
