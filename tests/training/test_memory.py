@@ -128,6 +128,14 @@ def test_checkpointing_is_on_while_training_and_off_afterwards(benchmark, tiny_v
     assert not any(getattr(m, "gradient_checkpointing", False) for m in vlm.model.modules())
     assert not getattr(vlm.model, "_require_grads_hooks", None)  # no embedding hook left behind
 
+    def failing(model, batch):
+        raise RuntimeError("out of memory (simulated)")
+
+    with pytest.raises(RuntimeError, match="simulated"):
+        train(vlm.model, list(benchmark.forget_train[:4]), lambda items: encoder.batch(items, train=True), failing,
+              TrainConfig(max_steps=1, batch_size=2, progress=False, gradient_checkpointing=True))
+    assert not any(getattr(m, "gradient_checkpointing", False) for m in vlm.model.modules())
+
 
 def _saved_bytes(model, loss_fn) -> int:
     """Bytes of the distinct tensors autograd keeps for backward (parameters excluded), one loss+backward."""

@@ -124,7 +124,6 @@ def train(
     had_input_grad_hooks = bool(getattr(base_model, "_require_grads_hooks", None))
     if cfg.lora is not None:
         model = _wrap_lora(model, cfg.lora)
-    checkpointing_was_on = _set_checkpointing(base_model, True) if cfg.gradient_checkpointing else None
     trainable = []
     for name, param in model.named_parameters():
         wanted = (param.requires_grad if cfg.lora is not None else True) and (parameters is None or parameters(name, param))
@@ -146,6 +145,8 @@ def train(
     schedulers = [torch.optim.lr_scheduler.LambdaLR(o, _lr_lambda(cfg, total)) for o in optimizers]
     model, loader, *prepared = accelerator.prepare(model, loader, *optimizers, *schedulers)
     optimizers, schedulers = prepared[: len(optimizers)], prepared[len(optimizers):]
+    # Right before the try: the finally below switches it off again, errors included.
+    checkpointing_was_on = _set_checkpointing(base_model, True) if cfg.gradient_checkpointing else None
     model.train()
     result = TrainResult()
     bar = tqdm(total=total, desc=description, disable=not cfg.progress or not accelerator.is_local_main_process)
