@@ -50,7 +50,7 @@ def run(
     lora: bool = typer.Option(False, help="Unlearn through LoRA adapters (merged into the edit)."),
     gradient_checkpointing: Optional[bool] = typer.Option(
         None, "--gradient-checkpointing/--no-gradient-checkpointing",
-        help="Recompute activations in the backward pass (less memory, ~1/3 more compute); default: on for a "
+        help="Recompute activations in the backward pass (less memory, one more forward per step); default: on for a "
              "--model this tool did not build, off for its tiny models."),
     max_batch_tokens: Optional[int] = typer.Option(
         None, min=1, help="Localisation passes (MANU statistics, MMUnlearner's Fisher, MIP-Editor's path search) and "
