@@ -38,6 +38,9 @@ class TrainConfig:
     seed: int = 0
     lora: LoraOptions | None = None
     progress: bool = True
+    # Recompute each transformer block's activations in the backward pass instead of keeping
+    # them (non-reentrant torch.utils.checkpoint): activation memory ~ one block instead of all.
+    gradient_checkpointing: bool = False
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -170,6 +173,7 @@ def train(
     accelerator = Accelerator(cpu=device.type == "cpu", step_scheduler_with_optimizer=False,
                               kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=True)])
     base_model = model
+    had_input_grad_hooks = bool(getattr(base_model, "_require_grads_hooks", None))
     if cfg.lora is not None:
         model = _wrap_lora(model, cfg.lora)
     selected: dict[str, torch.nn.Parameter] = {}
@@ -183,17 +187,17 @@ def train(
     try:
         compute_dtype = compute_dtype_for(selected, description, model)
     except ValueError:
-        _hand_back(model, base_model, cfg, merge_lora, TrainResult())
+        _hand_back(model, base_model, cfg, merge_lora, TrainResult(), had_input_grad_hooks=had_input_grad_hooks)
         raise
     result = TrainResult()
     try:
         with fp32_master_weights(selected) as result.master_weights:
             try:
-                _train_steps(model, examples, collate_fn, loss_fn, cfg, list(selected.values()), description,
+                _train_steps(model, base_model, examples, collate_fn, loss_fn, cfg, list(selected.values()), description,
                              stop_check, check_every, phases, grad_hook, accelerator,
                              lambda: autocast_to(device, compute_dtype), result)
             finally:  # also on errors
-                _hand_back(model, base_model, cfg, merge_lora, result, accelerator)
+                _hand_back(model, base_model, cfg, merge_lora, result, accelerator, had_input_grad_hooks)
     except FloatingPointError as error:
         error.train_result = result  # type: ignore[attr-defined]  # the last finite step's weights/factors
         raise
@@ -201,12 +205,14 @@ def train(
 
 
 def _hand_back(unwrapped: torch.nn.Module, base_model: torch.nn.Module, cfg: TrainConfig, merge_lora: bool,
-               result: TrainResult, accelerator: Any = None) -> None:
+               result: TrainResult, accelerator: Any = None, had_input_grad_hooks: bool = True) -> None:
     """Eval mode, every parameter trainable again, peft's wrapper gone (adapters merged, or read
     into ``result.lora_factors`` and dropped): callers always get a plain model back."""
     unwrapped.eval()
     for param in base_model.parameters():
         param.requires_grad_(True)
+    if not had_input_grad_hooks and hasattr(base_model, "disable_input_require_grads"):
+        base_model.disable_input_require_grads()  # added by peft's wrap or checkpointing; not needed after
     if accelerator is not None:
         accelerator.free_memory()
     if cfg.lora is not None:
@@ -239,7 +245,7 @@ def lora_factors(peft_model: torch.nn.Module) -> dict[str, dict[str, Any]]:
     return factors
 
 
-def _train_steps(model: torch.nn.Module, examples: Sequence[Any], collate_fn: Callable[[list[Any]], Any],
+def _train_steps(model: torch.nn.Module, base_model: torch.nn.Module, examples: Sequence[Any], collate_fn: Callable[[list[Any]], Any],
                  loss_fn: Callable[..., torch.Tensor], cfg: TrainConfig, trainable: list[torch.nn.Parameter],
                  description: str, stop_check: Callable[[int], bool] | None, check_every: int,
                  phases: Sequence[str], grad_hook: Callable[[str], None] | None, accelerator: Any,
@@ -259,6 +265,8 @@ def _train_steps(model: torch.nn.Module, examples: Sequence[Any], collate_fn: Ca
     schedulers = [torch.optim.lr_scheduler.LambdaLR(o, _lr_lambda(cfg, total)) for o in optimizers]
     model, loader, *prepared = accelerator.prepare(model, loader, *optimizers, *schedulers)
     optimizers, schedulers = prepared[: len(optimizers)], prepared[len(optimizers):]
+    # Right before the try: the finally below switches it off again, errors included.
+    checkpointing_was_on = _set_checkpointing(base_model, True) if cfg.gradient_checkpointing else None
     model.train()
     bar = tqdm(total=total, desc=description, disable=not cfg.progress or not accelerator.is_local_main_process)
     try:
@@ -299,6 +307,33 @@ def _train_steps(model: torch.nn.Module, examples: Sequence[Any], collate_fn: Ca
                     break
     finally:
         bar.close()
+        if checkpointing_was_on is False:
+            _set_checkpointing(base_model, False)
+
+
+def _set_checkpointing(model: torch.nn.Module, on: bool) -> bool:
+    """Switch transformers' gradient checkpointing of every block (non-reentrant) on or off;
+    returns whether it was on before. Active only in training mode (the blocks check
+    ``self.training``), so frozen references and evaluation in eval mode are unaffected."""
+    if not getattr(model, "supports_gradient_checkpointing", False):
+        raise ValueError(f"{type(model).__name__} does not support gradient checkpointing; "
+                         "train with --no-gradient-checkpointing")
+    was_on = any(getattr(m, "gradient_checkpointing", False) for m in model.modules())
+    if on and not was_on:
+        had_hooks = bool(getattr(model, "_require_grads_hooks", None))
+        # Non-reentrant checkpointing needs no input that requires grad: drop the embedding hook
+        # transformers adds for the reentrant variant, unless someone had it already.
+        enable = getattr(model, "activation_checkpointing_enable", None)
+        if enable is not None:  # transformers >= 5.x name; the old one warns
+            enable(activation_checkpointing_kwargs={"use_reentrant": False})
+        else:
+            model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        if not had_hooks and hasattr(model, "disable_input_require_grads"):
+            model.disable_input_require_grads()
+    elif not on and was_on:
+        disable = getattr(model, "activation_checkpointing_disable", None) or model.gradient_checkpointing_disable
+        disable()
+    return was_on
 
 
 def _wrap_lora(model: torch.nn.Module, options: LoraOptions) -> torch.nn.Module:
