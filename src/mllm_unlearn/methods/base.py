@@ -141,18 +141,17 @@ class GradientMethod(Method):
         if uses_retain and not retain:
             raise ValueError(f"{self.name}: needs retain data, but the retain set is empty")
         encoder = Encoder(vlm)
-        rng = random.Random(cfg.seed)
-        # Each forget item is paired with a random retain item (anchored on forget).
-        pairs = [(f, retain[rng.randrange(len(retain))] if uses_retain else None) for f in forget]
-
+        # The forget set defines an epoch; each batch of forget items gets as many retain items,
+        # drawn in order from seeded shuffles of the whole retain set (RetainCycler).
+        cycler = RetainCycler(retain, cfg.seed) if uses_retain else None
         index_of = {id(f): k for k, f in enumerate(forget)}
 
-        def collate(batch: list[tuple[Item, Item | None]]) -> dict[str, Any]:
-            out: dict[str, Any] = {"forget": _to(encoder.batch([f for f, _ in batch], train=True), vlm.device)}
+        def collate(batch: list[Item]) -> dict[str, Any]:
+            out: dict[str, Any] = {"forget": _to(encoder.batch(list(batch), train=True), vlm.device)}
             # Positions in ``forget``, so losses can look up values ``prepare`` computed per item.
-            out["forget_index"] = torch.tensor([index_of[id(f)] for f, _ in batch], device=vlm.device)
-            if uses_retain:
-                out["retain"] = _to(encoder.batch([r for _, r in batch], train=True), vlm.device)
+            out["forget_index"] = torch.tensor([index_of[id(f)] for f in batch], device=vlm.device)
+            if cycler is not None:
+                out["retain"] = _to(encoder.batch(cycler.take(len(batch)), train=True), vlm.device)
             return out
 
         before = {name: p.detach().cpu().clone() for name, p in vlm.model.named_parameters()}
@@ -163,11 +162,11 @@ class GradientMethod(Method):
         try:
             try:
                 if self.phases:
-                    result = train(vlm.model, pairs, collate, lambda m, b, phase: self.phase_loss(m, b, cfg, phase),
+                    result = train(vlm.model, list(forget), collate, lambda m, b, phase: self.phase_loss(m, b, cfg, phase),
                                    train_cfg, parameters=self.trainable(vlm, cfg), description=f"unlearn: {self.name}",
                                    device=vlm.device, phases=self.phases, grad_hook=self.grad_hook)
                 else:
-                    result = train(vlm.model, pairs, collate, lambda m, b: self.loss(m, b, cfg), train_cfg,
+                    result = train(vlm.model, list(forget), collate, lambda m, b: self.loss(m, b, cfg), train_cfg,
                                    parameters=self.trainable(vlm, cfg), description=f"unlearn: {self.name}",
                                    device=vlm.device)
             except FloatingPointError as error:
@@ -187,6 +186,42 @@ class GradientMethod(Method):
                 for name, param in vlm.model.named_parameters():
                     param.copy_(before[name].to(param.device))
         return edit
+
+
+class RetainCycler:
+    """Retain items for the forget batches, cycling through the whole retain set.
+
+    Items come in passes over a seeded shuffle of ``items`` (a fresh shuffle per pass, the stream
+    continuing across forget epochs), so every retain item is seen once before any is seen twice:
+    with F forget and R retain items and one retain item per forget item, the whole retain set
+    is covered within ceil(R / F) forget epochs. The same seed gives the same stream. Under
+    torch.distributed each process takes its own slice of every ``world × n`` items drawn (the
+    processes draw batches in lockstep), so processes never repeat each other's retain items.
+    """
+
+    def __init__(self, items: Sequence[Item], seed: int, rank: int | None = None, world: int | None = None):
+        if not items:
+            raise ValueError("retain cycling needs at least one retain item")
+        distributed = torch.distributed.is_available() and torch.distributed.is_initialized()
+        self.rank = rank if rank is not None else (torch.distributed.get_rank() if distributed else 0)
+        self.world = world if world is not None else (torch.distributed.get_world_size() if distributed else 1)
+        self.items = list(items)
+        self.rng = random.Random(seed)
+        self.order: list[int] = []
+        self.position = 0
+
+    def _next(self) -> Item:
+        if self.position == len(self.order):
+            self.order = list(range(len(self.items)))
+            self.rng.shuffle(self.order)
+            self.position = 0
+        self.position += 1
+        return self.items[self.order[self.position - 1]]
+
+    def take(self, n: int) -> list[Item]:
+        """The next ``n`` retain items of this process."""
+        drawn = [self._next() for _ in range(n * self.world)]
+        return drawn[self.rank * n:(self.rank + 1) * n]
 
 
 class UnlearningDiverged(RuntimeError):
