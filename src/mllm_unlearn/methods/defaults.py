@@ -12,7 +12,7 @@ TINY_DEFAULTS: dict[str, dict] = {
     "ga": {"lr": 5e-4, "epochs": 2},
     "graddiff": {"lr": 2e-4, "epochs": 2, "retain_weight": 1.0},
     "kl": {"lr": 2e-4, "epochs": 2, "retain_weight": 1.0},
-    "rmu": {"lr": 1e-3, "epochs": 2, "extra": {"steering_coeff": 2.0, "alpha": 100.0}},
+    "rmu": {"lr": 2e-3, "epochs": 8, "extra": {"steering_coeff": 2.0, "alpha": 3.0, "positions": "entity"}},
     # The vision mask: ascent confined to the salient weights of the vision tower and projector
     # cannot touch text-only answers; lr 1e-3 met the paper's claim (sweep in the README).
     "mmunlearner": {"lr": 1e-3, "epochs": 2, "extra": {"mask": "vision", "gamma": 1.0}},
