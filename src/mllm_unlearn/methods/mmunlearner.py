@@ -27,6 +27,12 @@ weights by construction, the retain adapter (unmasked, as full fine-tuning's ret
 trains only in the retain phase. peft cannot express an element-wise mask, hence our own
 adapters; rank and alpha come from the LoRA options, the target pattern filters the tower's
 linear layers (the default pattern means all of them).
+
+Retain data: the released loop runs one epoch over the retain batches, a retain step each,
+with a forget step every floor(|R|/|F|) of them. Here the forget set defines an epoch and each
+step takes one forget phase and one retain phase, the retain items cycled through seeded
+shuffles of the whole retain set (``methods.base.RetainCycler``): every retain item is seen
+within ceil(|retain| / |forget|) epochs (the released loop: one retain step per retain batch).
 """
 from __future__ import annotations
 

@@ -3,12 +3,30 @@
 Forget inputs' hidden states at LM layer ``layer`` are pushed towards c·u (u a random unit
 vector drawn with the run's seed, uniform as in WMDP's code); retain inputs' hidden states
 are kept near the frozen model's (weight ``alpha``). Only the parameters matched by
-``trainable`` are updated (default: the down projections of layers layer-2..layer, WMDP's choice).
+``trainable`` are updated (default: the MLPs, gate/up/down projections, of layers
+layer-2..layer; WMDP trains the down projections alone, ``-o trainable=...`` restores that).
+
+Where the forget term is taken (``positions``). WMDP's forget corpus (hazardous-topic text)
+shares nothing with its retain corpus (Wikitext), so it scores every token. Here forget and
+retain items are the same chat template, the same questions and often the same answer words,
+differing only in the person: scored at every token, most of the forget term fell on text that
+the retain term holds in place, and RMU forgot nothing (forget VQA/QA 100/100 -> 98/100 at
+α=100; at α=1 forget and retain fell together). The default, ``entity``, scores the tokens that
+carry the person, the portrait's image tokens and the name's tokens (tokens ``ENTITY_RATIO``
+times more frequent among forget than retain items), plus the answer-predicting positions
+(MIP-Editor's RMisU, which forgets on the same model). ``content`` (everything after the chat
+template's shared prefix), ``answer`` (RMisU's positions) and ``all`` (WMDP's) are options.
+The retain term scores every non-padding retain token, as WMDP.
 
 Coefficients are relative to the model, so one default serves tiny and 7B models alike:
 c = ``steering_coeff`` × the mean token norm of the vanilla model's forget hidden states at
-that layer, and both mean-squared errors are divided by that norm² / hidden size. Positions
-scored: every non-padding token of the input (prompt, image and answer).
+the scored positions of that layer, both mean-squared errors are divided by that norm² /
+hidden size, and ``layer`` may be a fraction of the depth (default 0.25: WMDP's layer 7 of
+32 is 0.22, MIP-Editor's 7 of 28 is 0.25; a 4-layer tiny model gets layer 1).
+
+Retain data: each forget batch gets as many retain items, cycled through seeded shuffles of
+the whole retain set (``methods.base.RetainCycler``); WMDP likewise draws one retain
+(Wikitext) batch per forget batch.
 """
 from __future__ import annotations
 
