@@ -141,17 +141,18 @@ class GradientMethod(Method):
         if uses_retain and not retain:
             raise ValueError(f"{self.name}: needs retain data, but the retain set is empty")
         encoder = Encoder(vlm)
-        # The forget set defines an epoch; each batch of forget items gets as many retain items,
-        # drawn in order from seeded shuffles of the whole retain set (RetainCycler).
-        cycler = RetainCycler(retain, cfg.seed) if uses_retain else None
+        # The forget set defines an epoch; each forget item gets a retain item of its modality,
+        # drawn from seeded shuffles of the whole retain set (RetainCycler).
+        cycler = RetainCycler(forget, retain, cfg.seed) if uses_retain else None
         index_of = {id(f): k for k, f in enumerate(forget)}
 
         def collate(batch: list[Item]) -> dict[str, Any]:
             out: dict[str, Any] = {"forget": _to(encoder.batch(list(batch), train=True), vlm.device)}
             # Positions in ``forget``, so losses can look up values ``prepare`` computed per item.
-            out["forget_index"] = torch.tensor([index_of[id(f)] for f in batch], device=vlm.device)
+            indices = [index_of[id(f)] for f in batch]
+            out["forget_index"] = torch.tensor(indices, device=vlm.device)
             if cycler is not None:
-                out["retain"] = _to(encoder.batch(cycler.take(len(batch)), train=True), vlm.device)
+                out["retain"] = _to(encoder.batch([cycler.pair(i) for i in indices], train=True), vlm.device)
             return out
 
         before = {name: p.detach().cpu().clone() for name, p in vlm.model.named_parameters()}
@@ -189,39 +190,55 @@ class GradientMethod(Method):
 
 
 class RetainCycler:
-    """Retain items for the forget batches, cycling through the whole retain set.
+    """The retain item paired with each forget item, cycling through the whole retain set.
 
-    Items come in passes over a seeded shuffle of ``items`` (a fresh shuffle per pass, the stream
-    continuing across forget epochs), so every retain item is seen once before any is seen twice:
-    with F forget and R retain items and one retain item per forget item, the whole retain set
-    is covered within ceil(R / F) forget epochs. The same seed gives the same stream. Under
-    torch.distributed each process takes its own slice of every ``world × n`` items drawn (the
-    processes draw batches in lockstep), so processes never repeat each other's retain items.
+    Retain items come in passes over seeded shuffles of the retain set, one stream per modality
+    (a new shuffle per pass, the stream continuing across forget epochs), so every retain item
+    is seen once before any is seen twice. Each forget item is paired with a retain item of its
+    own modality (the retain term then covers the inputs the forget term moves, and both forward
+    passes use the same towers, which DDP requires); a modality the retain set lacks draws from
+    all retain items. The k-th time forget item i is drawn, it gets the retain item at slot i of
+    the k-th pairing, and a pairing takes the next items of each stream in forget order: so
+    pairs do not depend on the batch order or on how processes split the batches (one process
+    and several see the same pairs), and the same seed gives the same pairs. With F_m forget
+    and R_m retain items of a modality, the retain items of that modality are all seen within
+    ceil(R_m / F_m) forget epochs.
     """
 
-    def __init__(self, items: Sequence[Item], seed: int, rank: int | None = None, world: int | None = None):
-        if not items:
+    def __init__(self, forget: Sequence[Item], retain: Sequence[Item], seed: int):
+        if not retain:
             raise ValueError("retain cycling needs at least one retain item")
-        distributed = torch.distributed.is_available() and torch.distributed.is_initialized()
-        self.rank = rank if rank is not None else (torch.distributed.get_rank() if distributed else 0)
-        self.world = world if world is not None else (torch.distributed.get_world_size() if distributed else 1)
-        self.items = list(items)
-        self.rng = random.Random(seed)
-        self.order: list[int] = []
-        self.position = 0
+        self.retain = list(retain)
+        self.modalities = [f.modality for f in forget]
+        groups: dict[str, list[int]] = {"*": list(range(len(self.retain)))}
+        for k, item in enumerate(self.retain):
+            groups.setdefault(item.modality, []).append(k)
+        self.streams = {key: _Cycle(indices, random.Random(f"{seed}:{key}")) for key, indices in groups.items()}
+        self.pairings: list[list[int]] = []
+        self.drawn: dict[int, int] = {}
 
-    def _next(self) -> Item:
+    def pair(self, forget_index: int) -> Item:
+        """The retain item for this draw of forget item ``forget_index``."""
+        k = self.drawn.get(forget_index, 0)
+        self.drawn[forget_index] = k + 1
+        while len(self.pairings) <= k:
+            self.pairings.append([self.streams[m if m in self.streams else "*"].next() for m in self.modalities])
+        return self.retain[self.pairings[k][forget_index]]
+
+
+class _Cycle:
+    """Indices in passes over fresh shuffles."""
+
+    def __init__(self, indices: list[int], rng: random.Random):
+        self.indices, self.rng, self.order, self.position = indices, rng, [], 0
+
+    def next(self) -> int:
         if self.position == len(self.order):
-            self.order = list(range(len(self.items)))
+            self.order = list(self.indices)
             self.rng.shuffle(self.order)
             self.position = 0
         self.position += 1
-        return self.items[self.order[self.position - 1]]
-
-    def take(self, n: int) -> list[Item]:
-        """The next ``n`` retain items of this process."""
-        drawn = [self._next() for _ in range(n * self.world)]
-        return drawn[self.rank * n:(self.rank + 1) * n]
+        return self.order[self.position - 1]
 
 
 class UnlearningDiverged(RuntimeError):
