@@ -36,7 +36,7 @@ c here is relative to the hidden norm. The tiny default model's values are in
 
 Retain data: the released RMisU loop upsamples the forget set to the retain loader's length
 (one epoch = one pass over the retain batches). Here the forget set defines an epoch and each
-forget batch gets as many retain items, cycled through seeded shuffles of the whole retain set
+forget item gets a retain item of its modality, cycled through seeded shuffles of the whole retain set
 (``methods.base.RetainCycler``): every retain item is seen within ceil(|retain| / |forget|) epochs.
 """
 from __future__ import annotations

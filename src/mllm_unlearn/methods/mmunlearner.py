@@ -30,9 +30,11 @@ linear layers (the default pattern means all of them).
 
 Retain data: the released loop runs one epoch over the retain batches, a retain step each,
 with a forget step every floor(|R|/|F|) of them. Here the forget set defines an epoch and each
-step takes one forget phase and one retain phase, the retain items cycled through seeded
-shuffles of the whole retain set (``methods.base.RetainCycler``): every retain item is seen
-within ceil(|retain| / |forget|) epochs (the released loop: one retain step per retain batch).
+step takes one forget phase and one retain phase, each forget item paired with a retain item
+of its modality, cycled through seeded shuffles of the whole retain set
+(``methods.base.RetainCycler``): the forget items are VQA, so the retain phase sees the retain
+VQA items, all of them within ceil(|retain VQA| / |forget VQA|) epochs (earlier versions drew
+retain items of either modality at random).
 """
 from __future__ import annotations
 

@@ -10,8 +10,8 @@ trains and caches it) or the path of a local checkpoint.
 Reference log-probabilities of the forget set are computed once before training, so no
 second model is held during training.
 
-Retain data (``retain_term`` only; MMUnlearner's NPO has none): each forget batch is paired
-with as many retain items, cycled through seeded shuffles of the whole retain set
+Retain data (``retain_term`` only; MMUnlearner's NPO has none): each forget item is paired
+with a retain item of its modality, cycled through seeded shuffles of the whole retain set
 (``methods.base.RetainCycler``), so every retain item is seen within ceil(|retain| / |forget|) epochs.
 """
 from __future__ import annotations

@@ -24,8 +24,8 @@ the scored positions of that layer, both mean-squared errors are divided by that
 hidden size, and ``layer`` may be a fraction of the depth (default 0.25: WMDP's layer 7 of
 32 is 0.22, MIP-Editor's 7 of 28 is 0.25; a 4-layer tiny model gets layer 1).
 
-Retain data: each forget batch gets as many retain items, cycled through seeded shuffles of
-the whole retain set (``methods.base.RetainCycler``); WMDP likewise draws one retain
+Retain data: each forget item gets a retain item of its modality, cycled through seeded
+shuffles of the whole retain set (``methods.base.RetainCycler``); WMDP likewise draws one retain
 (Wikitext) batch per forget batch.
 """
 from __future__ import annotations
