@@ -38,8 +38,8 @@ import torch
 from ..data.collate import IGNORE, Encoder
 from ..data.items import Item
 from ..models.base import VLM, _module_path
-from ..training.losses import model_inputs
-from .base import GradientMethod, MethodConfig, frozen_copy, item_batches, register_method
+from ..training.truncated import hidden_at_layer, truncated_reference
+from .base import GradientMethod, MethodConfig, item_batches, register_method
 
 
 # Defaults (sweep in methods/defaults.py): the loss layer as a fraction of the LM's depth (WMDP:
@@ -62,9 +62,6 @@ def resolve_layer(value: Any, depth: int) -> int:
     return layer
 
 
-def _hidden(output: Any) -> torch.Tensor:
-    return output[0] if isinstance(output, tuple) else output
-
 
 def masked_mse(hidden: torch.Tensor, target: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     """Mean over hidden dims, then over each sequence's unmasked tokens, then over the batch."""
@@ -84,32 +81,26 @@ class Misdirection:
 
     def __init__(self) -> None:
         self.reference: torch.nn.Module | None = None
-        self.captured: dict[str, torch.Tensor] = {}
-        self.handles: list[Any] = []
+        self.adapter: Any = None
+        self.layer = 0
         self.target: torch.Tensor | None = None
         self.scale = 1.0
-
-    def _hook(self, module: torch.nn.Module, key: str) -> None:
-        def store(_module: Any, _inputs: Any, output: Any) -> None:
-            self.captured[key] = _hidden(output)
-
-        self.handles.append(module.register_forward_hook(store))
 
     def start(self, vlm: VLM, layer: int, coeff: float, forget: Sequence[Item], encoder: Encoder, batch_size: int,
               seed: int, positions: Callable[[dict[str, torch.Tensor]], torch.Tensor] | None = None) -> None:
         """Call on the untouched model: the frozen copy is the reference of the retain loss.
         ``positions(batch)`` (default: every non-padding token) picks the forget tokens whose
-        hidden-state norms set c and ``scale``: those the forget loss will score."""
-        self.reference = frozen_copy(vlm.model)
-        self._hook(vlm.adapter.lm_layers(vlm.model)[layer], "model")
-        self._hook(vlm.adapter.lm_layers(self.reference)[layer], "reference")
+        hidden-state norms set c and ``scale``: those the forget loss will score.
+
+        Forwards stop at ``layer`` and the copy holds only what feeds it (``training.truncated``)."""
+        self.adapter, self.layer = vlm.adapter, layer
+        self.reference = truncated_reference(vlm.model, vlm.adapter, layer)
         # Typical size of the layer's hidden states on the forget data, from the vanilla model.
         norms, squares, count = 0.0, 0.0, 0
         with torch.no_grad():
             for batch in item_batches(forget, encoder, batch_size, vlm.device):
-                self.reference(**model_inputs(batch))
                 mask = positions(batch) if positions is not None else batch["attention_mask"].bool()
-                tokens = self.captured.pop("reference").float()[mask]
+                tokens = self.reference_hidden(batch).float()[mask]
                 norms += tokens.norm(dim=-1).sum().item()
                 squares += tokens.pow(2).sum(dim=-1).sum().item()
                 count += tokens.shape[0]
@@ -120,15 +111,13 @@ class Misdirection:
         self.target = (coeff * norms / count * direction / direction.norm()).to(vlm.device)
 
     def hidden(self, model: torch.nn.Module, batch: dict[str, torch.Tensor]) -> torch.Tensor:
-        model(**model_inputs(batch))
-        return self.captured.pop("model")
+        return hidden_at_layer(model, self.adapter, self.layer, batch)
 
     @torch.no_grad()
     def reference_hidden(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         if self.reference is None:
             raise RuntimeError("misdirection: start() was not called")
-        self.reference(**model_inputs(batch))
-        return self.captured.pop("reference")
+        return hidden_at_layer(self.reference, self.adapter, self.layer, batch)
 
     def forget_loss(self, model: torch.nn.Module, batch: dict[str, torch.Tensor], mask: torch.Tensor) -> torch.Tensor:
         """MSE of the forget hidden states to c·u at ``mask``'s positions, divided by ``scale``."""
@@ -142,9 +131,7 @@ class Misdirection:
         return masked_mse(self.hidden(model, batch), self.reference_hidden(batch), batch["attention_mask"]) / self.scale
 
     def stop(self) -> None:
-        for handle in self.handles:
-            handle.remove()
-        self.handles, self.captured, self.reference, self.target = [], {}, None, None
+        self.reference, self.target = None, None
 
 
 POSITIONS = ("entity", "content", "answer", "all")

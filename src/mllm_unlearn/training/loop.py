@@ -37,6 +37,9 @@ class TrainConfig:
     seed: int = 0
     lora: LoraOptions | None = None
     progress: bool = True
+    # Recompute each transformer block's activations in the backward pass instead of keeping
+    # them (non-reentrant torch.utils.checkpoint): activation memory ~ one block instead of all.
+    gradient_checkpointing: bool = False
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -118,6 +121,7 @@ def train(
     accelerator = Accelerator(cpu=device.type == "cpu", step_scheduler_with_optimizer=False,
                               kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=True)])
     base_model = model
+    had_input_grad_hooks = bool(getattr(base_model, "_require_grads_hooks", None))
     if cfg.lora is not None:
         model = _wrap_lora(model, cfg.lora)
     trainable = []
@@ -141,6 +145,8 @@ def train(
     schedulers = [torch.optim.lr_scheduler.LambdaLR(o, _lr_lambda(cfg, total)) for o in optimizers]
     model, loader, *prepared = accelerator.prepare(model, loader, *optimizers, *schedulers)
     optimizers, schedulers = prepared[: len(optimizers)], prepared[len(optimizers):]
+    # Right before the try: the finally below switches it off again, errors included.
+    checkpointing_was_on = _set_checkpointing(base_model, True) if cfg.gradient_checkpointing else None
     model.train()
     result = TrainResult()
     bar = tqdm(total=total, desc=description, disable=not cfg.progress or not accelerator.is_local_main_process)
@@ -184,11 +190,40 @@ def train(
         unwrapped = accelerator.unwrap_model(model)
         for param in base_model.parameters():
             param.requires_grad_(True)
+        if checkpointing_was_on is False:
+            _set_checkpointing(base_model, False)
+        if not had_input_grad_hooks and hasattr(base_model, "disable_input_require_grads"):
+            base_model.disable_input_require_grads()  # added by peft's wrap or checkpointing; not needed after
         accelerator.free_memory()
         if cfg.lora is not None:  # also on errors: callers always get a plain model back
             merged = unwrapped.merge_and_unload()
             assert merged is base_model or merged.__class__ is base_model.__class__
     return result
+
+
+def _set_checkpointing(model: torch.nn.Module, on: bool) -> bool:
+    """Switch transformers' gradient checkpointing of every block (non-reentrant) on or off;
+    returns whether it was on before. Active only in training mode (the blocks check
+    ``self.training``), so frozen references and evaluation in eval mode are unaffected."""
+    if not getattr(model, "supports_gradient_checkpointing", False):
+        raise ValueError(f"{type(model).__name__} does not support gradient checkpointing; "
+                         "train with --no-gradient-checkpointing")
+    was_on = any(getattr(m, "gradient_checkpointing", False) for m in model.modules())
+    if on and not was_on:
+        had_hooks = bool(getattr(model, "_require_grads_hooks", None))
+        # Non-reentrant checkpointing needs no input that requires grad: drop the embedding hook
+        # transformers adds for the reentrant variant, unless someone had it already.
+        enable = getattr(model, "activation_checkpointing_enable", None)
+        if enable is not None:  # transformers >= 5.x name; the old one warns
+            enable(activation_checkpointing_kwargs={"use_reentrant": False})
+        else:
+            model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        if not had_hooks and hasattr(model, "disable_input_require_grads"):
+            model.disable_input_require_grads()
+    elif not on and was_on:
+        disable = getattr(model, "activation_checkpointing_disable", None) or model.gradient_checkpointing_disable
+        disable()
+    return was_on
 
 
 def _wrap_lora(model: torch.nn.Module, options: LoraOptions) -> torch.nn.Module:
