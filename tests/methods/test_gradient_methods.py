@@ -82,12 +82,16 @@ def test_masked_mse_ignores_padding():
     assert masked_mse(hidden, target, mask).item() == pytest.approx(3.5)
 
 
-def test_rmu_updates_only_the_selected_down_projections(benchmark, tiny_vlm):
+def test_rmu_updates_only_the_selected_mlps(benchmark, tiny_vlm):
     vlm = tiny_vlm()
     cfg = MethodConfig(max_steps=3, batch_size=4, lr=1e-2, progress=False, extra={"layer": 1})
     edit = get_method("rmu").unlearn(vlm, benchmark.forget_train[:8], benchmark.retain_train[:8], cfg)
     changed = set(edit.tensors)
-    assert changed and all(".layers.0.mlp.down_proj" in n or ".layers.1.mlp.down_proj" in n for n in changed), changed
+    assert changed and all(".layers.0.mlp." in n or ".layers.1.mlp." in n for n in changed), changed
+    assert any(n.endswith("down_proj.weight") for n in changed) and any(n.endswith("up_proj.weight") for n in changed)
+    cfg.extra["trainable"] = r".*layers\.1\.mlp\.down_proj\..*"  # WMDP's choice: the down projections only
+    assert set(get_method("rmu").unlearn(vlm, benchmark.forget_train[:8], benchmark.retain_train[:8], cfg).tensors) \
+        == {n for n in changed if ".layers.1.mlp.down_proj" in n}
     with pytest.raises(ValueError, match="trainable pattern 'nothing' matches no parameter"):
         get_method("rmu").unlearn(vlm, benchmark.forget_train[:8], benchmark.retain_train[:8],
                                   MethodConfig(max_steps=1, progress=False, extra={"trainable": "nothing"}))

@@ -155,18 +155,18 @@ class GradientMethod(Method):
         if uses_retain and not retain:
             raise ValueError(f"{self.name}: needs retain data, but the retain set is empty")
         encoder = Encoder(vlm)
-        rng = random.Random(cfg.seed)
-        # Each forget item is paired with a random retain item (anchored on forget).
-        pairs = [(f, retain[rng.randrange(len(retain))] if uses_retain else None) for f in forget]
-
+        # The forget set defines an epoch; each forget item gets a retain item of its modality,
+        # drawn from seeded shuffles of the whole retain set (RetainCycler).
+        cycler = RetainCycler(forget, retain, cfg.seed) if uses_retain else None
         index_of = {id(f): k for k, f in enumerate(forget)}
 
-        def collate(batch: list[tuple[Item, Item | None]]) -> dict[str, Any]:
-            out: dict[str, Any] = {"forget": _to(encoder.batch([f for f, _ in batch], train=True), vlm.device)}
+        def collate(batch: list[Item]) -> dict[str, Any]:
+            out: dict[str, Any] = {"forget": _to(encoder.batch(list(batch), train=True), vlm.device)}
             # Positions in ``forget``, so losses can look up values ``prepare`` computed per item.
-            out["forget_index"] = torch.tensor([index_of[id(f)] for f, _ in batch], device=vlm.device)
-            if uses_retain:
-                out["retain"] = _to(encoder.batch([r for _, r in batch], train=True), vlm.device)
+            indices = [index_of[id(f)] for f in batch]
+            out["forget_index"] = torch.tensor(indices, device=vlm.device)
+            if cycler is not None:
+                out["retain"] = _to(encoder.batch([cycler.pair(i) for i in indices], train=True), vlm.device)
             return out
 
         changeable = self.changeable(vlm, cfg)
@@ -182,11 +182,11 @@ class GradientMethod(Method):
         try:
             try:
                 if self.phases:
-                    result = train(vlm.model, pairs, collate, lambda m, b, phase: self.phase_loss(m, b, cfg, phase),
+                    result = train(vlm.model, list(forget), collate, lambda m, b, phase: self.phase_loss(m, b, cfg, phase),
                                    train_cfg, parameters=self.trainable(vlm, cfg), description=f"unlearn: {self.name}",
                                    device=vlm.device, phases=self.phases, grad_hook=self.grad_hook, merge_lora=False)
                 else:
-                    result = train(vlm.model, pairs, collate, lambda m, b: self.loss(m, b, cfg), train_cfg,
+                    result = train(vlm.model, list(forget), collate, lambda m, b: self.loss(m, b, cfg), train_cfg,
                                    parameters=self.trainable(vlm, cfg), description=f"unlearn: {self.name}",
                                    device=vlm.device, merge_lora=False)
             except FloatingPointError as error:
@@ -231,6 +231,58 @@ def _check_snapshot(method: str, before: dict[str, torch.Tensor], trainable: Any
     if missing:
         raise RuntimeError(f"{method}: parameters {missing[:3]} train but were not snapshotted: "
                            "its changeable() must select every parameter trainable() does")
+
+
+class RetainCycler:
+    """The retain item paired with each forget item, cycling through the whole retain set.
+
+    Retain items come in passes over seeded shuffles of the retain set, one stream per modality
+    (a new shuffle per pass, the stream continuing across forget epochs), so every retain item
+    is seen once before any is seen twice. Each forget item is paired with a retain item of its
+    own modality (the retain term then covers the inputs the forget term moves, and both forward
+    passes use the same towers, which DDP requires); a modality the retain set lacks draws from
+    all retain items. The k-th time forget item i is drawn, it gets the retain item at slot i of
+    the k-th pairing, and a pairing takes the next items of each stream in forget order: so
+    pairs do not depend on the batch order or on how processes split the batches (one process
+    and several see the same pairs), and the same seed gives the same pairs. With F_m forget
+    and R_m retain items of a modality, the retain items of that modality are all seen within
+    ceil(R_m / F_m) forget epochs.
+    """
+
+    def __init__(self, forget: Sequence[Item], retain: Sequence[Item], seed: int):
+        if not retain:
+            raise ValueError("retain cycling needs at least one retain item")
+        self.retain = list(retain)
+        self.modalities = [f.modality for f in forget]
+        groups: dict[str, list[int]] = {"*": list(range(len(self.retain)))}
+        for k, item in enumerate(self.retain):
+            groups.setdefault(item.modality, []).append(k)
+        self.streams = {key: _Cycle(indices, random.Random(f"{seed}:{key}")) for key, indices in groups.items()}
+        self.pairings: list[list[int]] = []
+        self.drawn: dict[int, int] = {}
+
+    def pair(self, forget_index: int) -> Item:
+        """The retain item for this draw of forget item ``forget_index``."""
+        k = self.drawn.get(forget_index, 0)
+        self.drawn[forget_index] = k + 1
+        while len(self.pairings) <= k:
+            self.pairings.append([self.streams[m if m in self.streams else "*"].next() for m in self.modalities])
+        return self.retain[self.pairings[k][forget_index]]
+
+
+class _Cycle:
+    """Indices in passes over fresh shuffles."""
+
+    def __init__(self, indices: list[int], rng: random.Random):
+        self.indices, self.rng, self.order, self.position = indices, rng, [], 0
+
+    def next(self) -> int:
+        if self.position == len(self.order):
+            self.order = list(self.indices)
+            self.rng.shuffle(self.order)
+            self.position = 0
+        self.position += 1
+        return self.order[self.position - 1]
 
 
 class UnlearningDiverged(RuntimeError):

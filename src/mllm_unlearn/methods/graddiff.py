@@ -1,4 +1,11 @@
-"""Gradient difference: ascend on forget, descend on retain: L = -NLL_f + lambda * NLL_r."""
+"""Gradient difference: ascend on forget, descend on retain: L = -NLL_f + lambda * NLL_r.
+
+One summed loss per step, as MIP-Editor's ``ga_difference_training``. Retain data: each forget item is paired with a retain item of its modality, cycled through
+seeded shuffles of the whole retain set (``methods.base.RetainCycler``): the forget set defines an
+epoch, and every retain item is seen within ceil(|retain| / |forget|) epochs.
+MLLMU-Bench's released loop (``MLLMU_GA_Diff.py``) instead runs one epoch over the retain
+batches, a retain step each, with a forget step every floor(|R|/|F|) of them.
+"""
 from __future__ import annotations
 
 import torch

@@ -1,6 +1,11 @@
 """KL minimisation: ascend on forget, descend on retain, and keep the retain answers'
 next-token distributions close to the frozen vanilla model's:
 L = -NLL_f + lambda * (NLL_r + KL(p_vanilla || p_model) on retain answer tokens).
+
+Retain data: each forget item is paired with a retain item of its modality, cycled through
+seeded shuffles of the whole retain set (``methods.base.RetainCycler``): the forget set defines an
+epoch, and every retain item is seen within ceil(|retain| / |forget|) epochs.
+MLLMU-Bench's released loop (``MLLMU_KL_Min.py``) runs over the retain batches, as GradDiff's.
 """
 from __future__ import annotations
 

@@ -33,6 +33,11 @@ layer 7, m = 4, k = 5, α = β = 0.5. The released code's own defaults differ (l
 batch 6) and it steers to an absolute norm of 10, which does not transfer across model sizes, so
 c here is relative to the hidden norm. The tiny default model's values are in
 ``methods/defaults.py`` (tuned on the built-in world, see there).
+
+Retain data: the released RMisU loop upsamples the forget set to the retain loader's length
+(one epoch = one pass over the retain batches). Here the forget set defines an epoch and each
+forget item gets a retain item of its modality, cycled through seeded shuffles of the whole retain set
+(``methods.base.RetainCycler``): every retain item is seen within ceil(|retain| / |forget|) epochs.
 """
 from __future__ import annotations
 

@@ -27,6 +27,14 @@ weights by construction, the retain adapter (unmasked, as full fine-tuning's ret
 trains only in the retain phase. peft cannot express an element-wise mask, hence our own
 adapters; rank and alpha come from the LoRA options, the target pattern filters the tower's
 linear layers (the default pattern means all of them).
+
+Retain data: the released loop runs one epoch over the retain batches, a retain step each,
+with a forget step every floor(|R|/|F|) of them. Here the forget set defines an epoch and each
+step takes one forget phase and one retain phase, each forget item paired with a retain item
+of its modality, cycled through seeded shuffles of the whole retain set
+(``methods.base.RetainCycler``): the forget items are VQA, so the retain phase sees the retain
+VQA items, all of them within ceil(|retain VQA| / |forget VQA|) epochs (earlier versions drew
+retain items of either modality at random).
 """
 from __future__ import annotations
 

@@ -9,6 +9,10 @@ but without the forget people, what MLLMU-Bench's and MIP-Editor's scripts use; 
 trains and caches it) or the path of a local checkpoint.
 Reference log-probabilities of the forget set are computed once before training, so no
 second model is held during training.
+
+Retain data (``retain_term`` only; MMUnlearner's NPO has none): each forget item is paired
+with a retain item of its modality, cycled through seeded shuffles of the whole retain set
+(``methods.base.RetainCycler``), so every retain item is seen within ceil(|retain| / |forget|) epochs.
 """
 from __future__ import annotations
 
