@@ -36,6 +36,9 @@ class TrainConfig:
     grad_clip: float = 1.0
     seed: int = 0
     lora: LoraOptions | None = None
+    # With ``lora``: True merges the trained adapters into the weights afterwards; False removes
+    # them unmerged, leaving the weights bitwise as they were (the relearning attack's probe).
+    merge_lora: bool = True
     progress: bool = True
 
     def to_dict(self) -> dict[str, Any]:
@@ -186,7 +189,7 @@ def train(
             param.requires_grad_(True)
         accelerator.free_memory()
         if cfg.lora is not None:  # also on errors: callers always get a plain model back
-            merged = unwrapped.merge_and_unload()
+            merged = unwrapped.merge_and_unload() if cfg.merge_lora else unwrapped.unload()
             assert merged is base_model or merged.__class__ is base_model.__class__
     return result
 
