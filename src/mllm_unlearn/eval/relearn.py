@@ -76,7 +76,7 @@ class RelearnConfig:
     seed: int = 0
     # Relearn through LoRA adapters (what a large model needs) or, None, full fine-tuning;
     # "auto" is resolved by the caller (pipeline: LoRA on models this tool did not build).
-    lora: LoraOptions | None | str = None
+    lora: LoraOptions | None | str = AUTO
     progress: bool = False
 
     def __post_init__(self) -> None:
