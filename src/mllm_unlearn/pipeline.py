@@ -320,8 +320,10 @@ def run_pipeline(cfg: RunConfig) -> dict[str, Any]:
     """
     init_distributed(cpu=resolve_device(cfg.device).type == "cpu")
     built_here = model_built_here(cfg)
-    method_config, preset = resolve_method_config(cfg)
-    cfg = replace(cfg, method_cfg=method_config, method_overrides={})
+    preset = None  # a given --edit trains nothing: no hyperparameters to choose
+    if cfg.edit is None:
+        method_config, preset = resolve_method_config(cfg)
+        cfg = replace(cfg, method_cfg=method_config, method_overrides={})
     relearn_cfg = resolve_relearn(replace(cfg.relearn, seed=cfg.seed), built_here) if cfg.relearn else None
     if cfg.edit is None:
         method = get_method(cfg.method)  # fail on a bad name or option before any work
@@ -434,7 +436,7 @@ def run_pipeline(cfg: RunConfig) -> dict[str, Any]:
         "max_pixels": cfg.max_pixels, "image_max_pixels": vlm.adapter.image_max_pixels(vlm.processor),
         "injection": cfg.injection.to_dict(),
         # which hyperparameters: "tiny" (tuned for this tool's models), "paper" (7B-class), "given"
-        "model_built_here": built_here, "preset": preset if cfg.edit is None else None,
+        "model_built_here": built_here, "preset": preset,
         "method_config": cfg.method_cfg.to_dict() if cfg.edit is None else edit.meta.get("config"), "eval": asdict(cfg.eval),
         "mia": asdict(cfg.mia) if cfg.mia else None, "relearn": asdict(relearn_cfg) if relearn_cfg else None,
         "versions": versions(),

@@ -115,11 +115,19 @@ def _forbid_model_copies(monkeypatch):
     return copied
 
 
+def _composite_edit(vlm):
+    """A weight change plus pruned neurons (what MIP-Editor returns): baking writes both."""
+    from mllm_unlearn.interventions import CompositeEdit, NeuronMask
+
+    down = next(n for n, m in vlm.model.named_modules() if n.endswith("language_model.layers.0.mlp.down_proj"))
+    return CompositeEdit([NeuronMask({down: [0, 3, 5]}), _edit(vlm)])
+
+
 @pytest.mark.parametrize("lora", [None, LoraOptions(r=4, alpha=4)], ids=["full", "lora"])
 def test_the_attack_copies_no_model_and_restores_it_bitwise(tiny_vlm, benchmark, monkeypatch, lora):
     vlm = tiny_vlm("llava")
     before = {k: v.clone() for k, v in vlm.model.state_dict().items()}
-    edit = _edit(vlm)
+    edit = _composite_edit(vlm)
     copied = _forbid_model_copies(monkeypatch)
     cfg = RelearnConfig(steps=4, eval_every=2, lr=3e-3, batch_size=4, fraction=0.5, max_eval_items=4, lora=lora)
     result = relearn_attack(vlm, benchmark, edit, cfg)
@@ -131,6 +139,9 @@ def test_the_attack_copies_no_model_and_restores_it_bitwise(tiny_vlm, benchmark,
     assert all(p.requires_grad for p in vlm.model.parameters())
     assert result["train_losses"][-1] < result["train_losses"][0]  # the attack learns either way
     assert result["fine_tuning"] == ("full" if lora is None else "LoRA rank 4")
+    # baked, as released weights would be (pruned neurons can regrow), not held off by hooks
+    assert result["edit_mode"] == "baked"
+    assert not any(m._forward_pre_hooks for m in vlm.adapter.lm_layers(vlm.model).modules())
     assert result["config"]["lr"] == 3e-3
 
 

@@ -1,6 +1,6 @@
 """Relearning attack: does forgotten knowledge come back after a few fine-tuning steps?
 
-The unlearned model (the edit applied in place to the caller's model, as an attacker holding
+The unlearned model (the edit baked into the caller's model in place, as an attacker holding
 the released weights would have it) is fine-tuned through the shared training loop on
 the training items of a few forget people (and multiple-choice versions of them), and
 classification accuracy is measured on the *other* forget people's questions every
@@ -8,10 +8,11 @@ classification accuracy is measured on the *other* forget people's questions eve
 be relearned item by item; knowledge that was only hidden comes back for people the attack
 never showed (Lynch et al. 2024; Hu et al. 2025, "jogging the memory").
 
-No copy of the model is made (a 7B copy plus its optimizer would not fit beside it): with LoRA
-the attack trains adapters on top of the edited weights and removes them unmerged; with full
-fine-tuning the weights are snapshotted to CPU and copied back. Either way the edit is then
-removed and the caller's model is bitwise as before, also when the attack fails midway.
+No copy of the model is made (a 7B copy plus its optimizer would not fit beside it): the edit
+is baked into the caller's model in place, the weights it writes kept on CPU first; with LoRA
+the attack trains adapters on top and removes them unmerged; with full fine-tuning every weight
+is kept on CPU. All of it is copied back at the end: the caller's model is bitwise as before,
+also when the attack fails midway.
 
 A rise can also come from restoring a skill unlearning damaged (answering in the letter
 format, say); the curve therefore also tracks the same accuracy on a sample of retain people,
@@ -30,6 +31,7 @@ import torch
 
 from ..data.collate import Encoder
 from ..data.items import Benchmark, Item
+from ..interventions import WeightDelta
 from ..models.base import VLM
 from ..training.inject import McqRenderer
 from ..training.loop import LoraOptions, TrainConfig, train
@@ -130,13 +132,30 @@ def _eval_items(items: Sequence[Item], people: set[str] | None, task: str, limit
     return out
 
 
+def _parameters_baked_by(edit: Any, model: torch.nn.Module) -> list[torch.nn.Parameter]:
+    """The parameters ``edit.bake`` writes: a weight edit's named tensors, a neuron mask's down
+    projections, the union for a composite edit; every parameter for a kind not known here."""
+    from ..interventions.neuron_mask import NeuronMask, _site_modules
+
+    if hasattr(edit, "parts"):
+        found = {id(p): p for part in edit.parts for p in _parameters_baked_by(part, model)}
+        return list(found.values())
+    if isinstance(edit, NeuronMask):
+        return [module.weight for module in _site_modules(model, list(edit.indices)).values()]
+    if isinstance(edit, WeightDelta):
+        params = dict(model.named_parameters())
+        return [params[name] for name in edit.tensors if name in params]
+    return list(model.parameters())
+
+
 def relearn_attack(vlm: VLM, benchmark: Benchmark, edit: Any, cfg: RelearnConfig | None = None) -> dict[str, Any]:
     """Accuracy on the unseen forget people (and retain control) over relearning steps.
 
-    ``edit`` (None: attack the model as it is) is applied to ``vlm`` in place for the attack and
-    removed afterwards: the caller's model comes back bitwise unchanged. ``cfg.lora`` "auto" or
-    ``cfg.lr`` None resolve as on a model this tool built (``resolve_relearn``). Returns the curve, the vanilla accuracy on the same questions, and the
-    share of the forgotten accuracy that came back."""
+    ``edit`` (None: attack the model as it is) is baked into ``vlm`` in place (a test-time edit:
+    hooked on) for the attack and undone afterwards: the caller's model comes back bitwise
+    unchanged. ``cfg.lora`` "auto" or ``cfg.lr`` None resolve as on a model this tool built
+    (``resolve_relearn``). Returns the curve, the vanilla accuracy on the same questions, and
+    the share of the forgotten accuracy that came back."""
     cfg = resolve_relearn(cfg or RelearnConfig(), model_built_here=True)
     shown, measured = split_forget_people(benchmark, cfg)
     forget_items = _eval_items(benchmark.eval_splits["forget"], set(measured), cfg.task, cfg.max_eval_items,
@@ -152,13 +171,21 @@ def relearn_attack(vlm: VLM, benchmark: Benchmark, edit: Any, cfg: RelearnConfig
     eval_cfg = EvalConfig(scorer="likelihood", batch_size=32, progress=False, seed=cfg.seed)
 
     vanilla = _accuracy(Evaluator(vlm, eval_cfg), forget_items, cfg.task)
-    # The edit goes onto the caller's model in place (weights set, or hooks for a test-time edit:
-    # the attacker fine-tunes the deployed, steered model and is measured with the steering on).
-    handle = edit.apply(vlm) if edit is not None else None
-    snapshot: dict[str, torch.Tensor] | None = None
+    # The edit goes onto the caller's model in place: baked into the weights, as an attacker holding
+    # the released weights has it (so pruned neurons can regrow), or as hooks for a test-time edit
+    # (the attacker fine-tunes the deployed, steered model and is measured with the steering on).
+    # What the attack or the baking changes is kept on CPU first and copied back at the end.
+    hooks = None
+    if cfg.lora is None:  # full fine-tuning moves every weight
+        saved = list(vlm.model.parameters())
+    else:  # LoRA leaves the weights alone: only those the edit bakes into
+        saved = _parameters_baked_by(edit, vlm.model) if edit is not None and edit.bakeable else []
+    snapshot = [(param, param.detach().to("cpu", copy=True)) for param in saved]
     try:
-        if cfg.lora is None:  # full fine-tuning moves every weight: keep them on CPU, not as a model copy
-            snapshot = {name: param.detach().to("cpu", copy=True) for name, param in vlm.model.named_parameters()}
+        if edit is not None and edit.bakeable:
+            edit.bake(vlm)
+        elif edit is not None:
+            hooks = edit.apply(vlm)
         evaluator = Evaluator(vlm, eval_cfg)
         steps: list[int] = [0]
         forget_curve = [_accuracy(evaluator, forget_items, cfg.task)]
@@ -188,13 +215,12 @@ def relearn_attack(vlm: VLM, benchmark: Benchmark, edit: Any, cfg: RelearnConfig
         if steps[-1] != result.steps:
             record(result.steps)
     finally:
-        if snapshot is not None:
-            with torch.no_grad():
-                for name, param in vlm.model.named_parameters():
-                    param.copy_(snapshot[name])
-            del snapshot
-        if handle is not None:
-            handle.remove()
+        with torch.no_grad():
+            for param, value in snapshot:
+                param.copy_(value)
+        del snapshot
+        if hooks is not None:
+            hooks.remove()
     before, after = forget_curve[0], forget_curve[-1]
     recovered = {m: (after[m] - before[m]) / (vanilla[m] - before[m]) if vanilla[m] - before[m] > 1e-9 else None
                  for m in vanilla}
