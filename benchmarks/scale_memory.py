@@ -139,8 +139,11 @@ DEFAULT_SHAPES = (Shape(64, 2, 2), Shape(128, 2, 2), Shape(256, 2, 2), Shape(128
 QUICK_SHAPES = (Shape(64, 2, 2), Shape(128, 2, 2))
 
 
-def method_modes(methods: list[str]) -> list[tuple[str, str]]:
-    return [(m, mode) for m in methods for mode in (("lora", "full") if m in GRADIENT_METHODS else ("-",))]
+MODES = ("lora", "full")
+
+
+def method_modes(methods: list[str], modes: tuple[str, ...] = MODES) -> list[tuple[str, str]]:
+    return [(m, mode) for m in methods for mode in (modes if m in GRADIENT_METHODS else ("-",))]
 
 
 def tiny_size(family: str, shape: Shape) -> Any:
@@ -401,14 +404,32 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--dtype", default=None, help="float32 or bfloat16 (default: bfloat16 on GPU, float32 on CPU)")
     parser.add_argument("--families", default=",".join(FAMILIES), help="comma-separated: llava, qwen2.5-vl")
     parser.add_argument("--methods", default=",".join(GRADIENT_METHODS + OTHER_METHODS), help="comma-separated")
+    parser.add_argument("--modes", default=",".join(MODES), help="gradient methods' modes: lora, full or both (default)")
     parser.add_argument("--steps", type=int, default=2, help="optimizer steps per gradient method (default 2)")
     parser.add_argument("--predict-batch", type=int, default=4, help="samples per step of the 7B cases (paper presets: 4)")
     parser.add_argument("--people", type=int, default=20, help="fictitious people in the small world (data only)")
+    parser.add_argument("--shapes", help="CPU sizes as WIDTHxDEPTHxBATCH, comma-separated (default "
+                        + ",".join(f"{x.hidden}x{x.layers}x{x.batch}" for x in DEFAULT_SHAPES) + ")")
     parser.add_argument("--quick", action="store_true", help="smoke run: LLaVA, ga and manu, two sizes (CPU; no prediction)")
-    parser.add_argument("--json", help="also write every measurement and prediction here")
+    parser.add_argument("--json", help="also write every measurement and prediction here (after each case)")
+    parser.add_argument("--from-json", help="measure nothing: print the CPU tables and predictions of a --json file "
+                                            "(e.g. an interrupted run's)")
     args = parser.parse_args(argv)
 
     from mllm_unlearn.utils import resolve_device, resolve_dtype
+
+    if args.from_json:
+        saved = json.loads(Path(args.from_json).read_text())
+        results = [{**r, "case": Case(r["case"]["family"], r["case"]["method"], r["case"]["mode"],
+                                      Shape(**r["case"]["shape"]) if r["case"]["shape"] else None)}
+                   for r in saved["measurements"]]
+        cpu = [r for r in results if r["case"].shape is not None]
+        info = saved.get("run", {})
+        order = lambda values: list(dict.fromkeys(values))  # noqa: E731 - first-seen order
+        report_cpu(cpu, order(r["case"].family for r in cpu), order(r["case"].method for r in cpu),
+                   tuple(order(r["case"].shape for r in cpu)), info.get("baseline", 0), info.get("dtype", "?"),
+                   info.get("steps", 0), info.get("predict_batch", args.predict_batch))
+        return 0
 
     try:
         device = resolve_device(args.device)
@@ -418,9 +439,10 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     families = ["llava"] if args.quick else [f.strip() for f in args.families.split(",") if f.strip()]
     methods = ["ga", "manu"] if args.quick else [m.strip() for m in args.methods.split(",") if m.strip()]
-    unknown = sorted(set(families) - set(FAMILIES)) + sorted(set(methods) - set(GRADIENT_METHODS + OTHER_METHODS))
+    modes = tuple(m.strip() for m in args.modes.split(",") if m.strip())
+    unknown = sorted(set(modes) - set(MODES)) + sorted(set(families) - set(FAMILIES)) + sorted(set(methods) - set(GRADIENT_METHODS + OTHER_METHODS))
     if unknown:
-        print(f"error: unknown family or method {', '.join(unknown)}", file=sys.stderr)
+        print(f"error: unknown family, method or mode {', '.join(unknown)}", file=sys.stderr)
         return 1
     torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "1")))
     data = prepare_data(args.people, args.predict_batch)
@@ -434,7 +456,7 @@ def main(argv: list[str] | None = None) -> int:
 
             init_distributed(cpu=False)
         for family in families:
-            for method, mode in method_modes(methods):
+            for method, mode in method_modes(methods, modes):
                 case = Case(family, method, mode, None)
                 out = measure_on_gpu(case, data, args.steps, device, dtype)
                 results.append({"case": case, **out})
@@ -455,10 +477,17 @@ def main(argv: list[str] | None = None) -> int:
         print("error: sharded measurement needs GPUs (the CPU mode forks one child per case)", file=sys.stderr)
         return 1
     shapes = QUICK_SHAPES if args.quick else DEFAULT_SHAPES
+    if args.shapes:
+        try:
+            shapes = tuple(Shape(*(int(v) for v in text.lower().split("x"))) for text in args.shapes.split(","))
+        except (TypeError, ValueError):
+            print(f"error: --shapes {args.shapes!r}: expected WIDTHxDEPTHxBATCH[,...], e.g. 64x2x2,128x4x2", file=sys.stderr)
+            return 1
     warm_up(families, data, dtype)
     baseline = idle_child_peak()
+    run_info = {"baseline": baseline, "dtype": str(dtype), "steps": args.steps, "predict_batch": args.predict_batch}
     for family in families:
-        for method, mode in method_modes(methods):
+        for method, mode in method_modes(methods, modes):
             for shape in shapes:
                 case = Case(family, method, mode, shape)
                 out = measure_in_child(case, data, args.steps, dtype)
@@ -466,17 +495,33 @@ def main(argv: list[str] | None = None) -> int:
                 results.append({"case": case, **out})
                 print(f"  {family} {method} {mode} d={shape.hidden} L={shape.layers} batch={shape.batch}: "
                       f"{gib(out['peak_bytes'])} GiB {out.get('error', '')}", file=sys.stderr, flush=True)
+                _write_json(args.json, results, None, run_info)  # so far: an interrupted run keeps its cases
+
+    predictions = report_cpu(results, families, methods, shapes, baseline, str(dtype), args.steps, args.predict_batch)
+    _write_json(args.json, results, predictions, run_info)
+    return 0
+
+
+def report_cpu(results: list[dict[str, Any]], families: list[str], methods: list[str], shapes: tuple[Shape, ...],
+               baseline: int, dtype: str, steps: int, predict_batch: int) -> list[dict[str, Any]]:
+    """Print the CPU table, the growth lines and the fitted 7B predictions; returns the predictions."""
+    measured = {(r["case"].method, r["case"].mode) for r in results}
+
+    def method_modes(methods: list[str]) -> list[tuple[str, str]]:  # the measured ones, in the usual order
+        return [pair for pair in globals()["method_modes"](methods) if pair in measured]
 
     print(f"\nPeak memory (GiB) on CPU, scaled-down configs of the real architectures (real vocabulary), {dtype}, "
-          f"{args.steps} steps, each case in a forked child: peak resident set minus an idle child's "
+          f"{steps} steps, each case in a forked child: peak resident set minus an idle child's "
           f"({gib(baseline)} GiB). d: LM width, L: LM depth, batch: samples per step.")
     print(*CHECKPOINTING_NOTE, sep="\n")
     header = [f"d={s.hidden} L={s.layers} b={s.batch}" for s in shapes]
     print("\n| family | method | mode | " + " | ".join(header) + " |\n|---|---|---|" + "---|" * len(shapes))
     for family in families:
         for method, mode in method_modes(methods):
-            row = [r for r in results if r["case"].family == family and r["case"].method == method and r["case"].mode == mode]
-            cells = [("error" if "error" in r else gib(r["peak_bytes"])) for r in row]
+            found = {r["case"].shape: r for r in results
+                     if r["case"].family == family and r["case"].method == method and r["case"].mode == mode}
+            cells = ["–" if s not in found else ("error" if "error" in found[s] else gib(found[s]["peak_bytes"]))
+                     for s in shapes]
             print(f"| {family} | {method} | {mode} | " + " | ".join(cells) + " |")
     errors = [r for r in results if "error" in r]
     for r in errors:
@@ -492,7 +537,7 @@ def main(argv: list[str] | None = None) -> int:
                 seen.setdefault(r["case"].shape, r["features"])
         print(f"- {family}: " + "; ".join(f"d={s.hidden} L={s.layers} b={s.batch}: {f['tokens']} tokens, "
                                           f"{f['parameters'] / 1e6:.1f} M parameters" for s, f in seen.items()))
-    print(f"\nPREDICTED peak memory (GiB) of the real 7B models, batch {args.predict_batch} (LLaVA {REAL_IMAGE_TOKENS['llava']} "
+    print(f"\nPREDICTED peak memory (GiB) of the real 7B models, batch {predict_batch} (LLaVA {REAL_IMAGE_TOKENS['llava']} "
           f"image tokens per sample, Qwen2.5-VL {REAL_IMAGE_TOKENS['qwen2.5-vl']}), {dtype}, from the fit "
           "peak ≈ a·parameters + b·tokens·(d·L + d_v·L_v) + c·tokens·vocab + e over the sizes above. "
           "Extrapolated far beyond the measured sizes: a prediction until the GPU mode measures it.")
@@ -503,7 +548,7 @@ def main(argv: list[str] | None = None) -> int:
             continue
         text_tokens = sum(r["features"]["tokens"] / r["features"]["batch"] - r["features"]["image_tokens"] /
                           r["features"]["batch"] for r in ok) / len(ok)
-        target = seven_b_features(family, args.predict_batch, text_tokens, parameter_count(family))
+        target = seven_b_features(family, predict_batch, text_tokens, parameter_count(family))
         for method, mode in method_modes(methods):
             points = [(r["features"], r["peak_bytes"]) for r in ok if r["case"].method == method and r["case"].mode == mode]
             coefficients = fit(points)
@@ -513,17 +558,17 @@ def main(argv: list[str] | None = None) -> int:
             fits = "–" if value is None else ("yes" if value <= ONE_GPU_BYTES else "no")
             print(f"| {family} | {method} | {mode} | {gib(value)} | {fits} | "
                   f"{'–' if not coefficients else f'{coefficients[0]:.1f}'} | {len(points)} |")
-    _write_json(args.json, results, predictions)
-    return 0
+    return predictions
 
 
-def _write_json(path: str | None, results: list[dict[str, Any]], predictions: list[dict[str, Any]] | None) -> None:
+def _write_json(path: str | None, results: list[dict[str, Any]], predictions: list[dict[str, Any]] | None,
+                run: dict[str, Any] | None = None) -> None:
     if not path:
         return
     from dataclasses import asdict
 
     rows = [{**{k: v for k, v in r.items() if k != "case"}, "case": asdict(r["case"])} for r in results]
-    Path(path).write_text(json.dumps({"measurements": rows, "predictions": predictions}, indent=2))
+    Path(path).write_text(json.dumps({"run": run or {}, "measurements": rows, "predictions": predictions}, indent=2))
 
 
 if __name__ == "__main__":
