@@ -27,6 +27,24 @@ def parse_options(options: list[str]) -> dict[str, object]:
     return parsed
 
 
+def parse_relearn_lora(text: str | None) -> object:
+    """``--relearn-lora``: None -> "auto", "off" -> None (full fine-tuning), "16" -> LoRA rank 16."""
+    from .eval.relearn import AUTO
+    from .training import LoraOptions
+
+    if text is None or text.strip().lower() == AUTO:
+        return AUTO
+    if text.strip().lower() in ("off", "none", "full", "0"):
+        return None
+    try:
+        rank = int(text)
+    except ValueError:
+        rank = 0
+    if rank < 1:
+        raise ValueError(f"--relearn-lora {text!r}: expected a LoRA rank (a positive integer), 'off' or 'auto'")
+    return LoraOptions(r=rank, alpha=rank)
+
+
 @app.command()
 def run(
     name: str = typer.Option("default", help="Run name: results go to RUNS_DIR/NAME/."),
@@ -81,6 +99,11 @@ def run(
     mia: bool = typer.Option(True, help="Membership inference (forget vs held-out people) before and after unlearning."),
     relearn: bool = typer.Option(True, help="Relearning attack on the unlearned model (a curve over steps)."),
     relearn_steps: int = typer.Option(20, help="Fine-tuning steps of the relearning attack."),
+    relearn_lr: Optional[float] = typer.Option(
+        None, help="Relearning attack learning rate (default 1e-3 with full fine-tuning, 1e-4 with LoRA)."),
+    relearn_lora: Optional[str] = typer.Option(
+        None, help="Relearning attack through LoRA adapters of this rank (e.g. 16), or 'off' for full fine-tuning "
+                   "(snapshot on CPU). Default: full on models this tool built, rank 16 on any other model."),
     seed: int = typer.Option(0, help="Seed for everything."),
     device: str = typer.Option("auto", help="auto, cpu, cuda or cuda:N."),
     dtype: str = typer.Option(
@@ -101,11 +124,9 @@ def run(
     from .eval import EvalConfig
     from .eval.mia import MIAConfig
     from .eval.relearn import RelearnConfig
-    from .methods import MethodConfig
     from .methods.base import UnlearningDiverged
     from .pipeline import RunConfig, run_pipeline
     from .training import InjectionConfig, LoraOptions
-    from .methods.defaults import method_defaults
 
     training_options = {"--method": method, "--lr": lr, "--epochs": epochs, "--max-steps": max_steps,
                         "--batch-size": batch_size, "--lora": lora or None, "--option": option or None,
@@ -125,23 +146,26 @@ def run(
             injection = replace(injection, pretrain_epochs=pretrain_epochs)
         if task_formats:
             injection = replace(injection, qa_task_forms={"generation": task_formats, "cloze": task_formats})
-        method_cfg = method_defaults(method, seed=seed)
+        # The preset (tiny or the papers', by model) is looked up by the run; explicit options go on top.
         overrides = {k: v for k, v in {"lr": lr, "epochs": epochs, "max_steps": max_steps,
-                                              "batch_size": batch_size}.items() if v is not None}
-        method_cfg = replace(method_cfg, progress=not quiet, lora=LoraOptions() if lora else None,
-                             gradient_checkpointing=gradient_checkpointing, max_batch_tokens=max_batch_tokens,
-                             **overrides)
-        method_cfg.extra.update(parse_options(option))
+                                       "batch_size": batch_size}.items() if v is not None}
+        overrides.update(progress=not quiet, lora=LoraOptions() if lora else None, extra=parse_options(option))
+        if gradient_checkpointing is not None:
+            overrides["gradient_checkpointing"] = gradient_checkpointing
+        if max_batch_tokens is not None:
+            overrides["max_batch_tokens"] = max_batch_tokens
+        relearn_mode = parse_relearn_lora(relearn_lora)
         eval_cfg = EvalConfig(protocol=protocol, scorer=scorer, few_shot=few_shot, max_new_tokens=max_new_tokens,
                               tasks=tuple(t.strip() for t in tasks.split(",") if t.strip()), seed=seed, progress=not quiet)
         cfg = RunConfig(name=name, family=family, model=str(model) if model else None,
                         benchmark=benchmark or None, clear_tofu=tofu, gold_model=str(gold_model) if gold_model else None,
-                        forget_percent=forget, method=method, edit=str(edit) if edit else None, seed=seed,
+                        forget_percent=forget, method=method, method_cfg=None, method_overrides=overrides,
+                        edit=str(edit) if edit else None, seed=seed,
                         device=device, dtype=dtype, max_pixels=max_pixels, runs_dir=str(runs_dir), cache_dir=str(cache_dir), world=world,
-                        injection=injection, method_cfg=method_cfg, eval=eval_cfg, progress=not quiet,
+                        injection=injection, eval=eval_cfg, progress=not quiet,
                         mia=MIAConfig() if mia else None,
-                        relearn=RelearnConfig(steps=relearn_steps, eval_every=max(1, relearn_steps // 4), seed=seed)
-                        if relearn else None)
+                        relearn=RelearnConfig(steps=relearn_steps, eval_every=max(1, relearn_steps // 4), seed=seed,
+                                              lr=relearn_lr, lora=relearn_mode) if relearn else None)
         results = run_pipeline(cfg)
     except (ValueError, FileNotFoundError, FloatingPointError, UnlearningDiverged) as error:
         typer.secho(f"error: {error}", fg=typer.colors.RED, err=True)

@@ -20,7 +20,7 @@ from .eval import EvalConfig, Evaluator
 from .eval.clear import ClearEvalConfig, ClearEvaluator
 from .eval.generalisation import generalisation_breakdown
 from .eval.mia import MIAConfig, membership_inference, mia_items
-from .eval.relearn import RelearnConfig, relearn_attack
+from .eval.relearn import RelearnConfig, RelearnNotApplicable, relearn_attack, resolve_relearn
 from .interventions import CompositeEdit, Edit, WeightDelta, load_edit
 from .methods import MethodConfig, get_method
 from .methods.base import UnlearningDiverged
@@ -58,10 +58,14 @@ class RunConfig:
     world: WorldConfig = field(default_factory=WorldConfig)
     size: TinySize = field(default_factory=TinySize)
     injection: InjectionConfig = field(default_factory=InjectionConfig)
-    method_cfg: MethodConfig = field(default_factory=MethodConfig)
+    # The method's settings as given; None: the preset for the model (``tiny`` for a model this
+    # tool built, ``paper`` otherwise; methods.defaults), with ``method_overrides`` on top.
+    method_cfg: MethodConfig | None = field(default_factory=MethodConfig)
+    method_overrides: dict[str, Any] = field(default_factory=dict)  # MethodConfig fields; "extra" merged
     eval: EvalConfig = field(default_factory=EvalConfig)
     # Robustness evaluations (None switches one off): membership inference before and after
-    # unlearning, and the relearning attack on the unlearned model.
+    # unlearning, and the relearning attack on the unlearned model (its lora "auto" and lr None
+    # resolve by who built the model: eval.relearn.resolve_relearn).
     mia: MIAConfig | None = field(default_factory=MIAConfig)
     relearn: RelearnConfig | None = field(default_factory=RelearnConfig)
     progress: bool = True
@@ -170,11 +174,6 @@ def _check_builtin_world_matches(model: str, benchmark_key: str) -> None:
     if world(trained_on) and world(benchmark_key) and world(trained_on) != world(benchmark_key):
         raise ValueError(f"--model {model} was trained on the built-in world {trained_on!r}, but this run's world is "
                          f"{benchmark_key!r}: use the seed and world options it was trained with, or pass --benchmark")
-
-
-def built_by_this_tool(cfg: RunConfig) -> bool:
-    """The run's model is a tiny model this tool built (and cached with ``injection.json``)."""
-    return cfg.model is None or (Path(cfg.model) / INJECTION_META).is_file()
 
 
 def prepare_vanilla(cfg: RunConfig, benchmark: Benchmark, benchmark_key: str) -> tuple[VLM, str, bool]:
@@ -306,6 +305,34 @@ def export_peft_adapter(edit: Edit, out: str | Path, base_model: str | None = No
     return out
 
 
+def model_built_here(cfg: RunConfig) -> bool:
+    """Whether this tool built the run's model: trained in this run (no ``--model``) or a
+    checkpoint it saved (``injection.json`` beside the weights). Picks presets and the attack's mode."""
+    return cfg.model is None or (Path(cfg.model) / INJECTION_META).is_file()
+
+
+def resolve_method_config(cfg: RunConfig) -> tuple[MethodConfig, str]:
+    """The method's settings and where they came from: ``given`` (``cfg.method_cfg`` set), else
+    the preset for the model (``tiny``/``paper``), with ``cfg.method_overrides`` on top."""
+    from .methods.defaults import apply_overrides, method_preset, preset_name_for
+
+    if cfg.method_cfg is not None:
+        return apply_overrides(cfg.method_cfg, cfg.method_overrides), "given"
+    preset = preset_name_for(model_built_here(cfg))
+    return apply_overrides(method_preset(cfg.method, preset, seed=cfg.seed), cfg.method_overrides), preset
+
+
+STAGE_PENDING = "not run yet: the run stopped before this stage finished (results.json is rewritten after each stage)"
+
+
+def _write_outputs(run_dir: Path, results: dict[str, Any]) -> None:
+    """results.json and the reports, each replaced atomically (main process only)."""
+    if is_main_process():
+        atomic_write_text(run_dir / "results.json", json.dumps(results, indent=2, default=str))
+        atomic_write_text(run_dir / "report.md", render_markdown(results))
+        atomic_write_text(run_dir / "report.html", render_html([results]))
+
+
 def run_pipeline(cfg: RunConfig) -> dict[str, Any]:
     """Run everything and write ``runs/<name>/results.json`` and ``report.md``; returns the results.
 
@@ -313,6 +340,12 @@ def run_pipeline(cfg: RunConfig) -> dict[str, Any]:
     items are shared out and gathered, and only the main process writes files.
     """
     init_distributed(cpu=resolve_device(cfg.device).type == "cpu")
+    built_here = model_built_here(cfg)
+    preset = None  # a given --edit trains nothing: no hyperparameters to choose
+    if cfg.edit is None:
+        method_config, preset = resolve_method_config(cfg)
+        cfg = replace(cfg, method_cfg=method_config, method_overrides={})
+    relearn_cfg = resolve_relearn(replace(cfg.relearn, seed=cfg.seed), built_here) if cfg.relearn else None
     if cfg.edit is None:
         method = get_method(cfg.method)  # fail on a bad name or option before any work
         method.check_options(cfg.method_cfg)
@@ -366,8 +399,8 @@ def run_pipeline(cfg: RunConfig) -> dict[str, Any]:
         vanilla = evaluator.evaluate(benchmark)
     timings["evaluate vanilla"] = time.perf_counter() - start
 
-    if cfg.method_cfg.gradient_checkpointing is None:  # resolved here, so results.json records it
-        cfg = replace(cfg, method_cfg=replace(cfg.method_cfg, gradient_checkpointing=not built_by_this_tool(cfg)))
+    if cfg.method_cfg is not None and cfg.method_cfg.gradient_checkpointing is None:  # resolved here, so results.json records it
+        cfg = replace(cfg, method_cfg=replace(cfg.method_cfg, gradient_checkpointing=not built_here))
     method_cfg = cfg.method_cfg
     reference_path = None
     if cfg.edit is None and method_cfg.extra.get("reference") == RETAIN_REFERENCE:
@@ -410,13 +443,12 @@ def run_pipeline(cfg: RunConfig) -> dict[str, Any]:
         unlearned = evaluator.evaluate(benchmark, edit)
     timings["evaluate unlearned"] = time.perf_counter() - start
 
-    # The relearning attack's model copy and optimizer would dominate the peak: keep the method's own.
+    # The relearning attack's optimizer would dominate the peak: keep the method's own.
     peak_before_robustness = peak_memory_mb(vlm.device)
     start = time.perf_counter()
     generalisation = {} if clear else {"vanilla": generalisation_breakdown(evaluator, benchmark),
                                        "unlearned": generalisation_breakdown(evaluator, benchmark, edit)}
     timings["generalisation breakdown"] = time.perf_counter() - start
-    robustness = run_robustness(cfg, vlm, benchmark, edit, timings)
 
     config = {
         "name": cfg.name, "family": vlm.adapter.family, "model_path": model_path, "method": method_name,
@@ -427,8 +459,10 @@ def run_pipeline(cfg: RunConfig) -> dict[str, Any]:
         # --max-pixels as asked, and the cap the image processor applied (None: fixed-size images)
         "max_pixels": cfg.max_pixels, "image_max_pixels": vlm.adapter.image_max_pixels(vlm.processor),
         "injection": cfg.injection.to_dict(),
+        # which hyperparameters: "tiny" (tuned for this tool's models), "paper" (7B-class), "given"
+        "model_built_here": built_here, "preset": preset,
         "method_config": cfg.method_cfg.to_dict() if cfg.edit is None else edit.meta.get("config"), "eval": asdict(cfg.eval),
-        "mia": asdict(cfg.mia) if cfg.mia else None, "relearn": asdict(cfg.relearn) if cfg.relearn else None,
+        "mia": asdict(cfg.mia) if cfg.mia else None, "relearn": asdict(relearn_cfg) if relearn_cfg else None,
         "versions": versions(),
     }
     if clear:
@@ -442,43 +476,90 @@ def run_pipeline(cfg: RunConfig) -> dict[str, Any]:
         "unlearned": unlearned,
         **({"gold": gold} if clear else {}),
         "generalisation": generalisation,
-        "robustness": robustness,
+        "robustness": {"mia": {"pending": STAGE_PENDING}, "relearn": {"pending": STAGE_PENDING}},
+        "failures": [],
         "edit": {"kind": edit.kind, "path": str(run_dir / "edit"), "steps": edit.meta.get("steps")},
         "cost": {"wall_time_s": timings, "peak_memory_mb": peak_memory_mb(vlm.device),
                  "peak_memory_mb_before_robustness": peak_before_robustness,
                  "changed_parameters": getattr(edit, "changed_parameters", 0)},
     }
-    if is_main_process():
-        atomic_write_text(run_dir / "results.json", json.dumps(results, indent=2, default=str))
-        atomic_write_text(run_dir / "report.md", render_markdown(results))
-        atomic_write_text(run_dir / "report.html", render_html([results]))
+    # Everything measured so far is on disk before the stages most likely to run out of memory.
+    _write_outputs(run_dir, results)
+
+    def stage_done(stage: str, outcome: dict[str, Any]) -> None:
+        results["robustness"][stage] = outcome
+        if "failed" in outcome:
+            results["failures"].append(outcome["failed"])
+        results["cost"]["peak_memory_mb"] = peak_memory_mb(vlm.device)
+        _write_outputs(run_dir, results)
+
+    run_robustness(replace(cfg, relearn=relearn_cfg), vlm, benchmark, edit, timings, on_stage=stage_done)
     wait_for_everyone()
     return results
 
 
-def run_robustness(cfg: RunConfig, vlm: VLM, benchmark: Benchmark, edit: Any, timings: dict[str, float]) -> dict[str, Any]:
+ROBUSTNESS_STAGES = {"mia": "membership inference", "relearn": "relearning attack"}
+
+
+def stage_failure(stage: str, error: BaseException) -> dict[str, Any]:
+    """What results.json records of a stage that raised: the stage, the error's type and message."""
+    import traceback
+
+    return {"stage": stage, "error": type(error).__name__, "message": str(error),
+            "traceback": "".join(traceback.format_exception(type(error), error, error.__traceback__))[-4000:]}
+
+
+def run_robustness(cfg: RunConfig, vlm: VLM, benchmark: Benchmark, edit: Any, timings: dict[str, float],
+                   on_stage: Any = None) -> dict[str, Any]:
     """Membership inference (vanilla and unlearned) and the relearning attack, each skipped with
-    the reason recorded when switched off or when the benchmark cannot support it."""
+    the reason recorded when switched off or when the benchmark cannot support it.
+
+    A stage that raises (out of memory included) is recorded as ``{"failed": {stage, error,
+    message, traceback}}`` and the next stage still runs; ``on_stage(key, outcome)`` is called
+    after each stage (the pipeline rewrites results.json there). ``cfg.relearn`` must be resolved
+    (``resolve_relearn``); the attack leaves ``vlm`` as it found it, also when it fails."""
+    import sys
+
     out: dict[str, Any] = {}
+
+    def finish(key: str, outcome: dict[str, Any]) -> None:
+        out[key] = outcome
+        if on_stage is not None:
+            on_stage(key, outcome)
+
+    def failed(key: str, error: Exception) -> dict[str, Any]:
+        print(f"warning: the {ROBUSTNESS_STAGES[key]} failed ({type(error).__name__}: {error}); recorded in "
+              "results.json, the run goes on", file=sys.stderr)
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()  # an out-of-memory error leaves cached blocks the next stage needs
+        return {"failed": stage_failure(ROBUSTNESS_STAGES[key], error)}
+
     members, non_members = mia_items(benchmark)
     if cfg.mia is None:
-        out["mia"] = {"skipped": "switched off (--no-mia)"}
+        finish("mia", {"skipped": "switched off (--no-mia)"})
     elif not members or not non_members:
-        out["mia"] = {"skipped": f"{benchmark.name} has no held-out (non-member) people: add a Holdout_Set config "
-                                 "of people the vanilla model never saw" if not non_members else
-                                 f"{benchmark.name} has no forget training items"}
-    else:
-        start = time.perf_counter()
-        out["mia"] = {"vanilla": membership_inference(vlm, members, non_members, cfg.mia, seed=cfg.seed),
-                      "unlearned": membership_inference(vlm, members, non_members, cfg.mia, edit=edit, seed=cfg.seed)}
-        timings["membership inference"] = time.perf_counter() - start
-    if cfg.relearn is None:
-        out["relearn"] = {"skipped": "switched off (--no-relearn)"}
+        finish("mia", {"skipped": f"{benchmark.name} has no held-out (non-member) people: add a Holdout_Set config "
+                                  "of people the vanilla model never saw" if not non_members else
+                                  f"{benchmark.name} has no forget training items"})
     else:
         start = time.perf_counter()
         try:
-            out["relearn"] = relearn_attack(vlm, benchmark, edit, replace(cfg.relearn, seed=cfg.seed))
-        except ValueError as error:  # a benchmark too small or without classification questions
-            out["relearn"] = {"skipped": str(error)}
+            outcome = {"vanilla": membership_inference(vlm, members, non_members, cfg.mia, seed=cfg.seed),
+                       "unlearned": membership_inference(vlm, members, non_members, cfg.mia, edit=edit, seed=cfg.seed)}
+        except Exception as error:  # noqa: BLE001 - any failure (OOM included) is recorded, the run goes on
+            outcome = failed("mia", error)
+        timings["membership inference"] = time.perf_counter() - start
+        finish("mia", outcome)
+    if cfg.relearn is None:
+        finish("relearn", {"skipped": "switched off (--no-relearn)"})
+    else:
+        start = time.perf_counter()
+        try:
+            outcome = relearn_attack(vlm, benchmark, edit, replace(cfg.relearn, seed=cfg.seed))
+        except RelearnNotApplicable as error:  # a benchmark too small or without classification questions
+            outcome = {"skipped": str(error)}
+        except Exception as error:  # noqa: BLE001 - any failure (OOM included) is recorded, the run goes on
+            outcome = failed("relearn", error)
         timings["relearning attack"] = time.perf_counter() - start
+        finish("relearn", outcome)
     return out

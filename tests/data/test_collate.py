@@ -119,8 +119,8 @@ def test_prompt_cache_encodes_each_prompt_once(benchmark, tiny_vlm, monkeypatch)
     encoder = Encoder(vlm)
     items = [i for i in benchmark.eval_splits["forget"] if i.task == "mcq"][:4]
     calls = []
-    original = encoder._encode
-    monkeypatch.setattr(encoder, "_encode", lambda batch, demos: calls.append(len(batch)) or original(batch, demos))
+    original = encoder._encode_parts
+    monkeypatch.setattr(encoder, "_encode_parts", lambda batch, demos: calls.append(len(batch)) or original(batch, demos))
     first = encoder.prompts(items + items[:1])  # a repeated item is encoded once
     again = encoder.prompts(items)
     assert calls == [4]
@@ -128,8 +128,8 @@ def test_prompt_cache_encodes_each_prompt_once(benchmark, tiny_vlm, monkeypatch)
 
 
 def test_a_cached_prompt_is_never_served_for_another_image(tiny_vlm):
-    """Prompts are cached by their images' id(); a freed image's id, reused by a new image, must
-    not bring back the freed image's pixels."""
+    """Prompts are cached by their images' content; a freed image's id, reused by a new image,
+    must not bring back the freed image's pixels."""
     from PIL import Image
 
     from mllm_unlearn.data.items import Item
@@ -141,3 +141,69 @@ def test_a_cached_prompt_is_never_served_for_another_image(tiny_vlm):
         fresh = Encoder(vlm).prompt(item)["pixel_values"]
         assert torch.equal(encoder.prompt(item)["pixel_values"], fresh), shade
         del item
+
+
+def _portrait_items(shades, questions=("Who is this?", "Where does this person live?")):
+    from PIL import Image
+
+    from mllm_unlearn.data.items import Item
+
+    return [Item("p", "forget", "vqa", "generation", question, "Ann", Image.new("RGB", (32, 32), (shade, 9, 9)))
+            for shade in shades for question in questions]
+
+
+def test_identical_images_share_one_cached_block_of_pixels(tiny_vlm):
+    vlm = tiny_vlm("qwen2.5-vl")
+    encoder = Encoder(vlm)
+    # two questions on one portrait, and the same portrait again as a separate (equal) image object
+    items = _portrait_items([10]) + _portrait_items([10], ("What does this person do?",))
+    prompts = encoder.prompts(items)
+    assert len(encoder._cache) == 3 and encoder._cache.image_count() == 1
+    assert prompts[0]["pixel_values"] is prompts[1]["pixel_values"] is prompts[2]["pixel_values"]
+    fresh = Encoder(vlm, cache_size=0).prompts(items)
+    for cached, alone in zip(prompts, fresh):
+        assert sorted(cached) == sorted(alone) and all(torch.equal(cached[k], alone[k]) for k in cached)
+    pixel_bytes = prompts[0]["pixel_values"].numel() * prompts[0]["pixel_values"].element_size()
+    sequence_bytes = sum(p[k].numel() * p[k].element_size() for p in prompts for k in p
+                         if k not in ("pixel_values", "image_grid_thw"))
+    grid_bytes = prompts[0]["image_grid_thw"].numel() * prompts[0]["image_grid_thw"].element_size()
+    assert encoder._cache.nbytes == pixel_bytes + grid_bytes + sequence_bytes  # the pixels counted once
+
+
+def test_byte_bounded_cache_evicts_least_recent_and_re_encodes_correctly(tiny_vlm, monkeypatch):
+    vlm = tiny_vlm("qwen2.5-vl")
+    items = _portrait_items([10, 60, 110, 160], questions=("Who is this?",))
+    one = Encoder(vlm, cache_size=0).prompts(items[:1])[0]
+    per_prompt = sum(t.numel() * t.element_size() for t in one.values())
+    encoder = Encoder(vlm, cache_bytes=int(2.5 * per_prompt))  # room for two prompts with their pixels
+    calls = []
+    original = encoder._encode_parts
+    monkeypatch.setattr(encoder, "_encode_parts", lambda batch, demos: calls.append(len(batch)) or original(batch, demos))
+    first = encoder.prompts(items)
+    assert calls == [4] and len(encoder._cache) == 2 and encoder._cache.nbytes <= encoder._cache.max_bytes
+    assert encoder._cache.image_count() == 2 and encoder._cache.evictions == 2  # their pixels left with them
+    encoder.prompts(items[3:])  # cached: no processor call, and now the most recently used
+    assert calls == [4]
+    again = encoder.prompts(items[:1])  # evicted: encoded again, and identical to a fresh encoding
+    assert calls == [4, 1] and torch.equal(again[0]["pixel_values"], first[0]["pixel_values"])
+    assert all(torch.equal(again[0][k], one[k]) for k in one)
+    kept = [encoder._key(item, ()) in encoder._cache for item in items]
+    assert kept == [True, False, False, True] and encoder._cache.image_count() == 2  # item 2 went out for item 0
+
+    tiny = Encoder(vlm, cache_bytes=per_prompt // 2)  # a prompt larger than the whole budget is not kept
+    assert torch.equal(tiny.prompts(items[:1])[0]["pixel_values"], one["pixel_values"])
+    assert len(tiny._cache) == 0 and tiny._cache.nbytes == 0
+
+
+def test_the_cache_budget_can_be_set_from_the_environment(tiny_vlm, monkeypatch):
+    import pytest
+
+    from mllm_unlearn.data.collate import DEFAULT_PROMPT_CACHE_BYTES
+
+    vlm = tiny_vlm("llava")
+    assert Encoder(vlm)._cache.max_bytes == DEFAULT_PROMPT_CACHE_BYTES == 1 << 30
+    monkeypatch.setenv("MLLM_UNLEARN_PROMPT_CACHE_BYTES", "2e6")
+    assert Encoder(vlm)._cache.max_bytes == 2_000_000
+    monkeypatch.setenv("MLLM_UNLEARN_PROMPT_CACHE_BYTES", "lots")
+    with pytest.raises(ValueError, match="MLLM_UNLEARN_PROMPT_CACHE_BYTES='lots'"):
+        Encoder(vlm)

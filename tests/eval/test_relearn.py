@@ -1,9 +1,13 @@
-"""Relearning attack: seeded, never modifies the caller's model, curve over steps."""
+"""Relearning attack: seeded, no model copy, the caller's model restored bitwise, curve over steps."""
+import pytest
 import torch
 
 from mllm_unlearn.eval.evaluator import EvalConfig, Evaluator
-from mllm_unlearn.eval.relearn import RelearnConfig, relearn_attack, split_forget_people
+from mllm_unlearn.eval.relearn import (DEFAULT_LORA_RANK, FULL_FINETUNE_LR, LORA_LR, RelearnConfig, relearn_attack,
+                                       resolve_relearn, split_forget_people)
 from mllm_unlearn.interventions import WeightDelta
+from mllm_unlearn.training.loop import LoraOptions
+from mllm_unlearn.training.losses import sequence_nll
 
 
 def _edit(vlm) -> WeightDelta:
@@ -92,3 +96,82 @@ def test_attack_data_adds_multiple_choice_versions_of_the_shown_items(tiny_vlm, 
     assert with_mcq["counts"]["train_items"] == len(items) + cfg.mcq_renderings * len(renderable)
     with pytest.raises(ValueError, match="mcq_renderings must be >= 0"):
         RelearnConfig(mcq_renderings=-1)
+
+
+def _forbid_model_copies(monkeypatch):
+    """Make ``copy.deepcopy`` of any torch module fail loudly (and record the attempt)."""
+    import copy
+
+    real = copy.deepcopy
+    copied = []
+
+    def guarded(obj, *args, **kwargs):
+        if isinstance(obj, torch.nn.Module):
+            copied.append(type(obj).__name__)
+            raise AssertionError(f"the relearning attack deep-copied a {type(obj).__name__}")
+        return real(obj, *args, **kwargs)
+
+    monkeypatch.setattr(copy, "deepcopy", guarded)
+    return copied
+
+
+def _composite_edit(vlm):
+    """A weight change plus pruned neurons (what MIP-Editor returns): baking writes both."""
+    from mllm_unlearn.interventions import CompositeEdit, NeuronMask
+
+    down = next(n for n, m in vlm.model.named_modules() if n.endswith("language_model.layers.0.mlp.down_proj"))
+    return CompositeEdit([NeuronMask({down: [0, 3, 5]}), _edit(vlm)])
+
+
+@pytest.mark.parametrize("lora", [None, LoraOptions(r=4, alpha=4)], ids=["full", "lora"])
+def test_the_attack_copies_no_model_and_restores_it_bitwise(tiny_vlm, benchmark, monkeypatch, lora):
+    vlm = tiny_vlm("llava")
+    before = {k: v.clone() for k, v in vlm.model.state_dict().items()}
+    edit = _composite_edit(vlm)
+    copied = _forbid_model_copies(monkeypatch)
+    cfg = RelearnConfig(steps=4, eval_every=2, lr=3e-3, batch_size=4, fraction=0.5, max_eval_items=4, lora=lora)
+    result = relearn_attack(vlm, benchmark, edit, cfg)
+    assert not copied
+    after = vlm.model.state_dict()
+    assert set(after) == set(before)  # no adapter left behind
+    assert all(torch.equal(before[k], after[k]) for k in before)
+    assert not any("lora" in name for name, _ in vlm.model.named_modules())
+    assert all(p.requires_grad for p in vlm.model.parameters())
+    assert result["train_losses"][-1] < result["train_losses"][0]  # the attack learns either way
+    assert result["fine_tuning"] == ("full" if lora is None else "LoRA rank 4")
+    # baked, as released weights would be (pruned neurons can regrow), not held off by hooks
+    assert result["edit_mode"] == "baked"
+    assert not any(m._forward_pre_hooks for m in vlm.adapter.lm_layers(vlm.model).modules())
+    assert result["config"]["lr"] == 3e-3
+
+
+def test_a_failing_attack_still_restores_the_model(tiny_vlm, benchmark, monkeypatch):
+    import mllm_unlearn.eval.relearn as relearn
+
+    vlm = tiny_vlm("llava")
+    before = {k: v.clone() for k, v in vlm.model.state_dict().items()}
+    edit = _edit(vlm)
+    calls = []
+
+    def sequence_nll_then_oom(model, batch):  # one step trains, the second runs out of memory
+        calls.append(1)
+        if len(calls) > 1:
+            raise torch.OutOfMemoryError("simulated: CUDA out of memory")
+        return sequence_nll(model, batch)
+
+    monkeypatch.setattr(relearn, "sequence_nll", sequence_nll_then_oom)
+    with pytest.raises(torch.OutOfMemoryError):
+        relearn_attack(vlm, benchmark, edit, RelearnConfig(steps=3, eval_every=3, batch_size=4, fraction=0.5,
+                                                           max_eval_items=2))
+    assert all(torch.equal(before[k], v) for k, v in vlm.model.state_dict().items())
+
+
+def test_auto_settings_resolve_by_who_built_the_model():
+    built = resolve_relearn(RelearnConfig(lora="auto"), model_built_here=True)
+    assert built.lora is None and built.lr == FULL_FINETUNE_LR == 1e-3  # the tiny figures' attack
+    other = resolve_relearn(RelearnConfig(lora="auto"), model_built_here=False)
+    assert other.lora == LoraOptions(r=DEFAULT_LORA_RANK, alpha=DEFAULT_LORA_RANK) and other.lr == LORA_LR
+    given = resolve_relearn(RelearnConfig(lora=LoraOptions(r=8), lr=5e-4), model_built_here=False)
+    assert given.lora.r == 8 and given.lr == 5e-4
+    with pytest.raises(ValueError, match="relearn lora"):
+        RelearnConfig(lora="rank8")

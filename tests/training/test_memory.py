@@ -324,14 +324,14 @@ def test_path_search_and_mllmeraser_statistics_do_not_depend_on_the_token_budget
 # --- options -----------------------------------------------------------------------------------------
 
 def test_checkpointing_default_follows_who_built_the_model(tmp_path):
-    from mllm_unlearn.pipeline import INJECTION_META, RunConfig, built_by_this_tool
+    from mllm_unlearn.pipeline import INJECTION_META, RunConfig, model_built_here
 
-    assert built_by_this_tool(RunConfig())  # the tiny model built and cached here
+    assert model_built_here(RunConfig())  # the tiny model built and cached here
     (tmp_path / "ours").mkdir()
     (tmp_path / "ours" / INJECTION_META).write_text("{}")
     (tmp_path / "theirs").mkdir()
-    assert built_by_this_tool(RunConfig(model=str(tmp_path / "ours")))
-    assert not built_by_this_tool(RunConfig(model=str(tmp_path / "theirs")))
+    assert model_built_here(RunConfig(model=str(tmp_path / "ours")))
+    assert not model_built_here(RunConfig(model=str(tmp_path / "theirs")))
 
 
 def test_cli_memory_options_are_training_options(tmp_path):

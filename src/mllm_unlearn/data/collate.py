@@ -2,6 +2,9 @@
 answer tokens only (prompt, image and padding positions are -100)."""
 from __future__ import annotations
 
+import hashlib
+import os
+from collections import OrderedDict
 from typing import Any, Sequence
 
 import torch
@@ -28,6 +31,125 @@ def messages_for(item: Item, demos: Sequence[Item] = ()) -> list[dict[str, Any]]
     return messages
 
 
+# The prompt cache's byte budget: Qwen's encoded pixels are 6-24 MB per image at the 7B models'
+# max_pixels, so an unbounded cache of a benchmark's prompts would not fit in memory.
+# MLLM_UNLEARN_PROMPT_CACHE_BYTES overrides it for every Encoder (0 switches caching off).
+DEFAULT_PROMPT_CACHE_BYTES = 1 << 30
+
+
+def default_prompt_cache_bytes() -> int:
+    value = os.environ.get("MLLM_UNLEARN_PROMPT_CACHE_BYTES")
+    if value is None:
+        return DEFAULT_PROMPT_CACHE_BYTES
+    try:
+        budget = int(float(value))
+    except ValueError:
+        budget = -1
+    if budget < 0:
+        raise ValueError(f"MLLM_UNLEARN_PROMPT_CACHE_BYTES={value!r}: expected a number of bytes >= 0")
+    return budget
+
+
+_FINGERPRINT = "_mllm_unlearn_fingerprint"
+
+
+def image_fingerprint(image: Any) -> tuple:
+    """A key naming an image by its content (mode, size, pixel bytes): identical images share it.
+    Memoised on the image object; an object without pixel bytes is named by its id()."""
+    known = getattr(image, _FINGERPRINT, None)
+    if known is not None:
+        return known
+    if not hasattr(image, "tobytes"):
+        return ("id", id(image))
+    digest = hashlib.blake2b(image.tobytes(), digest_size=16).hexdigest()
+    key = ("pixels", getattr(image, "mode", None), tuple(getattr(image, "size", ())), digest)
+    try:
+        setattr(image, _FINGERPRINT, key)
+    except AttributeError:  # an object that takes no attributes: hash again next time
+        pass
+    return key
+
+
+def _nbytes(tensors: dict[str, torch.Tensor]) -> int:
+    return sum(t.numel() * t.element_size() for t in tensors.values())
+
+
+class PromptCache:
+    """Encoded prompts, least recently used first out, under a byte budget and an entry cap.
+
+    A prompt's per-image tensors (pixel values, grids) are stored once per distinct image
+    (``image_fingerprint``) and shared by every prompt that shows it: a benchmark asks several
+    questions about each portrait. An image's block is dropped with the last prompt using it.
+    ``nbytes`` counts each shared block once."""
+
+    def __init__(self, max_bytes: int | None = None, max_entries: int = 50_000):
+        self.max_bytes = default_prompt_cache_bytes() if max_bytes is None else max_bytes
+        self.max_entries = max_entries
+        self._prompts: OrderedDict[tuple, tuple[dict[str, torch.Tensor], tuple, int]] = OrderedDict()
+        self._images: dict[tuple, list[Any]] = {}  # fingerprint -> [tensors, prompts using it, bytes]
+        self.nbytes = 0
+        self.evictions = 0
+        self._pinned: list[Any] = []  # objects named by id(): kept alive so the id is not reused
+
+    def __len__(self) -> int:
+        return len(self._prompts)
+
+    def __contains__(self, key: tuple) -> bool:
+        return key in self._prompts
+
+    def get(self, key: tuple) -> dict[str, torch.Tensor] | None:
+        entry = self._prompts.get(key)
+        if entry is None:
+            return None
+        self._prompts.move_to_end(key)
+        return entry[0]
+
+    def image_count(self) -> int:
+        return len(self._images)
+
+    def put(self, key: tuple, sequence: dict[str, torch.Tensor], images: Sequence[tuple[tuple, dict[str, torch.Tensor], Any]]
+            ) -> dict[str, torch.Tensor]:
+        """Store a prompt: its sequence tensors and, per image (fingerprint, tensors, the image), the
+        image's block. Returns the prompt as callers get it (the images' blocks concatenated in order)."""
+        shared = []
+        for fingerprint, tensors, image in images:
+            stored = self._images.get(fingerprint)
+            if stored is None and self.max_entries > 0:
+                stored = [tensors, 0, _nbytes(tensors)]
+                self._images[fingerprint] = stored
+                self.nbytes += stored[2]
+                if fingerprint[0] == "id":
+                    self._pinned.append(image)
+            shared.append(stored[0] if stored is not None else tensors)
+            if stored is not None:
+                stored[1] += 1
+        prompt = dict(sequence)
+        for name in (shared[0] if shared else {}):
+            blocks = [block[name] for block in shared]
+            prompt[name] = blocks[0] if len(blocks) == 1 else torch.cat(blocks, dim=0)
+        own = _nbytes(sequence) + sum(_nbytes({n: prompt[n]}) for n in (shared[0] if len(shared) > 1 else {}))
+        if self.max_entries <= 0:
+            return prompt
+        self._prompts[key] = (prompt, tuple(f for f, _, _ in images), own)
+        self.nbytes += own
+        while self._prompts and (self.nbytes > self.max_bytes or len(self._prompts) > self.max_entries):
+            self._evict_oldest()
+        return prompt
+
+    def _evict_oldest(self) -> None:
+        _, (_, fingerprints, own) = self._prompts.popitem(last=False)
+        self.nbytes -= own
+        self.evictions += 1
+        for fingerprint in fingerprints:
+            stored = self._images[fingerprint]
+            stored[1] -= 1
+            if stored[1] == 0:
+                del self._images[fingerprint]
+                self.nbytes -= stored[2]
+        if not self._images:
+            self._pinned.clear()
+
+
 class Encoder:
     """Turns items into padded batches for one model's processor (with a prompt cache).
 
@@ -36,24 +158,23 @@ class Encoder:
     for LLaVA), prompts are that benchmark's text; otherwise the processor's chat template.
     """
 
-    def __init__(self, vlm: Any, cache_size: int = 50_000, protocol: str = "ours"):
+    def __init__(self, vlm: Any, cache_size: int = 50_000, protocol: str = "ours", cache_bytes: int | None = None):
+        """``cache_size``: most prompts cached (0: none); ``cache_bytes``: the prompt cache's byte
+        budget (default ``DEFAULT_PROMPT_CACHE_BYTES``, 1 GiB, or MLLM_UNLEARN_PROMPT_CACHE_BYTES)."""
         self.vlm = vlm
         self.protocol = protocol
         self.benchmark_prompt = protocol in vlm.adapter.benchmark_prompts
         self.processor = vlm.processor
         self.tokenizer = vlm.processor.tokenizer
         self.pad_id = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0
-        self._cache: dict[tuple, dict[str, torch.Tensor]] = {}
-        # Prompts are keyed by their images' id(); holding the images keeps an id from being reused
-        # by another image while its prompt is cached.
-        self._cached_images: list[Any] = []
+        # Prompts are keyed by their images' content, so identical images share their pixels.
+        self._cache = PromptCache(cache_bytes, max_entries=cache_size)
         self._answer_cache: dict[str, list[int]] = {}
         self._lead: tuple[str, str] | None = None  # (generation prompt, text the template writes before an answer)
-        self._cache_size = cache_size
 
     def _key(self, item: Item, demos: Sequence[Item]) -> tuple:
         images = [d.image for d in list(demos) + [item] if d.image is not None]
-        return (user_text(item), tuple(user_text(d) + d.answer for d in demos), tuple(id(i) for i in images))
+        return (user_text(item), tuple(user_text(d) + d.answer for d in demos), tuple(image_fingerprint(i) for i in images))
 
     def prompt(self, item: Item, demos: Sequence[Item] = ()) -> dict[str, torch.Tensor]:
         return self.prompts([item], demos)[0]
@@ -65,17 +186,22 @@ class Encoder:
         tokenisation itself, so encoding a batch at once is about twice as fast; padding is
         stripped again, so each prompt is exactly what a call on that item alone returns."""
         keys = [self._key(item, demos) for item in items]
+        found: dict[tuple, dict[str, torch.Tensor]] = {}
         missing: dict[tuple, Item] = {}
         for key, item in zip(keys, items):
-            if key not in self._cache and key not in missing:
+            if key in found or key in missing:
+                continue
+            cached = self._cache.get(key)
+            if cached is not None:
+                found[key] = cached
+            else:
                 missing[key] = item
-        fresh = dict(zip(missing, self._encode(list(missing.values()), demos))) if missing else {}
-        for key, encoded in fresh.items():
-            if len(self._cache) < self._cache_size:
-                self._cache[key] = encoded
-                item = missing[key]
-                self._cached_images.extend(d.image for d in list(demos) + [item] if d.image is not None)
-        return [fresh[key] if key in fresh else self._cache[key] for key in keys]
+        if missing:
+            for (key, item), (sequence, per_image) in zip(missing.items(), self._encode_parts(list(missing.values()), demos)):
+                images = [d.image for d in list(demos) + [item] if d.image is not None]
+                found[key] = self._cache.put(key, sequence, [(fp, block, image) for fp, block, image in
+                                                              zip(key[2], per_image, images)])
+        return [found[key] for key in keys]
 
     def prompt_text(self, item: Item, demos: Sequence[Item] = ()) -> str:
         """The prompt as text, before the processor expands image placeholders and tokenises it."""
@@ -88,9 +214,21 @@ class Encoder:
         return self.processor.apply_chat_template(messages_for(item, demos), add_generation_prompt=True, tokenize=False)
 
     def _encode(self, items: Sequence[Item], demos: Sequence[Item]) -> list[dict[str, torch.Tensor]]:
+        """Each item's prompt through the processor, uncached (per-image tensors concatenated)."""
+        out = []
+        for sequence, per_image in self._encode_parts(items, demos):
+            prompt = dict(sequence)
+            for name in (per_image[0] if per_image else {}):
+                prompt[name] = torch.cat([block[name] for block in per_image], dim=0)
+            out.append(prompt)
+        return out
+
+    def _encode_parts(self, items: Sequence[Item], demos: Sequence[Item]
+                      ) -> list[tuple[dict[str, torch.Tensor], list[dict[str, torch.Tensor]]]]:
+        """Per item: its sequence-aligned tensors, and one dict of per-image tensors per image."""
         if len(items) > 1 and self.tokenizer.pad_token is None:
             # The processor cannot pad a batch without a pad token: one call per item, as before.
-            return [encoded for item in items for encoded in self._encode([item], demos)]
+            return [parts for item in items for parts in self._encode_parts([item], demos)]
         texts = [self.prompt_text(item, demos) for item in items]
         per_item_images = [[d.image for d in list(demos) + [item] if d.image is not None] for item in items]
         images = [image for group in per_item_images for image in group]
@@ -102,24 +240,25 @@ class Encoder:
         image_counts = [len(group) for group in per_item_images]
         rows = self.vlm.adapter.vision_rows_per_image(encoded) if images else None
         rows = rows.tolist() if rows is not None else [1] * len(images)
-        out: list[dict[str, torch.Tensor]] = [{} for _ in items]
+        sequences: list[dict[str, torch.Tensor]] = [{} for _ in items]
+        blocks_of: list[list[dict[str, torch.Tensor]]] = [[{} for _ in range(count)] for count in image_counts]
         for name, value in encoded.items():
             if _is_sequence_aligned(value, ids):
                 for k, length in enumerate(lengths):
                     row = value[k, ids.shape[1] - length:] if left else value[k, :length]
-                    out[k][name] = row[None].clone()
+                    sequences[k][name] = row[None].clone()
             elif value.shape[0] in (len(images), sum(rows)) and images:
                 # Per-image tensors: one row per image, or (Qwen's patches) each image's block of rows.
                 sizes = rows if value.shape[0] == sum(rows) else [1] * len(images)
                 blocks = list(value.split(sizes, dim=0))
                 start = 0
                 for k, count in enumerate(image_counts):
-                    if count:
-                        out[k][name] = torch.cat(blocks[start:start + count], dim=0)
+                    for j in range(count):
+                        blocks_of[k][j][name] = blocks[start + j].clone()  # not a view of the whole batch
                     start += count
             else:
                 raise ValueError(f"cannot split the processor's {name!r} output (shape {tuple(value.shape)}) per item")
-        return out
+        return list(zip(sequences, blocks_of))
 
     def answer_ids(self, answer: str) -> list[int]:
         """The answer's tokens exactly as the model reads them right after the generation prompt,
@@ -129,7 +268,7 @@ class Encoder:
         ids = self._answer_cache.get(answer)
         if ids is None:
             ids = self._in_context_tokens(answer) + self._end_of_turn_ids()
-            if len(self._answer_cache) < self._cache_size:
+            if len(self._answer_cache) < self._cache.max_entries:
                 self._answer_cache[answer] = ids
         return list(ids)
 

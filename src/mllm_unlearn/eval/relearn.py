@@ -1,12 +1,18 @@
 """Relearning attack: does forgotten knowledge come back after a few fine-tuning steps?
 
-The unlearned model (the edit baked into a *copy* of the caller's model, as an attacker
-holding the released weights would have it) is fine-tuned through the shared training loop on
+The unlearned model (the edit baked into the caller's model in place, as an attacker holding
+the released weights would have it) is fine-tuned through the shared training loop on
 the training items of a few forget people (and multiple-choice versions of them), and
 classification accuracy is measured on the *other* forget people's questions every
 ``eval_every`` steps. Knowledge that was erased must
 be relearned item by item; knowledge that was only hidden comes back for people the attack
 never showed (Lynch et al. 2024; Hu et al. 2025, "jogging the memory").
+
+No copy of the model is made (a 7B copy plus its optimizer would not fit beside it): the edit
+is baked into the caller's model in place, the weights it writes kept on CPU first; with LoRA
+the attack trains adapters on top and removes them unmerged; with full fine-tuning every weight
+is kept on CPU. All of it is copied back at the end: the caller's model is bitwise as before,
+also when the attack fails midway.
 
 A rise can also come from restoring a skill unlearning damaged (answering in the letter
 format, say); the curve therefore also tracks the same accuracy on a sample of retain people,
@@ -16,7 +22,6 @@ the attack was too weak to tell erased from hidden knowledge.
 """
 from __future__ import annotations
 
-import copy
 import dataclasses
 import random
 from dataclasses import asdict, dataclass
@@ -26,6 +31,7 @@ import torch
 
 from ..data.collate import Encoder
 from ..data.items import Benchmark, Item
+from ..interventions import WeightDelta
 from ..models.base import VLM
 from ..training.inject import McqRenderer
 from ..training.loop import LoraOptions, TrainConfig, train
@@ -33,12 +39,35 @@ from ..training.losses import sequence_nll
 from .evaluator import EvalConfig, Evaluator
 
 
+AUTO = "auto"
+FULL_FINETUNE_LR = 1e-3  # the tiny models' attack (the figures in docs/results.md)
+# LoRA adapters start at zero and move the weights less per step than full fine-tuning: the
+# common LoRA fine-tuning rate for 7B models; the positive control says if it was too weak.
+LORA_LR = 1e-4
+DEFAULT_LORA_RANK = 16
+
+
+class RelearnNotApplicable(ValueError):
+    """The benchmark cannot support the attack (too few forget people with the measured task)."""
+
+
+def resolve_relearn(cfg: RelearnConfig, model_built_here: bool) -> RelearnConfig:
+    """``cfg`` with ``lora="auto"`` and ``lr=None`` made concrete: full fine-tuning (lr 1e-3, as
+    the tiny figures were measured) on models this tool built, LoRA (rank 16, lr 1e-4) otherwise."""
+    lora = cfg.lora
+    if lora == AUTO:
+        lora = None if model_built_here else LoraOptions(r=DEFAULT_LORA_RANK, alpha=DEFAULT_LORA_RANK)
+    lr = cfg.lr if cfg.lr is not None else (FULL_FINETUNE_LR if lora is None else LORA_LR)
+    checkpointing = cfg.gradient_checkpointing if cfg.gradient_checkpointing is not None else not model_built_here
+    return dataclasses.replace(cfg, lora=lora, lr=lr, gradient_checkpointing=checkpointing)
+
+
 @dataclass
 class RelearnConfig:
     fraction: float = 0.2  # share of the forget people whose training items the attack sees
     steps: int = 20
     eval_every: int = 5
-    lr: float = 1e-3
+    lr: float | None = None  # None: FULL_FINETUNE_LR, or LORA_LR with LoRA
     batch_size: int = 8
     # Multiple-choice versions of each shown item added to the attack's data (fresh options each;
     # items need Attribute/Value metadata, as the built-in world's have). Trained on the open
@@ -48,7 +77,11 @@ class RelearnConfig:
     task: str = "mcq"  # the accuracy measured: mcq or cloze
     max_eval_items: int | None = None  # per modality and side (held-out forget / retain control)
     seed: int = 0
-    lora: LoraOptions | None = None  # relearn through LoRA (what a large model would need)
+    # Relearn through LoRA adapters (what a large model needs) or, None, full fine-tuning;
+    # "auto" is resolved by the caller (pipeline: LoRA on models this tool did not build).
+    lora: LoraOptions | None | str = AUTO
+    # None: resolved by ``resolve_relearn`` (on for models this tool did not build, as unlearning).
+    gradient_checkpointing: bool | None = None
     progress: bool = False
 
     def __post_init__(self) -> None:
@@ -58,6 +91,10 @@ class RelearnConfig:
             raise ValueError("relearn steps and eval_every must be >= 1")
         if self.mcq_renderings < 0:
             raise ValueError(f"relearn mcq_renderings must be >= 0, got {self.mcq_renderings}")
+        if isinstance(self.lora, str) and self.lora != AUTO:
+            raise ValueError(f"relearn lora must be LoraOptions, None (full fine-tuning) or {AUTO!r}, got {self.lora!r}")
+        if self.lr is not None and not self.lr > 0:
+            raise ValueError(f"relearn lr must be > 0, got {self.lr}")
         if self.task not in ("mcq", "cloze"):
             raise ValueError(f"relearn task must be mcq or cloze (accuracy tasks), got {self.task!r}")
 
@@ -68,7 +105,7 @@ def split_forget_people(benchmark: Benchmark, cfg: RelearnConfig) -> tuple[list[
     asked = {i.person_id for i in benchmark.eval_splits.get("forget", []) if i.task == cfg.task}
     people = sorted(trained & asked)
     if len(people) < 2:
-        raise ValueError(f"the relearning attack needs at least 2 forget people with training items and {cfg.task} "
+        raise RelearnNotApplicable(f"the relearning attack needs at least 2 forget people with training items and {cfg.task} "
                          f"questions; {benchmark.name} has {len(people)}")
     count = min(len(people) - 1, max(1, round(len(people) * cfg.fraction)))
     shown = sorted(random.Random(f"{cfg.seed}:relearn").sample(people, count))
@@ -98,13 +135,31 @@ def _eval_items(items: Sequence[Item], people: set[str] | None, task: str, limit
     return out
 
 
+def _parameters_baked_by(edit: Any, model: torch.nn.Module) -> list[torch.nn.Parameter]:
+    """The parameters ``edit.bake`` writes: a weight edit's named tensors, a neuron mask's down
+    projections, the union for a composite edit; every parameter for a kind not known here."""
+    from ..interventions.neuron_mask import NeuronMask, _site_modules
+
+    if hasattr(edit, "parts"):
+        found = {id(p): p for part in edit.parts for p in _parameters_baked_by(part, model)}
+        return list(found.values())
+    if isinstance(edit, NeuronMask):
+        return [module.weight for module in _site_modules(model, list(edit.indices)).values()]
+    if isinstance(edit, WeightDelta):
+        params = dict(model.named_parameters())
+        return [params[name] for name in edit.tensors if name in params]
+    return list(model.parameters())
+
+
 def relearn_attack(vlm: VLM, benchmark: Benchmark, edit: Any, cfg: RelearnConfig | None = None) -> dict[str, Any]:
     """Accuracy on the unseen forget people (and retain control) over relearning steps.
 
-    ``edit`` (None: attack the model as it is) is baked into a deep copy; the caller's model is
-    never modified. Returns the curve, the vanilla accuracy on the same questions, and the
-    share of the forgotten accuracy that came back."""
-    cfg = cfg or RelearnConfig()
+    ``edit`` (None: attack the model as it is) is baked into ``vlm`` in place (a test-time edit:
+    hooked on) for the attack and undone afterwards: the caller's model comes back bitwise
+    unchanged. ``cfg.lora`` "auto" or ``cfg.lr`` None resolve as on a model this tool built
+    (``resolve_relearn``). Returns the curve, the vanilla accuracy on the same questions, and
+    the share of the forgotten accuracy that came back."""
+    cfg = resolve_relearn(cfg or RelearnConfig(), model_built_here=True)
     shown, measured = split_forget_people(benchmark, cfg)
     forget_items = _eval_items(benchmark.eval_splits["forget"], set(measured), cfg.task, cfg.max_eval_items,
                                f"{cfg.seed}:forget")
@@ -119,16 +174,22 @@ def relearn_attack(vlm: VLM, benchmark: Benchmark, edit: Any, cfg: RelearnConfig
     eval_cfg = EvalConfig(scorer="likelihood", batch_size=32, progress=False, seed=cfg.seed)
 
     vanilla = _accuracy(Evaluator(vlm, eval_cfg), forget_items, cfg.task)
-    attacked = dataclasses.replace(vlm, model=copy.deepcopy(vlm.model))
+    # The edit goes onto the caller's model in place: baked into the weights, as an attacker holding
+    # the released weights has it (so pruned neurons can regrow), or as hooks for a test-time edit
+    # (the attacker fine-tunes the deployed, steered model and is measured with the steering on).
+    # What the attack or the baking changes is kept on CPU first and copied back at the end.
     hooks = None
+    if cfg.lora is None:  # full fine-tuning moves every weight
+        saved = list(vlm.model.parameters())
+    else:  # LoRA leaves the weights alone: only those the edit bakes into
+        saved = _parameters_baked_by(edit, vlm.model) if edit is not None and edit.bakeable else []
+    snapshot = [(param, param.detach().to("cpu", copy=True)) for param in saved]
     try:
         if edit is not None and edit.bakeable:
-            edit.bake(attacked)
+            edit.bake(vlm)
         elif edit is not None:
-            # A test-time edit (steering) stays applied: the attacker fine-tunes the deployed,
-            # steered model, and is measured with the steering on.
-            hooks = edit.apply(attacked)
-        evaluator = Evaluator(attacked, eval_cfg)
+            hooks = edit.apply(vlm)
+        evaluator = Evaluator(vlm, eval_cfg)
         steps: list[int] = [0]
         forget_curve = [_accuracy(evaluator, forget_items, cfg.task)]
         retain_curve = [_accuracy(evaluator, retain_items, cfg.task)] if retain_items else []
@@ -143,22 +204,27 @@ def relearn_attack(vlm: VLM, benchmark: Benchmark, edit: Any, cfg: RelearnConfig
                 shown_curve.append(_accuracy(evaluator, shown_items, cfg.task))
             return False
 
-        encoder = Encoder(attacked)
+        encoder = Encoder(vlm)
 
         def collate(batch: list[Item]) -> dict[str, torch.Tensor]:
-            return {k: v.to(attacked.device) for k, v in encoder.batch(batch, train=True).items()}
+            return {k: v.to(vlm.device) for k, v in encoder.batch(batch, train=True).items()}
 
+        # peft injects the adapters into the model's own modules, so ``evaluator`` (on ``vlm``) sees them.
         train_cfg = TrainConfig(lr=cfg.lr, max_steps=cfg.steps, batch_size=cfg.batch_size, schedule="constant",
-                                warmup_ratio=0.0, seed=cfg.seed, lora=cfg.lora, progress=cfg.progress)
-        result = train(attacked.model, train_items, collate, lambda model, batch: sequence_nll(model, batch).mean(),
-                       train_cfg, description="relearning attack", device=attacked.device, stop_check=record,
-                       check_every=cfg.eval_every)
+                                warmup_ratio=0.0, seed=cfg.seed, lora=cfg.lora, progress=cfg.progress,
+                                gradient_checkpointing=bool(cfg.gradient_checkpointing))
+        result = train(vlm.model, train_items, collate, lambda model, batch: sequence_nll(model, batch).mean(),
+                       train_cfg, description="relearning attack", device=vlm.device, stop_check=record,
+                       check_every=cfg.eval_every, merge_lora=False)
         if steps[-1] != result.steps:
             record(result.steps)
     finally:
+        with torch.no_grad():
+            for param, value in snapshot:
+                param.copy_(value)
+        del snapshot
         if hooks is not None:
             hooks.remove()
-        del attacked
     before, after = forget_curve[0], forget_curve[-1]
     recovered = {m: (after[m] - before[m]) / (vanilla[m] - before[m]) if vanilla[m] - before[m] > 1e-9 else None
                  for m in vanilla}
@@ -169,6 +235,7 @@ def relearn_attack(vlm: VLM, benchmark: Benchmark, edit: Any, cfg: RelearnConfig
                    **{f"retain_{m}": len(v) for m, v in retain_items.items()},
                    **{f"shown_{m}": len(v) for m, v in shown_items.items()}},
         "edit_mode": None if edit is None else ("baked" if edit.bakeable else "applied as hooks"),
+        "fine_tuning": "full" if cfg.lora is None else f"LoRA rank {cfg.lora.r}",
         "steps": steps,
         "forget_accuracy": forget_curve,  # per step: {"vqa", "qa", "all"} on the people never shown
         "retain_accuracy": retain_curve,  # the control

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from ..eval.metrics import people_still_known, per_person_accuracy
-from .markdown import METRICS, MODALITY_LABELS, SPLIT_LABELS, per_person_table
+from .markdown import METRICS, MODALITY_LABELS, SPLIT_LABELS, per_person_table, stage_note
 
 # The headline metric of a figures cell: the first of these it has (else its first number).
 HEADLINE = ("mcq_accuracy", "cloze_accuracy", "rougeL_f", "prob", "truth_ratio", "rougeL_recall")
@@ -433,7 +433,7 @@ def render_html(runs: Sequence[dict[str, Any]], title: str | None = None) -> str
     mia = mia_plot(runs)
     parts.append(_figure_html(mia, "AUC of each attack, forget vs held-out people (dashed: 0.5)", "mia") if mia else
                  "".join(f"<p class='skipped'>{html.escape(run_label(r))}: "
-                         f"{html.escape(str(r.get('robustness', {}).get('mia', {}).get('skipped', 'not run')))}</p>"
+                         f"{html.escape(stage_note(r.get('robustness', {}).get('mia', {})) or 'not run')}</p>"
                          for r in runs))
     parts.append("<h2>Relearning attack</h2>")
     relearn = relearn_plot(runs)
@@ -441,7 +441,7 @@ def render_html(runs: Sequence[dict[str, Any]], title: str | None = None) -> str
                               "unlearned model on other forget people (dotted: retain control; dash-dot: the shown forget people, "
                               "a positive control)", "relearn") if relearn else
                  "".join(f"<p class='skipped'>{html.escape(run_label(r))}: "
-                         f"{html.escape(str(r.get('robustness', {}).get('relearn', {}).get('skipped', 'not run')))}</p>"
+                         f"{html.escape(stage_note(r.get('robustness', {}).get('relearn', {})) or 'not run')}</p>"
                          for r in runs))
     parts += ["<h2>Cost</h2>", _figure_html(cost_plot(runs), "Wall time per pipeline step and the process's peak "
                                             "memory", "cost"),

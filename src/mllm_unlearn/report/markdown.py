@@ -83,7 +83,9 @@ def render_markdown(results: dict[str, Any]) -> str:
                  f"- Method: **{config['method']}** on `{config['benchmark_name']}` (CLEAR protocol), model family "
                  f"**{config['family']}** (`{config['model_path']}`)", *_edit_source(config),
                  f"- Gold model (retain split only): `{config.get('gold_model_path')}`; seed {config['seed']}", ""]
-        return "\n".join(lines + render_clear(results) + robustness_markdown(results) + _cost_lines(results)) + "\n"
+        lines[-1:-1] = _preset_line(config)
+        return "\n".join(lines + failures_markdown(results) + render_clear(results) + robustness_markdown(results)
+                         + _cost_lines(results)) + "\n"
     config = results["config"]
     vanilla = results["vanilla"]["figures"]
     unlearned = results.get("unlearned", {}).get("figures", {})
@@ -94,6 +96,8 @@ def render_markdown(results: dict[str, Any]) -> str:
         f" (`{config['model_path']}`)",
         *_edit_source(config),
         f"- Seed {config['seed']}; {_protocol_line(config['eval'])}",
+        *_preset_line(config),
+        *failures_markdown(results),
         "",
         "Each cell: vanilla → unlearned. Forget and test should fall; retain and real-world should stay.",
         "",
@@ -176,6 +180,38 @@ GENERALISATION_COLUMNS = (("forget", "forget (original)"), ("image_only", "trans
                           ("question_only", "paraphrased question only"), ("test", "test (both)"))
 
 
+def stage_note(outcome: dict[str, Any]) -> str | None:
+    """One line for a robustness stage that has no figures: switched off or not applicable,
+    failed (with its error), or pending (the run stopped before it); None when it has figures."""
+    if "failed" in outcome:
+        failure = outcome["failed"]
+        return (f"Failed: {failure.get('error')}: {failure.get('message')} (the rest of the run is complete; "
+                "the traceback is in results.json)")
+    if "pending" in outcome:
+        return f"Not finished: {outcome['pending']}"
+    if "skipped" in outcome:
+        return f"Not run: {outcome['skipped']}."
+    return None
+
+
+def _preset_line(config: dict[str, Any]) -> list[str]:
+    """Which hyperparameter preset the method ran with (runs made before presets record none)."""
+    preset = config.get("preset")
+    if not preset:
+        return []
+    meaning = {"tiny": "tuned for the tiny models this tool builds", "paper": "the papers' 7B settings, for a "
+               "model this tool did not build", "given": "as given"}.get(preset, preset)
+    return [f"- Hyperparameters: **{preset}** preset ({meaning}), with the run's explicit options on top"]
+
+
+def failures_markdown(results: dict[str, Any]) -> list[str]:
+    failures = results.get("failures") or []
+    if not failures:
+        return []
+    return ["", "**Failed stages** (recorded; everything else in this report was measured): "
+            + "; ".join(f"{f.get('stage')}: {f.get('error')}" for f in failures)]
+
+
 def robustness_markdown(results: dict[str, Any]) -> list[str]:
     """Generalisation breakdown, membership inference and the relearning attack, if present."""
     lines: list[str] = []
@@ -195,8 +231,8 @@ def robustness_markdown(results: dict[str, Any]) -> list[str]:
     mia = robustness.get("mia", {})
     if mia:
         lines += ["", "## Membership inference (forget vs held-out people)", ""]
-        if "skipped" in mia:
-            lines.append(f"Not run: {mia['skipped']}.")
+        if stage_note(mia):
+            lines.append(stage_note(mia))
         else:
             counts = mia["unlearned"]["counts"]
             lines += [f"AUC = P(a held-out item looks less familiar than a forget item); {counts['members']} forget and "
@@ -212,11 +248,12 @@ def robustness_markdown(results: dict[str, Any]) -> list[str]:
     relearn = robustness.get("relearn", {})
     if relearn:
         lines += ["", "## Relearning attack", ""]
-        if "skipped" in relearn:
-            lines.append(f"Not run: {relearn['skipped']}.")
+        if stage_note(relearn):
+            lines.append(stage_note(relearn))
         else:
             cfg = relearn["config"]
-            lines += [f"The unlearned model fine-tuned for {relearn['steps'][-1]} steps (lr {cfg['lr']}, batch "
+            mode = relearn.get("fine_tuning", "full")  # runs before the LoRA option: full fine-tuning
+            lines += [f"The unlearned model fine-tuned ({mode}) for {relearn['steps'][-1]} steps (lr {cfg['lr']}, batch "
                       f"{cfg['batch_size']}) on the training items of {len(relearn['people']['shown'])} forget people; "
                       f"classification accuracy (%) on the other {len(relearn['people']['measured'])} forget people "
                       "(never shown), on retain people as a control, and on the shown forget people as a positive "

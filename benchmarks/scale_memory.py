@@ -1,0 +1,575 @@
+"""Peak memory of every unlearning method on the real 7B architectures (LLaVA-1.5-7B, Qwen2.5-VL-7B).
+
+Two modes, the same code path (the methods as ``mllm-unlearn run`` calls them, with their
+``paper`` preset, a few steps each):
+
+- GPU (``--device cuda``): random-init models of the real 7B configurations (written below,
+  built on the meta device, no download) run each method for ``--steps`` steps, LoRA and full
+  fine-tuning; the table gives each case's peak GPU memory (``torch.cuda.max_memory_allocated``,
+  weights included). Under ``torchrun --nproc_per_node N`` every process runs the same cases
+  through the tool's own training loop (sharded as far as the installed code shards) and the
+  table gives the largest per-process peak.
+- CPU (default when no GPU): the same methods on scaled-down configs of the same architectures
+  (widths, depths and batch sizes below; the real vocabulary size, since logits scale with it).
+  Each case runs in a forked child process; its peak memory is the child's peak resident set
+  (``os.wait4`` rusage ``ru_maxrss``) minus that of an idle forked child (the parent's imports
+  and data). Then, per family, method and mode, a non-negative least-squares fit
+
+      peak ≈ a·parameters + b·tokens·(d·L + d_vision·L_vision) + c·tokens·vocab + e
+
+  (weights/gradients/optimizer state, activations, logits, constant) predicts the 7B peak for a
+  batch of ``--predict-batch`` samples of real size (LLaVA: 576 image tokens; Qwen2.5-VL: a
+  448×448 image, 256 tokens; plus the world's text tokens). Those 7B figures are PREDICTIONS
+  until the GPU mode has measured them.
+
+Nothing here is timed. ``--quick`` runs a small subset (LLaVA, GA and MANU, two sizes) for a
+smoke check (too few sizes for the fit: no prediction). Options that other parts of the tool add (gradient checkpointing) are used when
+``MethodConfig`` has them; the script prints what it found.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import tempfile
+from dataclasses import dataclass, fields
+from pathlib import Path
+from typing import Any
+
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")  # children are forked after the tokenizer is used
+
+import torch  # noqa: E402
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "src"))
+
+GIB = 1024 ** 3
+GRADIENT_METHODS = ("ga", "graddiff", "kl", "npo", "rmu", "mmunlearner", "mip-editor")
+OTHER_METHODS = ("manu", "mllmeraser")  # no training: statistics / steering
+FAMILIES = ("llava", "qwen2.5-vl")
+ONE_GPU_BYTES = 80 * 10 ** 9  # an 80 GB GPU
+
+# Real architecture ratios the scaled-down configs keep (from the 7B configs below).
+RATIOS = {
+    # LM FFN / width; vision width / LM width; vision FFN / vision width; vision depth / LM depth
+    "llava": {"ffn": 11008 / 4096, "vision": 1024 / 4096, "vision_ffn": 4096 / 1024, "vision_depth": 24 / 32},
+    "qwen2.5-vl": {"ffn": 18944 / 3584, "vision": 1280 / 3584, "vision_ffn": 3420 / 1280, "vision_depth": 32 / 28},
+}
+REAL_VOCAB = {"llava": 32064, "qwen2.5-vl": 152064}
+REAL_IMAGE_TOKENS = {"llava": 576, "qwen2.5-vl": 256}  # LLaVA: 336² / 14²; Qwen2.5-VL: a 448² image, 2×2 merge
+
+
+def llava_7b_config(image_token_id: int = 32000) -> Any:
+    """llava-hf/llava-1.5-7b-hf: Llama-2-7B (4096 wide, 32 layers) + CLIP ViT-L/14-336."""
+    from transformers import CLIPVisionConfig, LlamaConfig, LlavaConfig
+
+    text = LlamaConfig(vocab_size=32064, hidden_size=4096, intermediate_size=11008, num_hidden_layers=32,
+                       num_attention_heads=32, num_key_value_heads=32, max_position_embeddings=4096,
+                       rms_norm_eps=1e-5, tie_word_embeddings=False)
+    vision = CLIPVisionConfig(hidden_size=1024, intermediate_size=4096, num_hidden_layers=24, num_attention_heads=16,
+                              image_size=336, patch_size=14, projection_dim=768)
+    return LlavaConfig(vision_config=vision, text_config=text, image_token_index=image_token_id,
+                       image_seq_length=576, vision_feature_layer=-2, vision_feature_select_strategy="default")
+
+
+def qwen25_vl_7b_config(ids: dict[str, int] | None = None) -> Any:
+    """Qwen/Qwen2.5-VL-7B-Instruct: 3584 wide, 28 layers, GQA 28/4, untied 152064-token head, 32-block ViT."""
+    from transformers import Qwen2_5_VLConfig
+
+    ids = ids or {"image": 151655, "video": 151656, "start": 151652, "end": 151653}
+    text = dict(vocab_size=152064, hidden_size=3584, intermediate_size=18944, num_hidden_layers=28,
+                num_attention_heads=28, num_key_value_heads=4, max_position_embeddings=128000, rms_norm_eps=1e-6,
+                tie_word_embeddings=False,
+                rope_parameters={"rope_type": "default", "mrope_section": [16, 24, 24], "rope_theta": 1000000.0})
+    vision = dict(depth=32, hidden_size=1280, intermediate_size=3420, num_heads=16, in_channels=3, out_hidden_size=3584,
+                  patch_size=14, spatial_merge_size=2, temporal_patch_size=2, window_size=112,
+                  fullatt_block_indexes=[7, 15, 23, 31], hidden_act="silu")
+    return Qwen2_5_VLConfig(text_config=text, vision_config=vision, image_token_id=ids["image"],
+                            video_token_id=ids["video"], vision_start_token_id=ids["start"],
+                            vision_end_token_id=ids["end"], tie_word_embeddings=False)
+
+
+def real_config(family: str, tokenizer: Any = None) -> Any:
+    if family == "llava":
+        return llava_7b_config(tokenizer.convert_tokens_to_ids("<image>") if tokenizer is not None else 32000)
+    ids = None
+    if tokenizer is not None:
+        ids = {k: tokenizer.convert_tokens_to_ids(t) for k, t in (("image", "<|image_pad|>"), ("video", "<|video_pad|>"),
+                                                                 ("start", "<|vision_start|>"), ("end", "<|vision_end|>"))}
+    return qwen25_vl_7b_config(ids)
+
+
+def model_class(family: str) -> Any:
+    from transformers import LlavaForConditionalGeneration, Qwen2_5_VLForConditionalGeneration
+
+    return LlavaForConditionalGeneration if family == "llava" else Qwen2_5_VLForConditionalGeneration
+
+
+def shape_of(config: Any) -> dict[str, int]:
+    """The dimensions the fit reads: LM width/depth, vision width/depth, vocabulary."""
+    text, vision = config.get_text_config(), config.vision_config
+    return {"d": text.hidden_size, "L": text.num_hidden_layers, "V": text.vocab_size,
+            "dv": vision.hidden_size, "Lv": getattr(vision, "num_hidden_layers", None) or vision.depth}
+
+
+def parameter_count(family: str) -> int:
+    """Parameters of the real 7B model, counted on the meta device (nothing allocated)."""
+    with torch.device("meta"):
+        model = model_class(family)(real_config(family))
+    return sum(p.numel() for p in model.parameters())
+
+
+# --- cases ------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Shape:
+    hidden: int
+    layers: int
+    batch: int
+
+
+@dataclass(frozen=True)
+class Case:
+    family: str
+    method: str
+    mode: str  # "lora", "full", or "-" (no training)
+    shape: Shape | None  # None: the real 7B configuration
+
+
+DEFAULT_SHAPES = (Shape(64, 2, 2), Shape(128, 2, 2), Shape(256, 2, 2), Shape(128, 4, 2), Shape(128, 2, 4))
+QUICK_SHAPES = (Shape(64, 2, 2), Shape(128, 2, 2))
+
+
+MODES = ("lora", "full")
+
+
+def method_modes(methods: list[str], modes: tuple[str, ...] = MODES) -> list[tuple[str, str]]:
+    return [(m, mode) for m in methods for mode in (modes if m in GRADIENT_METHODS else ("-",))]
+
+
+def tiny_size(family: str, shape: Shape) -> Any:
+    """A scaled-down config of ``family``'s 7B architecture: head width 32 (vision 16), the real
+    FFN, vision-width and depth ratios; 64-pixel images (LLaVA 64 image tokens, Qwen 16)."""
+    from mllm_unlearn.models import TinySize
+
+    ratio = RATIOS[family]
+
+    def round_to(x: float, step: int) -> int:
+        return max(step, int(round(x / step)) * step)
+
+    vision = round_to(shape.hidden * ratio["vision"], 16)
+    return TinySize(hidden=shape.hidden, layers=shape.layers, heads=shape.hidden // 32,
+                    ffn=round_to(shape.hidden * ratio["ffn"], 8), vision_hidden=vision,
+                    vision_layers=max(2, round(shape.layers * ratio["vision_depth"])), vision_heads=vision // 16,
+                    vision_ffn=round_to(vision * ratio["vision_ffn"], 8), image_size=64, image_grid=8, max_positions=1024)
+
+
+def build_model(case: Case, words: set[str], device: torch.device, dtype: torch.dtype) -> Any:
+    """The case's model: the scaled-down config with the real vocabulary, or the real 7B config
+    built on the meta device and materialised on ``device`` with random weights."""
+    from mllm_unlearn.models import VLM, adapter_for_family
+    from mllm_unlearn.models.tiny import build_word_tokenizer
+
+    adapter = adapter_for_family(case.family)
+    tokenizer = build_word_tokenizer(words, case.family)
+    if case.shape is not None:
+        size = tiny_size(case.family, case.shape)
+        model = adapter.tiny_model(tokenizer, size)
+        model.resize_token_embeddings(REAL_VOCAB[case.family], mean_resizing=False)
+        processor = adapter.tiny_processor(tokenizer, size)
+    else:
+        with torch.device("meta"):
+            model = model_class(case.family)(real_config(case.family, tokenizer))
+        model.to_empty(device=device)
+        with torch.no_grad():
+            for name, param in model.named_parameters():
+                if name.endswith("bias") or param.dim() == 1:
+                    param.fill_(1.0 if "norm" in name else 0.0)
+                else:
+                    param.normal_(0.0, 0.02)
+        for module in model.modules():  # buffers (rotary frequencies) are computed, not loaded
+            if hasattr(module, "inv_freq") and hasattr(module, "rope_init_fn"):
+                inv_freq, _ = module.rope_init_fn(module.config, device)
+                module.inv_freq = inv_freq
+        processor = real_processor(case.family, tokenizer, adapter)
+    model.to(device=device, dtype=dtype)
+    model.eval()
+    return VLM(model, processor, adapter, device, dtype)
+
+
+def real_processor(family: str, tokenizer: Any, adapter: Any) -> Any:
+    """The real models' image geometry with the word tokenizer (the vocabulary is the model's)."""
+    from mllm_unlearn.models import TinySize
+
+    if family == "llava":
+        return adapter.tiny_processor(tokenizer, TinySize(image_size=336, image_grid=24))  # 14-pixel patches
+    from transformers import Qwen2VLImageProcessorPil
+
+    from mllm_unlearn.models.qwen2_vl import QWEN_CHAT_TEMPLATE
+
+    pixels = 448 * 448
+    image_processor = Qwen2VLImageProcessorPil(patch_size=14, merge_size=2, temporal_patch_size=2,
+                                               min_pixels=pixels, max_pixels=pixels)
+    tokenizer.chat_template = QWEN_CHAT_TEMPLATE
+    return adapter._image_only_processor(image_processor, tokenizer, QWEN_CHAT_TEMPLATE)
+
+
+CHECKPOINTING_NOTE: list[str] = []
+
+
+def method_config(case: Case, batch: int, steps: int, layers: int) -> Any:
+    """The method's ``paper`` preset, for ``steps`` steps of ``batch`` samples; layer options
+    clamped to the model's depth; gradient checkpointing on where the tool offers it."""
+    from dataclasses import replace
+
+    from mllm_unlearn.methods.defaults import method_preset
+    from mllm_unlearn.training import LoraOptions
+
+    cfg = method_preset(case.method, "paper")
+    cfg = replace(cfg, max_steps=steps, epochs=1, batch_size=batch, progress=False,
+                  lora=LoraOptions() if case.mode == "lora" else None)
+    extra = dict(cfg.extra)
+    if case.method in ("rmu", "mip-editor"):
+        extra["layer"] = min(int(extra.get("layer", 7)), layers - 1)
+    if case.method == "mip-editor":
+        extra["path_samples"] = batch
+        extra["path_batch_size"] = batch
+    cfg = replace(cfg, extra=extra)
+    names = {f.name for f in fields(cfg)}
+    if "gradient_checkpointing" in names:
+        cfg = replace(cfg, gradient_checkpointing=True)
+        note = "gradient checkpointing: on (MethodConfig.gradient_checkpointing)"
+    else:
+        note = "gradient checkpointing: not offered by this version of the tool (MethodConfig has no such field)"
+    if note not in CHECKPOINTING_NOTE:
+        CHECKPOINTING_NOTE.append(note)
+    return cfg
+
+
+def run_case(case: Case, data: dict[str, Any], steps: int, device: torch.device, dtype: torch.dtype) -> dict[str, Any]:
+    """Build the case's model and run its method once; returns the fit's features."""
+    from mllm_unlearn.data.collate import Encoder
+    from mllm_unlearn.methods import get_method
+
+    vlm = build_model(case, data["words"], device, dtype)
+    shape = shape_of(vlm.model.config)
+    batch = case.shape.batch if case.shape is not None else data["predict_batch"]
+    forget, retain = data["forget"][: 2 * batch], data["retain"][: 2 * batch]
+    encoded = Encoder(vlm, cache_size=0).batch(forget[:batch], train=True)
+    image_id = vlm.model.config.image_token_id if hasattr(vlm.model.config, "image_token_id") else \
+        vlm.model.config.image_token_index
+    tokens = int(encoded["attention_mask"].sum())
+    features = {"parameters": sum(p.numel() for p in vlm.model.parameters()), "tokens": tokens,
+                "image_tokens": int((encoded["input_ids"] == image_id).sum()), "batch": batch, **shape}
+    method = get_method(case.method)
+    cfg = method_config(case, batch, steps, shape["L"])
+    method.check_options(cfg)
+    method.unlearn(vlm, forget, retain, cfg)
+    return features
+
+
+def measure_in_child(case: Case, data: dict[str, Any], steps: int, dtype: torch.dtype) -> dict[str, Any]:
+    """Run the case in a forked child; its peak resident set (bytes) and features, or its error."""
+    read, write = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child
+        os.close(read)
+        try:
+            torch.manual_seed(0)
+            out = {"features": run_case(case, data, steps, torch.device("cpu"), dtype)}
+        except BaseException as error:  # noqa: BLE001 - reported in the table, the run goes on
+            out = {"error": f"{type(error).__name__}: {str(error).splitlines()[0] if str(error) else ''}"[:200]}
+        with os.fdopen(write, "w") as pipe:
+            pipe.write(json.dumps(out))
+        os._exit(0)
+    os.close(write)
+    with os.fdopen(read) as pipe:
+        text = pipe.read()
+    _, status, usage = os.wait4(pid, 0)
+    out = json.loads(text) if text else {"error": f"child ended with status {status} (killed: out of memory?)"}
+    out["peak_bytes"] = usage.ru_maxrss * 1024  # Linux: kilobytes
+    return out
+
+
+def warm_up(families: list[str], data: dict[str, Any], dtype: torch.dtype) -> None:
+    """Import everything a case uses (model classes, processors, peft, accelerate, every method)
+    in the parent, once: the forked children share it instead of importing it each time. Freed
+    memory is returned to the system afterwards, so that no child reuses the parent's freed pages
+    without them showing in its own peak."""
+    import ctypes
+    import gc
+
+    from mllm_unlearn.methods import available_methods
+
+    available_methods()
+    for family in families:
+        run_case(Case(family, "ga", "lora", Shape(32, 2, 1)), data, 1, torch.device("cpu"), dtype)
+    gc.collect()
+    try:
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except OSError:  # not glibc: freed pages may stay with the parent (the baseline includes them)
+        pass
+
+
+def idle_child_peak() -> int:
+    """Peak resident set of a forked child that does nothing: the parent's share, subtracted."""
+    pid = os.fork()
+    if pid == 0:
+        os._exit(0)
+    _, _, usage = os.wait4(pid, 0)
+    return usage.ru_maxrss * 1024
+
+
+def measure_on_gpu(case: Case, data: dict[str, Any], steps: int, device: torch.device, dtype: torch.dtype) -> dict[str, Any]:
+    import gc
+
+    gc.collect()
+    torch.cuda.empty_cache()
+    torch.cuda.reset_peak_memory_stats(device)
+    before = torch.cuda.memory_allocated(device)
+    try:
+        torch.manual_seed(0)
+        out: dict[str, Any] = {"features": run_case(case, data, steps, device, dtype)}
+    except torch.OutOfMemoryError as error:
+        out = {"error": f"OutOfMemoryError: {str(error).splitlines()[0]}"[:200]}
+    except Exception as error:  # noqa: BLE001 - reported in the table, the run goes on
+        out = {"error": f"{type(error).__name__}: {str(error).splitlines()[0] if str(error) else ''}"[:200]}
+    peak = torch.cuda.max_memory_allocated(device) - before
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        value = torch.tensor([peak], device=device)
+        torch.distributed.all_reduce(value, op=torch.distributed.ReduceOp.MAX)
+        peak = int(value.item())
+    out["peak_bytes"] = peak
+    gc.collect()
+    torch.cuda.empty_cache()
+    return out
+
+
+# --- the fit ----------------------------------------------------------------------------------
+FEATURE_NAMES = ("parameters", "activations", "logits", "constant")
+
+
+def feature_row(f: dict[str, Any]) -> list[float]:
+    return [float(f["parameters"]), float(f["tokens"]) * (f["d"] * f["L"] + f["dv"] * f["Lv"]),
+            float(f["tokens"]) * f["V"], 1.0]
+
+
+def fit(points: list[tuple[dict[str, Any], int]]) -> list[float] | None:
+    """Non-negative least squares of peak bytes on the features, each column scaled to unit norm."""
+    import numpy as np
+    from scipy.optimize import nnls
+
+    if len(points) < len(FEATURE_NAMES):
+        return None
+    x = np.array([feature_row(f) for f, _ in points])
+    y = np.array([float(peak) for _, peak in points])
+    scale = np.linalg.norm(x, axis=0)
+    scale[scale == 0] = 1.0
+    coefficients, _ = nnls(x / scale, y)
+    return list(coefficients / scale)
+
+
+def predict(coefficients: list[float], features: dict[str, Any]) -> float:
+    return float(sum(c * v for c, v in zip(coefficients, feature_row(features))))
+
+
+def seven_b_features(family: str, batch: int, text_tokens: float, parameters: int) -> dict[str, Any]:
+    shape = shape_of(real_config(family))
+    tokens = batch * (REAL_IMAGE_TOKENS[family] + text_tokens)
+    return {"parameters": parameters, "tokens": tokens, "batch": batch, **shape}
+
+
+# --- main -------------------------------------------------------------------------------------
+def prepare_data(people: int, predict_batch: int) -> dict[str, Any]:
+    """A small built-in world (forget and retain training items) and its vocabulary."""
+    from mllm_unlearn.data import WorldConfig, generate_world, load_mllmu
+    from mllm_unlearn.models.tiny import words_of
+    from mllm_unlearn.pipeline import benchmark_texts
+
+    root = Path(tempfile.mkdtemp(prefix="scale_memory_")) / "world"
+    generate_world(root, WorldConfig(fictitious=people, real_world=2, seed=0))
+    benchmark = load_mllmu(root, forget_percent=10, seed=0)
+    vqa_first = lambda items: sorted(items, key=lambda i: i.modality != "vqa")  # noqa: E731 - image items first
+    return {"words": words_of(benchmark_texts(benchmark)), "forget": vqa_first(benchmark.forget_train),
+            "retain": vqa_first(benchmark.retain_train), "predict_batch": predict_batch}
+
+
+def gib(value: float | None) -> str:
+    return "–" if value is None else f"{value / GIB:.2f}"
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                     formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__)
+    parser.add_argument("--device", default="auto", help="auto (cuda when available), cpu or cuda[:N]")
+    parser.add_argument("--dtype", default=None, help="float32 or bfloat16 (default: bfloat16 on GPU, float32 on CPU)")
+    parser.add_argument("--families", default=",".join(FAMILIES), help="comma-separated: llava, qwen2.5-vl")
+    parser.add_argument("--methods", default=",".join(GRADIENT_METHODS + OTHER_METHODS), help="comma-separated")
+    parser.add_argument("--modes", default=",".join(MODES), help="gradient methods' modes: lora, full or both (default)")
+    parser.add_argument("--steps", type=int, default=2, help="optimizer steps per gradient method (default 2)")
+    parser.add_argument("--predict-batch", type=int, default=4, help="samples per step of the 7B cases (paper presets: 4)")
+    parser.add_argument("--people", type=int, default=20, help="fictitious people in the small world (data only)")
+    parser.add_argument("--shapes", help="CPU sizes as WIDTHxDEPTHxBATCH, comma-separated (default "
+                        + ",".join(f"{x.hidden}x{x.layers}x{x.batch}" for x in DEFAULT_SHAPES) + ")")
+    parser.add_argument("--quick", action="store_true", help="smoke run: LLaVA, ga and manu, two sizes (CPU; no prediction)")
+    parser.add_argument("--json", help="also write every measurement and prediction here (after each case)")
+    parser.add_argument("--from-json", help="measure nothing: print the CPU tables and predictions of a --json file "
+                                            "(e.g. an interrupted run's)")
+    args = parser.parse_args(argv)
+
+    from mllm_unlearn.utils import resolve_device, resolve_dtype
+
+    if args.from_json:
+        saved = json.loads(Path(args.from_json).read_text())
+        results = [{**r, "case": Case(r["case"]["family"], r["case"]["method"], r["case"]["mode"],
+                                      Shape(**r["case"]["shape"]) if r["case"]["shape"] else None)}
+                   for r in saved["measurements"]]
+        cpu = [r for r in results if r["case"].shape is not None]
+        info = saved.get("run", {})
+        order = lambda values: list(dict.fromkeys(values))  # noqa: E731 - first-seen order
+        report_cpu(cpu, order(r["case"].family for r in cpu), order(r["case"].method for r in cpu),
+                   tuple(order(r["case"].shape for r in cpu)), info.get("baseline", 0), info.get("dtype", "?"),
+                   info.get("steps", 0), info.get("predict_batch", args.predict_batch))
+        return 0
+
+    try:
+        device = resolve_device(args.device)
+        dtype = resolve_dtype(args.dtype or ("bfloat16" if device.type == "cuda" else "float32"))
+    except ValueError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 1
+    families = ["llava"] if args.quick else [f.strip() for f in args.families.split(",") if f.strip()]
+    methods = ["ga", "manu"] if args.quick else [m.strip() for m in args.methods.split(",") if m.strip()]
+    modes = tuple(m.strip() for m in args.modes.split(",") if m.strip())
+    unknown = sorted(set(modes) - set(MODES)) + sorted(set(families) - set(FAMILIES)) + sorted(set(methods) - set(GRADIENT_METHODS + OTHER_METHODS))
+    if unknown:
+        print(f"error: unknown family, method or mode {', '.join(unknown)}", file=sys.stderr)
+        return 1
+    torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "1")))
+    data = prepare_data(args.people, args.predict_batch)
+    distributed = int(os.environ.get("WORLD_SIZE", "1")) > 1
+    main_process = int(os.environ.get("RANK", "0")) == 0
+    results: list[dict[str, Any]] = []
+
+    if device.type == "cuda":
+        if distributed:
+            from mllm_unlearn.utils import init_distributed
+
+            init_distributed(cpu=False)
+        for family in families:
+            for method, mode in method_modes(methods, modes):
+                case = Case(family, method, mode, None)
+                out = measure_on_gpu(case, data, args.steps, device, dtype)
+                results.append({"case": case, **out})
+        if main_process:
+            processes = int(os.environ.get("WORLD_SIZE", "1"))
+            print(f"\nPeak GPU memory (GiB, weights included), real 7B configs, random weights, {dtype}, "
+                  f"batch {args.predict_batch}, {args.steps} steps; {processes} process(es) (largest per-process peak)")
+            print(*CHECKPOINTING_NOTE, sep="\n")
+            print("\n| family | method | mode | peak (GiB) | fits 80 GB | note |\n|---|---|---|---|---|---|")
+            for r in results:
+                c = r["case"]
+                fits = "–" if "error" in r else ("yes" if r["peak_bytes"] <= ONE_GPU_BYTES else "no")
+                print(f"| {c.family} | {c.method} | {c.mode} | {gib(r['peak_bytes'])} | {fits} | {r.get('error', '')} |")
+        _write_json(args.json, results, None)
+        return 0
+
+    if distributed:
+        print("error: sharded measurement needs GPUs (the CPU mode forks one child per case)", file=sys.stderr)
+        return 1
+    shapes = QUICK_SHAPES if args.quick else DEFAULT_SHAPES
+    if args.shapes:
+        try:
+            shapes = tuple(Shape(*(int(v) for v in text.lower().split("x"))) for text in args.shapes.split(","))
+        except (TypeError, ValueError):
+            print(f"error: --shapes {args.shapes!r}: expected WIDTHxDEPTHxBATCH[,...], e.g. 64x2x2,128x4x2", file=sys.stderr)
+            return 1
+    warm_up(families, data, dtype)
+    baseline = idle_child_peak()
+    run_info = {"baseline": baseline, "dtype": str(dtype), "steps": args.steps, "predict_batch": args.predict_batch}
+    for family in families:
+        for method, mode in method_modes(methods, modes):
+            for shape in shapes:
+                case = Case(family, method, mode, shape)
+                out = measure_in_child(case, data, args.steps, dtype)
+                out["peak_bytes"] = max(0, out["peak_bytes"] - baseline)
+                results.append({"case": case, **out})
+                print(f"  {family} {method} {mode} d={shape.hidden} L={shape.layers} batch={shape.batch}: "
+                      f"{gib(out['peak_bytes'])} GiB {out.get('error', '')}", file=sys.stderr, flush=True)
+                _write_json(args.json, results, None, run_info)  # so far: an interrupted run keeps its cases
+
+    predictions = report_cpu(results, families, methods, shapes, baseline, str(dtype), args.steps, args.predict_batch)
+    _write_json(args.json, results, predictions, run_info)
+    return 0
+
+
+def report_cpu(results: list[dict[str, Any]], families: list[str], methods: list[str], shapes: tuple[Shape, ...],
+               baseline: int, dtype: str, steps: int, predict_batch: int) -> list[dict[str, Any]]:
+    """Print the CPU table, the growth lines and the fitted 7B predictions; returns the predictions."""
+    measured = {(r["case"].method, r["case"].mode) for r in results}
+
+    def method_modes(methods: list[str]) -> list[tuple[str, str]]:  # the measured ones, in the usual order
+        return [pair for pair in globals()["method_modes"](methods) if pair in measured]
+
+    print(f"\nPeak memory (GiB) on CPU, scaled-down configs of the real architectures (real vocabulary), {dtype}, "
+          f"{steps} steps, each case in a forked child: peak resident set minus an idle child's "
+          f"({gib(baseline)} GiB). d: LM width, L: LM depth, batch: samples per step.")
+    print(*CHECKPOINTING_NOTE, sep="\n")
+    header = [f"d={s.hidden} L={s.layers} b={s.batch}" for s in shapes]
+    print("\n| family | method | mode | " + " | ".join(header) + " |\n|---|---|---|" + "---|" * len(shapes))
+    for family in families:
+        for method, mode in method_modes(methods):
+            found = {r["case"].shape: r for r in results
+                     if r["case"].family == family and r["case"].method == method and r["case"].mode == mode}
+            cells = ["–" if s not in found else ("error" if "error" in found[s] else gib(found[s]["peak_bytes"]))
+                     for s in shapes]
+            print(f"| {family} | {method} | {mode} | " + " | ".join(cells) + " |")
+    errors = [r for r in results if "error" in r]
+    for r in errors:
+        c = r["case"]
+        print(f"- error, {c.family} {c.method} {c.mode} d={c.shape.hidden} L={c.shape.layers}: {r['error']}")
+
+    predictions = []
+    print("\nGrowth: tokens per step (batch × sequence) and parameters of each size, per family:")
+    for family in families:
+        seen = {}
+        for r in results:
+            if r["case"].family == family and "features" in r:
+                seen.setdefault(r["case"].shape, r["features"])
+        print(f"- {family}: " + "; ".join(f"d={s.hidden} L={s.layers} b={s.batch}: {f['tokens']} tokens, "
+                                          f"{f['parameters'] / 1e6:.1f} M parameters" for s, f in seen.items()))
+    print(f"\nPREDICTED peak memory (GiB) of the real 7B models, batch {predict_batch} (LLaVA {REAL_IMAGE_TOKENS['llava']} "
+          f"image tokens per sample, Qwen2.5-VL {REAL_IMAGE_TOKENS['qwen2.5-vl']}), {dtype}, from the fit "
+          "peak ≈ a·parameters + b·tokens·(d·L + d_v·L_v) + c·tokens·vocab + e over the sizes above. "
+          "Extrapolated far beyond the measured sizes: a prediction until the GPU mode measures it.")
+    print("\n| family | method | mode | predicted peak (GiB) | fits 80 GB | a (B/param) | points |\n|---|---|---|---|---|---|---|")
+    for family in families:
+        ok = [r for r in results if r["case"].family == family and "features" in r]
+        if not ok:
+            continue
+        text_tokens = sum(r["features"]["tokens"] / r["features"]["batch"] - r["features"]["image_tokens"] /
+                          r["features"]["batch"] for r in ok) / len(ok)
+        target = seven_b_features(family, predict_batch, text_tokens, parameter_count(family))
+        for method, mode in method_modes(methods):
+            points = [(r["features"], r["peak_bytes"]) for r in ok if r["case"].method == method and r["case"].mode == mode]
+            coefficients = fit(points)
+            value = predict(coefficients, target) if coefficients else None
+            predictions.append({"family": family, "method": method, "mode": mode, "predicted_bytes": value,
+                                "coefficients": coefficients, "points": len(points), "target": target})
+            fits = "–" if value is None else ("yes" if value <= ONE_GPU_BYTES else "no")
+            print(f"| {family} | {method} | {mode} | {gib(value)} | {fits} | "
+                  f"{'–' if not coefficients else f'{coefficients[0]:.1f}'} | {len(points)} |")
+    return predictions
+
+
+def _write_json(path: str | None, results: list[dict[str, Any]], predictions: list[dict[str, Any]] | None,
+                run: dict[str, Any] | None = None) -> None:
+    if not path:
+        return
+    from dataclasses import asdict
+
+    rows = [{**{k: v for k, v in r.items() if k != "case"}, "case": asdict(r["case"])} for r in results]
+    Path(path).write_text(json.dumps({"run": run or {}, "measurements": rows, "predictions": predictions}, indent=2))
+
+
+if __name__ == "__main__":
+    sys.exit(main())
