@@ -21,12 +21,14 @@ from .eval.clear import ClearEvalConfig, ClearEvaluator
 from .eval.generalisation import generalisation_breakdown
 from .eval.mia import MIAConfig, membership_inference, mia_items
 from .eval.relearn import RelearnConfig, relearn_attack
+from .eval.tradeoff import tradeoff
 from .interventions import Edit, WeightDelta, load_edit
 from .methods import MethodConfig, get_method
 from .methods.base import UnlearningDiverged
 from .models import VLM, TinySize, load_vlm
 from .models.tiny import build_tiny_vlm, words_of
 from .report import render_html, render_markdown
+from .sweep import preset_record
 from .training.inject import (INJECTION_META, InjectionConfig, inject_knowledge, injection_cache_key, injection_meta_text,
                               injection_texts)
 from .utils import (atomic_write_text, init_distributed, is_main_process, peak_memory_mb, process_rank_and_count,
@@ -65,6 +67,9 @@ class RunConfig:
     mia: MIAConfig | None = field(default_factory=MIAConfig)
     relearn: RelearnConfig | None = field(default_factory=RelearnConfig)
     progress: bool = True
+    # A preset file's content (``sweep.load_preset``): recorded in results.json; a preset chosen on
+    # a carved-out validation split takes those people out of the reported splits.
+    preset: dict[str, Any] | None = None
 
 
 def benchmark_texts(benchmark: Benchmark) -> list[str]:
@@ -305,6 +310,10 @@ def run_pipeline(cfg: RunConfig) -> dict[str, Any]:
 
     start = time.perf_counter()
     benchmark, benchmark_key = prepare_benchmark(cfg)
+    if cfg.preset is not None:
+        from .sweep import exclude_validation_people
+
+        benchmark = exclude_validation_people(benchmark, cfg.preset)
     timings["benchmark"] = time.perf_counter() - start
 
     start = time.perf_counter()
@@ -401,6 +410,7 @@ def run_pipeline(cfg: RunConfig) -> dict[str, Any]:
         "method_config": cfg.method_cfg.to_dict() if cfg.edit is None else edit.meta.get("config"), "eval": asdict(cfg.eval),
         "mia": asdict(cfg.mia) if cfg.mia else None, "relearn": asdict(cfg.relearn) if cfg.relearn else None,
         "versions": versions(),
+        "preset": preset_record(cfg.preset) if cfg.preset is not None else None,
     }
     if clear:
         config.update({"gold_model_path": gold_path, "clear_tofu": cfg.clear_tofu})
@@ -412,6 +422,8 @@ def run_pipeline(cfg: RunConfig) -> dict[str, Any]:
         "vanilla": vanilla,
         "unlearned": unlearned,
         **({"gold": gold} if clear else {}),
+        # Chance-corrected forget efficacy, retention and their harmonic mean per modality (eval/tradeoff.py).
+        **({} if clear else {"tradeoff": tradeoff(vanilla["figures"], unlearned["figures"])}),
         "generalisation": generalisation,
         "robustness": robustness,
         "edit": {"kind": edit.kind, "path": str(run_dir / "edit"), "steps": edit.meta.get("steps")},
