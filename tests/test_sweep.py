@@ -170,3 +170,44 @@ def test_run_preset_applies_its_values_cli_options_override_and_results_record_i
     assert set(results["tradeoff"]) == {"vqa", "qa"} and "harmonic_mean" in results["tradeoff"]["vqa"]
     report = (root / "runs" / "with-preset" / "report.md").read_text()
     assert "chosen on the built-in world's validation people" in report and "## Trade-off" in report
+
+
+class _LowestTrial:
+    """Stands in for an Optuna trial: every option at the low end of its range."""
+
+    def suggest_float(self, name, low, high, log=False):
+        return low
+
+    def suggest_int(self, name, low, high):
+        return low
+
+    def suggest_categorical(self, name, choices):
+        return choices[0]
+
+
+def test_every_method_has_a_search_space_its_options_accept():
+    from mllm_unlearn.methods import available_methods, get_method
+    from mllm_unlearn.methods.defaults import method_defaults
+    from mllm_unlearn.methods.search_spaces import apply_values, sample, search_space
+
+    for method in available_methods():
+        values = sample(search_space(method), _LowestTrial())
+        cfg = apply_values(method_defaults(method), values)
+        get_method(method).check_options(cfg)  # every extra.<key> is an option the method reads
+        for name, value in values.items():
+            assert (cfg.extra[name.removeprefix("extra.")] if name.startswith("extra.") else getattr(cfg, name)) == value
+    with pytest.raises(ValueError, match="no search space"):
+        search_space("not-a-method")
+
+
+def test_choice_is_the_best_harmonic_mean_of_the_front_with_an_optional_retention_floor():
+    from mllm_unlearn.sweep import choose
+
+    def trial(number, efficacy, retention, harmonic):
+        return {"number": number, "objectives": {"forget_efficacy": efficacy, "retention": retention},
+                "overall": {"harmonic_mean": harmonic}}
+
+    front = [trial(0, 0.4, 0.84, 0.40), trial(3, 0.99, 0.37, 0.54), trial(5, 0.2, 0.99, 0.54)]
+    assert choose(front)["number"] == 3  # best harmonic mean; the tie goes to the earlier trial
+    assert choose(front, min_retention=0.8)["number"] == 5
+    assert choose(front, min_retention=0.995)["number"] == 3  # none keeps that much: the whole front

@@ -175,6 +175,9 @@ def sweep(
     forget: int = typer.Option(10, help="Forget split percentage of the benchmark (5, 10 or 15)."),
     max_items: Optional[int] = typer.Option(None, help="Subsample each validation split x modality to this many "
                                                        "questions (seeded)."),
+    min_retention: Optional[float] = typer.Option(
+        None, min=0.0, max=1.0, help="Choose the preset among front trials keeping at least this retention "
+                                     "(e.g. 0.95; the whole front when none does). Changes only the choice."),
     people: Optional[int] = typer.Option(None, help="Fictitious people in the built-in world (default 100)."),
     real_people: Optional[int] = typer.Option(None, help="Real-world people in the built-in world (default 30)."),
     seed: int = typer.Option(0, help="Seed for everything: the same seed gives the same trials."),
@@ -210,6 +213,7 @@ def sweep(
                         eval=EvalConfig(tasks=("mcq",), seed=seed, progress=False), progress=not quiet)
         summary = run_sweep(cfg, SweepConfig(method=method, trials=trials, out_dir=str(out), storage=storage,
                                              study_name=study_name, max_items_per_group=max_items,
+                                             min_retention=min_retention,
                                              progress=not quiet), on_trial=progress)
     except (ValueError, FileNotFoundError) as error:
         typer.secho(f"error: {error}", fg=typer.colors.RED, err=True)

@@ -22,7 +22,8 @@ validation split, whose chosen point becomes a preset file for ``mllm-unlearn ru
   with the best harmonic mean (of forget efficacy and retention, per modality, averaged over
   modalities; ties: the earlier trial). Saved as ``OUT/preset.json``.
 
-Output folder: ``trials.json`` (every trial's values and figures), ``front.json``,
+Output folder: ``trials.json`` (every trial's values and figures), ``front.json``, ``summary.json``
+(the vanilla model's validation figures, the validation people, the chosen trial),
 ``preset.json``, ``report.md`` and ``report.html`` (the front as a table and a plot).
 """
 from __future__ import annotations
@@ -30,7 +31,7 @@ from __future__ import annotations
 import json
 import math
 import random
-from dataclasses import asdict, dataclass, replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Callable
 
@@ -56,6 +57,9 @@ class SweepConfig:
     storage: str | None = None  # an Optuna storage URL; default sqlite:///OUT/study.db
     study_name: str | None = None  # default: the method's name
     max_items_per_group: int | None = None  # subsample each validation split x modality (seeded)
+    # The choice only: among front trials whose retention is at least this (when any is), the best
+    # harmonic mean. None: the whole front.
+    min_retention: float | None = None
     progress: bool = True
 
 
@@ -277,9 +281,17 @@ def trial_record(trial: Any) -> dict[str, Any]:
             **({"diverged": attrs["diverged"]} if "diverged" in attrs else {})}
 
 
-def choose(front: list[dict[str, Any]]) -> dict[str, Any]:
-    """The front's trial with the best harmonic mean (``CHOICE_RULE``)."""
-    return max(front, key=lambda t: ((t["overall"] or {}).get("harmonic_mean") or 0.0, -t["number"]))
+def choose(front: list[dict[str, Any]], min_retention: float | None = None) -> dict[str, Any]:
+    """The front's trial with the best harmonic mean (``CHOICE_RULE``), among those keeping at least
+    ``min_retention`` when any does."""
+    kept = [t for t in front if min_retention is None or t["objectives"]["retention"] >= min_retention]
+    return max(kept or front, key=lambda t: ((t["overall"] or {}).get("harmonic_mean") or 0.0, -t["number"]))
+
+
+def choice_rule(min_retention: float | None) -> str:
+    if min_retention is None:
+        return CHOICE_RULE
+    return (f"{CHOICE_RULE}; only trials with retention >= {min_retention} (the whole front when none has)")
 
 
 def write_outputs(study: Any, sweep: SweepConfig, validation: Benchmark, cfg: Any) -> dict[str, Any]:
@@ -292,13 +304,14 @@ def write_outputs(study: Any, sweep: SweepConfig, validation: Benchmark, cfg: An
                    key=lambda t: (-t["objectives"]["forget_efficacy"], t["number"]))
     summary: dict[str, Any] = {"method": sweep.method, "study": study.study_name, "storage": _storage_url(sweep),
                                "validation": validation.meta, "vanilla": study.user_attrs.get("vanilla"),
-                               "chance_accuracy": CHANCE_ACCURACY, "trials": trials, "front": front}
+                               "chance_accuracy": CHANCE_ACCURACY, "rule": choice_rule(sweep.min_retention),
+                               "trials": trials, "front": front}
     atomic_write_text(out / "trials.json", json.dumps(trials, indent=2))
     atomic_write_text(out / "front.json", json.dumps(front, indent=2))
     if front:
-        chosen = choose(front)
+        chosen = choose(front, sweep.min_retention)
         preset = {"format": PRESET_FORMAT, "method": sweep.method, "values": chosen["values"],
-                  "chosen_by": {"rule": CHOICE_RULE, "trial": chosen["number"], "objectives": chosen["objectives"],
+                  "chosen_by": {"rule": choice_rule(sweep.min_retention), "trial": chosen["number"], "objectives": chosen["objectives"],
                                 "overall": chosen["overall"], "tradeoff": chosen["tradeoff"],
                                 "trials": len(trials), "study": study.study_name, "storage": _storage_url(sweep),
                                 "seed": cfg.seed},
@@ -306,6 +319,8 @@ def write_outputs(study: Any, sweep: SweepConfig, validation: Benchmark, cfg: An
                   "family": cfg.family, "benchmark": study.user_attrs.get("identity", {}).get("benchmark")}
         atomic_write_text(out / "preset.json", json.dumps(preset, indent=2))
         summary.update(chosen=chosen, preset=str(out / "preset.json"))
+    atomic_write_text(out / "summary.json", json.dumps({k: v for k, v in summary.items() if k not in ("trials", "front")},
+                                                       indent=2))
     atomic_write_text(out / "report.md", sweep_markdown(summary))
     atomic_write_text(out / "report.html", sweep_html(summary))
     return summary
@@ -338,7 +353,7 @@ def sweep_markdown(summary: dict[str, Any]) -> str:
              f"- Measured on {describe_validation(summary['validation'])}; classification accuracy only (likelihood "
              f"scorer), chance {summary['chance_accuracy']:.0f}%",
              f"- Objectives (maximised): chance-corrected forget efficacy and retention (mean of retain and real-world), "
-             "each averaged over VQA and QA", f"- Chosen: {CHOICE_RULE}", ""]
+             "each averaged over VQA and QA", f"- Chosen: {summary['rule']}", ""]
     if summary.get("chosen"):
         lines += [f"Preset: `{summary['preset']}` (trial {summary['chosen']['number']}): "
                   f"`{json.dumps(summary['chosen']['values'], sort_keys=True)}`", ""]
@@ -386,8 +401,9 @@ def sweep_html(summary: dict[str, Any]) -> str:
                  _f(t["objectives"]["retention"]), _f((t["overall"] or {}).get("harmonic_mean"))]
                 for t in summary["trials"] if t["objectives"]]
     title = f"Sweep: {summary['method']}"
-    notes = "".join(f"<p class='note'>{html.escape(line.removeprefix('- '))}</p>"
-                    for line in sweep_markdown(summary).splitlines()[2:7] if line.startswith("- ") or line.startswith("Preset"))
+    heading = sweep_markdown(summary).split("## Pareto front")[0].splitlines()[1:]
+    notes = "".join(f"<p class='note'>{html.escape(line.removeprefix('- ').replace('`', ''))}</p>"
+                    for line in heading if line.strip())
     return "\n".join([
         f"<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'><title>{html.escape(title)}</title>"
         f"<style>{STYLE}</style></head><body>", f"<h1>{html.escape(title)}</h1>", notes,
@@ -395,7 +411,3 @@ def sweep_html(summary: dict[str, Any]) -> str:
         _figure_html(front_plot(summary), "Forget efficacy (x) vs retention (y) of every trial; best is top-right",
                      "front"),
         "<h2>Every trial</h2>", _table(all_header, all_rows, "trials"), "</body></html>"])
-
-
-def sweep_config_dict(sweep: SweepConfig) -> dict[str, Any]:
-    return asdict(sweep)
