@@ -33,7 +33,8 @@ def sweep_setup(tmp_path_factory):
 @pytest.fixture(scope="module")
 def three_trials(sweep_setup):
     root, cfg = sweep_setup
-    return run_sweep(cfg, SweepConfig(method="ga", trials=3, out_dir=str(root / "a"), progress=False), space=SPACE)
+    return run_sweep(cfg, SweepConfig(method="ga", trials=3, out_dir=str(root / "a"), progress=False,
+                                      fixed={"batch_size": 8}), space=SPACE)
 
 
 def test_builtin_validation_people_are_trained_on_but_in_no_reported_split(benchmark):
@@ -88,7 +89,7 @@ def test_three_trial_sweep_writes_trials_front_report_and_preset(three_trials, s
     trials = json.loads((out / "trials.json").read_text())
     assert len(trials) == 3 and [t["number"] for t in trials] == [0, 1, 2]
     for trial in trials:
-        assert set(trial["values"]) == {"lr", "max_steps"}
+        assert set(trial["values"]) == {"lr", "max_steps", "batch_size"} and trial["values"]["batch_size"] == 8
         assert set(trial["tradeoff"]) == {"vqa", "qa"} and 0 <= trial["objectives"]["retention"] <= 1
         assert set(trial["figures"]) == {"forget", "retain", "real_world"}  # measured on the validation split
     front = json.loads((out / "front.json").read_text())
@@ -109,7 +110,7 @@ def test_three_trial_sweep_writes_trials_front_report_and_preset(three_trials, s
 
 def test_resumed_sweep_runs_only_the_missing_trials_and_same_seed_gives_same_trials(three_trials, sweep_setup):
     root, cfg = sweep_setup
-    sweep = SweepConfig(method="ga", trials=2, out_dir=str(root / "b"), progress=False)
+    sweep = SweepConfig(method="ga", trials=2, out_dir=str(root / "b"), progress=False, fixed={"batch_size": 8})
     ran = []
     run_sweep(cfg, sweep, space=SPACE, on_trial=ran.append)
     assert len(ran) == 2
@@ -123,6 +124,8 @@ def test_resumed_sweep_runs_only_the_missing_trials_and_same_seed_gives_same_tri
     assert len(ran) == 3 and len(again["trials"]) == 3  # nothing left to run
     with pytest.raises(ValueError, match="other settings"):
         run_sweep(replace(cfg, seed=1), replace(sweep, trials=4), space=SPACE)
+    with pytest.raises(ValueError, match="other settings"):
+        run_sweep(cfg, replace(sweep, trials=4, fixed={"batch_size": 4}), space=SPACE)
 
 
 def test_run_preset_applies_its_values_cli_options_override_and_results_record_it(three_trials, sweep_setup,
@@ -161,7 +164,7 @@ def test_run_preset_applies_its_values_cli_options_override_and_results_record_i
 
     preset = load_preset(root / "a" / "preset.json")
     run_cfg = replace(cfg, name="with-preset", preset=preset,
-                      method_cfg=apply_values(replace(cfg.method_cfg, batch_size=8), preset["values"]),
+                      method_cfg=apply_values(cfg.method_cfg, preset["values"]),
                       eval=EvalConfig(tasks=("mcq",), max_items_per_group=6, progress=False))
     results = run_pipeline(run_cfg)
     saved = json.loads((root / "runs" / "with-preset" / "results.json").read_text())

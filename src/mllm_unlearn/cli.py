@@ -178,6 +178,10 @@ def sweep(
     min_retention: Optional[float] = typer.Option(
         None, min=0.0, max=1.0, help="Choose the preset among front trials keeping at least this retention "
                                      "(e.g. 0.95; the whole front when none does). Changes only the choice."),
+    batch_size: Optional[int] = typer.Option(None, help="Unlearning batch size of every trial (method default if "
+                                                        "unset and not searched)."),
+    option: list[str] = typer.Option([], "--option", "-o", help="Method option KEY=VALUE every trial uses, where "
+                                                               "the search space does not search it (repeatable)."),
     people: Optional[int] = typer.Option(None, help="Fictitious people in the built-in world (default 100)."),
     real_people: Optional[int] = typer.Option(None, help="Real-world people in the built-in world (default 30)."),
     seed: int = typer.Option(0, help="Seed for everything: the same seed gives the same trials."),
@@ -214,6 +218,8 @@ def sweep(
         summary = run_sweep(cfg, SweepConfig(method=method, trials=trials, out_dir=str(out), storage=storage,
                                              study_name=study_name, max_items_per_group=max_items,
                                              min_retention=min_retention,
+                                             fixed={**({"batch_size": batch_size} if batch_size else {}),
+                                                    **{f"extra.{k}": v for k, v in parse_options(option).items()}},
                                              progress=not quiet), on_trial=progress)
     except (ValueError, FileNotFoundError) as error:
         typer.secho(f"error: {error}", fg=typer.colors.RED, err=True)

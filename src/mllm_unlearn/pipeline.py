@@ -119,8 +119,10 @@ def resolve_default_inputs(model: str | None, benchmark: str | None,
 def prepare_benchmark(cfg: RunConfig) -> tuple[Benchmark, str]:
     """The benchmark (generated into the cache if built in) and a key that names its content."""
     if cfg.benchmark == BUILTIN_CLEAR:
-        root = Path(cfg.cache_dir) / "benchmarks" / f"clear-{cfg.world.key()}"
-        key = f"clear-synthetic:{cfg.world.key()}"
+        # CLEAR's layout has no validation people: its world (and cache key) is as without them.
+        world_key = replace(cfg.world, validation_percent=0).key()
+        root = Path(cfg.cache_dir) / "benchmarks" / f"clear-{world_key}"
+        key = f"clear-synthetic:{world_key}"
         if not (root / "world.json").is_file() and is_main_process():
             generate_world(root, cfg.world, layout="clear")
     elif cfg.benchmark:

@@ -31,7 +31,7 @@ from __future__ import annotations
 import json
 import math
 import random
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Callable
 
@@ -60,6 +60,9 @@ class SweepConfig:
     # The choice only: among front trials whose retention is at least this (when any is), the best
     # harmonic mean. None: the whole front.
     min_retention: float | None = None
+    # Options every trial uses and the space does not search (e.g. {"extra.layer": 1, "batch_size": 8}),
+    # over the method's defaults; part of the preset.
+    fixed: dict[str, Any] = field(default_factory=dict)
     progress: bool = True
 
 
@@ -200,7 +203,10 @@ def run_sweep(cfg: Any, sweep: SweepConfig, space: Space | None = None,
     from .utils import seed_everything
 
     space = dict(space if space is not None else search_space(sweep.method))
-    get_method(sweep.method).check_options(method_defaults(sweep.method, seed=cfg.seed))
+    fixed = {name: value for name, value in sweep.fixed.items() if name not in space}
+    base_cfg = apply_values(replace(method_defaults(sweep.method, seed=cfg.seed), progress=False), fixed,
+                            source="sweep's fixed options")
+    get_method(sweep.method).check_options(base_cfg)
     if sweep.trials < 1:
         raise ValueError(f"--trials must be >= 1, got {sweep.trials}")
     if cfg.benchmark == "clear":
@@ -211,7 +217,8 @@ def run_sweep(cfg: Any, sweep: SweepConfig, space: Space | None = None,
     benchmark, benchmark_key = prepare_benchmark(cfg)
     validation = validation_benchmark(benchmark, cfg.seed)
     identity = {"method": sweep.method, "seed": cfg.seed, "benchmark": benchmark_key,
-                "validation_people": validation.meta.get("people"), "space": {k: list(v) for k, v in space.items()}}
+                "validation_people": validation.meta.get("people"), "space": {k: list(v) for k, v in space.items()},
+                "fixed": fixed}
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     study = optuna.create_study(study_name=sweep.study_name or sweep.method, storage=_storage_url(sweep),
@@ -242,8 +249,7 @@ def run_sweep(cfg: Any, sweep: SweepConfig, space: Space | None = None,
     def objective(trial: Any) -> tuple[float, float]:
         vlm, evaluator, vanilla = vanilla_state()
         values = sample(space, trial)
-        method_cfg = apply_values(replace(method_defaults(sweep.method, seed=cfg.seed), progress=False), values,
-                                  source=f"search space of {sweep.method}")
+        method_cfg = apply_values(base_cfg, values, source=f"search space of {sweep.method}")
         method = get_method(sweep.method)
         retain = validation.retain_train + (validation.prior_knowledge() if method.uses_prior_knowledge else [])
         seed_everything(cfg.seed)
@@ -258,7 +264,7 @@ def run_sweep(cfg: Any, sweep: SweepConfig, space: Space | None = None,
             torch.cuda.empty_cache()
         per_modality = tradeoff(vanilla, figures)
         summary = overall(per_modality)
-        trial.set_user_attr("values", nested(values))
+        trial.set_user_attr("values", nested({**fixed, **values}))
         trial.set_user_attr("figures", figures)
         trial.set_user_attr("tradeoff", per_modality)
         trial.set_user_attr("overall", summary)
