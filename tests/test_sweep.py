@@ -75,6 +75,10 @@ def test_carve_out_is_seeded_disjoint_and_left_out_of_reported_figures(benchmark
     assert not left["real_world"] & set(people["real_world"])
     assert left["forget"] == set(benchmark.forget_ids)
     assert len(reported.meta["validation_people_left_out"]) == 2 * len(benchmark.forget_ids) + 1
+    elsewhere = exclude_validation_people(plain, {"validation": carved.meta, "benchmark": "dir:/other"}, "dir:/this")
+    assert elsewhere.eval_splits == plain.eval_splits and "nobody left out" in elsewhere.meta["validation_note"]
+    assert exclude_validation_people(plain, {"validation": carved.meta, "benchmark": "dir:/this"},
+                                     "dir:/this").eval_splits == reported.eval_splits
     builtin = exclude_validation_people(benchmark, {"validation": benchmark.validation.meta})
     assert builtin.eval_splits == benchmark.eval_splits  # built-in validation people are in no reported split
 
@@ -173,6 +177,8 @@ def test_run_preset_applies_its_values_cli_options_override_and_results_record_i
     assert set(results["tradeoff"]) == {"vqa", "qa"} and "harmonic_mean" in results["tradeoff"]["vqa"]
     report = (root / "runs" / "with-preset" / "report.md").read_text()
     assert "chosen on the built-in world's validation people" in report and "## Trade-off" in report
+    page = (root / "runs" / "with-preset" / "report.html").read_text()
+    assert "Trade-off (classification, chance-corrected)" in page and "chosen on the built-in world" in page
 
 
 class _LowestTrial:

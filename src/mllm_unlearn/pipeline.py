@@ -315,7 +315,7 @@ def run_pipeline(cfg: RunConfig) -> dict[str, Any]:
     if cfg.preset is not None:
         from .sweep import exclude_validation_people
 
-        benchmark = exclude_validation_people(benchmark, cfg.preset)
+        benchmark = exclude_validation_people(benchmark, cfg.preset, benchmark_key)
     timings["benchmark"] = time.perf_counter() - start
 
     start = time.perf_counter()

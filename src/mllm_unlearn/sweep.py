@@ -121,13 +121,18 @@ def validation_benchmark(benchmark: Benchmark, seed: int = 0) -> Benchmark:
     return carve_out_validation(benchmark, seed)
 
 
-def exclude_validation_people(benchmark: Benchmark, preset: dict[str, Any]) -> Benchmark:
+def exclude_validation_people(benchmark: Benchmark, preset: dict[str, Any], benchmark_key: str | None = None) -> Benchmark:
     """``benchmark`` without the people a preset's carved-out validation split used, in its retain and
     real-world splits (the figures a run reports). Built-in validation people are in no reported
-    split: nothing to leave out then."""
+    split: nothing to leave out then; nor when the preset records another benchmark than
+    ``benchmark_key`` (its people are not this benchmark's)."""
     validation = preset.get("validation") or {}
     if validation.get("validation") != "carve-out":
         return benchmark
+    if benchmark_key is not None and preset.get("benchmark") not in (None, benchmark_key):
+        return replace(benchmark, meta={**benchmark.meta, "validation_people_left_out": [],
+                                        "validation_note": f"the preset was chosen on {preset['benchmark']}, "
+                                                           "not this benchmark: nobody left out"})
     people = {p for group in validation.get("people", {}).values() for p in group}
     splits = {split: [i for i in items if not (split in ("retain", "real_world") and i.person_id in people)]
               for split, items in benchmark.eval_splits.items()}
@@ -271,7 +276,8 @@ def run_sweep(cfg: Any, sweep: SweepConfig, space: Space | None = None,
         return (summary["forget_efficacy"] or 0.0, summary["retention"] or 0.0)
 
     while len(_finished(study)) < sweep.trials:
-        study.sampler = optuna.samplers.TPESampler(seed=trial_seed(cfg.seed, len(study.trials)))
+        # constant_liar: trials other processes are running count as bad, so they are not sampled twice.
+        study.sampler = optuna.samplers.TPESampler(seed=trial_seed(cfg.seed, len(study.trials)), constant_liar=True)
         study.optimize(objective, n_trials=1, catch=(FloatingPointError,))
         if on_trial is not None:
             on_trial(trial_record(study.trials[-1]))
