@@ -181,6 +181,26 @@ def _storage_url(sweep: SweepConfig) -> str:
     return f"sqlite:///{(Path(sweep.out_dir) / 'study.db').resolve()}"
 
 
+def open_storage(url: str, attempts: int = 5) -> Any:
+    """Optuna's RDB storage at ``url``. Processes started together may race to create a new SQLite
+    file's tables (one gets "table ... already exists"): retried. SQLite waits up to 60 s for a
+    lock held by another process instead of failing at once."""
+    import time
+
+    import optuna
+    from sqlalchemy.exc import OperationalError
+
+    engine = {"connect_args": {"timeout": 60}} if url.startswith("sqlite") else {}
+    for attempt in range(attempts):
+        try:
+            return optuna.storages.RDBStorage(url, engine_kwargs=engine)
+        except OperationalError:
+            if attempt == attempts - 1:
+                raise
+            time.sleep(0.5 * (attempt + 1))
+    raise AssertionError("unreachable")
+
+
 def _finished(study: Any) -> list[Any]:
     from optuna.trial import TrialState
 
@@ -226,7 +246,7 @@ def run_sweep(cfg: Any, sweep: SweepConfig, space: Space | None = None,
                 "fixed": fixed}
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    study = optuna.create_study(study_name=sweep.study_name or sweep.method, storage=_storage_url(sweep),
+    study = optuna.create_study(study_name=sweep.study_name or sweep.method, storage=open_storage(_storage_url(sweep)),
                                 directions=["maximize", "maximize"], load_if_exists=True)
     recorded = study.user_attrs.get("identity")
     if recorded is None:
@@ -239,7 +259,7 @@ def run_sweep(cfg: Any, sweep: SweepConfig, space: Space | None = None,
     state: dict[str, Any] = {}
 
     def vanilla_state() -> tuple[Any, Evaluator, dict[str, Any]]:
-        if not state:  # loaded only when a trial is left to run
+        if "vlm" not in state:  # loaded only when a trial is left to run
             vlm, model_path, _ = prepare_vanilla(cfg, benchmark, benchmark_key)
             evaluator = Evaluator(vlm, EvalConfig(tasks=("mcq",), splits=VALIDATION_SPLITS, batch_size=cfg.eval.batch_size,
                                                   max_items_per_group=sweep.max_items_per_group, seed=cfg.seed,
@@ -252,6 +272,7 @@ def run_sweep(cfg: Any, sweep: SweepConfig, space: Space | None = None,
         return state["vlm"], state["evaluator"], state["vanilla"]
 
     def objective(trial: Any) -> tuple[float, float]:
+        state["trial"] = trial.number
         vlm, evaluator, vanilla = vanilla_state()
         values = sample(space, trial)
         method_cfg = apply_values(base_cfg, values, source=f"search space of {sweep.method}")
@@ -279,8 +300,8 @@ def run_sweep(cfg: Any, sweep: SweepConfig, space: Space | None = None,
         # constant_liar: trials other processes are running count as bad, so they are not sampled twice.
         study.sampler = optuna.samplers.TPESampler(seed=trial_seed(cfg.seed, len(study.trials)), constant_liar=True)
         study.optimize(objective, n_trials=1, catch=(FloatingPointError,))
-        if on_trial is not None:
-            on_trial(trial_record(study.trials[-1]))
+        if on_trial is not None:  # the trial this process ran (others may share the storage)
+            on_trial(trial_record(next(t for t in study.get_trials(deepcopy=False) if t.number == state["trial"])))
         write_outputs(study, sweep, validation, cfg)  # after each trial: an interrupted sweep keeps its figures
     return write_outputs(study, sweep, validation, cfg)
 
