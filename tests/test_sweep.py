@@ -6,6 +6,7 @@ import pytest
 from typer.testing import CliRunner
 
 from mllm_unlearn.cli import app
+from mllm_unlearn.data import WorldConfig
 from mllm_unlearn.eval import EvalConfig
 from mllm_unlearn.methods import MethodConfig
 from mllm_unlearn.pipeline import RunConfig, run_pipeline
@@ -17,12 +18,20 @@ from .conftest import SMALL_SIZE, SMALL_WORLD
 
 # Few, short trials: GA's learning rate and step count (the real space is methods/search_spaces.py).
 SPACE = {"lr": ("log", 1e-3, 3e-2), "max_steps": ("int", 1, 3)}
+VALIDATION_WORLD = replace(SMALL_WORLD, validation_percent=10)  # 2 + 2 fictitious, 1 real-world validation people
+
+
+@pytest.fixture(scope="module")
+def validation_benchmark_of_world(tmp_path_factory):
+    from mllm_unlearn.data import generate_world, load_mllmu
+
+    return load_mllmu(generate_world(tmp_path_factory.mktemp("world") / "mllmu", VALIDATION_WORLD), forget_percent=10)
 
 
 @pytest.fixture(scope="module")
 def sweep_setup(tmp_path_factory):
     root = tmp_path_factory.mktemp("sweep")
-    cfg = RunConfig(name="s", world=SMALL_WORLD, size=SMALL_SIZE, runs_dir=str(root / "runs"),
+    cfg = RunConfig(name="s", world=VALIDATION_WORLD, size=SMALL_SIZE, runs_dir=str(root / "runs"),
                     cache_dir=str(root / "cache"), device="cpu",
                     injection=InjectionConfig(pretrain_epochs=2, finetune_epochs=3, skill_max_steps=10),
                     method_cfg=MethodConfig(progress=False), eval=EvalConfig(progress=False), progress=False,
@@ -37,10 +46,14 @@ def three_trials(sweep_setup):
                                       fixed={"batch_size": 8}), space=SPACE)
 
 
-def test_builtin_validation_people_are_trained_on_but_in_no_reported_split(benchmark):
+def test_builtin_validation_people_are_trained_on_but_in_no_reported_split(validation_benchmark_of_world, benchmark):
+    assert benchmark.validation is None  # validation_percent=0: the world of before (conftest's)
+    benchmark = validation_benchmark_of_world
     validation = benchmark.validation
     people = validation.meta["people"]
-    assert [len(people[g]) for g in ("forget", "retain", "real_world")] == list(SMALL_WORLD.validation_sizes())
+    assert [len(people[g]) for g in ("forget", "retain", "real_world")] == list(VALIDATION_WORLD.validation_sizes())
+    assert VALIDATION_WORLD.validation_sizes() == (2, 2, 1) and WorldConfig().validation_sizes() == (10, 10, 5)
+    assert WorldConfig(validation_percent=0).key() == "fe6d8398b6d7"  # worlds generated before keep their key
     reported = {i.person_id for items in benchmark.eval_splits.values() for i in items}
     everyone = {p for group in people.values() for p in group}
     assert not everyone & reported and not everyone & set(benchmark.forget_ids)
@@ -54,8 +67,8 @@ def test_builtin_validation_people_are_trained_on_but_in_no_reported_split(bench
     assert validation_benchmark(benchmark) is validation
 
 
-def test_carve_out_is_seeded_disjoint_and_left_out_of_reported_figures(benchmark):
-    plain = replace(benchmark, validation=None)  # as a user's download without validation people
+def test_carve_out_is_seeded_disjoint_and_left_out_of_reported_figures(benchmark, validation_benchmark_of_world):
+    plain = benchmark  # no validation people, as a user's download
     carved = validation_benchmark(plain, seed=3)
     assert carved.meta["validation"] == "carve-out"
     people = carved.meta["people"]
@@ -79,8 +92,9 @@ def test_carve_out_is_seeded_disjoint_and_left_out_of_reported_figures(benchmark
     assert elsewhere.eval_splits == plain.eval_splits and "nobody left out" in elsewhere.meta["validation_note"]
     assert exclude_validation_people(plain, {"validation": carved.meta, "benchmark": "dir:/this"},
                                      "dir:/this").eval_splits == reported.eval_splits
-    builtin = exclude_validation_people(benchmark, {"validation": benchmark.validation.meta})
-    assert builtin.eval_splits == benchmark.eval_splits  # built-in validation people are in no reported split
+    with_people = validation_benchmark_of_world
+    builtin = exclude_validation_people(with_people, {"validation": with_people.validation.meta})
+    assert builtin.eval_splits == with_people.eval_splits  # built-in validation people are in no reported split
 
 
 def carved_again(benchmark, seed):
