@@ -51,6 +51,14 @@ def run(
     max_steps: Optional[int] = typer.Option(None, help="Stop unlearning after this many steps."),
     batch_size: Optional[int] = typer.Option(None, help="Unlearning batch size per process (method default if unset)."),
     lora: bool = typer.Option(False, help="Unlearn through LoRA adapters (merged into the edit)."),
+    gradient_checkpointing: Optional[bool] = typer.Option(
+        None, "--gradient-checkpointing/--no-gradient-checkpointing",
+        help="Recompute activations in the backward pass (less memory, one more forward per step); default: on for a "
+             "--model this tool did not build, off for its tiny models."),
+    max_batch_tokens: Optional[int] = typer.Option(
+        None, min=1, help="Localisation passes (MANU statistics, MMUnlearner's Fisher, MIP-Editor's path search) and "
+                          "MLLMEraser's PGD: split each batch into parts of at most this many padded tokens "
+                          "(results unchanged, less memory)."),
     option: list[str] = typer.Option([], "--option", "-o",
                                      help="Method-specific option KEY=VALUE, repeatable (e.g. -o beta=0.2 for npo)."),
     protocol: str = typer.Option(
@@ -78,7 +86,10 @@ def run(
     relearn_steps: int = typer.Option(20, help="Fine-tuning steps of the relearning attack."),
     seed: int = typer.Option(0, help="Seed for everything."),
     device: str = typer.Option("auto", help="auto, cpu, cuda or cuda:N."),
-    dtype: str = typer.Option("float32", help="float32, bfloat16 or float16."),
+    dtype: str = typer.Option(
+        "auto", help="auto (the default: the checkpoint's own dtype from its config.json, float32 for models this tool "
+                     "built; a float16 checkpoint loads as bfloat16), float32, bfloat16 or float16. bfloat16 weights "
+                     "train as fp32 master weights with a bf16 forward; float16 training is refused."),
     max_pixels: Optional[int] = typer.Option(
         None, help="Qwen2-VL / Qwen2.5-VL: cap on each image's pixels (the processor's max_pixels; default: the "
                    "checkpoint's own, 12845056 for the 7B Instruct models). Fewer pixels, fewer image tokens, less "
@@ -100,7 +111,8 @@ def run(
     from .methods.defaults import method_defaults
 
     training_options = {"--preset": preset, "--method": method, "--lr": lr, "--epochs": epochs, "--max-steps": max_steps,
-                        "--batch-size": batch_size, "--lora": lora or None, "--option": option or None}
+                        "--batch-size": batch_size, "--lora": lora or None, "--option": option or None,
+                        "--[no-]gradient-checkpointing": gradient_checkpointing, "--max-batch-tokens": max_batch_tokens}
     given = [flag for flag, value in training_options.items() if value is not None]
     if edit is not None and given:
         typer.secho(f"error: --edit evaluates a given edit; {', '.join(given)} only apply when unlearning",
@@ -132,7 +144,9 @@ def run(
             method_cfg = apply_values(method_cfg, preset_file["values"], source=f"--preset {preset}")
         overrides = {k: v for k, v in {"lr": lr, "epochs": epochs, "max_steps": max_steps,
                                               "batch_size": batch_size}.items() if v is not None}
-        method_cfg = replace(method_cfg, progress=not quiet, lora=LoraOptions() if lora else None, **overrides)
+        method_cfg = replace(method_cfg, progress=not quiet, lora=LoraOptions() if lora else None,
+                             gradient_checkpointing=gradient_checkpointing, max_batch_tokens=max_batch_tokens,
+                             **overrides)
         method_cfg.extra.update(parse_options(option))
         eval_cfg = EvalConfig(protocol=protocol, scorer=scorer, few_shot=few_shot, max_new_tokens=max_new_tokens,
                               tasks=tuple(t.strip() for t in tasks.split(",") if t.strip()), seed=seed, progress=not quiet)
@@ -236,13 +250,17 @@ def export(
     out: Path = typer.Option(..., help="New folder for the unlearned checkpoint."),
     model: Optional[Path] = typer.Option(None, help="The model the edit was made on (default: a run folder's model)."),
     device: str = typer.Option("cpu", help="auto, cpu, cuda or cuda:N."),
-    dtype: str = typer.Option("float32", help="float32, bfloat16 or float16: the saved weights' dtype."),
+    dtype: str = typer.Option("auto", help="auto (the model's own), float32, bfloat16 or float16: the saved weights' dtype."),
+    peft_adapter: bool = typer.Option(
+        False, help="For a LoRA edit (a run with --lora): write a standard peft adapter folder (the LoRA factors, "
+                    "megabytes; PeftModel.from_pretrained(model, OUT) loads it) instead of a whole checkpoint."),
 ) -> None:
     """Bake an edit into its model and save the unlearned checkpoint (from_pretrained loads it;
-    unlearning.json beside it says what was removed and how)."""
+    unlearning.json beside it says what was removed and how), or with --peft-adapter write a
+    LoRA edit as a peft adapter."""
     from .interventions import load_edit
     from .models import load_vlm
-    from .pipeline import export_unlearned_model
+    from .pipeline import export_peft_adapter, export_unlearned_model
     from .report import load_results
 
     try:
@@ -260,9 +278,14 @@ def export(
         if base is None:
             raise ValueError(f"{source} is not a run folder (no results.json): say which model it edits with --model")
         edit = load_edit(edit_dir)
+        if peft_adapter:
+            export_peft_adapter(edit, out, base_model=str(base))
+            typer.echo(f"Wrote the peft adapter {out} ({edit.kind} edit of {base}; "
+                       f"PeftModel.from_pretrained(model, '{out}') loads it)")
+            return
         if out.exists():
             raise FileExistsError(f"{out} already exists: choose a new folder for the unlearned checkpoint")
-        vlm = load_vlm(base, device=device, dtype=dtype)
+        vlm = load_vlm(base, device=device, dtype=dtype, training=False)
         export_unlearned_model(vlm, edit, out, base_model=str(base))
     except (ValueError, FileNotFoundError, FileExistsError) as error:
         typer.secho(f"error: {error}", fg=typer.colors.RED, err=True)

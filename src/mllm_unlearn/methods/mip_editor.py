@@ -106,7 +106,8 @@ class MIPEditor(GradientMethod):
         return o
 
     # --- 1. paths ------------------------------------------------------------------------
-    def find_paths(self, vlm: VLM, forget: Sequence[Item], o: dict[str, Any]) -> dict[str, torch.Tensor]:
+    def find_paths(self, vlm: VLM, forget: Sequence[Item], o: dict[str, Any],
+                   max_batch_tokens: int | None = None) -> dict[str, torch.Tensor]:
         encoder = Encoder(vlm)
         limit = None if o["path_samples"] is None else int(o["path_samples"])
         searches = []
@@ -124,7 +125,7 @@ class MIPEditor(GradientMethod):
                 kind = "text-only (QA)" if score == "ig" else "image + question (VQA)"
                 raise ValueError(f"mip-editor: paths={o['paths']} needs {kind} forget items, and there are none")
             cfg = PathSearchConfig(steps=int(o["steps"]), top_k=int(o["top_k"]), score=score,
-                                   batch_size=int(o["path_batch_size"]))
+                                   batch_size=int(o["path_batch_size"]), max_batch_tokens=max_batch_tokens)
             result = search_paths(vlm.model, [s.module_path for s in sites], samples, task, cfg)
             paths.update(result.union(None if o["max_per_layer"] is None else int(o["max_per_layer"])))
         return paths
@@ -134,7 +135,7 @@ class MIPEditor(GradientMethod):
         o = self.options(vlm, cfg)
         if not forget:
             raise ValueError("mip-editor: the forget set is empty")
-        self.paths = self.find_paths(vlm, forget, o)
+        self.paths = self.find_paths(vlm, forget, o, cfg.max_batch_tokens)
         if not self.paths:
             raise ValueError("mip-editor: the path search found no neuron with a positive score")
         lm_sites = {s.module_path: int(s.name.split(".")[1]) for s in vlm.adapter.lm_ffn_sites(vlm.model)}
@@ -188,6 +189,10 @@ class MIPEditor(GradientMethod):
         from torch.optim.optimizer import register_optimizer_step_post_hook
 
         self.handles.append(register_optimizer_step_post_hook(self._restore))
+
+    def changeable(self, vlm: VLM, cfg: MethodConfig) -> Callable[[str, torch.nn.Parameter], bool] | None:
+        names = {f"{p}.weight" for p in self.trained}  # pruned in prepare, trained (or LoRA-adapted) after
+        return lambda name, _: name in names
 
     def trainable(self, vlm: VLM, cfg: MethodConfig) -> Callable[[str, torch.nn.Parameter], bool] | None:
         if cfg.lora is not None:

@@ -5,8 +5,9 @@ Built on accelerate, so ``accelerate launch`` gives DDP/FSDP/DeepSpeed without c
 from __future__ import annotations
 
 import math
+from contextlib import contextmanager, nullcontext
 from dataclasses import asdict, dataclass, field
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, ContextManager, Iterator, Sequence
 
 import torch
 from torch.utils.data import DataLoader, Dataset, RandomSampler
@@ -37,6 +38,9 @@ class TrainConfig:
     seed: int = 0
     lora: LoraOptions | None = None
     progress: bool = True
+    # Recompute each transformer block's activations in the backward pass instead of keeping
+    # them (non-reentrant torch.utils.checkpoint): activation memory ~ one block instead of all.
+    gradient_checkpointing: bool = False
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -48,6 +52,52 @@ class TrainResult:
     steps: int = 0
     stopped_early: bool = False
     phase_losses: dict[str, list[float]] = field(default_factory=dict)
+    # Mixed precision: the fp32 master value (on CPU) of every trained parameter stored in bf16,
+    # by name. The model itself is handed back in its own dtype; an edit should read these.
+    master_weights: dict[str, torch.Tensor] = field(default_factory=dict)
+    # LoRA with ``merge_lora=False``: the trained adapters as read from peft (see ``lora_factors``).
+    lora_factors: dict[str, dict[str, Any]] | None = None
+
+
+# --- precision -------------------------------------------------------------------------------
+def compute_dtype_for(trainable: dict[str, torch.nn.Parameter], description: str = "training",
+                      model: torch.nn.Module | None = None) -> torch.dtype | None:
+    """The dtype the forward should compute in under mixed precision, or None to train as stored.
+
+    bf16 weights train as fp32 master weights (and fp32 AdamW state) with a bf16 forward:
+    pure-bf16 AdamW rounds away updates below bf16's resolution (~0.4% of a weight: at lr 1e-5
+    most of them). float16 is refused: its range overflows in the loss and AdamW's eps (1e-8)
+    rounds to 0 in fp16, so entries with zero gradient (masked ones) become 0/0 = NaN. A float16
+    ``model`` is refused even when only fp32 adapters train (its forward and backward overflow alike).
+    """
+    dtypes = {p.dtype for p in trainable.values()} | ({p.dtype for p in model.parameters()} if model is not None else set())
+    if torch.float16 in dtypes:
+        raise ValueError(f"{description}: float16 training is not supported (overflow, and NaN in AdamW for entries "
+                         "with zero gradient): load the model with --dtype bfloat16 (trained as fp32 master weights "
+                         "with bf16 compute), --dtype float32 or --dtype auto")
+    return torch.bfloat16 if any(p.dtype == torch.bfloat16 for p in trainable.values()) else None
+
+
+@contextmanager
+def fp32_master_weights(trainable: dict[str, torch.nn.Parameter]) -> Iterator[dict[str, torch.Tensor]]:
+    """While inside, every bf16 parameter of ``trainable`` holds an fp32 copy of itself (the
+    master weight the optimizer updates); on exit each goes back to bf16 and the yielded dict
+    is filled with its final fp32 value (moved to CPU), by name. Create optimizers inside."""
+    low = {name: p for name, p in trainable.items() if p.dtype == torch.bfloat16}
+    masters: dict[str, torch.Tensor] = {}
+    for p in low.values():
+        p.data = p.data.float()
+    try:
+        yield masters
+    finally:
+        for name, p in low.items():
+            masters[name] = p.data.detach().to("cpu")
+            p.data = p.data.to(torch.bfloat16)
+
+
+def autocast_to(device: torch.device, dtype: torch.dtype | None) -> ContextManager[Any]:
+    """The forward's autocast for mixed precision (a no-op when ``dtype`` is None)."""
+    return torch.autocast(device_type=device.type, dtype=dtype) if dtype is not None else nullcontext()
 
 
 class ListDataset(Dataset):
@@ -92,6 +142,7 @@ def train(
     check_every: int = 100,
     phases: Sequence[str] = (),
     grad_hook: Callable[[str], None] | None = None,
+    merge_lora: bool = True,
 ) -> TrainResult:
     """Optimise ``loss_fn`` over ``examples`` in place on ``model``.
 
@@ -104,9 +155,13 @@ def train(
     one per phase, each with its **own** AdamW state: ``loss_fn(model, batch, phase)`` gives
     the phase's loss and ``grad_hook(phase)`` may edit gradients before the update. Separate
     states keep one phase's momentum from moving weights another phase masked out.
+
+    Precision (``compute_dtype_for``): trainable bf16 weights train as fp32 master weights with a
+    bf16 autocast forward, their fp32 results in ``TrainResult.master_weights``; float16 is refused.
+    peft keeps LoRA adapters in fp32. With ``merge_lora=False`` the adapters are read into
+    ``TrainResult.lora_factors`` and removed without touching the base weights.
     """
     from accelerate import Accelerator, DistributedDataParallelKwargs
-    from tqdm.auto import tqdm
 
     if not examples:
         raise ValueError(f"{description}: no training examples")
@@ -118,16 +173,85 @@ def train(
     accelerator = Accelerator(cpu=device.type == "cpu", step_scheduler_with_optimizer=False,
                               kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=True)])
     base_model = model
+    had_input_grad_hooks = bool(getattr(base_model, "_require_grads_hooks", None))
     if cfg.lora is not None:
         model = _wrap_lora(model, cfg.lora)
-    trainable = []
+    selected: dict[str, torch.nn.Parameter] = {}
     for name, param in model.named_parameters():
         wanted = (param.requires_grad if cfg.lora is not None else True) and (parameters is None or parameters(name, param))
         param.requires_grad_(wanted)
         if wanted:
-            trainable.append(param)
-    if not trainable:
+            selected[name] = param
+    if not selected:
         raise ValueError(f"{description}: no parameter selected for training")
+    try:
+        compute_dtype = compute_dtype_for(selected, description, model)
+    except ValueError:
+        _hand_back(model, base_model, cfg, merge_lora, TrainResult(), had_input_grad_hooks=had_input_grad_hooks)
+        raise
+    result = TrainResult()
+    try:
+        with fp32_master_weights(selected) as result.master_weights:
+            try:
+                _train_steps(model, base_model, examples, collate_fn, loss_fn, cfg, list(selected.values()), description,
+                             stop_check, check_every, phases, grad_hook, accelerator,
+                             lambda: autocast_to(device, compute_dtype), result)
+            finally:  # also on errors
+                _hand_back(model, base_model, cfg, merge_lora, result, accelerator, had_input_grad_hooks)
+    except FloatingPointError as error:
+        error.train_result = result  # type: ignore[attr-defined]  # the last finite step's weights/factors
+        raise
+    return result
+
+
+def _hand_back(unwrapped: torch.nn.Module, base_model: torch.nn.Module, cfg: TrainConfig, merge_lora: bool,
+               result: TrainResult, accelerator: Any = None, had_input_grad_hooks: bool = True) -> None:
+    """Eval mode, every parameter trainable again, peft's wrapper gone (adapters merged, or read
+    into ``result.lora_factors`` and dropped): callers always get a plain model back."""
+    unwrapped.eval()
+    for param in base_model.parameters():
+        param.requires_grad_(True)
+    if not had_input_grad_hooks and hasattr(base_model, "disable_input_require_grads"):
+        base_model.disable_input_require_grads()  # added by peft's wrap or checkpointing; not needed after
+    if accelerator is not None:
+        accelerator.free_memory()
+    if cfg.lora is not None:
+        if merge_lora:
+            merged = unwrapped.merge_and_unload()
+        else:
+            result.lora_factors = lora_factors(unwrapped)
+            merged = unwrapped.unload()
+        assert merged is base_model or merged.__class__ is base_model.__class__
+
+
+def lora_factors(peft_model: torch.nn.Module) -> dict[str, dict[str, Any]]:
+    """The trained LoRA adapters of a peft model, by the base model's module path: fp32 CPU
+    copies of ``a`` (r x in) and ``b`` (out x r) with ``scale`` (alpha / r), so that the weight
+    change is ``scale * b @ a``."""
+    from peft.tuners.lora import LoraLayer
+
+    factors = {}
+    prefix = "base_model.model."
+    for name, module in peft_model.named_modules():
+        if not isinstance(module, LoraLayer) or not module.lora_A:
+            continue
+        if not isinstance(module.get_base_layer(), torch.nn.Linear):
+            raise ValueError(f"LoRA on {name}: only linear layers are supported, got {type(module.get_base_layer()).__name__}")
+        (adapter,) = module.lora_A.keys()
+        path = name[len(prefix):] if name.startswith(prefix) else name
+        factors[path] = {"a": module.lora_A[adapter].weight.detach().float().cpu().clone(),
+                         "b": module.lora_B[adapter].weight.detach().float().cpu().clone(),
+                         "scale": float(module.scaling[adapter])}
+    return factors
+
+
+def _train_steps(model: torch.nn.Module, base_model: torch.nn.Module, examples: Sequence[Any], collate_fn: Callable[[list[Any]], Any],
+                 loss_fn: Callable[..., torch.Tensor], cfg: TrainConfig, trainable: list[torch.nn.Parameter],
+                 description: str, stop_check: Callable[[int], bool] | None, check_every: int,
+                 phases: Sequence[str], grad_hook: Callable[[str], None] | None, accelerator: Any,
+                 compute: Callable[[], ContextManager[Any]], result: TrainResult) -> None:
+    from tqdm.auto import tqdm
+
     phase_names = list(phases) or ["main"]
     optimizers = [torch.optim.AdamW(trainable, lr=cfg.lr, weight_decay=cfg.weight_decay) for _ in phase_names]
     generator = torch.Generator().manual_seed(cfg.seed)
@@ -141,15 +265,17 @@ def train(
     schedulers = [torch.optim.lr_scheduler.LambdaLR(o, _lr_lambda(cfg, total)) for o in optimizers]
     model, loader, *prepared = accelerator.prepare(model, loader, *optimizers, *schedulers)
     optimizers, schedulers = prepared[: len(optimizers)], prepared[len(optimizers):]
+    # Right before the try: the finally below switches it off again, errors included.
+    checkpointing_was_on = _set_checkpointing(base_model, True) if cfg.gradient_checkpointing else None
     model.train()
-    result = TrainResult()
     bar = tqdm(total=total, desc=description, disable=not cfg.progress or not accelerator.is_local_main_process)
     try:
         while result.steps < total:
             for batch in loader:
                 value = 0.0
                 for phase, optimizer, scheduler in zip(phase_names, optimizers, schedulers):
-                    loss = loss_fn(model, batch, phase) if phases else loss_fn(model, batch)
+                    with compute():  # mixed precision: bf16 forward over fp32 master weights
+                        loss = loss_fn(model, batch, phase) if phases else loss_fn(model, batch)
                     if not torch.isfinite(loss):
                         where = f" ({phase} phase)" if phases else ""
                         raise FloatingPointError(f"{description}: loss became {loss.item()} at step {result.steps}{where}; "
@@ -171,7 +297,8 @@ def train(
                 bar.set_postfix(loss=f"{value:.4f}")
                 if stop_check is not None and result.steps % check_every == 0:
                     model.eval()
-                    stop = stop_check(result.steps)
+                    with compute():
+                        stop = stop_check(result.steps)
                     model.train()
                     if stop:
                         result.stopped_early = True
@@ -180,15 +307,33 @@ def train(
                     break
     finally:
         bar.close()
-        model.eval()
-        unwrapped = accelerator.unwrap_model(model)
-        for param in base_model.parameters():
-            param.requires_grad_(True)
-        accelerator.free_memory()
-        if cfg.lora is not None:  # also on errors: callers always get a plain model back
-            merged = unwrapped.merge_and_unload()
-            assert merged is base_model or merged.__class__ is base_model.__class__
-    return result
+        if checkpointing_was_on is False:
+            _set_checkpointing(base_model, False)
+
+
+def _set_checkpointing(model: torch.nn.Module, on: bool) -> bool:
+    """Switch transformers' gradient checkpointing of every block (non-reentrant) on or off;
+    returns whether it was on before. Active only in training mode (the blocks check
+    ``self.training``), so frozen references and evaluation in eval mode are unaffected."""
+    if not getattr(model, "supports_gradient_checkpointing", False):
+        raise ValueError(f"{type(model).__name__} does not support gradient checkpointing; "
+                         "train with --no-gradient-checkpointing")
+    was_on = any(getattr(m, "gradient_checkpointing", False) for m in model.modules())
+    if on and not was_on:
+        had_hooks = bool(getattr(model, "_require_grads_hooks", None))
+        # Non-reentrant checkpointing needs no input that requires grad: drop the embedding hook
+        # transformers adds for the reentrant variant, unless someone had it already.
+        enable = getattr(model, "activation_checkpointing_enable", None)
+        if enable is not None:  # transformers >= 5.x name; the old one warns
+            enable(activation_checkpointing_kwargs={"use_reentrant": False})
+        else:
+            model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        if not had_hooks and hasattr(model, "disable_input_require_grads"):
+            model.disable_input_require_grads()
+    elif not on and was_on:
+        disable = getattr(model, "activation_checkpointing_disable", None) or model.gradient_checkpointing_disable
+        disable()
+    return was_on
 
 
 def _wrap_lora(model: torch.nn.Module, options: LoraOptions) -> torch.nn.Module:
