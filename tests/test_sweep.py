@@ -234,3 +234,22 @@ def test_choice_is_the_best_harmonic_mean_of_the_front_with_an_optional_retentio
     assert choose(front)["number"] == 3  # best harmonic mean; the tie goes to the earlier trial
     assert choose(front, min_retention=0.8)["number"] == 5
     assert choose(front, min_retention=0.995)["number"] == 3  # none keeps that much: the whole front
+
+
+def test_cli_sweep_runs_on_a_given_model_and_benchmark_and_names_bad_input(three_trials, sweep_setup):
+    root, _ = sweep_setup
+    preset = load_preset(root / "a" / "preset.json")
+    world = root / "cache" / "benchmarks"
+    [world_dir] = [p for p in world.iterdir() if p.name.startswith("synthetic-")]
+    out = root / "cli"
+    args = ["sweep", "--method", "ga", "--trials", "1", "--model", preset["model"], "--benchmark", str(world_dir),
+            "--out", str(out), "--batch-size", "8", "--device", "cpu", "--quiet"]
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 0, result.output
+    assert "# Sweep: ga" in result.output and "mllm-unlearn run --preset" in result.output
+    trials = json.loads((out / "trials.json").read_text())
+    assert len(trials) == 1 and trials[0]["values"]["batch_size"] == 8
+    assert json.loads((out / "preset.json").read_text())["validation"]["validation"] == "built-in validation people"
+    result = CliRunner().invoke(app, ["sweep", "--method", "nope", "--out", str(root / "bad")])
+    assert result.exit_code == 2 and "no search space for method 'nope'" in result.output
+    assert not (root / "bad").exists()  # refused before any work
