@@ -14,7 +14,9 @@ from mllm_unlearn.pipeline import benchmark_texts
 
 # OMP_NUM_THREADS (set by whoever shares the CPU with other jobs) wins over the default 2.
 torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "2")))
-SMALL_WORLD = WorldConfig(fictitious=20, real_world=4, seed=0)
+# Without validation people (tests/test_sweep.py adds them to its own world): the shared world,
+# its vocabulary and so every tiny model built from it stay as they were.
+SMALL_WORLD = WorldConfig(fictitious=20, real_world=4, seed=0, validation_percent=0)
 # Two vision layers: LLaVA reads the second-to-last one's output (vision_feature_layer=-2), so
 # with one layer its vision tower would feed the language model nothing but the embeddings.
 SMALL_SIZE = TinySize(hidden=64, layers=2, heads=2, ffn=128, vision_hidden=32, vision_layers=2, vision_heads=2,

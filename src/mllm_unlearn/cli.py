@@ -57,7 +57,10 @@ def run(
     tofu: bool = typer.Option(False, help="CLEAR: train on the +tofu configs (captions + TOFU text QA)."),
     gold_model: Optional[Path] = typer.Option(
         None, help="CLEAR: checkpoint fine-tuned on the retain split only, for forget quality (default: trained here)."),
-    method: Optional[str] = typer.Option(None, help="Unlearning method name (default ga)."),
+    method: Optional[str] = typer.Option(None, help="Unlearning method name (default ga, or the preset's)."),
+    preset: Optional[Path] = typer.Option(
+        None, help="A preset file (e.g. the preset.json `mllm-unlearn sweep` writes): its values override the "
+                   "method's defaults; options given here override the preset. Recorded in results.json."),
     edit: Optional[Path] = typer.Option(
         None, help="Evaluate this instead of unlearning: a saved edit (RUN_DIR/edit) or an unlearned checkpoint "
                    "of --model (made by this tool or another; compared weight by weight)."),
@@ -128,7 +131,7 @@ def run(
     from .pipeline import RunConfig, run_pipeline
     from .training import InjectionConfig, LoraOptions
 
-    training_options = {"--method": method, "--lr": lr, "--epochs": epochs, "--max-steps": max_steps,
+    training_options = {"--preset": preset, "--method": method, "--lr": lr, "--epochs": epochs, "--max-steps": max_steps,
                         "--batch-size": batch_size, "--lora": lora or None, "--option": option or None,
                         "--[no-]gradient-checkpointing": gradient_checkpointing, "--max-batch-tokens": max_batch_tokens}
     given = [flag for flag, value in training_options.items() if value is not None]
@@ -136,8 +139,17 @@ def run(
         typer.secho(f"error: --edit evaluates a given edit; {', '.join(given)} only apply when unlearning",
                     fg=typer.colors.RED, err=True)
         raise typer.Exit(code=2)
-    method = method or "ga"
     try:
+        preset_file = None
+        if preset is not None:
+            from .sweep import load_preset
+
+            preset_file = load_preset(preset)
+            if method is not None and method != preset_file["method"]:
+                raise ValueError(f"--method {method} differs from the preset's method {preset_file['method']!r} "
+                                 f"({preset})")
+            method = preset_file["method"]
+        method = method or "ga"
         world = WorldConfig(fictitious=people or 100, real_world=real_people or 30, seed=seed)
         injection = InjectionConfig(seed=seed)
         if inject_epochs is not None:
@@ -146,7 +158,8 @@ def run(
             injection = replace(injection, pretrain_epochs=pretrain_epochs)
         if task_formats:
             injection = replace(injection, qa_task_forms={"generation": task_formats, "cloze": task_formats})
-        # The preset (tiny or the papers', by model) is looked up by the run; explicit options go on top.
+        # The preset (tiny or the papers', by model) is looked up by the run, a --preset file's values
+        # go on top of it, and explicit options on top of those.
         overrides = {k: v for k, v in {"lr": lr, "epochs": epochs, "max_steps": max_steps,
                                        "batch_size": batch_size}.items() if v is not None}
         overrides.update(progress=not quiet, lora=LoraOptions() if lora else None, extra=parse_options(option))
@@ -165,7 +178,8 @@ def run(
                         injection=injection, eval=eval_cfg, progress=not quiet,
                         mia=MIAConfig() if mia else None,
                         relearn=RelearnConfig(steps=relearn_steps, eval_every=max(1, relearn_steps // 4), seed=seed,
-                                              lr=relearn_lr, lora=relearn_mode) if relearn else None)
+                                              lr=relearn_lr, lora=relearn_mode) if relearn else None,
+                        preset=preset_file)
         results = run_pipeline(cfg)
     except (ValueError, FileNotFoundError, FloatingPointError, UnlearningDiverged) as error:
         typer.secho(f"error: {error}", fg=typer.colors.RED, err=True)
@@ -177,6 +191,78 @@ def run(
     run_dir = runs_dir / name
     typer.echo((run_dir / "report.md").read_text())
     typer.echo(f"Wrote {run_dir / 'results.json'}, {run_dir / 'report.md'} and {run_dir / 'report.html'}")
+
+
+@app.command()
+def sweep(
+    method: str = typer.Option(..., help="The method to tune (its search space: methods/search_spaces.py)."),
+    trials: int = typer.Option(20, min=1, help="Finished trials wanted: a resumed sweep runs only the missing ones."),
+    out: Optional[Path] = typer.Option(None, help="Output folder (default RUNS_DIR/sweep-METHOD): trials.json, "
+                                                  "front.json, preset.json, report.md, report.html, study.db."),
+    storage: Optional[str] = typer.Option(None, help="Optuna storage URL or SQLite file, shareable by several "
+                                                     "processes (default OUT/study.db)."),
+    study_name: Optional[str] = typer.Option(None, help="Study name in the storage (default: the method's name)."),
+    family: str = typer.Option("llava", help="Tiny model family to build: llava, qwen2-vl, qwen2.5-vl."),
+    model: Optional[Path] = typer.Option(None, help="Local checkpoint holding the knowledge (skips injection)."),
+    benchmark: Optional[str] = typer.Option(
+        None, help="A directory in MLLMU-Bench's layout (its validation split is carved out of the retain and "
+                   "real-world people, seeded; see the README); default: the built-in world (its validation people)."),
+    forget: int = typer.Option(10, help="Forget split percentage of the benchmark (5, 10 or 15)."),
+    max_items: Optional[int] = typer.Option(None, help="Subsample each validation split x modality to this many "
+                                                       "questions (seeded)."),
+    min_retention: Optional[float] = typer.Option(
+        None, min=0.0, max=1.0, help="Choose the preset among front trials keeping at least this retention "
+                                     "(e.g. 0.95; the whole front when none does). Changes only the choice."),
+    batch_size: Optional[int] = typer.Option(None, help="Unlearning batch size of every trial (method default if "
+                                                        "unset and not searched)."),
+    option: list[str] = typer.Option([], "--option", "-o", help="Method option KEY=VALUE every trial uses, where "
+                                                               "the search space does not search it (repeatable)."),
+    people: Optional[int] = typer.Option(None, help="Fictitious people in the built-in world (default 100)."),
+    real_people: Optional[int] = typer.Option(None, help="Real-world people in the built-in world (default 30)."),
+    seed: int = typer.Option(0, help="Seed for everything: the same seed gives the same trials."),
+    device: str = typer.Option("auto", help="auto, cpu, cuda or cuda:N."),
+    dtype: str = typer.Option("float32", help="float32, bfloat16 or float16."),
+    runs_dir: Path = typer.Option(Path("runs"), help="Where the default output folder goes."),
+    cache_dir: Path = typer.Option(Path(".cache/mllm_unlearn"), help="Cache of generated benchmarks and vanilla models."),
+    quiet: bool = typer.Option(False, help="No progress lines."),
+) -> None:
+    """Search a method's hyperparameters on the validation split (chance-corrected forget efficacy vs
+    retention, Optuna), resumable; writes the Pareto front and the chosen preset (run --preset)."""
+    from .data import WorldConfig
+    from .eval import EvalConfig
+    from .methods import MethodConfig
+    from .pipeline import RunConfig
+    from .sweep import SweepConfig, run_sweep
+    from .training import InjectionConfig
+
+    out = out or runs_dir / f"sweep-{method}"
+
+    def progress(trial: dict) -> None:
+        if not quiet and trial.get("objectives"):
+            objectives = trial["objectives"]
+            typer.echo(f"trial {trial['number']}: {json.dumps(trial['values'], sort_keys=True)} -> forget efficacy "
+                       f"{objectives['forget_efficacy']:.3f}, retention {objectives['retention']:.3f}")
+
+    try:
+        cfg = RunConfig(name=f"sweep-{method}", family=family, model=str(model) if model else None,
+                        benchmark=benchmark or None, forget_percent=forget, method=method, seed=seed, device=device,
+                        dtype=dtype, runs_dir=str(runs_dir), cache_dir=str(cache_dir),
+                        world=WorldConfig(fictitious=people or 100, real_world=real_people or 30, seed=seed),
+                        injection=InjectionConfig(seed=seed), method_cfg=MethodConfig(seed=seed),
+                        eval=EvalConfig(tasks=("mcq",), seed=seed, progress=False), progress=not quiet)
+        summary = run_sweep(cfg, SweepConfig(method=method, trials=trials, out_dir=str(out), storage=storage,
+                                             study_name=study_name, max_items_per_group=max_items,
+                                             min_retention=min_retention,
+                                             fixed={**({"batch_size": batch_size} if batch_size else {}),
+                                                    **{f"extra.{k}": v for k, v in parse_options(option).items()}},
+                                             progress=not quiet), on_trial=progress)
+    except (ValueError, FileNotFoundError) as error:
+        typer.secho(f"error: {error}", fg=typer.colors.RED, err=True)
+        raise typer.Exit(code=2)
+    typer.echo((out / "report.md").read_text())
+    typer.echo(f"Wrote {out / 'trials.json'}, {out / 'front.json'}, {out / 'report.html'}"
+               + (f" and the preset {summary['preset']} (use it: mllm-unlearn run --preset {summary['preset']})"
+                  if summary.get("preset") else ""))
 
 
 @app.command()

@@ -21,12 +21,14 @@ from .eval.clear import ClearEvalConfig, ClearEvaluator
 from .eval.generalisation import generalisation_breakdown
 from .eval.mia import MIAConfig, membership_inference, mia_items
 from .eval.relearn import RelearnConfig, RelearnNotApplicable, relearn_attack, resolve_relearn
+from .eval.tradeoff import tradeoff
 from .interventions import CompositeEdit, Edit, WeightDelta, load_edit
 from .methods import MethodConfig, get_method
 from .methods.base import UnlearningDiverged
 from .models import VLM, TinySize, load_vlm
 from .models.tiny import build_tiny_vlm, words_of
 from .report import render_html, render_markdown
+from .sweep import preset_record
 from .training.inject import (INJECTION_META, InjectionConfig, inject_knowledge, injection_cache_key, injection_meta_text,
                               injection_texts)
 from .utils import (atomic_write_text, dtype_name, init_distributed, is_main_process, peak_memory_mb, process_rank_and_count,
@@ -69,6 +71,9 @@ class RunConfig:
     mia: MIAConfig | None = field(default_factory=MIAConfig)
     relearn: RelearnConfig | None = field(default_factory=RelearnConfig)
     progress: bool = True
+    # A preset file's content (``sweep.load_preset``): recorded in results.json; a preset chosen on
+    # a carved-out validation split takes those people out of the reported splits.
+    preset: dict[str, Any] | None = None
 
 
 def benchmark_texts(benchmark: Benchmark) -> list[str]:
@@ -118,8 +123,10 @@ def resolve_default_inputs(model: str | None, benchmark: str | None,
 def prepare_benchmark(cfg: RunConfig) -> tuple[Benchmark, str]:
     """The benchmark (generated into the cache if built in) and a key that names its content."""
     if cfg.benchmark == BUILTIN_CLEAR:
-        root = Path(cfg.cache_dir) / "benchmarks" / f"clear-{cfg.world.key()}"
-        key = f"clear-synthetic:{cfg.world.key()}"
+        # CLEAR's layout has no validation people: its world (and cache key) is as without them.
+        world_key = replace(cfg.world, validation_percent=0).key()
+        root = Path(cfg.cache_dir) / "benchmarks" / f"clear-{world_key}"
+        key = f"clear-synthetic:{world_key}"
         if not (root / "world.json").is_file() and is_main_process():
             generate_world(root, cfg.world, layout="clear")
     elif cfg.benchmark:
@@ -313,13 +320,19 @@ def model_built_here(cfg: RunConfig) -> bool:
 
 def resolve_method_config(cfg: RunConfig) -> tuple[MethodConfig, str]:
     """The method's settings and where they came from: ``given`` (``cfg.method_cfg`` set), else
-    the preset for the model (``tiny``/``paper``), with ``cfg.method_overrides`` on top."""
+    the preset for the model (``tiny``/``paper``), then a ``--preset`` file's values
+    (``cfg.preset``), with ``cfg.method_overrides`` on top."""
     from .methods.defaults import apply_overrides, method_preset, preset_name_for
 
     if cfg.method_cfg is not None:
         return apply_overrides(cfg.method_cfg, cfg.method_overrides), "given"
     preset = preset_name_for(model_built_here(cfg))
-    return apply_overrides(method_preset(cfg.method, preset, seed=cfg.seed), cfg.method_overrides), preset
+    method_cfg = method_preset(cfg.method, preset, seed=cfg.seed)
+    if cfg.preset is not None:  # a preset file's values (a sweep's choice) on top of the model's preset
+        from .methods.search_spaces import apply_values
+
+        method_cfg = apply_values(method_cfg, cfg.preset["values"], source=f"--preset {cfg.preset.get('path')}")
+    return apply_overrides(method_cfg, cfg.method_overrides), preset
 
 
 STAGE_PENDING = "not run yet: the run stopped before this stage finished (results.json is rewritten after each stage)"
@@ -364,6 +377,10 @@ def run_pipeline(cfg: RunConfig) -> dict[str, Any]:
 
     start = time.perf_counter()
     benchmark, benchmark_key = prepare_benchmark(cfg)
+    if cfg.preset is not None:
+        from .sweep import exclude_validation_people
+
+        benchmark = exclude_validation_people(benchmark, cfg.preset, benchmark_key)
     timings["benchmark"] = time.perf_counter() - start
 
     start = time.perf_counter()
@@ -464,6 +481,8 @@ def run_pipeline(cfg: RunConfig) -> dict[str, Any]:
         "method_config": cfg.method_cfg.to_dict() if cfg.edit is None else edit.meta.get("config"), "eval": asdict(cfg.eval),
         "mia": asdict(cfg.mia) if cfg.mia else None, "relearn": asdict(relearn_cfg) if relearn_cfg else None,
         "versions": versions(),
+        # a --preset file (e.g. a sweep's choice) applied on top of the preset above
+        "preset_file": preset_record(cfg.preset) if cfg.preset is not None else None,
     }
     if clear:
         config.update({"gold_model_path": gold_path, "clear_tofu": cfg.clear_tofu})
@@ -475,6 +494,8 @@ def run_pipeline(cfg: RunConfig) -> dict[str, Any]:
         "vanilla": vanilla,
         "unlearned": unlearned,
         **({"gold": gold} if clear else {}),
+        # Chance-corrected forget efficacy, retention and their harmonic mean per modality (eval/tradeoff.py).
+        **({} if clear else {"tradeoff": tradeoff(vanilla["figures"], unlearned["figures"])}),
         "generalisation": generalisation,
         "robustness": {"mia": {"pending": STAGE_PENDING}, "relearn": {"pending": STAGE_PENDING}},
         "failures": [],

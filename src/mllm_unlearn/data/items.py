@@ -63,6 +63,10 @@ class Benchmark:
     # profiles with the given IDs, read on demand so only those profiles' images are decoded
     # (data/mllmu_protocol.py). None when the benchmark has no ``Full_Set``.
     demonstrations: Callable[[Sequence[str]], list[Item]] | None = None
+    # The validation view (same kind of splits and training data, other people) on which
+    # ``mllm-unlearn sweep`` chooses hyperparameters; None when the benchmark has none
+    # (``sweep.validation_benchmark`` then carves one out, see there).
+    validation: "Benchmark | None" = None
 
     def prior_knowledge(self) -> list[Item]:
         """``pretrain_train`` as unlearning methods may see it: without the items only knowledge

@@ -25,6 +25,7 @@ import pyarrow.parquet as pq
 
 from .items import OPTION_KEYS, Benchmark, Item
 from .portraits import from_png
+from .synthetic import VALIDATION_CONFIGS
 from .text_forms import PERSON_NAME, is_name_question, name_from_answer, text_only_forms
 
 EVAL_SPLITS = ("forget", "test", "retain", "real_world")
@@ -370,6 +371,10 @@ def load_mllmu(root: str | Path, forget_percent: int = 10, seed: int = 0) -> Ben
     ft_rows = read_config(root, "ft_Data", ("image", "metadata"))
     pretrain_rows = read_config(root, "pretrain_Data", ("image", "metadata"), optional=True) or []
     holdout_rows = read_config(root, HOLDOUT_CONFIG, ("image", "metadata"), optional=True) or []
+    # Validation people (optional; the built-in world writes them): trained on, in no reported split.
+    validation_rows = {group: read_config(root, config, PROFILE_COLUMNS, optional=True) or []
+                       for group, config in VALIDATION_CONFIGS.items()}
+    validation_ids = {str(field(r, "ID")) for group in ("forget", "retain") for r in validation_rows[group]}
     forget_ids = [str(field(r, "ID")) for r in forget_rows]
     forget_set = set(forget_ids)
 
@@ -390,10 +395,12 @@ def load_mllmu(root: str | Path, forget_percent: int = 10, seed: int = 0) -> Ben
     if not test_items:
         raise BenchmarkFormatError(f"{root}/Test_Set has no row for the forget IDs {forget_ids[:5]}...")
 
-    found = {**profile_names(forget_rows + retain_rows), **profile_names(real_rows, REAL_WORLD_PREFIX)}
+    found = {**profile_names(forget_rows + retain_rows + validation_rows["forget"] + validation_rows["retain"]),
+             **profile_names(real_rows + validation_rows["real_world"], REAL_WORLD_PREFIX)}
     names = {pid: name for pid, (name, _) in found.items()}
     reader = _TrainingReader()
-    finetune = reader.read(ft_rows, "ft_Data", "finetune", forget_rows + retain_rows, names)
+    finetune = reader.read(ft_rows, "ft_Data", "finetune",
+                           forget_rows + retain_rows + validation_rows["forget"] + validation_rows["retain"], names)
     if finetune is None:
         reader.id_rules["ft_Data"] = {"Generation_Task fallback": len(forget_rows) + len(retain_rows)}
         finetune = generation_as_training(forget_rows + retain_rows, "finetune", names)
@@ -408,6 +415,25 @@ def load_mllmu(root: str | Path, forget_percent: int = 10, seed: int = 0) -> Ben
     people = {str(r["ID"]) for r in forget_rows + retain_rows} | {REAL_WORLD_PREFIX + str(r["ID"]) for r in real_rows}
     sources = [found[p][1] if p in found else "not found" for p in people]
     text_forms = text_only_forms(finetune)
+    retain_train = [i for i in finetune if i.person_id not in forget_set and i.person_id not in validation_ids]
+    validation = None
+    if validation_rows["forget"] and validation_rows["retain"]:
+        forget_people = {str(r["ID"]) for r in validation_rows["forget"]}
+        retain_people = {str(r["ID"]) for r in validation_rows["retain"]}
+        real_people = {REAL_WORLD_PREFIX + str(r["ID"]) for r in validation_rows["real_world"]}
+        validation = Benchmark(
+            name=f"mllmu:{root.name}:validation",
+            eval_splits={"forget": profiles(validation_rows["forget"], "forget"),
+                         "retain": profiles(validation_rows["retain"], "retain"),
+                         "real_world": profiles(validation_rows["real_world"], "real_world", REAL_WORLD_PREFIX)},
+            forget_train=[i for i in finetune if i.person_id in forget_people],
+            # As in a reported run: the retain people's data, here with the validation retain group.
+            retain_train=retain_train + [i for i in finetune if i.person_id in retain_people],
+            finetune_train=finetune, pretrain_train=pretrain or [], forget_ids=sorted(forget_people),
+            meta={"root": str(root), "validation": "built-in validation people",
+                  "configs": dict(VALIDATION_CONFIGS),
+                  "people": {"forget": sorted(forget_people), "retain": sorted(retain_people),
+                             "real_world": sorted(real_people)}})
     return Benchmark(
         name=f"mllmu:{root.name}:forget_{forget_percent}",
         eval_splits={
@@ -417,12 +443,13 @@ def load_mllmu(root: str | Path, forget_percent: int = 10, seed: int = 0) -> Ben
             "real_world": profiles(real_rows, "real_world", REAL_WORLD_PREFIX),
         },
         forget_train=[i for i in finetune if i.person_id in forget_set],
-        retain_train=[i for i in finetune if i.person_id not in forget_set],
+        retain_train=retain_train,
         finetune_train=finetune,
         pretrain_train=pretrain or [],
         forget_ids=forget_ids,
         holdout=holdout or [],
         demonstrations=full_set_reader(root),  # --protocol mllmu's few-shot source
+        validation=validation,
         meta={"root": str(root), "forget_percent": forget_percent, "seed": seed,
               # Names from a "name" column (the built-in world), the biography or ft_Data's name
               # question; real-world people under "real:<ID>".

@@ -7,6 +7,10 @@ in several phrasings. Training phrasings (``ft_Data``) and the test split's para
 model learns in a pre-training stage (``pretrain_Data``), before the fictitious ones.
 ``Holdout_Set`` holds people no model is ever trained on (membership inference's
 non-members), drawn from a random stream of their own so the other files are unchanged.
+``Validation_Forget``, ``Validation_Retain`` and ``Validation_Real`` hold the validation people
+(``validation_people``): trained on like everyone else (``ft_Data``/``pretrain_Data``) but in no
+reported split, so ``mllm-unlearn sweep`` chooses hyperparameters on people the reported figures
+never use. They too come from a random stream of their own.
 """
 from __future__ import annotations
 
@@ -85,6 +89,8 @@ GENERATION_INSTRUCTION = "Answer the question based on your trained knowledge in
 FORGET_PERCENTS = (5, 10, 15)
 HOLDOUT_PERCENT = max(FORGET_PERCENTS)  # as many held-out people as the largest forget split
 HOLDOUT_STREAM = 7_001  # seeds the held-out people's own random stream: [seed, HOLDOUT_STREAM]
+VALIDATION_STREAM = 7_002  # seeds the validation people's own random stream
+VALIDATION_CONFIGS = {"forget": "Validation_Forget", "retain": "Validation_Retain", "real_world": "Validation_Real"}
 
 
 @dataclass(frozen=True)
@@ -98,12 +104,29 @@ class WorldConfig:
     # Every two portraits differ in at least this many of their five features. At 4, two people
     # share at most one colour, so each person's portrait is told apart by a wide margin.
     portrait_distance: int = 4
+    # Validation people (``validation_people``): a forget and a retain group, each this % of the
+    # fictitious people (at least 1; 10 each at the default 100), and ceil(this % of the real-world
+    # people) real-world ones (5 at the default 30). 0 = none.
+    validation_percent: int = 10
+    validation_real_percent: int = 15
 
     def key(self) -> str:
         settings = asdict(self)
         if settings["portrait_distance"] == 2:  # worlds generated before the option keep their key
             del settings["portrait_distance"]
+        if settings["validation_percent"] == 0:  # so do worlds generated before validation people
+            del settings["validation_percent"], settings["validation_real_percent"]
         return stable_hash(settings)
+
+    def validation_sizes(self) -> tuple[int, int, int]:
+        """(forget, retain, real-world) validation people."""
+        import math
+
+        if self.validation_percent <= 0:
+            return 0, 0, 0
+        group = max(1, round(self.fictitious * self.validation_percent / 100))
+        real = max(1, math.ceil(self.real_world * self.validation_real_percent / 100)) if self.real_world else 0
+        return group, group, real
 
 
 GENERATOR = "mllm-unlearn synthetic"  # world.json's "generator": marks a directory this module wrote
@@ -203,6 +226,12 @@ def holdout_rows(config: WorldConfig, people: list[dict[str, Any]] | None = None
     features from every world portrait) are drawn afresh. Deterministic in ``config`` alone.
     """
     people = people if people is not None else _people(config, np.random.default_rng(config.seed))
+    return [{"ID": person["id"], "name": person["name"],
+             "image": {"bytes": to_png(render_portrait(person["identity"], config.image_size)), "path": f"{person['id']}.png"},
+             "metadata": json.dumps(_training_pairs(person))} for person in _holdout_people(config, people)]
+
+
+def _holdout_people(config: WorldConfig, people: list[dict[str, Any]]) -> list[dict[str, Any]]:
     fictitious = [p for p in people if not p["real"]]
     count = max(1, round(len(fictitious) * HOLDOUT_PERCENT / 100))
     rng = np.random.default_rng([config.seed, HOLDOUT_STREAM])
@@ -221,14 +250,39 @@ def holdout_rows(config: WorldConfig, people: list[dict[str, Any]] | None = None
             break
     identities = draw_identities(len(names), rng, min_distance=config.portrait_distance,
                                  existing=[p["identity"] for p in people])
-    rows = []
-    for index, (name, identity) in enumerate(zip(names, identities)):
-        person = {"id": f"H{index:03d}", "name": name, "identity": identity, "real": False,
-                  "facts": {attr: str(rng.choice(spec["values"])) for attr, spec in ATTRIBUTES.items()}}
-        rows.append({"ID": person["id"], "name": name,
-                     "image": {"bytes": to_png(render_portrait(identity, config.image_size)), "path": f"{person['id']}.png"},
-                     "metadata": json.dumps(_training_pairs(person))})
-    return rows
+    return [{"id": f"H{index:03d}", "name": name, "identity": identity, "real": False,
+             "facts": {attr: str(rng.choice(spec["values"])) for attr, spec in ATTRIBUTES.items()}}
+            for index, (name, identity) in enumerate(zip(names, identities))]
+
+
+def validation_people(config: WorldConfig, people: list[dict[str, Any]]) -> dict[str, list[dict[str, Any]]]:
+    """The validation people of the world: group ("forget", "retain", "real_world") -> people.
+
+    Fictitious ones are like the world's fictitious people (ids ``V000``...), real-world ones like
+    its real-world people (``VR00``...): names of their own (words no other person's name uses),
+    facts drawn afresh, portraits at least ``portrait_distance`` features from every world and
+    held-out portrait. Deterministic in ``config`` alone, from a random stream of their own, so
+    every other file of the world is as without them.
+    """
+    forget, retain, real = config.validation_sizes()
+    total = forget + retain + real
+    if not total:
+        return {group: [] for group in VALIDATION_CONFIGS}
+    rng = np.random.default_rng([config.seed, VALIDATION_STREAM])
+    taken = {part for p in people for part in p["name"].split()}
+    firsts = [n for n in rng.permutation(_name_pool(rng, 3 * total + len(taken), 2)) if n not in taken][:total]
+    lasts = [n for n in rng.permutation(_name_pool(rng, 3 * total + len(taken), 3))
+             if n not in taken and n not in firsts][:total]
+    existing = [p["identity"] for p in people + _holdout_people(config, people)]
+    identities = draw_identities(total, rng, min_distance=config.portrait_distance, existing=existing)
+    groups: dict[str, list[dict[str, Any]]] = {group: [] for group in VALIDATION_CONFIGS}
+    for index, (first, last, identity) in enumerate(zip(firsts, lasts, identities)):
+        real = index >= forget + retain
+        group = "real_world" if real else ("forget" if index < forget else "retain")
+        person_id = f"VR{index - forget - retain:02d}" if real else f"V{index:03d}"
+        groups[group].append({"id": str(person_id), "name": f"{first} {last}", "identity": identity, "real": real,
+                              "facts": {attr: str(rng.choice(spec["values"])) for attr, spec in ATTRIBUTES.items()}})
+    return groups
 
 
 def add_holdout(root: str | Path, config: WorldConfig) -> None:
@@ -237,6 +291,25 @@ def add_holdout(root: str | Path, config: WorldConfig) -> None:
 
     with atomic_directory(Path(root) / HOLDOUT_CONFIG) as tmp:
         pq.write_table(pa.Table.from_pylist(holdout_rows(config)), tmp / "train-00000-of-00001.parquet")
+
+
+def _validation_rows(config: WorldConfig, people: list[dict[str, Any]]) -> dict[str, list[dict[str, Any]]]:
+    """Profile rows of each validation group (the ``forget_*``/``Retain_Set`` format, train
+    phrasings as in those splits) and the training rows they add to ``ft_Data`` and ``pretrain_Data``."""
+    rng = np.random.default_rng([config.seed, VALIDATION_STREAM, 1])
+    out: dict[str, list[dict[str, Any]]] = {"ft_Data": [], "pretrain_Data": []}
+    for group, persons in validation_people(config, people).items():
+        out[group] = []
+        for person in persons:
+            pid = person["id"]
+            image = {"bytes": to_png(render_portrait(person["identity"], config.image_size)), "path": f"{pid}.png"}
+            out[group].append({"ID": pid, "name": person["name"], "image": image,
+                               "biography": " ".join(ATTRIBUTES[a]["statement"].format(value=v, **subject_forms(person["name"]))
+                                                     for a, v in person["facts"].items()),
+                               **_profile_tasks(person, rng, "train")})
+            training = {"ID": pid, "image": image, "metadata": json.dumps(_training_pairs(person))}
+            out["pretrain_Data" if person["real"] else "ft_Data"].append(training)
+    return out
 
 
 IMAGE_TYPE = pa.struct([("bytes", pa.binary()), ("path", pa.string())])
@@ -294,8 +367,13 @@ def generate_world(out_dir: str | Path, config: WorldConfig | None = None, layou
         _write_config(tmp, "Full_Set", profiles)
         _write_config(tmp, "Test_Set", test_rows)
         _write_config(tmp, "Retain_Set", real_rows)
-        _write_config(tmp, "ft_Data", ft_rows)
-        _write_config(tmp, "pretrain_Data", pretrain_rows)
+        validation = _validation_rows(config, people)
+        # Validation people are trained on (after the world's own rows) but in no reported split.
+        _write_config(tmp, "ft_Data", ft_rows + validation["ft_Data"])
+        _write_config(tmp, "pretrain_Data", pretrain_rows + validation["pretrain_Data"])
+        for group, config_name in VALIDATION_CONFIGS.items():
+            if validation[group]:
+                _write_config(tmp, config_name, validation[group])
         for pct in FORGET_PERCENTS:
             forget = set(order[: max(1, round(len(order) * pct / 100))])
             _write_config(tmp, f"forget_{pct}", [p for p in profiles if p["ID"] in forget])

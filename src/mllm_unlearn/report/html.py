@@ -412,6 +412,18 @@ def render_html(runs: Sequence[dict[str, Any]], title: str | None = None) -> str
     if len(runs) == 1:
         header, rows = detail_rows(runs[0])
         parts += ["<h3>Every metric, vanilla → unlearned</h3>", _table(header, rows, "results detail")]
+        if runs[0].get("tradeoff"):
+            from .markdown import MODALITY_LABELS, TRADEOFF_COLUMNS, hyperparameter_lines
+
+            parts += ["<h3>Trade-off (classification, chance-corrected)</h3>",
+                      _table(["modality"] + [label for _, label in TRADEOFF_COLUMNS],
+                             [[MODALITY_LABELS.get(m, m)] + [_fmt(cell.get(key), 2) for key, _ in TRADEOFF_COLUMNS]
+                              for m, cell in runs[0]["tradeoff"].items()], "tradeoff"),
+                      "<p class='note'>Forget efficacy = clip((vanilla − acc) / (vanilla − chance), 0, 1), chance "
+                      "25%; retention = clip(acc / vanilla, 0, 1); harmonic mean of forget efficacy and the mean of "
+                      "retain and real-world retention.</p>"]
+            parts += [f"<p class='note'>{html.escape(line.removeprefix('- '))}</p>"
+                      for line in hyperparameter_lines(runs[0]["config"])]
         people = per_person_table(runs[0])
         if people is not None:
             header, rows, summary = people

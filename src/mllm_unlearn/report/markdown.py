@@ -97,6 +97,7 @@ def render_markdown(results: dict[str, Any]) -> str:
         *_edit_source(config),
         f"- Seed {config['seed']}; {_protocol_line(config['eval'])}",
         *_preset_line(config),
+        *hyperparameter_lines(config),
         *failures_markdown(results),
         "",
         "Each cell: vanilla → unlearned. Forget and test should fall; retain and real-world should stay.",
@@ -110,6 +111,7 @@ def render_markdown(results: dict[str, Any]) -> str:
             after = unlearned.get(split, {}).get(modality, {})
             cells = [f"{_fmt(cell.get(key), pattern)} → {_fmt(after.get(key), pattern)}" for key, _, pattern in metrics]
             lines.append(f"| {SPLIT_LABELS.get(split, split)} | {MODALITY_LABELS.get(modality, modality)} | " + " | ".join(cells) + " |")
+    lines += tradeoff_markdown(results)
     diagnostics = results["vanilla"].get("diagnostics", {}).get("image_swap")
     if diagnostics:
         lines += ["", "## Does the image carry the identity?", "",
@@ -121,6 +123,48 @@ def render_markdown(results: dict[str, Any]) -> str:
     lines += _data_notes(config)
     lines += _cost_lines(results)
     return "\n".join(lines) + "\n"
+
+
+def hyperparameter_lines(config: dict[str, Any]) -> list[str]:
+    """Where the method's hyperparameters came from, and which split chose them."""
+    if config.get("edit_source"):
+        return []
+    preset = config.get("preset_file")
+    if not preset and config.get("preset"):
+        return []  # _preset_line says which built-in preset ran
+    if not preset:
+        return [f"- Hyperparameters: the tool's defaults for {config['method']} (methods/defaults.py says what "
+                "they were chosen on), with any options given on the command line"]
+    from ..sweep import describe_validation
+
+    chosen = (preset.get("chosen_by") or {}).get("trial")
+    where = describe_validation(preset["validation"]) if preset.get("validation") else "an unrecorded split"
+    left_out = (config.get("benchmark") or {}).get("validation_people_left_out")
+    return [f"- Hyperparameters: preset `{preset['path']}`" + (f" (sweep trial {chosen})" if chosen is not None else "")
+            + f", chosen on {where}; options given on the command line override it"
+            + (f"; {len(left_out)} validation people left out of the retain/real-world figures" if left_out else "")]
+
+
+TRADEOFF_COLUMNS = (("forget_efficacy", "Forget efficacy"), ("test_efficacy", "Test efficacy"),
+                    ("retain_retention", "Retain retention"), ("real_world_retention", "Real-world retention"),
+                    ("harmonic_mean", "Harmonic mean"))
+
+
+def tradeoff_markdown(results: dict[str, Any]) -> list[str]:
+    """The chance-corrected trade-off table (results["tradeoff"], eval/tradeoff.py), when present."""
+    table = results.get("tradeoff")
+    if not table:
+        return []
+    lines = ["", "## Trade-off (classification, chance-corrected)", "",
+             "Forget efficacy = clip((vanilla − acc) / (vanilla − chance), 0, 1), chance 25%; retention = "
+             "clip(acc / vanilla, 0, 1); harmonic mean of forget efficacy and the mean of retain and real-world "
+             "retention. 1 is best everywhere.", "",
+             "| Modality | " + " | ".join(label for _, label in TRADEOFF_COLUMNS) + " |",
+             "|---|" + "---|" * len(TRADEOFF_COLUMNS)]
+    for modality, cell in table.items():
+        lines.append(f"| {MODALITY_LABELS.get(modality, modality)} | "
+                     + " | ".join(_fmt(cell.get(key), "{:.2f}") for key, _ in TRADEOFF_COLUMNS) + " |")
+    return lines
 
 
 def _data_notes(config: dict[str, Any]) -> list[str]:
