@@ -18,6 +18,7 @@ from ..data.collate import Encoder
 from ..data.collate import collate as collate_examples
 from ..data.items import OPTION_KEYS, Benchmark, Item
 from ..models.base import VLM
+from ..utils import process_rank_and_count
 from .loop import LoraOptions, TrainConfig, train
 from .losses import sequence_nll
 
@@ -273,8 +274,10 @@ def inject_knowledge(vlm: VLM, benchmark: Benchmark, cfg: InjectionConfig | None
         stage_collate = collate
         batch_size = cfg.batch_size
         if cfg.batch_by_form:
+            # Each process draws its own batches (the loop shards the form labels over processes).
+            rank = process_rank_and_count()[0]
             examples, stage_collate, samples = _form_batches(pool, collate, cfg.batch_size, samples,
-                                                             random.Random(cfg.seed + 41 + index))
+                                                             random.Random(cfg.seed + 41 + index + 1000 * rank))
             batch_size = 1
         train_cfg = TrainConfig(lr=cfg.lr, epochs=epochs, samples_per_epoch=samples, batch_size=batch_size,
                                 warmup_ratio=cfg.warmup_ratio, seed=cfg.seed + index, lora=cfg.lora, progress=progress)
