@@ -74,14 +74,10 @@ class InjectionConfig:
     # Probability that a training portrait is re-drawn with noise, a lighting change or a mirror
     # flip: the invariance a pretrained vision encoder would bring (0 = off).
     image_augment: float = 0.0
-    # Probability that an open-QA draw is asked in MLLMU-Bench's other evaluation formats: with
-    # the generation instruction appended (same answer sentence), or as the fill-in-the-blank
-    # statement (the fact's value replaced by [Blank]; answer: the value). Same fact, same share
-    # of draws; a model trained from scratch otherwise never sees these instructions and answers
-    # them with an empty string (cloze 0-4%; generation by luck). Off by default: with 60 stage-2
-    # epochs, 0.25 each (CLI --task-formats 0.25) made generation and cloze work (ROUGE-L
-    # 0.93-1.0, cloze 61-99%) but VQA classification fell to 90 / 81.6 / 73.3 on forget /
-    # retain / real-world, and 0.1 each to 66 / 68.4 / 68 (README).
+    # Probability that an open-QA draw is re-asked in MLLMU-Bench's other evaluation formats
+    # (generation, cloze), on top of those formats' own pool forms above (CLI --task-formats).
+    # Measured before the forms existed, with 60 stage-2 epochs: 0.25 each made generation and
+    # cloze work but VQA classification fell to 90 / 81.6 / 73.3 on forget / retain / real-world.
     qa_task_forms: dict[str, float] = field(default_factory=dict)
     replay_fraction: float = 0.25  # share of stage-2 samples drawn from stage-1 data
     warmup_ratio: float = 0.05
