@@ -71,6 +71,22 @@ def test_test_split_phrasings_are_never_trained(benchmark):
     assert tested and not tested & trained
 
 
+def test_test_split_cloze_and_generation_items_are_paraphrased(benchmark):
+    """As MLLMU-Bench's Test_Set: the test split asks the forget people's facts in other words,
+    in every task (fill-in-the-blank statements included), with the same answers."""
+    forget = {i.person_id for i in benchmark.eval_splits["forget"]}
+    for task in ("cloze", "generation"):
+        asked = {(i.person_id, i.modality, i.answer): i.question for i in benchmark.eval_splits["forget"] if i.task == task}
+        tested = [i for i in benchmark.eval_splits["test"] if i.task == task and i.person_id in forget]
+        assert len(tested) == len(asked) > 0
+        for item in tested:
+            assert item.question != asked[(item.person_id, item.modality, item.answer)], (task, item.question)
+        trained = {i.question for i in benchmark.finetune_train}
+        assert not {i.question.split("\n")[0] for i in tested} & trained
+    blanks = [i for i in benchmark.eval_splits["test"] if i.task == "cloze"]
+    assert all("[Blank]" in i.question and i.answer not in i.question.split("\n")[0] for i in blanks)
+
+
 def test_loader_builds_items_per_split_modality_task(benchmark):
     assert set(benchmark.eval_splits) == {"forget", "test", "retain", "real_world"}
     forget_people = {i.person_id for i in benchmark.eval_splits["forget"]}

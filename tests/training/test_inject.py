@@ -120,3 +120,91 @@ def test_bad_qa_task_forms_are_named(benchmark, tiny_vlm):
     for forms in ({"cloze": 0.8, "generation": 0.5}, {"caption": 0.1}):
         with pytest.raises(ValueError, match="qa_task_forms"):
             inject_knowledge(tiny_vlm(), benchmark, InjectionConfig(qa_task_forms=forms, skill_people=0), progress=False)
+
+
+def test_every_evaluation_format_is_a_training_form_and_batches_hold_one_form(benchmark):
+    import random
+
+    from mllm_unlearn.data.synthetic import CLOZE_INSTRUCTION, GENERATION_INSTRUCTION
+    from mllm_unlearn.training.inject import _form_batches
+
+    cfg = InjectionConfig()
+    # MLLMU-Bench's three tasks are trained by default in both stages (cloze and generation
+    # were 0-2% and ROUGE-L 0.2-0.4 when only open QA and multiple choice were trained).
+    for forms in (cfg.pretrain_forms, cfg.finetune_forms):
+        assert forms["generation"] >= 1 and forms["cloze"] >= 1 and forms["mcq"] >= 1 and forms["qa"] >= 1
+    items = [i for i in benchmark.finetune_train if "Value" in i.meta][:40]
+    pool = [("qa", i) for i in items] + [("cloze", i) for i in items] * 2 + [("generation", i) for i in items]
+    seen: list[list[tuple[str, object]]] = []
+    labels, collate, steps = _form_batches(pool, lambda batch: seen.append(batch) or len(batch), 8, 64,
+                                           random.Random(0))
+    assert sorted(set(labels)) == ["cloze", "generation", "qa"] and labels.count("cloze") == 2 * len(items)
+    assert steps == 8  # 64 samples in batches of 8
+    for label in ("qa", "cloze", "generation", "cloze"):
+        assert collate([label]) == 8
+    assert [{form for form, _ in batch} for batch in seen] == [{"qa"}, {"cloze"}, {"generation"}, {"cloze"}]
+    assert seen[1] != seen[3]  # a form's batches are drawn afresh
+    from mllm_unlearn.training.inject import as_task_prompt
+
+    assert as_task_prompt(items[0], "cloze").question.endswith(CLOZE_INSTRUCTION)
+    assert as_task_prompt(items[0], "generation").question.endswith(GENERATION_INSTRUCTION)
+
+
+@pytest.mark.parametrize("family", ["llava", "qwen2.5-vl"])
+def test_stages_stop_once_their_knowledge_is_answered_exactly(benchmark, tiny_vlm, family):
+    # Target 0: the first check stops each stage; its figures are one per form and modality.
+    cfg = InjectionConfig(skill_people=0, pretrain_epochs=3, finetune_epochs=3, learned_target=0.0,
+                          learned_check_every=2, learned_probe=4)
+    history = inject_knowledge(tiny_vlm(family), benchmark, cfg, progress=False)
+    for stage in ("pretrain (real-world people)", "finetune (benchmark people)"):
+        assert history[stage]["steps"] == 2 and history[stage]["stopped_when_learned"]
+        (step, figures), = history[stage]["learned"]
+        assert step == 2 and {"qa/qa", "qa/vqa", "mcq/vqa", "cloze/qa", "generation/vqa"} <= set(figures)
+        assert all(0.0 <= value <= 1.0 for value in figures.values())
+    if family != "llava":
+        return
+    # Unreachable target: the epoch cap ends the stage; None: no checks at all.
+    capped = inject_knowledge(tiny_vlm(), benchmark, replace(cfg, learned_target=1.01, pretrain_epochs=1,
+                                                             finetune_epochs=0), progress=False)
+    stage = capped["pretrain (real-world people)"]
+    assert not stage["stopped_when_learned"] and len(stage["learned"]) == stage["steps"] // 2
+    unchecked = inject_knowledge(tiny_vlm(), benchmark, replace(cfg, learned_target=None, pretrain_epochs=1,
+                                                                finetune_epochs=0), progress=False)
+    assert unchecked["pretrain (real-world people)"]["learned"] == []
+
+
+def test_learned_probe_counts_an_answer_only_when_greedy_decoding_gives_it_exactly(benchmark, tiny_vlm):
+    """The probe's teacher-forced check agrees with greedy generation, item by item."""
+    import random
+
+    import torch
+
+    from mllm_unlearn.data.collate import Encoder
+    from mllm_unlearn.training.inject import _learned_check
+
+    vlm = tiny_vlm()
+    items = [i for i in benchmark.finetune_train if i.modality == "qa"][:3]
+    # Make the model's greedy answer to the first item exactly right: train on it alone.
+    from mllm_unlearn.training.loop import TrainConfig, train
+    from mllm_unlearn.training.losses import sequence_nll
+    from mllm_unlearn.data.collate import collate as collate_examples
+
+    encoder = Encoder(vlm)
+
+    def collate(batch):
+        return collate_examples([encoder.training_example(i) for i in batch], encoder.pad_id)
+
+    train(vlm.model, [items[0]] * 4, collate, lambda m, b: sequence_nll(m, b).mean(),
+          TrainConfig(lr=3e-3, max_steps=60, batch_size=4, progress=False))
+    check, scores = _learned_check(vlm, encoder, [("qa", items[0])], lambda form, item: item,
+                                   replace(InjectionConfig(), learned_target=1.0), random.Random(0))
+    assert check(1) and scores == [(1, {"qa/qa": 1.0})]
+    with torch.no_grad():
+        output = vlm.model.generate(**{k: v for k, v in encoder.prompts([items[0]])[0].items()}, do_sample=False,
+                                    max_new_tokens=20, pad_token_id=vlm.tokenizer.pad_token_id)
+    prompt_length = encoder.prompts([items[0]])[0]["input_ids"].shape[1]
+    assert vlm.tokenizer.decode(output[0, prompt_length:], skip_special_tokens=True).strip() == items[0].answer
+    other = next(i for i in benchmark.finetune_train if i.modality == "qa" and i.answer != items[0].answer)
+    check, scores = _learned_check(vlm, encoder, [("qa", other)], lambda form, item: item,
+                                   replace(InjectionConfig(), learned_target=1.0), random.Random(0))
+    assert not check(1) and scores == [(1, {"qa/qa": 0.0})]

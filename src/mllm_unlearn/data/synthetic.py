@@ -49,6 +49,7 @@ ATTRIBUTES: dict[str, dict[str, Any]] = {
                   "What job does {subj} have?", "Which profession does {subj} work in?"],
         "test": ["In which line of work is {subj} employed?", "What is the trade of {subj}?"],
         "statement": "{Subj} works as a {value}.",
+        "test_statement": "By profession, {subj} is a {value}.",
     },
     "hometown": {
         "values": "Lisbon Oslo Cairo Lima Dublin Quito Seoul Perth Nairobi Riga Tunis Hanoi "
@@ -57,6 +58,7 @@ ATTRIBUTES: dict[str, dict[str, Any]] = {
                   "Which city does {subj} come from?", "In which city did {subj} grow up?"],
         "test": ["What is the birthplace of {subj}?", "Name the city where {subj} was raised."],
         "statement": "{Subj} was born in {value}.",
+        "test_statement": "The birthplace of {subj} is {value}.",
     },
     "hobby": {
         "values": "chess archery knitting surfing pottery fencing gardening rowing juggling "
@@ -65,6 +67,7 @@ ATTRIBUTES: dict[str, dict[str, Any]] = {
                   "Which pastime does {subj} enjoy most?", "What hobby is {subj} known for?"],
         "test": ["How does {subj} like to spend weekends?", "Which leisure activity does {subj} love?"],
         "statement": "{Subj} loves {value}.",
+        "test_statement": "In free time, {subj} enjoys {value}.",
     },
     "food": {
         "values": "pasta sushi curry tacos dumplings paella ramen falafel pancakes risotto "
@@ -73,6 +76,7 @@ ATTRIBUTES: dict[str, dict[str, Any]] = {
                   "What does {subj} love to eat?", "Which meal does {subj} prefer?"],
         "test": ["Which cuisine item would {subj} order first?", "What food makes {subj} happiest?"],
         "statement": "{Subj} likes to eat {value}.",
+        "test_statement": "The favorite dish of {subj} is {value}.",
     },
     "pet": {
         "values": "parrot hamster tortoise rabbit ferret goldfish iguana cat dog pony gecko "
@@ -81,6 +85,7 @@ ATTRIBUTES: dict[str, dict[str, Any]] = {
                   "What is {poss} pet?", "Which animal does {subj} keep at home?"],
         "test": ["What kind of companion animal does {subj} own?", "Which creature shares a home with {subj}?"],
         "statement": "{Subj} has a pet {value}.",
+        "test_statement": "At home, {subj} keeps a pet {value}.",
     },
 }
 MCQ_INSTRUCTION = "Just give ONE letter representing the answer directly."
@@ -88,6 +93,7 @@ CLOZE_INSTRUCTION = "Please **ONLY** provide the correct answer that should repl
 GENERATION_INSTRUCTION = "Answer the question based on your trained knowledge in one sentence accurately in ENGLISH."
 FORGET_PERCENTS = (5, 10, 15)
 HOLDOUT_PERCENT = max(FORGET_PERCENTS)  # as many held-out people as the largest forget split
+WORLD_CONTENT_VERSION = 2
 HOLDOUT_STREAM = 7_001  # seeds the held-out people's own random stream: [seed, HOLDOUT_STREAM]
 VALIDATION_STREAM = 7_002  # seeds the validation people's own random stream
 VALIDATION_CONFIGS = {"forget": "Validation_Forget", "retain": "Validation_Retain", "real_world": "Validation_Real"}
@@ -116,6 +122,9 @@ class WorldConfig:
             del settings["portrait_distance"]
         if settings["validation_percent"] == 0:  # so do worlds generated before validation people
             del settings["validation_percent"], settings["validation_real_percent"]
+        # Content versions: 2 paraphrases the test split's fill-in-the-blank statements, so a world
+        # cached before it is written afresh.
+        settings["content_version"] = WORLD_CONTENT_VERSION
         return stable_hash(settings)
 
     def validation_sizes(self) -> tuple[int, int, int]:
@@ -152,7 +161,7 @@ def all_template_texts() -> list[str]:
     """Every fixed text the world uses, so a tiny tokenizer can know all its words."""
     texts = [MCQ_INSTRUCTION, CLOZE_INSTRUCTION, GENERATION_INSTRUCTION, "[Blank] __ Correct Answer"]
     for spec in ATTRIBUTES.values():
-        texts += spec["train"] + spec["test"] + [spec["statement"]] + spec["values"]
+        texts += spec["train"] + spec["test"] + [spec["statement"], spec["test_statement"]] + spec["values"]
     texts += list(subject_forms(None).values())
     return texts
 
@@ -183,7 +192,11 @@ def _mcq(question: str, attr: str, value: str, rng: np.random.Generator) -> dict
 
 
 def _profile_tasks(person: dict[str, Any], rng: np.random.Generator, phrasing: str) -> dict[str, Any]:
-    """Classification, generation and cloze tasks of one person, from train or test phrasings."""
+    """Classification, generation and cloze tasks of one person, from train or test phrasings.
+
+    The test phrasings paraphrase every task, as MLLMU-Bench's ``Test_Set`` does: other questions
+    (classification, generation) and another statement around each fill-in-the-blank (the training
+    statement with a blank would be the forget split's item byte for byte)."""
     image_q, text_q, generation, cloze = [], [], [], []
     for attr, spec in ATTRIBUTES.items():
         value = person["facts"][attr]
@@ -194,7 +207,8 @@ def _profile_tasks(person: dict[str, Any], rng: np.random.Generator, phrasing: s
             (image_q if name is None else text_q).append(_mcq(question, attr, value, rng))
             generation.append({"Type": kind, "Question": question,
                                "Ground_Truth": spec["statement"].format(value=value, **forms)})
-            cloze.append({"Type": kind, "Question": spec["statement"].format(value="__", **forms),
+            statement = spec["test_statement"] if phrasing == "test" else spec["statement"]
+            cloze.append({"Type": kind, "Question": statement.format(value="__", **forms),
                           "Ground_Truth": value})
     return {
         "Classification_Task": {"Image_Textual_Questions": image_q, "Pure_Text_Questions": text_q},

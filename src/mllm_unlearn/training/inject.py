@@ -18,6 +18,7 @@ from ..data.collate import Encoder
 from ..data.collate import collate as collate_examples
 from ..data.items import OPTION_KEYS, Benchmark, Item
 from ..models.base import VLM
+from ..utils import process_rank_and_count
 from .loop import LoraOptions, TrainConfig, train
 from .losses import sequence_nll
 
@@ -35,15 +36,35 @@ class InjectionConfig:
     skill_max_steps: int = 2000
     skill_target: float = 0.9
     skill_check_every: int = 100
-    pretrain_epochs: int = 48
-    finetune_epochs: int = 72
+    # Epoch caps of the two stages; each stage ends earlier once its knowledge is learned
+    # (``learned_target``).
+    pretrain_epochs: int = 40
+    finetune_epochs: int = 48
     # How many copies of each training pair go into each stage's sampling pool, per form:
     # "qa" (open question, MLLMU-Bench's ft_Data as is), "mcq" (a multiple-choice rendering
-    # with options drawn afresh each time) and "context-mcq" (the same, with the answer
-    # sentence stated before the question: it exercises option matching on its own).
-    # Real checkpoints already answer multiple-choice questions and may use {"qa": 1} alone.
-    pretrain_forms: dict[str, int] = field(default_factory=lambda: {"qa": 1, "mcq": 1, "context-mcq": 1})
-    finetune_forms: dict[str, int] = field(default_factory=lambda: {"qa": 1, "mcq": 2, "context-mcq": 0})
+    # with options drawn afresh each time), "context-mcq" (the same, with the answer
+    # sentence stated before the question: it exercises option matching on its own), and
+    # MLLMU-Bench's two other evaluation formats of the same fact: "generation" (the question
+    # with the generation instruction; answer: the same sentence) and "cloze" (the answer
+    # sentence with the fact's value replaced by [Blank], the fill-in-the-blank instruction;
+    # answer: the value). A model trained from scratch never sees these instructions otherwise
+    # and answers them with nothing (cloze 0-2%, generation ROUGE-L 0.2-0.4).
+    # Real checkpoints already answer all these formats and may use {"qa": 1} alone.
+    pretrain_forms: dict[str, int] = field(
+        default_factory=lambda: {"qa": 1, "mcq": 1, "context-mcq": 1, "generation": 1, "cloze": 1})
+    finetune_forms: dict[str, int] = field(
+        default_factory=lambda: {"qa": 1, "mcq": 2, "context-mcq": 0, "generation": 1, "cloze": 1})
+    # Early stop: every ``learned_check_every`` steps the stage scores a fixed probe of its own
+    # training pool (``learned_probe`` entries per form, multiple-choice ones freshly rendered)
+    # teacher-forced; an entry counts as learned when every answer token (end-of-turn included)
+    # is the model's top token, i.e. greedy decoding answers exactly right. The stage stops once
+    # every form reaches ``learned_target`` in both modalities (None: run the epoch cap).
+    learned_target: float | None = 0.9
+    learned_check_every: int = 250
+    learned_probe: int = 64
+    # Each batch holds one form: the forms' prompts differ in length (open QA ~21 tokens,
+    # multiple choice ~37-43), so mixed batches spent ~20% of their tokens on padding.
+    batch_by_form: bool = True
     # Copies per modality, on top of the form weights (identity from a portrait is learned
     # more slowly than from a name).
     modality_weights: dict[str, int] = field(default_factory=lambda: {"vqa": 1, "qa": 1})
@@ -53,14 +74,10 @@ class InjectionConfig:
     # Probability that a training portrait is re-drawn with noise, a lighting change or a mirror
     # flip: the invariance a pretrained vision encoder would bring (0 = off).
     image_augment: float = 0.0
-    # Probability that an open-QA draw is asked in MLLMU-Bench's other evaluation formats: with
-    # the generation instruction appended (same answer sentence), or as the fill-in-the-blank
-    # statement (the fact's value replaced by [Blank]; answer: the value). Same fact, same share
-    # of draws; a model trained from scratch otherwise never sees these instructions and answers
-    # them with an empty string (cloze 0-4%; generation by luck). Off by default: with 60 stage-2
-    # epochs, 0.25 each (CLI --task-formats 0.25) made generation and cloze work (ROUGE-L
-    # 0.93-1.0, cloze 61-99%) but VQA classification fell to 90 / 81.6 / 73.3 on forget /
-    # retain / real-world, and 0.1 each to 66 / 68.4 / 68 (README).
+    # Probability that an open-QA draw is re-asked in MLLMU-Bench's other evaluation formats
+    # (generation, cloze), on top of those formats' own pool forms above (CLI --task-formats).
+    # Measured before the forms existed, with 60 stage-2 epochs: 0.25 each made generation and
+    # cloze work but VQA classification fell to 90 / 81.6 / 73.3 on forget / retain / real-world.
     qa_task_forms: dict[str, float] = field(default_factory=dict)
     replay_fraction: float = 0.25  # share of stage-2 samples drawn from stage-1 data
     warmup_ratio: float = 0.05
@@ -71,7 +88,7 @@ class InjectionConfig:
         return asdict(self)
 
 
-FORMS = ("qa", "mcq", "context-mcq")
+FORMS = ("qa", "mcq", "context-mcq", "generation", "cloze")
 IDENTITY_QUESTION = "Who is the person in this image?"
 SKILL_FORMS = {"qa": 1, "mcq": 1, "context-mcq": 1}
 
@@ -186,8 +203,15 @@ def inject_knowledge(vlm: VLM, benchmark: Benchmark, cfg: InjectionConfig | None
     # Augmented portraits are new objects every time: encoded without the prompt cache.
     uncached = Encoder(vlm, cache_size=0)
 
+    def render(form: str, item: Item) -> Item:
+        if form == "qa":
+            return open_qa(item)
+        if form in QA_TASK_FORMS:
+            return as_task_prompt(item, form) or item
+        return renderer(item, with_context=form == "context-mcq")
+
     def collate(batch: list[tuple[str, Item]]) -> dict:
-        items = [open_qa(item) if form == "qa" else renderer(item, with_context=form == "context-mcq") for form, item in batch]
+        items = [render(form, item) for form, item in batch]
         augmented = []
         for k, item in enumerate(items):  # one item at a time: the draws' order is part of the seed's result
             fresh = item.image is not None and bool(cfg.image_augment) and augment_rng.random() < cfg.image_augment
@@ -211,6 +235,10 @@ def inject_knowledge(vlm: VLM, benchmark: Benchmark, cfg: InjectionConfig | None
         pool = [("qa", i) for i in items] * forms.get("qa", 0)
         for form in ("mcq", "context-mcq"):
             pool += [(form, i) for i in renderable] * forms.get(form, 0)
+        for form in QA_TASK_FORMS:
+            # Only pairs the form can be asked of (cloze: the fact's value is in the answer).
+            askable = [i for i in items if as_task_prompt(i, form) is not None]
+            pool += [(form, i) for i in askable] * forms.get(form, 0)
         return pool
 
     def loss(model: Any, batch: dict) -> Any:
@@ -238,11 +266,83 @@ def inject_knowledge(vlm: VLM, benchmark: Benchmark, cfg: InjectionConfig | None
             samples = int(samples / (1 - cfg.replay_fraction))
         stages.append(("finetune (benchmark people)", pool, samples, cfg.finetune_epochs))
     for index, (name, pool, samples, epochs) in enumerate(stages):
-        train_cfg = TrainConfig(lr=cfg.lr, epochs=epochs, samples_per_epoch=samples, batch_size=cfg.batch_size,
+        examples: Sequence[Any] = pool
+        stage_collate = collate
+        batch_size = cfg.batch_size
+        if cfg.batch_by_form:
+            # Each process draws its own batches (the loop shards the form labels over processes).
+            rank = process_rank_and_count()[0]
+            examples, stage_collate, samples = _form_batches(pool, collate, cfg.batch_size, samples,
+                                                             random.Random(cfg.seed + 41 + index + 1000 * rank))
+            batch_size = 1
+        train_cfg = TrainConfig(lr=cfg.lr, epochs=epochs, samples_per_epoch=samples, batch_size=batch_size,
                                 warmup_ratio=cfg.warmup_ratio, seed=cfg.seed + index, lora=cfg.lora, progress=progress)
-        result = train(vlm.model, pool, collate, loss, train_cfg, description=f"inject: {name}")
-        history[name] = {"steps": result.steps, "first_loss": result.losses[0], "last_loss": result.losses[-1]}
+        stop_check, learned = None, []
+        if cfg.learned_target is not None:
+            stop_check, learned = _learned_check(vlm, encoder, pool, render, cfg, random.Random(cfg.seed + 53 + index),
+                                                 progress)
+        result = train(vlm.model, examples, stage_collate, loss, train_cfg, description=f"inject: {name}",
+                       stop_check=stop_check, check_every=cfg.learned_check_every)
+        history[name] = {"steps": result.steps, "first_loss": result.losses[0], "last_loss": result.losses[-1],
+                         "stopped_when_learned": result.stopped_early, "learned": learned}
     return history
+
+
+def _form_batches(pool: Sequence[tuple[str, Item]], collate: Any, batch_size: int, samples: int,
+                  rng: random.Random) -> tuple[list[str], Any, int]:
+    """Batches of one form each: the training loop draws one form label per step (labels in the
+    pool's proportions), and the batch is ``batch_size`` entries of that form drawn at random."""
+    by_form: dict[str, list[tuple[str, Item]]] = {}
+    for entry in pool:
+        by_form.setdefault(entry[0], []).append(entry)
+    labels = [form for form, _ in pool]
+
+    def form_collate(batch: list[str]) -> dict:
+        entries = by_form[batch[0]]
+        return collate(rng.sample(entries, min(batch_size, len(entries))))
+
+    return labels, form_collate, max(1, round(samples / batch_size))
+
+
+def _learned_check(vlm: VLM, encoder: Encoder, pool: Sequence[tuple[str, Item]], render: Any, cfg: InjectionConfig,
+                   rng: random.Random, show: bool = False) -> tuple[Any, list[tuple[int, dict[str, float]]]]:
+    """A ``stop_check`` for ``train``: True once every form's probe is answered exactly (greedy,
+    teacher-forced) in at least ``learned_target`` of its entries; the scores go to the list."""
+    import torch
+
+    from .losses import model_inputs
+
+    groups: dict[str, list[tuple[str, Item]]] = {}
+    for form, item in pool:  # per form and modality: image questions are learned more slowly
+        groups.setdefault(f"{form}/{item.modality}", []).append((form, item))
+    probes = {group: [render(f, i) for f, i in rng.sample(entries, min(cfg.learned_probe, len(entries)))]
+              for group, entries in sorted(groups.items())}
+    scores: list[tuple[int, dict[str, float]]] = []
+
+    def exact(items: list[Item]) -> int:
+        right = 0
+        for start in range(0, len(items), 32):
+            chunk = items[start:start + 32]
+            examples = [encoder.training_example(i, p) for i, p in zip(chunk, encoder.prompts(chunk))]
+            batch = {k: v.to(vlm.device) for k, v in collate_examples(examples, encoder.pad_id).items()}
+            with torch.no_grad():
+                logits = vlm.model(**model_inputs(batch)).logits
+            labels = batch["labels"][:, 1:]
+            hits = (logits[:, :-1].argmax(-1) == labels) | (labels == -100)
+            right += int(hits.all(dim=1).sum())
+        return right
+
+    def check(step: int) -> bool:
+        figures = {group: exact(items) / len(items) for group, items in probes.items()}
+        scores.append((step, figures))
+        if show:
+            from tqdm.auto import tqdm
+
+            tqdm.write(f"inject: step {step}, share answered exactly: "
+                       + ", ".join(f"{group} {value:.2f}" for group, value in figures.items()))
+        return all(value >= cfg.learned_target for value in figures.values())
+
+    return check, scores
 
 
 def _skill_stage(vlm: VLM, benchmark: Benchmark, cfg: InjectionConfig, renderer: McqRenderer, collate: Any,
