@@ -29,6 +29,20 @@ def _num(value: float | None) -> str:
     return "–" if value is None else f"{value:.1f}"
 
 
+def _ratio(value: float | None) -> str:
+    return "–" if value is None else f"{value:.2f}"
+
+
+def _goal(results: dict, modality: str) -> str:
+    """Whether a modality meets the goal: forget and test accuracy <= 30% (chance + 5), retain and
+    real-world >= 95% of vanilla."""
+    before, after = results["vanilla"]["figures"], results["unlearned"]["figures"]
+    acc = lambda figures, split: figures[split][modality]["mcq_accuracy"]  # noqa: E731
+    forgot = all(acc(after, s) <= 30.0 for s in ("forget", "test"))
+    kept = all(acc(after, s) >= 0.95 * acc(before, s) for s in ("retain", "real_world"))
+    return "yes" if forgot and kept else ("forgets" if forgot else ("keeps" if kept else "no"))
+
+
 def _auc(results: dict, stage: str, attack: str) -> str:
     value = results["robustness"].get("mia", {}).get(stage, {}).get("auc", {}).get(attack)
     return "–" if value is None else f"{value:.3f}"
@@ -101,6 +115,27 @@ def main() -> None:
             f"{figures[s]['vqa']['mcq_accuracy']:.1f} | {figures[s]['qa']['mcq_accuracy']:.1f}" for s in SPLITS)
             + f" | {_auc(results, 'unlearned', 'loss')} | {_auc(results, 'unlearned', 'min_k_20')} | {relearned}"
             + f" | {unlearn_s:.1f} | {peak:.0f} | {still_known_cell(results, 'unlearned')} |")
+    lines += ["", "## Trade-off (chance-corrected)", "",
+              "Forget efficacy = clip((vanilla − acc) / (vanilla − chance), 0, 1), chance 25%, on forget and test (0 = nothing "
+              "forgotten, 1 = at chance; falling below chance earns nothing more); retention = clip(acc / vanilla, 0, 1) "
+              "on retain and real-world; harmonic mean of forget efficacy and mean retention, per modality "
+              "(`eval/tradeoff.py`). Goal: forget and test accuracy ≤ 30% (chance + 5) with retain and "
+              "real-world ≥ 95% of vanilla.", "",
+              "| method | " + " | ".join(f"{m} {c}" for m in ("VQA", "QA") for c in
+                                       ("forget eff.", "test eff.", "retain ret.", "real-world ret.", "harmonic mean"))
+              + " | mean harmonic | meets goal (VQA · QA) |",
+              "|" + " --- |" * 13]
+    for method, results in rows:
+        table = results.get("tradeoff") or {}
+        cells, means = [], []
+        for modality in ("vqa", "qa"):
+            cell = table.get(modality, {})
+            cells += [_ratio(cell.get(k)) for k in ("forget_efficacy", "test_efficacy", "retain_retention",
+                                                    "real_world_retention", "harmonic_mean")]
+            means.append(cell.get("harmonic_mean"))
+        known = [m for m in means if m is not None]
+        mean = _ratio(sum(known) / len(known)) if known else "–"
+        lines.append(f"| {method} | " + " | ".join(cells) + f" | {mean} | {_goal(results, 'vqa')} · {_goal(results, 'qa')} |")
     lines += ["", "MIA AUC: P(a held-out person's training item looks less familiar than a forget person's); "
               "about 1 = still recognisably trained on, 0.5 = like never seen. Relearned forget: accuracy on forget "
               "people the relearning attack never shows, after unlearning → after "
