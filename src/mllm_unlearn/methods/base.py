@@ -16,6 +16,7 @@ from ..data.collate import Encoder
 from ..data.items import Item
 from ..interventions import Edit, WeightDelta
 from ..models.base import VLM
+from ..training import sharding
 from ..training.loop import LoraOptions, TrainConfig, train
 
 
@@ -33,6 +34,7 @@ class MethodConfig:
     seed: int = 0
     lora: LoraOptions | None = None
     progress: bool = True
+    shard: str | None = None  # "fsdp": train sharded over the processes (training/sharding.py)
     extra: dict[str, Any] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
@@ -106,6 +108,14 @@ class GradientMethod(Method):
     def grad_hook(self, phase: str) -> None:
         """Called after backward and clipping, before the phase's optimizer step."""
 
+    def mask_gradients(self, phase: str) -> None:
+        """Called right after backward, before clipping (a mask the clipping norm must see)."""
+
+    def bind(self, model: torch.nn.Module) -> None:
+        """Called with the module that trains before the first step: the caller's model, or its
+        sharded copy (``--shard fsdp``), whose parameters (same names) hold local slices only;
+        methods with hooks or masks on parameters attach them here (``training.sharding.local_part``)."""
+
     def needs_retain(self, cfg: MethodConfig) -> bool:
         return self.uses_retain
 
@@ -155,21 +165,29 @@ class GradientMethod(Method):
                 out["retain"] = _to(encoder.batch([r for _, r in batch], train=True), vlm.device)
             return out
 
+        sharding.refuse_deepspeed(self.name)
+        shard = sharding.claim_accelerate_fsdp(cfg.shard)
+        if shard and cfg.lora is not None:
+            raise ValueError(f"{self.name}: --shard {shard} is for full fine-tuning; a LoRA run fits one GPU "
+                             "(launch it without --shard)")
         before = {name: p.detach().cpu().clone() for name, p in vlm.model.named_parameters()}
-        self.prepare(vlm, forget, retain, cfg, encoder)
         train_cfg = TrainConfig(lr=cfg.lr, epochs=cfg.epochs, max_steps=cfg.max_steps,
                                 batch_size=cfg.batch_size, schedule=cfg.schedule, warmup_ratio=cfg.warmup_ratio,
-                                seed=cfg.seed, lora=self.loop_lora(cfg), progress=cfg.progress)
+                                seed=cfg.seed, lora=self.loop_lora(cfg), progress=cfg.progress, shard=shard)
+        hooks = {"grad_filter": self.mask_gradients, "on_model": self.bind, "shard_units": vlm.adapter.shard_units}
         try:
             try:
-                if self.phases:
-                    result = train(vlm.model, pairs, collate, lambda m, b, phase: self.phase_loss(m, b, cfg, phase),
-                                   train_cfg, parameters=self.trainable(vlm, cfg), description=f"unlearn: {self.name}",
-                                   device=vlm.device, phases=self.phases, grad_hook=self.grad_hook)
-                else:
-                    result = train(vlm.model, pairs, collate, lambda m, b: self.loss(m, b, cfg), train_cfg,
-                                   parameters=self.trainable(vlm, cfg), description=f"unlearn: {self.name}",
-                                   device=vlm.device)
+                with sharding.sharded_training(sharding.sharding_active(shard)):
+                    self.prepare(vlm, forget, retain, cfg, encoder)
+                    if self.phases:
+                        result = train(vlm.model, pairs, collate,
+                                       lambda m, b, phase: self.phase_loss(m, b, cfg, phase), train_cfg,
+                                       parameters=self.trainable(vlm, cfg), description=f"unlearn: {self.name}",
+                                       device=vlm.device, phases=self.phases, grad_hook=self.grad_hook, **hooks)
+                    else:
+                        result = train(vlm.model, pairs, collate, lambda m, b: self.loss(m, b, cfg), train_cfg,
+                                       parameters=self.trainable(vlm, cfg), description=f"unlearn: {self.name}",
+                                       device=vlm.device, **hooks)
             except FloatingPointError as error:
                 # The loop stopped before applying the bad step: keep that last good state.
                 self.finalize(vlm)
@@ -198,9 +216,14 @@ class UnlearningDiverged(RuntimeError):
 
 
 def frozen_copy(model: torch.nn.Module) -> torch.nn.Module:
-    """A frozen, eval-mode copy of ``model`` (the reference of KL-style losses)."""
+    """A frozen, eval-mode copy of ``model`` (the reference of KL-style losses).
+
+    In a sharded run (``--shard fsdp``) the caller's model does not change while its sharded copy
+    trains, so it is the reference itself: no full copy on every process."""
     import copy
 
+    if sharding.in_sharded_training():
+        return model.eval()
     reference = copy.deepcopy(model).eval()
     reference.requires_grad_(False)
     return reference

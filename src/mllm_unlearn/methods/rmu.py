@@ -50,18 +50,37 @@ class Misdirection:
         self.handles: list[Any] = []
         self.target: torch.Tensor | None = None
         self.scale = 1.0
+        self.adapter: Any = None
+        self.layer = 0
+        self.model_handle: Any = None
 
-    def _hook(self, module: torch.nn.Module, key: str) -> None:
+    def _hook(self, module: torch.nn.Module, key: str) -> Any:
         def store(_module: Any, _inputs: Any, output: Any) -> None:
             self.captured[key] = _hidden(output)
 
-        self.handles.append(module.register_forward_hook(store))
+        handle = module.register_forward_hook(store)
+        self.handles.append(handle)
+        return handle
+
+    def bind(self, model: torch.nn.Module) -> None:
+        """Capture the layer of the model that trains (the caller's, or its sharded copy)."""
+        if self.adapter is None:
+            return
+        from ..training.sharding import drop_hooks
+
+        drop_hooks(model, self.handles)  # a sharded copy of the caller's model carries them over
+        if self.model_handle is not None:
+            self.model_handle.remove()
+            self.handles.remove(self.model_handle)
+        self.captured = {}
+        self.model_handle = self._hook(self.adapter.lm_layers(model)[self.layer], "model")
 
     def start(self, vlm: VLM, layer: int, coeff: float, forget: Sequence[Item], encoder: Encoder, batch_size: int,
               seed: int) -> None:
         """Call on the untouched model: the frozen copy is the reference of the retain loss."""
-        self.reference = frozen_copy(vlm.model)
-        self._hook(vlm.adapter.lm_layers(vlm.model)[layer], "model")
+        self.reference = frozen_copy(vlm.model)  # the caller's own model in a sharded run (see frozen_copy)
+        self.adapter, self.layer = vlm.adapter, layer
+        self.model_handle = self._hook(vlm.adapter.lm_layers(vlm.model)[layer], "model")
         self._hook(vlm.adapter.lm_layers(self.reference)[layer], "reference")
         # Typical size of the layer's hidden states on the forget data, from the vanilla model.
         norms, squares, count = 0.0, 0.0, 0
@@ -104,6 +123,7 @@ class Misdirection:
         for handle in self.handles:
             handle.remove()
         self.handles, self.captured, self.reference, self.target = [], {}, None, None
+        self.adapter, self.model_handle = None, None
 
 
 @register_method
@@ -139,6 +159,9 @@ class RMU(GradientMethod):
                 encoder: Encoder) -> None:
         layer, coeff, _, _ = self.options(vlm, cfg)
         self.steer.start(vlm, layer, coeff, forget, encoder, cfg.batch_size, cfg.seed)
+
+    def bind(self, model: torch.nn.Module) -> None:
+        self.steer.bind(model)
 
     def cleanup(self) -> None:
         self.steer.stop()

@@ -108,6 +108,17 @@ class ModelAdapter:
     def projector(self, model: nn.Module) -> nn.Module:
         return _find_module(model, self.projector_paths)
 
+    def shard_units(self, model: nn.Module) -> list[nn.Module]:
+        """The blocks that become one FSDP2 group each when training is sharded (``--shard fsdp``):
+        the decoder layers and the vision encoder's layers; the rest (embeddings, projector, head)
+        is sharded with the root."""
+        units = list(self.lm_layers(model))
+        try:
+            units += list(self.vision_blocks(model))
+        except AttributeError:  # a family without a separate vision encoder
+            pass
+        return units
+
     def read_vision_blocks(self, model: nn.Module) -> int:
         """How many vision blocks, counted from the first, feed the model's output (default: all)."""
         return len(self.vision_blocks(model))

@@ -1,6 +1,8 @@
 """The one training loop every gradient-based step uses (knowledge injection and unlearning).
 
-Built on accelerate, so ``accelerate launch`` gives DDP/FSDP/DeepSpeed without changes here.
+Built on accelerate: ``accelerate launch`` with several processes gives DDP (the model replicated,
+gradients averaged); ``TrainConfig.shard = "fsdp"`` shards the trained model over those processes
+with FSDP2 instead (``training/sharding.py``). DeepSpeed is refused.
 """
 from __future__ import annotations
 
@@ -37,6 +39,9 @@ class TrainConfig:
     seed: int = 0
     lora: LoraOptions | None = None
     progress: bool = True
+    # "fsdp": shard the trained model over the processes with FSDP2 (``training/sharding.py``);
+    # only with several processes (``accelerate launch``/torchrun), full fine-tuning only.
+    shard: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -92,6 +97,9 @@ def train(
     check_every: int = 100,
     phases: Sequence[str] = (),
     grad_hook: Callable[[str], None] | None = None,
+    grad_filter: Callable[[str], None] | None = None,
+    on_model: Callable[[torch.nn.Module], None] | None = None,
+    shard_units: Callable[[torch.nn.Module], Sequence[torch.nn.Module]] | None = None,
 ) -> TrainResult:
     """Optimise ``loss_fn`` over ``examples`` in place on ``model``.
 
@@ -108,8 +116,18 @@ def train(
     from accelerate import Accelerator, DistributedDataParallelKwargs
     from tqdm.auto import tqdm
 
+    from . import sharding
+
     if not examples:
         raise ValueError(f"{description}: no training examples")
+    sharding.refuse_deepspeed(description)
+    shard = sharding.sharding_active(sharding.claim_accelerate_fsdp(cfg.shard))
+    if shard and cfg.lora is not None:
+        raise ValueError(f"{description}: --shard fsdp is for full fine-tuning; LoRA runs fit one GPU, "
+                         "launch them without --shard")
+    if shard and stop_check is not None:
+        raise ValueError(f"{description}: early stopping checks the caller's model, which a sharded run "
+                         "only updates at the end; train without --shard")
     seed_everything(cfg.seed)
     device = device or next(model.parameters()).device
     # A text-only batch leaves the vision tower unused: DDP must not wait for its gradients.
@@ -120,12 +138,17 @@ def train(
     base_model = model
     if cfg.lora is not None:
         model = _wrap_lora(model, cfg.lora)
+    if shard:
+        units = list(shard_units(model)) if shard_units is not None else []
+        model = sharding.build_sharded_copy(model, units, lambda n, p: parameters is None or parameters(n, p), device)
     trainable = []
     for name, param in model.named_parameters():
-        wanted = (param.requires_grad if cfg.lora is not None else True) and (parameters is None or parameters(name, param))
+        wanted = (param.requires_grad if cfg.lora is not None or shard else True) and \
+            (parameters is None or parameters(name, param))
         param.requires_grad_(wanted)
         if wanted:
             trainable.append(param)
+    trained_names = {name for name, param in model.named_parameters() if param.requires_grad}
     if not trainable:
         raise ValueError(f"{description}: no parameter selected for training")
     phase_names = list(phases) or ["main"]
@@ -139,9 +162,15 @@ def train(
     steps_per_epoch = math.ceil(len(sampler) / cfg.batch_size / accelerator.num_processes)
     total = cfg.max_steps or steps_per_epoch * cfg.epochs
     schedulers = [torch.optim.lr_scheduler.LambdaLR(o, _lr_lambda(cfg, total)) for o in optimizers]
-    model, loader, *prepared = accelerator.prepare(model, loader, *optimizers, *schedulers)
-    optimizers, schedulers = prepared[: len(optimizers)], prepared[len(optimizers):]
+    if shard:  # FSDP2 does the gradient averaging; accelerate only shares the batches out
+        loader = accelerator.prepare(loader)
+    else:
+        model, loader, *prepared = accelerator.prepare(model, loader, *optimizers, *schedulers)
+        optimizers, schedulers = prepared[: len(optimizers)], prepared[len(optimizers):]
+    if on_model is not None:
+        on_model(model if shard else base_model)
     model.train()
+    healthy = False
     result = TrainResult()
     bar = tqdm(total=total, desc=description, disable=not cfg.progress or not accelerator.is_local_main_process)
     try:
@@ -150,13 +179,21 @@ def train(
                 value = 0.0
                 for phase, optimizer, scheduler in zip(phase_names, optimizers, schedulers):
                     loss = loss_fn(model, batch, phase) if phases else loss_fn(model, batch)
-                    if not torch.isfinite(loss):
+                    # Sharded: every process must stop together (the gathering is collective).
+                    finite = torch.isfinite(accelerator.reduce(loss.detach(), reduction="mean")) if shard \
+                        else torch.isfinite(loss)
+                    if not finite:
                         where = f" ({phase} phase)" if phases else ""
                         raise FloatingPointError(f"{description}: loss became {loss.item()} at step {result.steps}{where}; "
                                                  "the model was left at its last finite step")
-                    accelerator.backward(loss)
-                    if cfg.grad_clip:
-                        accelerator.clip_grad_norm_(trainable, cfg.grad_clip)
+                    if shard:
+                        loss.backward()
+                    else:
+                        accelerator.backward(loss)
+                    if grad_filter is not None:
+                        grad_filter(phase)
+                    if cfg.grad_clip:  # DTensor gradients when sharded: torch's clipping reduces the norm
+                        (torch.nn.utils.clip_grad_norm_ if shard else accelerator.clip_grad_norm_)(trainable, cfg.grad_clip)
                     if grad_hook is not None:  # after clipping, as MMUnlearner's code masks clipped gradients
                         grad_hook(phase)
                     optimizer.step()
@@ -178,10 +215,16 @@ def train(
                         total = result.steps
                 if result.steps >= total:
                     break
+        healthy = True
+    except FloatingPointError:
+        healthy = True  # stopped before the bad step: the last good state is gathered back
+        raise
     finally:
         bar.close()
         model.eval()
         unwrapped = accelerator.unwrap_model(model)
+        if shard and healthy:  # collective: every process gathers the same values, one tensor at a time
+            sharding.write_back(model, base_model, trained_names)
         for param in base_model.parameters():
             param.requires_grad_(True)
         accelerator.free_memory()

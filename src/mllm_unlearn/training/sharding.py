@@ -1,0 +1,193 @@
+"""Sharded full fine-tuning with torch's FSDP2 (``fully_shard``) across the processes of a job.
+
+Started by ``accelerate launch --multi_gpu --num_processes N`` (or torchrun) with ``--shard fsdp``,
+or by ``accelerate launch --use_fsdp`` (accelerate's FSDP config is claimed here: its own plugin
+refuses CPUs and would wrap the model itself). One code path for CPU (gloo) and GPU (NCCL).
+
+How a sharded run trains, and why:
+- The caller's model is never trained or sharded. FSDP2 has no official way back from a sharded
+  module, so the loop trains a *copy* whose parameters are built on the meta device (no memory),
+  sharded with ``fully_shard`` (the adapter's blocks: decoder layers, vision blocks; then the
+  root), and only then materialised: each process allocates and fills just its 1/N slice of
+  every weight (dim 0), taken from the caller's model. Parameter names are unchanged.
+- Gradients, optimizer states (one per phase, so MMUnlearner's phases keep separate AdamW
+  states) and clipping work on the local slices; masks are cut to the same slices
+  (``local_part``).
+- At the end each trained tensor is gathered (``DTensor.full_tensor``, an all-gather: every process
+  gets the same full values, one tensor at a time) and written into the caller's model, so
+  ``train`` keeps its in-place contract and the edit is read off the caller's model as before.
+  The caller then restores its own snapshot as usual.
+- While the copy trains, the caller's model is untouched: it serves as the frozen reference of
+  KL and RMU/RMisU (``frozen_copy`` returns it instead of a full copy on every process).
+
+DeepSpeed is refused (``refuse_deepspeed``): it is not installed here and, through accelerate,
+it merges MMUnlearner's two phase optimizers and steps before the gradient masks.
+"""
+from __future__ import annotations
+
+import copy
+import os
+from contextlib import contextmanager
+from typing import Callable, Iterator, Sequence
+
+import torch
+from torch import nn
+
+SHARD_MODES = ("fsdp",)
+_ACCELERATE_FSDP = "ACCELERATE_USE_FSDP"
+_sharded_training = False  # True while a GradientMethod prepares and trains a sharded run
+
+
+def world_size() -> int:
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        return torch.distributed.get_world_size()
+    return int(os.environ.get("WORLD_SIZE", "1"))
+
+
+def check_shard_option(shard: str | None) -> None:
+    if shard is not None and shard not in SHARD_MODES:
+        raise ValueError(f"--shard must be one of {', '.join(SHARD_MODES)} (or unset), got {shard!r}")
+
+
+def claim_accelerate_fsdp(shard: str | None) -> str | None:
+    """``shard``, or ``"fsdp"`` when ``accelerate launch --use_fsdp`` (or its config) asked for FSDP.
+
+    Accelerate's FSDP flag is then switched off for this process: sharding is done here with
+    FSDP2, and accelerate's own plugin would take the model over (and refuses to start on CPUs)."""
+    check_shard_option(shard)
+    if os.environ.get(_ACCELERATE_FSDP, "false").lower() == "true":
+        os.environ[_ACCELERATE_FSDP] = "false"
+        os.environ["MLLM_UNLEARN_SHARD"] = "fsdp"  # remembered for later calls in this process
+        return "fsdp"
+    return shard or os.environ.get("MLLM_UNLEARN_SHARD") or None
+
+
+def refuse_deepspeed(what: str) -> None:
+    """A clear error when the job was launched with DeepSpeed (``accelerate launch --use_deepspeed``)."""
+    if os.environ.get("ACCELERATE_USE_DEEPSPEED", "false").lower() != "true":
+        return
+    stage = os.environ.get("ACCELERATE_DEEPSPEED_ZERO_STAGE", "?")
+    raise ValueError(f"{what}: DeepSpeed ZeRO-{stage} is not supported (through accelerate it merges phase "
+                     "optimizers, steps before gradient masks and shards parameters this tool reads by name); "
+                     "launch without --use_deepspeed and shard with FSDP2 instead: "
+                     "accelerate launch --multi_gpu --num_processes N -m mllm_unlearn run ... --shard fsdp")
+
+
+def sharding_active(shard: str | None) -> bool:
+    """Shard only when asked and the job really runs in several processes."""
+    return shard == "fsdp" and world_size() > 1
+
+
+@contextmanager
+def sharded_training(active: bool) -> Iterator[None]:
+    """Marks a method's prepare + train as sharded (``frozen_copy`` then shares the caller's model)."""
+    global _sharded_training
+    previous, _sharded_training = _sharded_training, active
+    try:
+        yield
+    finally:
+        _sharded_training = previous
+
+
+def in_sharded_training() -> bool:
+    return _sharded_training
+
+
+def _device_mesh(device: torch.device):
+    from torch.distributed.device_mesh import init_device_mesh
+
+    return init_device_mesh(device.type, (world_size(),))
+
+
+def build_sharded_copy(model: nn.Module, units: Sequence[nn.Module], trainable: Callable[[str, nn.Parameter], bool],
+                       device: torch.device) -> nn.Module:
+    """A copy of ``model`` sharded over the processes with ``fully_shard``: ``units`` (modules of
+    ``model``, each its own FSDP group) then the root. No process ever holds the full copy: its
+    parameters start on the meta device and each process materialises only its slice.
+    ``trainable(name, param)`` sets ``requires_grad`` of the copy's parameters."""
+    from torch.distributed.fsdp import fully_shard
+    from torch.distributed.tensor import DTensor, distribute_tensor
+
+    memo: dict[int, object] = {}
+    for param in model.parameters():
+        memo[id(param)] = nn.Parameter(torch.empty_like(param, device="meta"), requires_grad=param.requires_grad)
+    # Shared (tied) parameters stay shared: one memo entry each. Forward hooks are copied too
+    # (transformers' output capturing needs them); a method whose hooks must not fire in the copy
+    # drops them in its ``bind`` (``drop_hooks``).
+    shell = copy.deepcopy(model, memo)
+    for name, param in shell.named_parameters():
+        param.requires_grad_(trainable(name, param))
+    paths = {id(m): n for n, m in model.named_modules()}
+    missing = [u for u in units if id(u) not in paths]
+    if missing:
+        raise ValueError("sharding: a shard unit is not a module of the model being trained")
+    mesh = _device_mesh(device)
+    for unit in units:
+        fully_shard(shell.get_submodule(paths[id(unit)]), mesh=mesh)
+    fully_shard(shell, mesh=mesh)
+    originals = dict(model.named_parameters())
+    buffers = dict(model.named_buffers())
+    shell.to_empty(device=device)
+    with torch.no_grad():
+        for name, param in shell.named_parameters():
+            local = param.to_local() if isinstance(param, DTensor) else param
+            full = originals[name].detach()
+            if isinstance(param, DTensor):
+                full = distribute_tensor(full.to(device), param.device_mesh, param.placements,
+                                         src_data_rank=None).to_local()
+            local.copy_(full)
+        for name, buffer in shell.named_buffers():  # to_empty left them uninitialised
+            buffer.copy_(buffers[name])
+    return shell
+
+
+def drop_hooks(model: nn.Module, handles: Sequence[object]) -> None:
+    """Remove hooks registered (with ``handles``) on the caller's model from a copy of it: the
+    copy's hook tables keep the handles' ids."""
+    ids = {handle.id for handle in handles}
+    for module in model.modules():
+        for table in (module._forward_hooks, module._forward_pre_hooks):
+            for key in ids & set(table):
+                del table[key]
+
+
+def local_part(full: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+    """The slice of ``full`` (a full-size tensor: a mask, an original value) that this process
+    holds of parameter ``like``; ``full`` itself when ``like`` is not sharded."""
+    from torch.distributed.tensor import DTensor, distribute_tensor
+
+    if not isinstance(like, DTensor):
+        return full.to(like.device)
+    part = distribute_tensor(full.to(like.device), like.device_mesh, like.placements, src_data_rank=None).to_local()
+    assert part.shape == like.to_local().shape, (tuple(part.shape), tuple(like.to_local().shape))
+    return part
+
+
+def local_tensor(tensor: torch.Tensor) -> torch.Tensor:
+    """This process's slice of a (possibly sharded) parameter or gradient, writable in place."""
+    from torch.distributed.tensor import DTensor
+
+    return tensor.to_local() if isinstance(tensor, DTensor) else tensor
+
+
+@torch.no_grad()
+def write_back(sharded: nn.Module, target: nn.Module, names: set[str] | None = None) -> None:
+    """Gather each parameter of ``sharded`` (all processes, same order) into ``target``'s
+    parameter of the same name; only ``names`` when given (the ones that trained)."""
+    from torch.distributed.tensor import DTensor
+
+    targets = dict(target.named_parameters())
+    for name, param in sharded.named_parameters():
+        if names is not None and name not in names:
+            continue
+        full = param.full_tensor() if isinstance(param, DTensor) else param
+        targets[name].copy_(full.to(targets[name].device))
+        del full
+
+
+def local_numel(model: nn.Module) -> dict[str, tuple[int, int]]:
+    """name -> (elements this process holds, elements of the full tensor): what sharding saves."""
+    from torch.distributed.tensor import DTensor
+
+    return {name: ((p.to_local().numel() if isinstance(p, DTensor) else p.numel()), p.numel())
+            for name, p in model.named_parameters()}
