@@ -48,6 +48,9 @@ def run(
     max_steps: Optional[int] = typer.Option(None, help="Stop unlearning after this many steps."),
     batch_size: Optional[int] = typer.Option(None, help="Unlearning batch size per process (method default if unset)."),
     lora: bool = typer.Option(False, help="Unlearn through LoRA adapters (merged into the edit)."),
+    shard: Optional[str] = typer.Option(
+        None, help="'fsdp': full fine-tuning sharded over the processes of `accelerate launch`/torchrun with FSDP2, "
+                   "each process holding 1/N of every weight (also chosen by `accelerate launch --use_fsdp`)."),
     option: list[str] = typer.Option([], "--option", "-o",
                                      help="Method-specific option KEY=VALUE, repeatable (e.g. -o beta=0.2 for npo)."),
     protocol: str = typer.Option(
@@ -116,7 +119,8 @@ def run(
         method_cfg = method_defaults(method, seed=seed)
         overrides = {k: v for k, v in {"lr": lr, "epochs": epochs, "max_steps": max_steps,
                                               "batch_size": batch_size}.items() if v is not None}
-        method_cfg = replace(method_cfg, progress=not quiet, lora=LoraOptions() if lora else None, **overrides)
+        method_cfg = replace(method_cfg, progress=not quiet, lora=LoraOptions() if lora else None, shard=shard,
+                             **overrides)
         method_cfg.extra.update(parse_options(option))
         eval_cfg = EvalConfig(protocol=protocol, scorer=scorer, few_shot=few_shot, max_new_tokens=max_new_tokens,
                               tasks=tuple(t.strip() for t in tasks.split(",") if t.strip()), seed=seed, progress=not quiet)

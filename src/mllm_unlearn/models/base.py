@@ -110,14 +110,10 @@ class ModelAdapter:
 
     def shard_units(self, model: nn.Module) -> list[nn.Module]:
         """The blocks that become one FSDP2 group each when training is sharded (``--shard fsdp``):
-        the decoder layers and the vision encoder's layers; the rest (embeddings, projector, head)
-        is sharded with the root."""
-        units = list(self.lm_layers(model))
-        try:
-            units += list(self.vision_blocks(model))
-        except AttributeError:  # a family without a separate vision encoder
-            pass
-        return units
+        the decoder layers. The rest (embeddings, vision tower, projector, head) is sharded with the
+        root group. Not the vision blocks on their own: a batch without images skips the vision
+        tower, and a group that one process runs and another skips deadlocks the collectives."""
+        return list(self.lm_layers(model))
 
     def read_vision_blocks(self, model: nn.Module) -> int:
         """How many vision blocks, counted from the first, feed the model's output (default: all)."""
