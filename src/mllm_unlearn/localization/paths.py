@@ -37,6 +37,7 @@ from torch import nn
 from ..data.collate import IGNORE, Encoder
 from ..data.items import Item
 from ..training.losses import model_inputs, token_nll
+from ..utils import shard_and_gather
 
 SCORES = ("ig", "fisher")
 POSITIONS = ("answer", "all")
@@ -203,7 +204,7 @@ def search_paths(model: nn.Module, sites: Sequence[str], samples: Sequence[Any],
         alphas = alphas.to(device)
         groups = [[s] for s in samples] if step_by_step else \
             [list(samples[i:i + cfg.batch_size]) for i in range(0, len(samples), cfg.batch_size)]
-        for group in groups:
+        def run_group(group: list[Any]) -> tuple[list[list[torch.Tensor]], list[list[torch.Tensor]]]:
             batch = task.encode(group)
             count = len(group)
             chosen: list[list[torch.Tensor]] = [[] for _ in group]
@@ -227,6 +228,11 @@ def search_paths(model: nn.Module, sites: Sequence[str], samples: Sequence[Any],
                     values[n].append(scores)
                     mask[n, indices.to(device)] = True
                 masks.append(mask)
+            return chosen, values
+
+        # Under ``accelerate launch`` the groups are shared out over the processes (each sample's
+        # path depends on that sample only) and gathered back in order: every process gets all.
+        for chosen, values in shard_and_gather(groups, lambda mine: [run_group(g) for g in mine]):
             result.neurons.extend(chosen)
             result.scores.extend(values)
     return result

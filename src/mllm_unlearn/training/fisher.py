@@ -12,7 +12,14 @@ def diagonal_fisher(model: torch.nn.Module, batches: Iterable[Any], loss_fn: Cal
 
     Only ``parameters`` accumulate (others get no gradient buffer); nothing but the running
     sums is kept, so memory is one fp32 copy of the selected parameters.
+
+    Under ``accelerate launch`` (several processes) the mini-batches are shared out (batch k to
+    process k mod N) and the sums and counts all-reduced: every process gets the one-process
+    result (same mini-batches, so the same Fisher up to summation order).
     """
+    from ..utils import process_rank_and_count
+
+    rank, processes = process_rank_and_count()
     if not parameters:
         raise ValueError("diagonal_fisher: no parameters selected")
     was_training = model.training
@@ -24,7 +31,9 @@ def diagonal_fisher(model: torch.nn.Module, batches: Iterable[Any], loss_fn: Cal
     sums = {name: torch.zeros_like(p, dtype=torch.float32) for name, p in parameters.items()}
     count = 0
     try:
-        for batch in batches:
+        for index, batch in enumerate(batches):
+            if index % processes != rank:
+                continue
             model.zero_grad(set_to_none=True)
             loss_fn(model, batch).backward()
             for name, p in parameters.items():
@@ -36,6 +45,12 @@ def diagonal_fisher(model: torch.nn.Module, batches: Iterable[Any], loss_fn: Cal
         for name, p in model.named_parameters():
             p.requires_grad_(saved[name])
         model.train(was_training)
+    if processes > 1:  # collective: every process calls this with the same batches
+        total = torch.tensor([float(count)], device=next(iter(sums.values())).device)
+        torch.distributed.all_reduce(total)
+        count = int(total.item())
+        for value in sums.values():
+            torch.distributed.all_reduce(value)
     if count == 0:
         raise ValueError("diagonal_fisher: no batches")
     return {name: total / count for name, total in sums.items()}

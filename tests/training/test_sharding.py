@@ -1,0 +1,94 @@
+"""Sharded training (FSDP2, ``--shard fsdp``) on 2 CPU processes (gloo) matches 1 process.
+
+Both runs see the same global batch (1 process × 8 = 2 processes × 4), so the math is the same:
+FSDP2 averages the gradient slices, clipping reduces the norm over all slices, and AdamW updates
+each slice element-wise. What differs is float summation order, and AdamW divides by sqrt(v): an
+entry whose true gradient is ~0 (a key bias, invariant under softmax) moves by ±lr × float noise.
+Measured here: at most 2.6e-5 apart, on a few entries of a few tensors (GA, GradDiff; MIP-Editor
+and MMUnlearner within 1e-7). So the weights are compared with rtol 1e-5 and atol 5e-5, half a
+percent of one AdamW step (lr 1e-2); the loss curves with rtol 1e-5.
+"""
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from mllm_unlearn.methods import MethodConfig, get_method
+from mllm_unlearn.training.loop import LoraOptions
+
+HELPER = Path(__file__).with_name("fsdp_edit.py")
+METHODS = ("ga", "graddiff", "mmunlearner", "mip-editor")
+
+
+def _env() -> dict[str, str]:
+    root = Path(__file__).resolve().parents[2]
+    path = os.pathsep.join([str(root / "src"), str(root), os.environ.get("PYTHONPATH", "")])
+    return {**os.environ, "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false", "PYTHONPATH": path}
+
+
+def test_two_sharded_processes_give_the_one_process_edit_and_restore_the_model(world_dir, tmp_path):
+    torchrun = shutil.which("torchrun", path=os.path.dirname(sys.executable)) or shutil.which("torchrun")
+    assert torchrun, "torch's launcher must be installed with torch"
+    mask = tmp_path / "mask.safetensors"  # MMUnlearner's mask, made by the 1-process run, reused sharded
+    methods = ",".join(METHODS)
+    subprocess.run([sys.executable, str(HELPER), str(tmp_path / "one.pt"), methods, "8", str(world_dir), str(mask)],
+                   check=True, env=_env(), stdout=subprocess.DEVNULL)
+    subprocess.run([torchrun, "--standalone", "--nproc_per_node", "2", str(HELPER), str(tmp_path / "two.pt"),
+                    methods, "4", str(world_dir), str(mask), "fsdp"], check=True, env=_env(), stdout=subprocess.DEVNULL)
+    one, two = torch.load(tmp_path / "one.pt"), torch.load(tmp_path / "two.pt")
+    assert one["processes"] == 1 and two["processes"] == 2
+    for method in METHODS:
+        single, sharded = one["results"][method], two["results"][method]
+        # While training, each process held about half of every decoder weight (dim 0 split in two).
+        decoder = {n: v for n, v in sharded["held"].items() if ".language_model.layers." in n and n.endswith("weight")}
+        assert decoder, method
+        for name, (local, full) in decoder.items():
+            assert 0.4 * full <= local <= 0.6 * full, (method, name, local, full)
+        assert all(local == full for local, full in single["held"].values())  # unsharded: whole tensors
+        # The caller's model came back unsharded (plain parameters) and bitwise as it was.
+        assert sharded["restored"] and sharded["plain_parameters"] and single["restored"], method
+        assert sharded["losses"] == pytest.approx(single["losses"], rel=1e-5, abs=1e-6), method
+        assert sorted(sharded["tensors"]) == sorted(single["tensors"]) and single["tensors"], method
+        assert sharded["paths"] == single["paths"], method  # MIP-Editor's path search, shared out
+        for name, value in single["tensors"].items():
+            torch.testing.assert_close(sharded["tensors"][name], value, rtol=1e-5, atol=5e-5,
+                                       msg=lambda m, method=method, name=name: f"{method} {name}: {m}")
+    # MMUnlearner's Fisher, its 6 mini-batches shared out over the 2 processes and all-reduced.
+    assert sorted(two["fisher"]) == sorted(one["fisher"])
+    for name, value in one["fisher"].items():
+        torch.testing.assert_close(two["fisher"][name], value, rtol=1e-5, atol=1e-12)
+
+
+def test_deepspeed_is_refused_naming_method_and_stage(benchmark, tiny_vlm, monkeypatch):
+    monkeypatch.setenv("ACCELERATE_USE_DEEPSPEED", "true")
+    monkeypatch.setenv("ACCELERATE_DEEPSPEED_ZERO_STAGE", "3")
+    with pytest.raises(ValueError, match=r"mmunlearner: DeepSpeed ZeRO-3 is not supported.*--shard fsdp"):
+        get_method("mmunlearner").unlearn(tiny_vlm(), benchmark.forget_train, benchmark.retain_train,
+                                          MethodConfig(max_steps=1, progress=False))
+
+
+def test_shard_options_are_checked(benchmark, tiny_vlm):
+    vlm = tiny_vlm()
+    with pytest.raises(ValueError, match="--shard must be one of fsdp"):
+        get_method("ga").unlearn(vlm, benchmark.forget_train, [], MethodConfig(max_steps=1, shard="zero3",
+                                                                               progress=False))
+    with pytest.raises(ValueError, match="ga: --shard fsdp is for full fine-tuning"):
+        get_method("ga").unlearn(vlm, benchmark.forget_train, [], MethodConfig(max_steps=1, shard="fsdp",
+                                                                               lora=LoraOptions(), progress=False))
+
+
+def test_accelerate_fsdp_flag_is_claimed_for_fsdp2(monkeypatch):
+    from mllm_unlearn.training import sharding
+
+    monkeypatch.setenv("ACCELERATE_USE_FSDP", "true")
+    monkeypatch.delenv("MLLM_UNLEARN_SHARD", raising=False)
+    assert sharding.claim_accelerate_fsdp(None) == "fsdp"
+    # accelerate's own plugin stays out (it would wrap the model itself and refuses CPUs).
+    assert os.environ["ACCELERATE_USE_FSDP"] == "false"
+    assert sharding.claim_accelerate_fsdp(None) == "fsdp"  # remembered for later calls
+    monkeypatch.delenv("MLLM_UNLEARN_SHARD")
+    assert not sharding.sharding_active("fsdp")  # one process: nothing to shard over
