@@ -4,9 +4,9 @@ Both runs see the same global batch (1 process × 8 = 2 processes × 4), so the 
 FSDP2 averages the gradient slices, clipping reduces the norm over all slices, and AdamW updates
 each slice element-wise. What differs is float summation order, and AdamW divides by sqrt(v): an
 entry whose true gradient is ~0 (a key bias, invariant under softmax) moves by ±lr × float noise.
-Measured here: at most 2.6e-5 apart, on a few entries of a few tensors (GA, GradDiff; MIP-Editor
-and MMUnlearner within 1e-7). So the weights are compared with rtol 1e-5 and atol 5e-5, half a
-percent of one AdamW step (lr 1e-2); the loss curves with rtol 1e-5.
+Measured here: at most 2.6e-5 apart, on a few entries of a few tensors (GA, GradDiff, MMUnlearner;
+MIP-Editor within 1e-7). So the weights are compared with rtol 1e-5 and atol 5e-5, half a percent
+of one AdamW step (lr 1e-2); the loss curves (at most 1e-6 apart) with rtol 1e-5, atol 5e-6.
 """
 import os
 import shutil
@@ -51,7 +51,7 @@ def test_two_sharded_processes_give_the_one_process_edit_and_restore_the_model(w
         assert all(local == full for local, full in single["held"].values())  # unsharded: whole tensors
         # The caller's model came back unsharded (plain parameters) and bitwise as it was.
         assert sharded["restored"] and sharded["plain_parameters"] and single["restored"], method
-        assert sharded["losses"] == pytest.approx(single["losses"], rel=1e-5, abs=1e-6), method
+        assert sharded["losses"] == pytest.approx(single["losses"], rel=1e-5, abs=5e-6), method
         assert sorted(sharded["tensors"]) == sorted(single["tensors"]) and single["tensors"], method
         assert sharded["paths"] == single["paths"], method  # MIP-Editor's path search, shared out
         for name, value in single["tensors"].items():
