@@ -17,6 +17,7 @@ import torch
 from mllm_unlearn.data import load_mllmu
 from mllm_unlearn.data.collate import Encoder
 from mllm_unlearn.interventions import CompositeEdit, WeightDelta
+from mllm_unlearn.localization.statistics import collect_neuron_statistics
 from mllm_unlearn.methods import MethodConfig, get_method
 from mllm_unlearn.methods.base import item_batches
 from mllm_unlearn.models import TinySize
@@ -74,5 +75,10 @@ encoder = Encoder(vlm)
 params = {n: p for n, p in vlm.model.named_parameters() if ".language_model.layers." in n and n.endswith("proj.weight")}
 fisher = diagonal_fisher(vlm.model, item_batches(benchmark.forget_train[:24], encoder, 4, vlm.device),
                          lambda m, b: sequence_nll(m, b).mean(), params)
+# MANU's neuron statistics (language and vision FFN neurons), batches shared out, sums merged.
+statistics = collect_neuron_statistics(vlm.model, item_batches(benchmark.forget_train[:24], encoder, 4, vlm.device),
+                                       vlm.adapter.lm_ffn_sites(vlm.model), vlm.adapter.vision_ffn_sites(vlm.model))
+statistics = {name: {"count": site.count, **{k: getattr(site, k) for k in site.STATISTICS + ("mean",)}}
+              for name, site in statistics.items()}
 if is_main_process():
-    torch.save({"results": results, "fisher": fisher, "processes": process_rank_and_count()[1]}, out)
+    torch.save({"results": results, "fisher": fisher, "statistics": statistics, "processes": process_rank_and_count()[1]}, out)

@@ -63,6 +63,12 @@ def test_two_sharded_processes_give_the_one_process_edit_and_restore_the_model(w
     assert sorted(two["fisher"]) == sorted(one["fisher"])
     for name, value in one["fisher"].items():
         torch.testing.assert_close(two["fisher"][name], value, rtol=1e-5, atol=1e-12)
+    # MANU's neuron statistics, the same way (running sums merged across processes).
+    assert sorted(two["statistics"]) == sorted(one["statistics"]) and one["statistics"]
+    for site, stats in one["statistics"].items():
+        assert two["statistics"][site]["count"] == stats["count"] > 0, site
+        for key in ("abs_mean", "frequency", "mean", "variance", "rms"):
+            torch.testing.assert_close(two["statistics"][site][key], stats[key], rtol=1e-6, atol=1e-9)
 
 
 def test_deepspeed_is_refused_naming_method_and_stage(benchmark, tiny_vlm, monkeypatch):
