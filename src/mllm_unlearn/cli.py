@@ -51,6 +51,14 @@ def run(
     shard: Optional[str] = typer.Option(
         None, help="'fsdp': full fine-tuning sharded over the processes of `accelerate launch`/torchrun with FSDP2, "
                    "each process holding 1/N of every weight (also chosen by `accelerate launch --use_fsdp`)."),
+    gradient_checkpointing: Optional[bool] = typer.Option(
+        None, "--gradient-checkpointing/--no-gradient-checkpointing",
+        help="Recompute activations in the backward pass (less memory, one more forward per step); default: on for a "
+             "--model this tool did not build, off for its tiny models."),
+    max_batch_tokens: Optional[int] = typer.Option(
+        None, min=1, help="Localisation passes (MANU statistics, MMUnlearner's Fisher, MIP-Editor's path search) and "
+                          "MLLMEraser's PGD: split each batch into parts of at most this many padded tokens "
+                          "(results unchanged, less memory)."),
     option: list[str] = typer.Option([], "--option", "-o",
                                      help="Method-specific option KEY=VALUE, repeatable (e.g. -o beta=0.2 for npo)."),
     protocol: str = typer.Option(
@@ -100,7 +108,8 @@ def run(
     from .methods.defaults import method_defaults
 
     training_options = {"--method": method, "--lr": lr, "--epochs": epochs, "--max-steps": max_steps,
-                        "--batch-size": batch_size, "--lora": lora or None, "--option": option or None}
+                        "--batch-size": batch_size, "--lora": lora or None, "--option": option or None,
+                        "--[no-]gradient-checkpointing": gradient_checkpointing, "--max-batch-tokens": max_batch_tokens}
     given = [flag for flag, value in training_options.items() if value is not None]
     if edit is not None and given:
         typer.secho(f"error: --edit evaluates a given edit; {', '.join(given)} only apply when unlearning",
@@ -120,6 +129,7 @@ def run(
         overrides = {k: v for k, v in {"lr": lr, "epochs": epochs, "max_steps": max_steps,
                                               "batch_size": batch_size}.items() if v is not None}
         method_cfg = replace(method_cfg, progress=not quiet, lora=LoraOptions() if lora else None, shard=shard,
+                             gradient_checkpointing=gradient_checkpointing, max_batch_tokens=max_batch_tokens,
                              **overrides)
         method_cfg.extra.update(parse_options(option))
         eval_cfg = EvalConfig(protocol=protocol, scorer=scorer, few_shot=few_shot, max_new_tokens=max_new_tokens,

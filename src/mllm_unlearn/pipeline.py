@@ -172,6 +172,11 @@ def _check_builtin_world_matches(model: str, benchmark_key: str) -> None:
                          f"{benchmark_key!r}: use the seed and world options it was trained with, or pass --benchmark")
 
 
+def built_by_this_tool(cfg: RunConfig) -> bool:
+    """The run's model is a tiny model this tool built (and cached with ``injection.json``)."""
+    return cfg.model is None or (Path(cfg.model) / INJECTION_META).is_file()
+
+
 def prepare_vanilla(cfg: RunConfig, benchmark: Benchmark, benchmark_key: str) -> tuple[VLM, str, bool]:
     """Load the given checkpoint, or the cached injected tiny model, or build and train one."""
     if cfg.model:
@@ -347,6 +352,8 @@ def run_pipeline(cfg: RunConfig) -> dict[str, Any]:
         vanilla = evaluator.evaluate(benchmark)
     timings["evaluate vanilla"] = time.perf_counter() - start
 
+    if cfg.method_cfg.gradient_checkpointing is None:  # resolved here, so results.json records it
+        cfg = replace(cfg, method_cfg=replace(cfg.method_cfg, gradient_checkpointing=not built_by_this_tool(cfg)))
     method_cfg = cfg.method_cfg
     reference_path = None
     if cfg.edit is None and method_cfg.extra.get("reference") == RETAIN_REFERENCE:

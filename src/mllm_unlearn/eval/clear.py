@@ -28,7 +28,7 @@ import torch
 from ..data.collate import Encoder
 from ..data.items import Benchmark, Item
 from ..models.base import VLM
-from ..training.losses import model_inputs, token_nll
+from ..training.losses import answer_token_nll, token_nll
 from .metrics import rouge_l_recall
 
 CLEAR_TASKS = ("forget", "forget_facerec", "retain", "retain_facerec", "real_faces", "real_world")
@@ -130,8 +130,8 @@ class ClearEvaluator:
             for start in range(0, len(items), self.cfg.batch_size):
                 batch = self.encoder.batch(items[start:start + self.cfg.batch_size], train=True)
                 batch = {k: v.to(self.vlm.device) for k, v in batch.items()}
-                logits = model(**model_inputs(batch)).logits
-                total, count = answer_nll(logits, batch["labels"])
+                nll, mask = answer_token_nll(model, batch)  # the LM head on answer positions only
+                total, count = nll.sum(dim=1), mask.sum(dim=1)
                 if (count == 0).any():
                     raise ValueError("an answer has no token (empty answer text?)")
                 out.append((total / count).double().cpu().numpy())

@@ -27,7 +27,7 @@ import torch
 from ..data.collate import Encoder
 from ..data.items import Benchmark, Item
 from ..models.base import VLM
-from ..training.losses import model_inputs, token_nll
+from ..training.losses import answer_token_nll
 
 ATTACKS = ("loss", "zlib")  # plus one "min_k_<k>" per MIAConfig.min_k_percents
 
@@ -116,8 +116,7 @@ def sample_scores(vlm: VLM, items: Sequence[Item], cfg: MIAConfig | None = None,
         for start in range(0, len(items), cfg.batch_size):
             chunk = items[start:start + cfg.batch_size]
             batch = {k: v.to(vlm.device) for k, v in encoder.batch(chunk, train=True).items()}
-            logits = model(**model_inputs(batch)).logits
-            nll, mask = token_nll(logits, batch["labels"])
+            nll, mask = answer_token_nll(model, batch)  # the LM head on answer positions only
             for name, values in scores_from_token_nll(nll, mask, [i.answer for i in chunk], cfg.min_k_percents).items():
                 scores[name] += values
     finally:

@@ -36,7 +36,8 @@ from torch import nn
 
 from ..data.collate import IGNORE, Encoder
 from ..data.items import Item
-from ..training.losses import model_inputs, token_nll
+from ..training.batching import batch_parts, check_max_batch_tokens, token_lengths
+from ..training.losses import answer_token_nll
 from ..utils import shard_and_gather
 
 SCORES = ("ig", "fisher")
@@ -64,6 +65,8 @@ class PathTask:
     repeat: Callable[[dict[str, torch.Tensor], int], dict[str, torch.Tensor]]  # each example `times` times in a row
     objective: Callable[[nn.Module, dict[str, torch.Tensor]], torch.Tensor]  # per-example value to attribute, (N,)
     layout: Callable[[dict[str, torch.Tensor]], Layout]
+    # samples -> each one's token count (for ``PathSearchConfig.max_batch_tokens``)
+    lengths: Callable[[Sequence[Any]], list[int]] | None = None
 
 
 @dataclass
@@ -72,6 +75,8 @@ class PathSearchConfig:
     top_k: int = 5  # path neurons per layer and sample (the paper's code: 5)
     score: str = "ig"  # "ig" (IGI) or "fisher" (IFI)
     batch_size: int = 8  # samples per batched pass (each pass holds batch_size × steps examples)
+    # Also at most this many tokens per pass (samples × steps × longest sample); None: no bound.
+    max_batch_tokens: int | None = None
 
     def check(self) -> None:
         if self.score not in SCORES:
@@ -79,6 +84,7 @@ class PathSearchConfig:
         if self.steps < 1 or self.top_k < 1 or self.batch_size < 1:
             raise ValueError("path search: steps, top_k and batch_size must be >= 1 "
                              f"(got {self.steps}, {self.top_k}, {self.batch_size})")
+        check_max_batch_tokens(self.max_batch_tokens)
 
 
 @dataclass
@@ -202,8 +208,16 @@ def search_paths(model: nn.Module, sites: Sequence[str], samples: Sequence[Any],
     with _frozen(model):
         device = next(model.parameters()).device
         alphas = alphas.to(device)
-        groups = [[s] for s in samples] if step_by_step else \
-            [list(samples[i:i + cfg.batch_size]) for i in range(0, len(samples), cfg.batch_size)]
+        if step_by_step:
+            groups = [[s] for s in samples]
+        else:  # a sample's results do not depend on which others share its pass
+            lengths = None
+            if cfg.max_batch_tokens is not None:
+                if task.lengths is None:
+                    raise ValueError("path search: max_batch_tokens needs a task that measures its samples' tokens")
+                lengths = [length * m for length in task.lengths(samples)]  # each sample runs m times per pass
+            groups = [part for parts in batch_parts(samples, cfg.batch_size, cfg.max_batch_tokens, lengths)
+                      for part in parts]
         def run_group(group: list[Any]) -> tuple[list[list[torch.Tensor]], list[list[torch.Tensor]]]:
             batch = task.encode(group)
             count = len(group)
@@ -242,7 +256,7 @@ def search_paths(model: nn.Module, sites: Sequence[str], samples: Sequence[Any],
 
 def answer_logprob(model: nn.Module, batch: dict[str, torch.Tensor]) -> torch.Tensor:
     """Mean log-probability of each example's answer tokens, shape (N,)."""
-    nll, mask = token_nll(model(**model_inputs(batch)).logits, batch["labels"])
+    nll, mask = answer_token_nll(model, batch)  # the LM head on answer positions only
     return -nll.sum(dim=1) / mask.sum(dim=1).clamp(min=1)
 
 
@@ -263,7 +277,8 @@ def _vlm_task(vlm: Any, encoder: Encoder, layout: Callable[[dict[str, torch.Tens
     def encode(items: Sequence[Item]) -> dict[str, torch.Tensor]:
         return {k: v.to(vlm.device) for k, v in encoder.batch(list(items), train=True).items()}
 
-    return PathTask(encode=encode, repeat=vlm.adapter.repeat_examples, objective=answer_logprob, layout=layout)
+    return PathTask(encode=encode, repeat=vlm.adapter.repeat_examples, objective=answer_logprob, layout=layout,
+                    lengths=lambda items: token_lengths(items, encoder, train=True))
 
 
 def text_path_task(vlm: Any, encoder: Encoder, positions: str = "answer") -> PathTask:

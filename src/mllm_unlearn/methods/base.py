@@ -35,6 +35,12 @@ class MethodConfig:
     lora: LoraOptions | None = None
     progress: bool = True
     shard: str | None = None  # "fsdp": train sharded over the processes (training/sharding.py)
+    # Gradient checkpointing in the shared loop. None: the pipeline decides (on for models this
+    # tool did not build, off for its tiny ones); through the Python API None means off.
+    gradient_checkpointing: bool | None = None
+    # Localisation passes (MANU statistics, MMUnlearner's Fisher, MIP-Editor's path search) and
+    # MLLMEraser's PGD: split each batch into parts of at most this many (padded) tokens.
+    max_batch_tokens: int | None = None
     extra: dict[str, Any] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
@@ -173,7 +179,8 @@ class GradientMethod(Method):
         before = {name: p.detach().cpu().clone() for name, p in vlm.model.named_parameters()}
         train_cfg = TrainConfig(lr=cfg.lr, epochs=cfg.epochs, max_steps=cfg.max_steps,
                                 batch_size=cfg.batch_size, schedule=cfg.schedule, warmup_ratio=cfg.warmup_ratio,
-                                seed=cfg.seed, lora=self.loop_lora(cfg), progress=cfg.progress, shard=shard)
+                                seed=cfg.seed, lora=self.loop_lora(cfg), progress=cfg.progress, shard=shard,
+                                gradient_checkpointing=bool(cfg.gradient_checkpointing))
         hooks = {"grad_filter": self.mask_gradients, "on_model": self.bind, "shard_units": vlm.adapter.shard_units}
         try:
             try:
@@ -230,10 +237,13 @@ def frozen_copy(model: torch.nn.Module) -> torch.nn.Module:
 
 
 def item_batches(items: Sequence[Item], encoder: Encoder, batch_size: int,
-                 device: torch.device) -> Iterator[dict[str, torch.Tensor]]:
-    """Training-form batches (answer labels) of ``items`` in order, on ``device``."""
-    for start in range(0, len(items), batch_size):
-        yield _to(encoder.batch(items[start:start + batch_size], train=True), device)
+                 device: torch.device, max_batch_tokens: int | None = None) -> Iterator[dict[str, torch.Tensor]]:
+    """Training-form batches (answer labels) of ``items`` in order, on ``device``; with
+    ``max_batch_tokens``, each batch of ``batch_size`` comes in parts of at most that many tokens."""
+    from ..training.batching import item_batch_parts
+
+    for parts in item_batch_parts(items, encoder, batch_size, device, max_batch_tokens):
+        yield from parts
 
 
 @torch.no_grad()

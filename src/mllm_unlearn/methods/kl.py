@@ -11,7 +11,7 @@ import torch
 from ..data.collate import Encoder
 from ..data.items import Item
 from ..models.base import VLM
-from ..training.losses import answer_kl, model_inputs, sequence_nll, token_nll
+from ..training.losses import answer_kl, answer_logits, answer_nll_from_logits, predicting_mask, sequence_nll
 from .base import GradientMethod, MethodConfig, frozen_copy, register_method
 
 
@@ -35,10 +35,13 @@ class KLMinimisation(GradientMethod):
             raise RuntimeError("kl: no reference model; prepare() was not called")
         forget = sequence_nll(model, batch["forget"]).mean()
         retain_batch = batch["retain"]
-        logits = model(**model_inputs(retain_batch)).logits
-        nll, mask = token_nll(logits, retain_batch["labels"])
+        labels = retain_batch["labels"]
+        # Answer-only logits (LM head at the answer-predicting positions), the same positions for both models.
+        where = predicting_mask(labels)
+        logits = answer_logits(model, retain_batch, where)
+        nll, mask = answer_nll_from_logits(logits, labels)
         retain_nll = (nll.sum(dim=1) / mask.sum(dim=1)).mean()
         with torch.no_grad():
-            reference_logits = self.reference(**model_inputs(retain_batch)).logits
-        kl = answer_kl(reference_logits, logits, retain_batch["labels"]).mean()
+            reference_logits = answer_logits(self.reference, retain_batch, where)
+        kl = answer_kl(reference_logits, logits, labels).mean()
         return -forget + cfg.retain_weight * (retain_nll + kl)

@@ -176,7 +176,8 @@ class MANU(Method):
                 continue
 
             def stats(items: Sequence[Item]) -> dict[str, SiteStatistics]:
-                return collect_neuron_statistics(vlm.model, item_batches(items, encoder, cfg.batch_size, vlm.device),
+                return collect_neuron_statistics(vlm.model, item_batches(items, encoder, cfg.batch_size, vlm.device,
+                                                                         cfg.max_batch_tokens),
                                                  lm, form_vision, opts["positions"], opts["threshold"])
 
             forget_stats, retain_stats = stats(forget_items), stats(retain_items)

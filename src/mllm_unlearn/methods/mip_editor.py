@@ -109,7 +109,8 @@ class MIPEditor(GradientMethod):
         return o
 
     # --- 1. paths ------------------------------------------------------------------------
-    def find_paths(self, vlm: VLM, forget: Sequence[Item], o: dict[str, Any]) -> dict[str, torch.Tensor]:
+    def find_paths(self, vlm: VLM, forget: Sequence[Item], o: dict[str, Any],
+                   max_batch_tokens: int | None = None) -> dict[str, torch.Tensor]:
         encoder = Encoder(vlm)
         limit = None if o["path_samples"] is None else int(o["path_samples"])
         searches = []
@@ -127,7 +128,7 @@ class MIPEditor(GradientMethod):
                 kind = "text-only (QA)" if score == "ig" else "image + question (VQA)"
                 raise ValueError(f"mip-editor: paths={o['paths']} needs {kind} forget items, and there are none")
             cfg = PathSearchConfig(steps=int(o["steps"]), top_k=int(o["top_k"]), score=score,
-                                   batch_size=int(o["path_batch_size"]))
+                                   batch_size=int(o["path_batch_size"]), max_batch_tokens=max_batch_tokens)
             result = search_paths(vlm.model, [s.module_path for s in sites], samples, task, cfg)
             paths.update(result.union(None if o["max_per_layer"] is None else int(o["max_per_layer"])))
         return paths
@@ -137,7 +138,7 @@ class MIPEditor(GradientMethod):
         o = self.options(vlm, cfg)
         if not forget:
             raise ValueError("mip-editor: the forget set is empty")
-        self.paths = self.find_paths(vlm, forget, o)
+        self.paths = self.find_paths(vlm, forget, o, cfg.max_batch_tokens)
         if not self.paths:
             raise ValueError("mip-editor: the path search found no neuron with a positive score")
         lm_sites = {s.module_path: int(s.name.split(".")[1]) for s in vlm.adapter.lm_ffn_sites(vlm.model)}
@@ -210,7 +211,6 @@ class MIPEditor(GradientMethod):
         sharded, ``--shard fsdp``); full fine-tuning only (with LoRA, ``_restore`` edits the adapters)."""
         from ..training.sharding import local_part, local_tensor
 
-        self.steer.bind(model)
         if self.lora:
             return
         params = dict(model.named_parameters())

@@ -73,6 +73,7 @@ from ..eval.evaluator import TASKS
 from ..interventions import RandomFeatures, Steering
 from ..interventions.steering import POOLS, pooled_state
 from ..models.base import VLM
+from ..training.batching import batch_parts, token_lengths
 from ..training.inject import McqRenderer, as_task_prompt
 from ..training.losses import model_inputs, sequence_nll
 from .base import Method, MethodConfig, _to, register_method
@@ -319,7 +320,7 @@ class MLLMEraser(Method):
             raise ValueError("mllmeraser: the forget set is empty")
         if not retain:
             raise ValueError("mllmeraser: needs retain data (the null space of its activations gates the steering)")
-        stats = self.statistics(vlm, forget, retain, opts, cfg.batch_size, cfg.seed)
+        stats = self.statistics(vlm, forget, retain, opts, cfg.batch_size, cfg.seed, cfg.max_batch_tokens)
         encoder = Encoder(vlm)
         unknown = vlm.tokenizer.unk_token_id
         meta = {"method": self.name, "config": cfg.to_dict(), "options": opts,
@@ -330,8 +331,11 @@ class MLLMEraser(Method):
         return self.build_edit(stats, opts, meta)
 
     def statistics(self, vlm: VLM, forget: Sequence[Item], retain: Sequence[Item], opts: dict[str, Any],
-                   batch_size: int, seed: int) -> dict[str, "Moments"]:
-        """Streamed moments of every activation set the closed form needs, at ``opts["layers"]``."""
+                   batch_size: int, seed: int, max_batch_tokens: int | None = None) -> dict[str, "Moments"]:
+        """Streamed moments of every activation set the closed form needs, at ``opts["layers"]``.
+
+        ``max_batch_tokens``: each batch of ``batch_size`` runs in parts of at most that many
+        (padded) tokens (``training.batching``); the moments are sums, so the split changes nothing."""
         encoder = Encoder(vlm)
         tap = LastTokenTap(vlm, opts["layers"])
         rng = random.Random(seed)
@@ -344,16 +348,18 @@ class MLLMEraser(Method):
 
         def moments(items: Sequence[Item], features: dict[int, RandomFeatures] | None = None) -> Moments:
             out = Moments(features=features)
-            for start in range(0, len(items), batch_size):
-                batch = _to(encoder.batch(items[start:start + batch_size], train=False), vlm.device)
-                out.add(tap.run(vlm.model, batch, opts["pool"]))
+            lengths = token_lengths(items, encoder, train=False) if max_batch_tokens is not None else None
+            for parts in batch_parts(items, batch_size, max_batch_tokens, lengths):
+                for part in parts:
+                    batch = _to(encoder.batch(part, train=False), vlm.device)
+                    out.add(tap.run(vlm.model, batch, opts["pool"]))
             return out
 
         was_training = vlm.model.training
         vlm.model.eval()
         try:
             with tap.tapped():
-                recall, erasure = self._pairs(vlm, encoder, tap, forget, opts, batch_size)
+                recall, erasure = self._pairs(vlm, encoder, tap, forget, opts, batch_size, max_batch_tokens)
                 retain_prompts = moments(retain_items)
                 features = None
                 if opts["lift"]:
@@ -391,8 +397,11 @@ class MLLMEraser(Method):
                         opts.get("pool", "last"))
 
     def _pairs(self, vlm: VLM, encoder: Encoder, tap: LastTokenTap, forget: Sequence[Item], opts: dict[str, Any],
-               batch_size: int) -> tuple[Moments, Moments]:
-        """Last-token states of recall pairs (true answer, PGD-strengthened image) and erasure pairs (refusal)."""
+               batch_size: int, max_batch_tokens: int | None = None) -> tuple[Moments, Moments]:
+        """Last-token states of recall pairs (true answer, PGD-strengthened image) and erasure pairs (refusal).
+
+        PGD is per image (each image's gradient is its own sequence's), so splitting a batch into
+        token-bounded parts (``max_batch_tokens``) changes nothing but the memory of each pass."""
         recall, erasure = Moments(second=False), Moments(second=False)
         refusals = [replace(item, answer=opts["refusal"]) for item in forget]
         for start in range(0, len(forget), batch_size):
@@ -402,15 +411,20 @@ class MLLMEraser(Method):
                 rows = [k for k, item in enumerate(chunk) if item.modality == modality]
                 if not rows:
                     continue
-                true_batch = _to(encoder.batch([chunk[k] for k in rows], train=True), vlm.device)
-                refusal_batch = _to(encoder.batch([refused[k] for k in rows], train=True), vlm.device)
-                if "pixel_values" in true_batch and opts["pgd_steps"] > 0 and opts["pgd_eps"] > 0:
-                    pixels = perturb_pixels(vlm.model, true_batch, opts["pgd_steps"], opts["pgd_eps"],
-                                            opts["pgd_step_size"])
-                    true_batch["pixel_values"] = pixels
-                    refusal_batch["pixel_values"] = pixels  # same images, same order: only the answer differs
-                recall.add(tap.run(vlm.model, true_batch))
-                erasure.add(tap.run(vlm.model, refusal_batch))
+                lengths = None
+                if max_batch_tokens is not None:  # the longer of the true and the refusal sequence
+                    lengths = [max(a, b) for a, b in zip(token_lengths([chunk[k] for k in rows], encoder),
+                                                         token_lengths([refused[k] for k in rows], encoder))]
+                for part in batch_parts(rows, len(rows), max_batch_tokens, lengths)[0]:
+                    true_batch = _to(encoder.batch([chunk[k] for k in part], train=True), vlm.device)
+                    refusal_batch = _to(encoder.batch([refused[k] for k in part], train=True), vlm.device)
+                    if "pixel_values" in true_batch and opts["pgd_steps"] > 0 and opts["pgd_eps"] > 0:
+                        pixels = perturb_pixels(vlm.model, true_batch, opts["pgd_steps"], opts["pgd_eps"],
+                                                opts["pgd_step_size"])
+                        true_batch["pixel_values"] = pixels
+                        refusal_batch["pixel_values"] = pixels  # same images, same order: only the answer differs
+                    recall.add(tap.run(vlm.model, true_batch))
+                    erasure.add(tap.run(vlm.model, refusal_batch))
         return recall, erasure
 
     @staticmethod

@@ -40,9 +40,10 @@ from ..data.items import Item
 from ..data.text_forms import text_only_items
 from ..interventions import Edit
 from ..models.base import VLM
+from ..training.batching import item_batch_parts
 from ..training.fisher import diagonal_fisher
 from ..training.losses import sequence_nll
-from .base import GradientMethod, MethodConfig, item_batches, register_method
+from .base import GradientMethod, MethodConfig, register_method
 
 MASKS = ("language", "vision", "both")
 
@@ -130,8 +131,8 @@ class MMUnlearner(GradientMethod):
                                       "forget and retain") if "language" in towers else []
             preserve = {"language": text_qa + retain_vqa, "vision": retain_vqa}
 
-            def batches(items: Sequence[Item]):
-                return item_batches(items, encoder, cfg.batch_size, vlm.device)
+            def batches(items: Sequence[Item]):  # each batch as its token-bounded parts (cfg.max_batch_tokens)
+                return item_batch_parts(items, encoder, cfg.batch_size, vlm.device, cfg.max_batch_tokens)
 
             self.mask = {}
             for tower in towers:

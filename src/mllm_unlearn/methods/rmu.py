@@ -20,12 +20,9 @@ import torch
 from ..data.collate import Encoder
 from ..data.items import Item
 from ..models.base import VLM, _module_path
-from ..training.losses import model_inputs
-from .base import GradientMethod, MethodConfig, frozen_copy, item_batches, register_method
-
-
-def _hidden(output: Any) -> torch.Tensor:
-    return output[0] if isinstance(output, tuple) else output
+from ..training.sharding import in_sharded_training
+from ..training.truncated import hidden_at_layer, truncated_reference
+from .base import GradientMethod, MethodConfig, item_batches, register_method
 
 
 def masked_mse(hidden: torch.Tensor, target: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
@@ -46,48 +43,26 @@ class Misdirection:
 
     def __init__(self) -> None:
         self.reference: torch.nn.Module | None = None
-        self.captured: dict[str, torch.Tensor] = {}
-        self.handles: list[Any] = []
-        self.target: torch.Tensor | None = None
-        self.scale = 1.0
         self.adapter: Any = None
         self.layer = 0
-        self.model_handle: Any = None
-
-    def _hook(self, module: torch.nn.Module, key: str) -> Any:
-        def store(_module: Any, _inputs: Any, output: Any) -> None:
-            self.captured[key] = _hidden(output)
-
-        handle = module.register_forward_hook(store)
-        self.handles.append(handle)
-        return handle
-
-    def bind(self, model: torch.nn.Module) -> None:
-        """Capture the layer of the model that trains (the caller's, or its sharded copy)."""
-        if self.adapter is None:
-            return
-        from ..training.sharding import drop_hooks
-
-        drop_hooks(model, self.handles)  # a sharded copy of the caller's model carries them over
-        if self.model_handle is not None:
-            self.model_handle.remove()
-            self.handles.remove(self.model_handle)
-        self.captured = {}
-        self.model_handle = self._hook(self.adapter.lm_layers(model)[self.layer], "model")
+        self.target: torch.Tensor | None = None
+        self.scale = 1.0
 
     def start(self, vlm: VLM, layer: int, coeff: float, forget: Sequence[Item], encoder: Encoder, batch_size: int,
               seed: int) -> None:
-        """Call on the untouched model: the frozen copy is the reference of the retain loss."""
-        self.reference = frozen_copy(vlm.model)  # the caller's own model in a sharded run (see frozen_copy)
+        """Call on the untouched model: the frozen copy is the reference of the retain loss.
+
+        Forwards stop at ``layer`` and the copy holds only what feeds it (``training.truncated``)."""
         self.adapter, self.layer = vlm.adapter, layer
-        self.model_handle = self._hook(vlm.adapter.lm_layers(vlm.model)[layer], "model")
-        self._hook(vlm.adapter.lm_layers(self.reference)[layer], "reference")
+        # Sharded (--shard fsdp): the caller's model does not change while its sharded copy trains,
+        # so it is the reference itself (training/sharding.py), no copy at all.
+        self.reference = vlm.model.eval() if in_sharded_training() else \
+            truncated_reference(vlm.model, vlm.adapter, layer)
         # Typical size of the layer's hidden states on the forget data, from the vanilla model.
         norms, squares, count = 0.0, 0.0, 0
         with torch.no_grad():
             for batch in item_batches(forget, encoder, batch_size, vlm.device):
-                self.reference(**model_inputs(batch))
-                tokens = self.captured.pop("reference").float()[batch["attention_mask"].bool()]
+                tokens = self.reference_hidden(batch).float()[batch["attention_mask"].bool()]
                 norms += tokens.norm(dim=-1).sum().item()
                 squares += tokens.pow(2).sum(dim=-1).sum().item()
                 count += tokens.shape[0]
@@ -98,15 +73,13 @@ class Misdirection:
         self.target = (coeff * norms / count * direction / direction.norm()).to(vlm.device)
 
     def hidden(self, model: torch.nn.Module, batch: dict[str, torch.Tensor]) -> torch.Tensor:
-        model(**model_inputs(batch))
-        return self.captured.pop("model")
+        return hidden_at_layer(model, self.adapter, self.layer, batch)
 
     @torch.no_grad()
     def reference_hidden(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         if self.reference is None:
             raise RuntimeError("misdirection: start() was not called")
-        self.reference(**model_inputs(batch))
-        return self.captured.pop("reference")
+        return hidden_at_layer(self.reference, self.adapter, self.layer, batch)
 
     def forget_loss(self, model: torch.nn.Module, batch: dict[str, torch.Tensor], mask: torch.Tensor) -> torch.Tensor:
         """MSE of the forget hidden states to c·u at ``mask``'s positions, divided by ``scale``."""
@@ -120,10 +93,7 @@ class Misdirection:
         return masked_mse(self.hidden(model, batch), self.reference_hidden(batch), batch["attention_mask"]) / self.scale
 
     def stop(self) -> None:
-        for handle in self.handles:
-            handle.remove()
-        self.handles, self.captured, self.reference, self.target = [], {}, None, None
-        self.adapter, self.model_handle = None, None
+        self.reference, self.target = None, None
 
 
 @register_method
@@ -159,9 +129,6 @@ class RMU(GradientMethod):
                 encoder: Encoder) -> None:
         layer, coeff, _, _ = self.options(vlm, cfg)
         self.steer.start(vlm, layer, coeff, forget, encoder, cfg.batch_size, cfg.seed)
-
-    def bind(self, model: torch.nn.Module) -> None:
-        self.steer.bind(model)
 
     def cleanup(self) -> None:
         self.steer.stop()

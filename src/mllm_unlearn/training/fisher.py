@@ -10,6 +10,9 @@ def diagonal_fisher(model: torch.nn.Module, batches: Iterable[Any], loss_fn: Cal
                     parameters: dict[str, torch.nn.Parameter]) -> dict[str, torch.Tensor]:
     """Mean over mini-batches of the squared mini-batch gradient of each parameter, in fp32.
 
+    An element of ``batches`` may be a list of parts of one mini-batch (``training.batching``,
+    token-bounded): their gradients are accumulated, each part's loss weighted by its share of
+    the rows (``loss_fn`` is a mean over rows), so the squared gradient is the whole batch's.
     Only ``parameters`` accumulate (others get no gradient buffer); nothing but the running
     sums is kept, so memory is one fp32 copy of the selected parameters.
 
@@ -35,7 +38,11 @@ def diagonal_fisher(model: torch.nn.Module, batches: Iterable[Any], loss_fn: Cal
             if index % processes != rank:
                 continue
             model.zero_grad(set_to_none=True)
-            loss_fn(model, batch).backward()
+            parts = batch if isinstance(batch, list) else [batch]
+            rows = [_rows(part) for part in parts]
+            for part, share in zip(parts, rows):
+                loss = loss_fn(model, part)
+                (loss if len(parts) == 1 else loss * (share / sum(rows))).backward()
             for name, p in parameters.items():
                 if p.grad is not None:
                     sums[name] += p.grad.detach().float() ** 2
@@ -54,3 +61,7 @@ def diagonal_fisher(model: torch.nn.Module, batches: Iterable[Any], loss_fn: Cal
     if count == 0:
         raise ValueError("diagonal_fisher: no batches")
     return {name: total / count for name, total in sums.items()}
+
+
+def _rows(batch: Any) -> int:
+    return int(batch["input_ids"].shape[0]) if isinstance(batch, dict) and "input_ids" in batch else 1

@@ -42,6 +42,9 @@ class TrainConfig:
     # "fsdp": shard the trained model over the processes with FSDP2 (``training/sharding.py``);
     # only with several processes (``accelerate launch``/torchrun), full fine-tuning only.
     shard: str | None = None
+    # Recompute each transformer block's activations in the backward pass instead of keeping
+    # them (non-reentrant torch.utils.checkpoint): activation memory ~ one block instead of all.
+    gradient_checkpointing: bool = False
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -136,6 +139,7 @@ def train(
     accelerator = Accelerator(cpu=device.type == "cpu", step_scheduler_with_optimizer=False,
                               kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=True)])
     base_model = model
+    had_input_grad_hooks = bool(getattr(base_model, "_require_grads_hooks", None))
     if cfg.lora is not None:
         model = _wrap_lora(model, cfg.lora)
     if shard:
@@ -169,6 +173,10 @@ def train(
         optimizers, schedulers = prepared[: len(optimizers)], prepared[len(optimizers):]
     if on_model is not None:
         on_model(model if shard else base_model)
+    # Right before the try: the finally below switches it off again, errors included. Sharded:
+    # on the copy that trains (dropped afterwards), never on the caller's model.
+    checkpointing_was_on = _set_checkpointing(model if shard else base_model, True) \
+        if cfg.gradient_checkpointing else None
     model.train()
     healthy = False
     result = TrainResult()
@@ -227,11 +235,40 @@ def train(
             sharding.write_back(model, base_model, trained_names)
         for param in base_model.parameters():
             param.requires_grad_(True)
+        if checkpointing_was_on is False:
+            _set_checkpointing(base_model, False)
+        if not had_input_grad_hooks and hasattr(base_model, "disable_input_require_grads"):
+            base_model.disable_input_require_grads()  # added by peft's wrap or checkpointing; not needed after
         accelerator.free_memory()
         if cfg.lora is not None:  # also on errors: callers always get a plain model back
             merged = unwrapped.merge_and_unload()
             assert merged is base_model or merged.__class__ is base_model.__class__
     return result
+
+
+def _set_checkpointing(model: torch.nn.Module, on: bool) -> bool:
+    """Switch transformers' gradient checkpointing of every block (non-reentrant) on or off;
+    returns whether it was on before. Active only in training mode (the blocks check
+    ``self.training``), so frozen references and evaluation in eval mode are unaffected."""
+    if not getattr(model, "supports_gradient_checkpointing", False):
+        raise ValueError(f"{type(model).__name__} does not support gradient checkpointing; "
+                         "train with --no-gradient-checkpointing")
+    was_on = any(getattr(m, "gradient_checkpointing", False) for m in model.modules())
+    if on and not was_on:
+        had_hooks = bool(getattr(model, "_require_grads_hooks", None))
+        # Non-reentrant checkpointing needs no input that requires grad: drop the embedding hook
+        # transformers adds for the reentrant variant, unless someone had it already.
+        enable = getattr(model, "activation_checkpointing_enable", None)
+        if enable is not None:  # transformers >= 5.x name; the old one warns
+            enable(activation_checkpointing_kwargs={"use_reentrant": False})
+        else:
+            model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        if not had_hooks and hasattr(model, "disable_input_require_grads"):
+            model.disable_input_require_grads()
+    elif not on and was_on:
+        disable = getattr(model, "activation_checkpointing_disable", None) or model.gradient_checkpointing_disable
+        disable()
+    return was_on
 
 
 def _wrap_lora(model: torch.nn.Module, options: LoraOptions) -> torch.nn.Module:

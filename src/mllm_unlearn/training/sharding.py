@@ -18,7 +18,7 @@ How a sharded run trains, and why:
   ``train`` keeps its in-place contract and the edit is read off the caller's model as before.
   The caller then restores its own snapshot as usual.
 - While the copy trains, the caller's model is untouched: it serves as the frozen reference of
-  KL and RMU/RMisU (``frozen_copy`` returns it instead of a full copy on every process).
+  KL and RMU/RMisU (``frozen_copy`` and ``Misdirection.start`` use it instead of a copy).
 
 DeepSpeed is refused (``refuse_deepspeed``): it is not installed here and, through accelerate,
 it merges MMUnlearner's two phase optimizers and steps before the gradient masks.
@@ -112,8 +112,7 @@ def build_sharded_copy(model: nn.Module, units: Sequence[nn.Module], trainable: 
     for param in model.parameters():
         memo[id(param)] = nn.Parameter(torch.empty_like(param, device="meta"), requires_grad=param.requires_grad)
     # Shared (tied) parameters stay shared: one memo entry each. Forward hooks are copied too
-    # (transformers' output capturing needs them); a method whose hooks must not fire in the copy
-    # drops them in its ``bind`` (``drop_hooks``).
+    # (transformers' output capturing needs them).
     shell = copy.deepcopy(model, memo)
     for name, param in shell.named_parameters():
         param.requires_grad_(trainable(name, param))
@@ -139,16 +138,6 @@ def build_sharded_copy(model: nn.Module, units: Sequence[nn.Module], trainable: 
         for name, buffer in shell.named_buffers():  # to_empty left them uninitialised
             buffer.copy_(buffers[name])
     return shell
-
-
-def drop_hooks(model: nn.Module, handles: Sequence[object]) -> None:
-    """Remove hooks registered (with ``handles``) on the caller's model from a copy of it: the
-    copy's hook tables keep the handles' ids."""
-    ids = {handle.id for handle in handles}
-    for module in model.modules():
-        for table in (module._forward_hooks, module._forward_pre_hooks):
-            for key in ids & set(table):
-                del table[key]
 
 
 def local_part(full: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
