@@ -61,7 +61,9 @@ for name in methods:
     extra = {"mip-editor": {"path_samples": 4, "path_batch_size": 2, "steps": 2, "top_k": 2, "layer": 1},
              "mmunlearner": {"mask": "language", ("mask_file" if shard else "save_mask"): mask_file}}.get(name, {})
     cfg = MethodConfig(lr=1e-1 if name == "mip-editor" else 1e-2, max_steps=3, batch_size=batch_size,
-                       schedule="constant", seed=0, progress=False, shard=shard, extra=extra)
+                       schedule="constant", seed=0, progress=False, shard=shard, extra=extra,
+                       # Gradient checkpointing (on for real checkpoints) inside FSDP2 units, and off.
+                       gradient_checkpointing=name in ("graddiff", "rmu", "mmunlearner"))
     # 16 forget items (8 with images, MMUnlearner's): whole global batches of 8, no padding.
     edit = method.unlearn(vlm, benchmark.forget_train[:16], benchmark.retain_train[:16], cfg)
     parts = edit.parts if isinstance(edit, CompositeEdit) else [edit]

@@ -1,5 +1,8 @@
 """Sharded training (FSDP2, ``--shard fsdp``) on 2 CPU processes (gloo) matches 1 process.
 
+GradDiff, RMU and MMUnlearner run with gradient checkpointing (inside the FSDP2 units), the others
+without.
+
 Both runs see the same global batch (1 process × 8 = 2 processes × 4), so the math is the same:
 FSDP2 averages the gradient slices, clipping reduces the norm over all slices, and AdamW updates
 each slice element-wise. What differs is float summation order, and AdamW divides by sqrt(v): an
