@@ -20,6 +20,7 @@ from mllm_unlearn.interventions import CompositeEdit, WeightDelta
 from mllm_unlearn.localization.statistics import collect_neuron_statistics
 from mllm_unlearn.methods import MethodConfig, get_method
 from mllm_unlearn.methods.base import item_batches
+from mllm_unlearn.methods.mllmeraser import Moments
 from mllm_unlearn.models import TinySize
 from mllm_unlearn.models.tiny import build_tiny_vlm, words_of
 from mllm_unlearn.pipeline import benchmark_texts
@@ -82,5 +83,16 @@ statistics = collect_neuron_statistics(vlm.model, item_batches(benchmark.forget_
                                        vlm.adapter.lm_ffn_sites(vlm.model), vlm.adapter.vision_ffn_sites(vlm.model))
 statistics = {name: {"count": site.count, **{k: getattr(site, k) for k in site.STATISTICS + ("mean",)}}
               for name, site in statistics.items()}
+# MLLMEraser's moments (Σh, Σhhᵀ per layer): 5 batches of states, 3 on one process and 2 on the other
+# (as its ``moments`` shares them out), all-reduced.
+generator = torch.Generator().manual_seed(0)
+states = [{0: torch.randn(5, 12, generator=generator), 3: torch.randn(5, 12, generator=generator)} for _ in range(5)]
+rank, processes = process_rank_and_count()
+moments = Moments()
+for index, batch_states in enumerate(states):
+    if index % processes == rank:
+        moments.add(batch_states)
+moments.all_reduce(torch.device("cpu"))
+moments = {"count": moments.count, "sum": dict(moments.sum), "outer": dict(moments.outer)}
 if is_main_process():
-    torch.save({"results": results, "fisher": fisher, "statistics": statistics, "processes": process_rank_and_count()[1]}, out)
+    torch.save({"results": results, "fisher": fisher, "statistics": statistics, "moments": moments, "processes": process_rank_and_count()[1]}, out)

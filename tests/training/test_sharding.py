@@ -72,6 +72,12 @@ def test_two_sharded_processes_give_the_one_process_edit_and_restore_the_model(w
         assert two["statistics"][site]["count"] == stats["count"] > 0, site
         for key in ("abs_mean", "frequency", "mean", "variance", "rms"):
             torch.testing.assert_close(two["statistics"][site][key], stats[key], rtol=1e-6, atol=1e-9)
+    # MLLMEraser's moments, summed over the processes.
+    assert two["moments"]["count"] == one["moments"]["count"] == 25
+    for table in ("sum", "outer"):
+        assert sorted(two["moments"][table]) == sorted(one["moments"][table]) == [0, 3]
+        for layer, value in one["moments"][table].items():
+            torch.testing.assert_close(two["moments"][table][layer], value, rtol=1e-12, atol=1e-12)
 
 
 def test_deepspeed_is_refused_naming_method_and_stage(benchmark, tiny_vlm, monkeypatch):
