@@ -124,7 +124,10 @@ def train(
     if not examples:
         raise ValueError(f"{description}: no training examples")
     sharding.refuse_deepspeed(description)
-    shard = sharding.sharding_active(sharding.claim_accelerate_fsdp(cfg.shard))
+    # accelerate's own FSDP plugin stays out either way; only callers that ask (unlearning methods,
+    # which also follow `accelerate launch --use_fsdp`) shard; knowledge injection stays DDP.
+    sharding.claim_accelerate_fsdp(cfg.shard)
+    shard = sharding.sharding_active(cfg.shard)
     if shard and cfg.lora is not None:
         raise ValueError(f"{description}: --shard fsdp is for full fine-tuning; LoRA runs fit one GPU, "
                          "launch them without --shard")
