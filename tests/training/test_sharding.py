@@ -102,12 +102,11 @@ def test_accelerate_fsdp_flag_is_claimed_for_fsdp2(monkeypatch):
     from mllm_unlearn.training import sharding
 
     monkeypatch.setenv("ACCELERATE_USE_FSDP", "true")
-    monkeypatch.delenv("MLLM_UNLEARN_SHARD", raising=False)
+    monkeypatch.setattr(sharding, "_claimed_fsdp", False)  # put back after the test
     assert sharding.claim_accelerate_fsdp(None) == "fsdp"
     # accelerate's own plugin stays out (it would wrap the model itself and refuses CPUs).
     assert os.environ["ACCELERATE_USE_FSDP"] == "false"
     assert sharding.claim_accelerate_fsdp(None) == "fsdp"  # remembered for later calls
-    monkeypatch.delenv("MLLM_UNLEARN_SHARD")
     assert not sharding.sharding_active("fsdp")  # one process: nothing to shard over
 
 

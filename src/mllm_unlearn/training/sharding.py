@@ -36,6 +36,7 @@ from torch import nn
 SHARD_MODES = ("fsdp",)
 _ACCELERATE_FSDP = "ACCELERATE_USE_FSDP"
 _sharded_training = False  # True while a GradientMethod prepares and trains a sharded run
+_claimed_fsdp = False  # accelerate's FSDP flag was taken over in this process
 
 
 def world_size() -> int:
@@ -54,12 +55,12 @@ def claim_accelerate_fsdp(shard: str | None) -> str | None:
 
     Accelerate's FSDP flag is then switched off for this process: sharding is done here with
     FSDP2, and accelerate's own plugin would take the model over (and refuses to start on CPUs)."""
+    global _claimed_fsdp
     check_shard_option(shard)
     if os.environ.get(_ACCELERATE_FSDP, "false").lower() == "true":
         os.environ[_ACCELERATE_FSDP] = "false"
-        os.environ["MLLM_UNLEARN_SHARD"] = "fsdp"  # remembered for later calls in this process
-        return "fsdp"
-    return shard or os.environ.get("MLLM_UNLEARN_SHARD") or None
+        _claimed_fsdp = True  # remembered for later calls in this process
+    return shard or ("fsdp" if _claimed_fsdp else None)
 
 
 def refuse_deepspeed(what: str) -> None:
