@@ -141,6 +141,8 @@ def test_every_gradient_method_runs_through_the_pipeline(tmp_path_factory, metho
     assert results["robustness"]["mia"] == {"skipped": "switched off (--no-mia)"}
     assert results["edit"]["steps"] == 3 and results["config"]["method_config"]["extra"] == extra
     assert results["config"]["family"] == family and results["cost"]["changed_parameters"] > 0
+    # --dtype auto, the default: a model this tool built stays float32, and the run records both.
+    assert results["config"]["dtype"] == "float32" and results["config"]["dtype_option"] == "auto"
     assert results["config"]["max_pixels"] == max_pixels
     assert results["config"]["image_max_pixels"] == (None if family == "llava" else max_pixels or 32 * 32)
     assert (base / "runs" / name / "report.md").is_file()

@@ -86,7 +86,10 @@ def run(
     relearn_steps: int = typer.Option(20, help="Fine-tuning steps of the relearning attack."),
     seed: int = typer.Option(0, help="Seed for everything."),
     device: str = typer.Option("auto", help="auto, cpu, cuda or cuda:N."),
-    dtype: str = typer.Option("float32", help="float32, bfloat16 or float16."),
+    dtype: str = typer.Option(
+        "auto", help="auto (the default: the checkpoint's own dtype from its config.json, float32 for models this tool "
+                     "built; a float16 checkpoint loads as bfloat16), float32, bfloat16 or float16. bfloat16 weights "
+                     "train as fp32 master weights with a bf16 forward; float16 training is refused."),
     max_pixels: Optional[int] = typer.Option(
         None, help="Qwen2-VL / Qwen2.5-VL: cap on each image's pixels (the processor's max_pixels; default: the "
                    "checkpoint's own, 12845056 for the 7B Instruct models). Fewer pixels, fewer image tokens, less "
@@ -161,13 +164,17 @@ def export(
     out: Path = typer.Option(..., help="New folder for the unlearned checkpoint."),
     model: Optional[Path] = typer.Option(None, help="The model the edit was made on (default: a run folder's model)."),
     device: str = typer.Option("cpu", help="auto, cpu, cuda or cuda:N."),
-    dtype: str = typer.Option("float32", help="float32, bfloat16 or float16: the saved weights' dtype."),
+    dtype: str = typer.Option("auto", help="auto (the model's own), float32, bfloat16 or float16: the saved weights' dtype."),
+    peft_adapter: bool = typer.Option(
+        False, help="For a LoRA edit (a run with --lora): write a standard peft adapter folder (the LoRA factors, "
+                    "megabytes; PeftModel.from_pretrained(model, OUT) loads it) instead of a whole checkpoint."),
 ) -> None:
     """Bake an edit into its model and save the unlearned checkpoint (from_pretrained loads it;
-    unlearning.json beside it says what was removed and how)."""
+    unlearning.json beside it says what was removed and how), or with --peft-adapter write a
+    LoRA edit as a peft adapter."""
     from .interventions import load_edit
     from .models import load_vlm
-    from .pipeline import export_unlearned_model
+    from .pipeline import export_peft_adapter, export_unlearned_model
     from .report import load_results
 
     try:
@@ -185,9 +192,14 @@ def export(
         if base is None:
             raise ValueError(f"{source} is not a run folder (no results.json): say which model it edits with --model")
         edit = load_edit(edit_dir)
+        if peft_adapter:
+            export_peft_adapter(edit, out, base_model=str(base))
+            typer.echo(f"Wrote the peft adapter {out} ({edit.kind} edit of {base}; "
+                       f"PeftModel.from_pretrained(model, '{out}') loads it)")
+            return
         if out.exists():
             raise FileExistsError(f"{out} already exists: choose a new folder for the unlearned checkpoint")
-        vlm = load_vlm(base, device=device, dtype=dtype)
+        vlm = load_vlm(base, device=device, dtype=dtype, training=False)
         export_unlearned_model(vlm, edit, out, base_model=str(base))
     except (ValueError, FileNotFoundError, FileExistsError) as error:
         typer.secho(f"error: {error}", fg=typer.colors.RED, err=True)

@@ -21,7 +21,7 @@ from .eval.clear import ClearEvalConfig, ClearEvaluator
 from .eval.generalisation import generalisation_breakdown
 from .eval.mia import MIAConfig, membership_inference, mia_items
 from .eval.relearn import RelearnConfig, relearn_attack
-from .interventions import Edit, WeightDelta, load_edit
+from .interventions import CompositeEdit, Edit, WeightDelta, load_edit
 from .methods import MethodConfig, get_method
 from .methods.base import UnlearningDiverged
 from .models import VLM, TinySize, load_vlm
@@ -29,7 +29,7 @@ from .models.tiny import build_tiny_vlm, words_of
 from .report import render_html, render_markdown
 from .training.inject import (INJECTION_META, InjectionConfig, inject_knowledge, injection_cache_key, injection_meta_text,
                               injection_texts)
-from .utils import (atomic_write_text, init_distributed, is_main_process, peak_memory_mb, process_rank_and_count,
+from .utils import (atomic_write_text, dtype_name, init_distributed, is_main_process, peak_memory_mb, process_rank_and_count,
                     resolve_device, seed_everything, stable_hash, wait_for_everyone)
 
 BUILTIN_CLEAR = "clear"  # ``--benchmark clear``: the built-in world in CLEAR's layout
@@ -51,7 +51,7 @@ class RunConfig:
     edit: str | None = None
     seed: int = 0
     device: str = "auto"
-    dtype: str = "float32"
+    dtype: str = "auto"  # auto: the checkpoint's own (models.base.checkpoint_dtype); float32, bfloat16, float16
     max_pixels: int | None = None  # Qwen families: cap on each image's pixels (default: the checkpoint's own)
     runs_dir: str = "runs"
     cache_dir: str = ".cache/mllm_unlearn"
@@ -285,6 +285,27 @@ def export_unlearned_model(vlm: VLM, edit: Edit, out: str | Path, base_model: st
     return out
 
 
+def export_peft_adapter(edit: Edit, out: str | Path, base_model: str | None = None) -> Path:
+    """Write a LoRA edit (``LowRankDelta``) as a standard peft adapter folder at ``out``
+    (``PeftModel.from_pretrained(base, out)``), with ``unlearning.json`` beside it. Other edits,
+    or a LoRA edit combined with other changes (MIP-Editor's pruning), cannot be an adapter:
+    ValueError naming what is there, nothing written."""
+    from .interventions import LowRankDelta
+
+    out = Path(out)
+    if out.exists():
+        raise FileExistsError(f"{out} already exists: choose a new folder for the adapter")
+    if not isinstance(edit, LowRankDelta):
+        kinds = [p.kind for p in edit.parts] if isinstance(edit, CompositeEdit) else [edit.kind]
+        raise ValueError(f"only a LoRA edit (low_rank_delta, from a run with --lora) exports as a peft adapter; this "
+                         f"edit is {' + '.join(kinds)}: export it as a checkpoint instead (without --peft-adapter)")
+    edit.export_peft_adapter(out, base_model=base_model)
+    provenance = {"edit_kind": edit.kind, "method": edit.meta.get("method"), "base_model": base_model,
+                  "edit_meta": edit.meta, "versions": versions()}
+    (out / UNLEARNING_FILE).write_text(json.dumps(provenance, indent=2, default=str))
+    return out
+
+
 def run_pipeline(cfg: RunConfig) -> dict[str, Any]:
     """Run everything and write ``runs/<name>/results.json`` and ``report.md``; returns the results.
 
@@ -408,7 +429,8 @@ def run_pipeline(cfg: RunConfig) -> dict[str, Any]:
         "name": cfg.name, "family": vlm.adapter.family, "model_path": model_path, "method": method_name,
         "edit_source": cfg.edit,
         "benchmark_name": benchmark.name, "benchmark": benchmark.meta, "forget_percent": cfg.forget_percent,
-        "seed": cfg.seed, "device": str(vlm.device), "processes": process_rank_and_count()[1], "dtype": cfg.dtype, "world": asdict(cfg.world),
+        "seed": cfg.seed, "device": str(vlm.device), "processes": process_rank_and_count()[1],
+        "dtype": dtype_name(vlm.dtype), "dtype_option": cfg.dtype, "world": asdict(cfg.world),
         # --max-pixels as asked, and the cap the image processor applied (None: fixed-size images)
         "max_pixels": cfg.max_pixels, "image_max_pixels": vlm.adapter.image_max_pixels(vlm.processor),
         "injection": cfg.injection.to_dict(),

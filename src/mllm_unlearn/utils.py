@@ -95,8 +95,13 @@ DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch
 
 def resolve_dtype(dtype: str) -> torch.dtype:
     if dtype not in DTYPES:
-        raise ValueError(f"--dtype must be one of {sorted(DTYPES)}, got {dtype!r}")
+        raise ValueError(f"--dtype must be one of {sorted(DTYPES)} or auto, got {dtype!r}")
     return DTYPES[dtype]
+
+
+def dtype_name(dtype: torch.dtype) -> str:
+    """"bfloat16" for torch.bfloat16 (the names --dtype takes)."""
+    return {v: k for k, v in DTYPES.items()}[dtype]
 
 
 def peak_memory_mb(device: torch.device) -> float:

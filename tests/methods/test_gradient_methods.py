@@ -100,12 +100,17 @@ def test_rmu_updates_only_the_selected_down_projections(benchmark, tiny_vlm):
 def test_every_gradient_method_trains_through_lora_and_hands_back_a_plain_model(benchmark, tiny_vlm, name, extra):
     from mllm_unlearn.training.loop import LoraOptions
 
+    from mllm_unlearn.interventions import LowRankDelta
+
     vlm = tiny_vlm()
-    names = [n for n, _ in vlm.model.named_parameters()]
+    state = {n: p.detach().clone() for n, p in vlm.model.named_parameters()}
     edit = _run(name, benchmark, vlm, lora=LoraOptions(r=2, alpha=4), extra=extra)
-    assert [n for n, _ in vlm.model.named_parameters()] == names  # adapters merged and gone
-    # LoRA's default targets are the language model's linear layers: only those change.
-    assert edit.tensors and all(".language_model.layers." in n and n.endswith("proj.weight") for n in edit.tensors)
+    assert [n for n, _ in vlm.model.named_parameters()] == list(state)  # adapters gone
+    assert all(torch.equal(p, state[n]) for n, p in vlm.model.named_parameters())  # base weights untouched
+    # The edit is the factors; LoRA's default targets are the language model's linear layers.
+    assert isinstance(edit, LowRankDelta) and edit.factors and edit.rank == 2
+    assert all(".language_model.layers." in n and n.endswith("proj") for n in edit.factors)
+    assert any(f["b"].abs().sum() > 0 for f in edit.factors.values())  # trained (B starts at zero)
 
 
 def test_lora_target_that_matches_nothing_is_named(benchmark, tiny_vlm):

@@ -114,3 +114,50 @@ def test_lora_target_that_matches_no_tower_layer_is_named(benchmark, tiny_vlm):
     with pytest.raises(ValueError, match="matches no linear layer of the masked tower"):
         get_method("mmunlearner").unlearn(vlm, benchmark.forget_train, benchmark.retain_train, cfg)
     assert not any("parametrizations" in n for n, _ in vlm.model.named_parameters())
+
+
+@pytest.mark.parametrize("lora", [False, True])
+def test_masks_are_bool_fishers_leave_for_cpu_and_the_edit_is_the_float_masks_one(benchmark, tiny_vlm, monkeypatch,
+                                                                                    lora):
+    from mllm_unlearn.methods import mmunlearner
+    from mllm_unlearn.training.loop import LoraOptions
+
+    fishers = []
+    original_fisher = mmunlearner.diagonal_fisher
+
+    def spy(*args, **kwargs):
+        out = original_fisher(*args, **kwargs)
+        fishers.append((kwargs.get("out_device"), {t.device.type for t in out.values()}))
+        return out
+
+    monkeypatch.setattr(mmunlearner, "diagonal_fisher", spy)
+
+    def run(float_masks):
+        method = get_method("mmunlearner")
+        dtypes = set()
+        original_prepare = method.prepare
+
+        def prepare(*args, **kwargs):
+            original_prepare(*args, **kwargs)
+            if float_masks:  # the representation before masks were bool
+                method.mask = {n: m.float() for n, m in method.mask.items()}
+                for module in getattr(method, "adapted", {}).values():
+                    module.parametrizations.weight[0].mask = module.parametrizations.weight[0].mask.float()
+            dtypes.update(m.dtype for m in method.mask.values())
+            dtypes.update(m.parametrizations.weight[0].mask.dtype for m in getattr(method, "adapted", {}).values())
+
+        method.prepare = prepare
+        cfg = MethodConfig(max_steps=3, batch_size=4, lr=1e-2, progress=False,
+                           lora=LoraOptions(r=2, alpha=2) if lora else None, extra={"mask": "language"})
+        edit = method.unlearn(tiny_vlm(), benchmark.forget_train[:8], benchmark.retain_train[:8], cfg)
+        return edit, dtypes
+
+    edit, dtypes = run(float_masks=False)
+    assert dtypes == {torch.bool}
+    assert fishers and all(device == "cpu" and kinds == {"cpu"} for device, kinds in fishers)
+    reference, reference_dtypes = run(float_masks=True)
+    assert reference_dtypes == {torch.float32}
+    base = {n: p.detach() for n, p in tiny_vlm().model.named_parameters()}
+    new, old = edit.new_values(base), reference.new_values(base)
+    assert new and sorted(new) == sorted(old)
+    assert all(torch.allclose(new[n], old[n], rtol=1e-5, atol=0) for n in new)

@@ -68,7 +68,10 @@ for name in methods:
     # 16 forget items (8 with images, MMUnlearner's): whole global batches of 8, no padding.
     edit = method.unlearn(vlm, benchmark.forget_train[:16], benchmark.retain_train[:16], cfg)
     parts = edit.parts if isinstance(edit, CompositeEdit) else [edit]
-    results[name] = {"tensors": {n: t for part in parts if isinstance(part, WeightDelta) for n, t in part.tensors.items()},
+    base = dict(vlm.model.named_parameters())  # restored: the values the edit starts from
+    # Whole new values, also of tensors stored as a few changed columns (MIP-Editor's).
+    results[name] = {"tensors": {n: t for part in parts if isinstance(part, WeightDelta)
+                                 for n, t in part.new_values(base).items()},
                      "losses": edit.meta.get("losses"), "restored": weights_hash(vlm.model) == before, "held": held,
                      "plain_parameters": all(type(p) is torch.nn.Parameter for p in vlm.model.parameters()),
                      "paths": edit.meta.get("mip_editor", {}).get("paths")}

@@ -199,8 +199,13 @@ def test_saved_activation_bytes_fall(benchmark, tiny_vlm, family):
 # --- methods: same losses and edits as before -------------------------------------------------------
 
 def _edited_state(vlm, edit):
-    with edit.applied(vlm):
-        return {k: v.detach().clone() for k, v in vlm.model.state_dict().items()}
+    # Baked into a copy: a LoRA edit (its factors) and a neuron mask act through hooks, not on the weights.
+    import copy
+    from dataclasses import replace
+
+    edited = replace(vlm, model=copy.deepcopy(vlm.model))
+    edit.bake(edited)
+    return {k: v.detach().clone() for k, v in edited.model.state_dict().items()}
 
 
 def _unlearn(name, benchmark, vlm, extra, checkpointing):

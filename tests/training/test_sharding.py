@@ -80,6 +80,56 @@ def test_two_sharded_processes_give_the_one_process_edit_and_restore_the_model(w
             torch.testing.assert_close(two["moments"][table][layer], value, rtol=1e-12, atol=1e-12)
 
 
+def test_a_bf16_model_sharded_over_two_processes_gives_the_fp32_edit_of_one_process(world_dir, tmp_path):
+    """GA on a bf16 model at lr 1e-5, 3 steps: both runs train fp32 master weights with a bf16 forward
+    (one process: autocast over fp32 parameters; sharded: fp32 slices gathered as bf16 by FSDP2's
+    MixedPrecisionPolicy, gradients reduced in fp32), and both edits hold the fp32 values.
+
+    Tolerances. The forward is bf16 in both runs but not bit-identical (rows 2 × 4 instead of 8,
+    weights cast by FSDP2 instead of autocast, fp32 gradient all-reduce), so gradients differ at
+    bf16's resolution (~0.4%). AdamW's update is ~lr × g/|g| per entry: the same in both runs
+    except where the gradient is ~0 (a key bias, invariant under softmax) and its sign is float
+    noise; each such step can differ by at most two updates of opposite sign (2 lr), so 6 lr over
+    3 steps bounds every entry. Measured: at most 3.1 lr on single entries, 0.3% of the entries
+    more than 0.1 lr apart, the difference's norm 2.6% of the edit's; asserted < 1% and < 10%.
+    Losses (bf16 forward) measured 1e-4 apart relatively; asserted rel 1e-3."""
+    torchrun = shutil.which("torchrun", path=os.path.dirname(sys.executable)) or shutil.which("torchrun")
+    assert torchrun, "torch's launcher must be installed with torch"
+    helper = HELPER.with_name("fsdp_bf16_edit.py")
+    subprocess.run([sys.executable, str(helper), str(tmp_path / "one.pt"), "8", str(world_dir)],
+                   check=True, env=_env(), stdout=subprocess.DEVNULL)
+    subprocess.run([torchrun, "--standalone", "--nproc_per_node", "2", str(helper), str(tmp_path / "two.pt"), "4",
+                    str(world_dir), "fsdp"], check=True, env=_env(), stdout=subprocess.DEVNULL)
+    one, two = torch.load(tmp_path / "one.pt"), torch.load(tmp_path / "two.pt")
+    assert one["processes"] == 1 and two["processes"] == 2
+    assert one["restored"] and two["restored"]  # the caller's bf16 model came back bitwise, in bf16
+    assert two["losses"] == pytest.approx(one["losses"], rel=1e-3)
+    assert sorted(two["new"]) == sorted(one["new"]) and one["new"]
+    assert all(t.dtype == torch.float32 for edit in (one, two) for t in edit["new"].values())
+    names = sorted(one["new"])
+    before = torch.cat([one["before"][n].float().flatten() for n in names])
+    new = torch.cat([two["new"][n].flatten() for n in names])
+    # The sharded edit kept the fp32 master values: most are not bf16 numbers (measured 88%, the
+    # share of entries that train at all; rounded into the bf16 model they would be 0%).
+    assert (new != new.bfloat16().float()).float().mean() >= 0.8
+    single = torch.cat([one["new"][n].flatten() for n in names]) - before
+    sharded = new - before
+    lr = 1e-5
+    torch.testing.assert_close(sharded, single, rtol=0, atol=6 * lr)
+    assert ((sharded - single).abs() > 0.1 * lr).float().mean() < 0.01
+    assert (sharded - single).norm() < 0.1 * single.norm()
+
+
+def test_trained_parameters_of_mixed_dtypes_get_a_clear_error_before_sharding():
+    # FSDP2 asserts one dtype among a group's trainable parameters; without mixed precision
+    # (which makes them all fp32 masters) a mixed model is refused by name, before any collective.
+    from mllm_unlearn.training import sharding
+
+    model = torch.nn.Sequential(torch.nn.Linear(4, 4), torch.nn.Linear(4, 4).to(torch.float64))
+    with pytest.raises(ValueError, match=r"different dtypes \(0.weight: torch.float32, 1.weight: torch.float64\)"):
+        sharding.build_sharded_copy(model, [], lambda name, param: True, torch.device("cpu"))
+
+
 def test_deepspeed_is_refused_naming_method_and_stage(benchmark, tiny_vlm, monkeypatch):
     monkeypatch.setenv("ACCELERATE_USE_DEEPSPEED", "true")
     monkeypatch.setenv("ACCELERATE_DEEPSPEED_ZERO_STAGE", "3")

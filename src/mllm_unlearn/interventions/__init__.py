@@ -1,7 +1,8 @@
 """Reversible edits: weight changes, neuron masks and steering hooks, alone or composed."""
 from .base import CompositeEdit, Edit, EditHandle, load_edit
+from .low_rank import LowRankDelta
 from .neuron_mask import NeuronMask
 from .steering import RandomFeatures, Steering
 from .weight_delta import WeightDelta
 
-__all__ = ["CompositeEdit", "Edit", "EditHandle", "load_edit", "NeuronMask", "RandomFeatures", "Steering", "WeightDelta"]
+__all__ = ["CompositeEdit", "Edit", "EditHandle", "load_edit", "LowRankDelta", "NeuronMask", "RandomFeatures", "Steering", "WeightDelta"]

@@ -14,10 +14,10 @@ import torch
 
 from ..data.collate import Encoder
 from ..data.items import Item
-from ..interventions import Edit, WeightDelta
+from ..interventions import CompositeEdit, Edit, LowRankDelta, WeightDelta
 from ..models.base import VLM
 from ..training import sharding
-from ..training.loop import LoraOptions, TrainConfig, train
+from ..training.loop import LoraOptions, TrainConfig, TrainResult, train
 
 
 @dataclass
@@ -131,6 +131,14 @@ class GradientMethod(Method):
     def trainable(self, vlm: VLM, cfg: MethodConfig) -> Callable[[str, torch.nn.Parameter], bool] | None:
         return None  # everything
 
+    def changeable(self, vlm: VLM, cfg: MethodConfig) -> Callable[[str, torch.nn.Parameter], bool] | None:
+        """The model's parameters that ``prepare``, training and ``finalize`` may change (called
+        before ``prepare``): only these are snapshotted, to read the edit and restore the model.
+        Default: what ``trainable`` selects; none with peft LoRA (its factors are the edit)."""
+        if self.loop_lora(cfg) is not None:
+            return lambda name, param: False
+        return self.trainable(vlm, cfg)
+
     def prepare(self, vlm: VLM, forget: Sequence[Item], retain: Sequence[Item], cfg: MethodConfig,
                 encoder: Encoder) -> None:
         """Runs before training on the untouched model (frozen references, precomputed targets)."""
@@ -176,7 +184,9 @@ class GradientMethod(Method):
         if shard and cfg.lora is not None:
             raise ValueError(f"{self.name}: --shard {shard} is for full fine-tuning; a LoRA run fits one GPU "
                              "(launch it without --shard)")
-        before = {name: p.detach().cpu().clone() for name, p in vlm.model.named_parameters()}
+        changeable = self.changeable(vlm, cfg)
+        before = {name: p.detach().cpu().clone() for name, p in vlm.model.named_parameters()
+                  if changeable is None or changeable(name, p)}
         train_cfg = TrainConfig(lr=cfg.lr, epochs=cfg.epochs, max_steps=cfg.max_steps,
                                 batch_size=cfg.batch_size, schedule=cfg.schedule, warmup_ratio=cfg.warmup_ratio,
                                 seed=cfg.seed, lora=self.loop_lora(cfg), progress=cfg.progress, shard=shard,
@@ -186,23 +196,26 @@ class GradientMethod(Method):
             try:
                 with sharding.sharded_training(sharding.sharding_active(shard)):
                     self.prepare(vlm, forget, retain, cfg, encoder)
+                    if cfg.lora is None:
+                        _check_snapshot(self.name, before, self.trainable(vlm, cfg), vlm.model)
                     if self.phases:
                         result = train(vlm.model, pairs, collate,
                                        lambda m, b, phase: self.phase_loss(m, b, cfg, phase), train_cfg,
                                        parameters=self.trainable(vlm, cfg), description=f"unlearn: {self.name}",
-                                       device=vlm.device, phases=self.phases, grad_hook=self.grad_hook, **hooks)
+                                       device=vlm.device, phases=self.phases, grad_hook=self.grad_hook,
+                                       merge_lora=False, **hooks)
                     else:
                         result = train(vlm.model, pairs, collate, lambda m, b: self.loss(m, b, cfg), train_cfg,
                                        parameters=self.trainable(vlm, cfg), description=f"unlearn: {self.name}",
-                                       device=vlm.device, **hooks)
+                                       device=vlm.device, merge_lora=False, **hooks)
             except FloatingPointError as error:
                 # The loop stopped before applying the bad step: keep that last good state.
                 self.finalize(vlm)
-                last_good = WeightDelta.from_models(before, vlm.model, meta={
+                last_good = edit_from_training(before, vlm.model, getattr(error, "train_result", TrainResult()), meta={
                     "method": self.name, "config": cfg.to_dict(), "stopped": str(error)})
                 raise UnlearningDiverged(str(error), last_good) from error
             self.finalize(vlm)
-            edit = WeightDelta.from_models(before, vlm.model, meta={
+            edit = edit_from_training(before, vlm.model, result, meta={
                 "method": self.name, "config": cfg.to_dict(), "steps": result.steps, "losses": result.losses,
                 **({"phase_losses": result.phase_losses} if self.phases else {}), **self.edit_meta()})
         finally:
@@ -210,8 +223,33 @@ class GradientMethod(Method):
             # The method hands back an edit; the model itself is left as it was given.
             with torch.no_grad():
                 for name, param in vlm.model.named_parameters():
-                    param.copy_(before[name].to(param.device))
+                    if name in before and param.dtype != before[name].dtype:  # folded in fp32 (finalize)
+                        param.data = before[name].to(param.device, copy=True)
+                    elif name in before:
+                        param.copy_(before[name].to(param.device))
         return edit
+
+
+def edit_from_training(before: dict[str, torch.Tensor], model: torch.nn.Module, result: TrainResult,
+                       meta: dict[str, Any]) -> Edit:
+    """The edit training made: changed weights (the fp32 master values where training kept them,
+    a few rows/columns where only those changed) and/or LoRA factors read from peft."""
+    delta = WeightDelta.from_models(before, model, meta=meta, trained=result.master_weights)
+    if result.lora_factors is None:
+        return delta
+    low_rank = LowRankDelta(result.lora_factors, meta=meta)
+    return CompositeEdit([delta, low_rank], meta=meta) if delta.names else low_rank
+
+
+def _check_snapshot(method: str, before: dict[str, torch.Tensor], trainable: Any, model: torch.nn.Module) -> None:
+    """Every parameter that will train must have been snapshotted (else it could not be restored)."""
+    if trainable is None:
+        missing = [n for n, _ in model.named_parameters() if n not in before]
+    else:
+        missing = [n for n, p in model.named_parameters() if trainable(n, p) and n not in before]
+    if missing:
+        raise RuntimeError(f"{method}: parameters {missing[:3]} train but were not snapshotted: "
+                           "its changeable() must select every parameter trainable() does")
 
 
 class UnlearningDiverged(RuntimeError):

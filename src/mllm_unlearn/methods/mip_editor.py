@@ -200,6 +200,10 @@ class MIPEditor(GradientMethod):
 
         self.handles.append(register_optimizer_step_post_hook(self._restore))
 
+    def changeable(self, vlm: VLM, cfg: MethodConfig) -> Callable[[str, torch.nn.Parameter], bool] | None:
+        names = {f"{p}.weight" for p in self.trained}  # pruned in prepare, trained (or LoRA-adapted) after
+        return lambda name, _: name in names
+
     def trainable(self, vlm: VLM, cfg: MethodConfig) -> Callable[[str, torch.nn.Parameter], bool] | None:
         if cfg.lora is not None:
             return None  # peft's adapters, on the trained down projections only

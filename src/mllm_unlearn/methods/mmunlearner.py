@@ -57,7 +57,7 @@ class MaskedLowRankDelta(torch.nn.Module):
         super().__init__()
         out_features, in_features = mask.shape
         bound = 1.0 / in_features ** 0.5
-        self.register_buffer("mask", mask.float())
+        self.register_buffer("mask", mask.bool())  # 1 byte an entry; multiplying promotes it exactly
         for phase in ("forget", "retain"):
             a = (torch.rand(rank, in_features, generator=generator) * 2 - 1) * bound
             self.register_parameter(f"{phase}_a", torch.nn.Parameter(a.to(mask.device)))
@@ -75,7 +75,8 @@ class MaskedLowRankDelta(torch.nn.Module):
 
 def saliency_mask(forget_fisher: dict[str, torch.Tensor], preserve_fisher: dict[str, torch.Tensor],
                   gamma: float) -> dict[str, torch.Tensor]:
-    """1 where the forget Fisher outweighs the preserve Fisher by ``gamma`` (fp32, eps 1e-15)."""
+    """True where the forget Fisher outweighs the preserve Fisher by ``gamma`` (fp32, eps 1e-15):
+    bool masks, computed tensor by tensor (each pair of Fisher tensors freed once used)."""
     return {name: ((forget_fisher[name].float() + 1e-15) / (preserve_fisher[name].float() + 1e-15) >= gamma)
             for name in forget_fisher}
 
@@ -140,9 +141,12 @@ class MMUnlearner(GradientMethod):
                 if not preserve[tower]:
                     raise ValueError(f"mmunlearner: no preserve data for the {tower} mask")
                 loss = lambda m, b: sequence_nll(m, b).mean()  # noqa: E731  (sign is irrelevant for g²)
-                forget_fisher = diagonal_fisher(vlm.model, batches(forget), loss, params)
-                preserve_fisher = diagonal_fisher(vlm.model, batches(preserve[tower]), loss, params)
-                self.mask.update(saliency_mask(forget_fisher, preserve_fisher, gamma))
+                # Each Fisher is streamed to CPU as it finishes: one fp32 copy of the tower on the device at most.
+                forget_fisher = diagonal_fisher(vlm.model, batches(forget), loss, params, out_device="cpu")
+                preserve_fisher = diagonal_fisher(vlm.model, batches(preserve[tower]), loss, params, out_device="cpu")
+                for name in list(forget_fisher):
+                    self.mask.update(saliency_mask({name: forget_fisher.pop(name)}, {name: preserve_fisher.pop(name)},
+                                                   gamma))
         if cfg.extra.get("save_mask"):
             save_mask(cfg.extra["save_mask"], self.mask)
         selected = sum(int(m.sum()) for m in self.mask.values())
@@ -184,11 +188,23 @@ class MMUnlearner(GradientMethod):
                 parametrize.remove_parametrizations(module, "weight", leave_parametrized=keep)
         self.adapted = {}
 
+    def changeable(self, vlm: VLM, cfg: MethodConfig) -> Callable[[str, torch.nn.Parameter], bool] | None:
+        mask_kind, _ = self.options(cfg)  # the chosen towers' linear weights, with or without adapters
+        towers = ["language", "vision"] if mask_kind == "both" else [mask_kind]
+        names = {n for tower in towers for n in self.tower_parameters(vlm, tower)}
+        return lambda name, param: name in names
+
     def loop_lora(self, cfg: MethodConfig) -> Any:
         return None  # our masked adapters replace peft's (see the module docstring)
 
     def finalize(self, vlm: VLM) -> None:
-        self._remove_adapters(keep=True)  # fold the trained adapters into the weights
+        # Fold the trained adapters into the weights, in fp32: folding into a bf16 weight would round
+        # their small updates away. The edit keeps the fp32 values; the model gets its dtype back.
+        for module in getattr(self, "adapted", {}).values():
+            original = module.parametrizations.weight.original
+            if original.dtype != torch.float32:
+                original.data = original.data.float()
+        self._remove_adapters(keep=True)
 
     def trainable(self, vlm: VLM, cfg: MethodConfig) -> Callable[[str, torch.nn.Parameter], bool] | None:
         if cfg.lora is not None:

@@ -272,15 +272,44 @@ class VLM:
                 (tmp / name).write_text(text)
 
 
-def load_vlm(path: str | Path, device: str = "auto", dtype: str = "float32", max_pixels: int | None = None) -> VLM:
+def checkpoint_dtype(path: str | Path, training: bool = True) -> str:
+    """What ``--dtype auto`` loads the checkpoint at ``path`` in: float32 for models this tool
+    built (``injection.json`` beside the weights: tiny, trained in fp32), else the checkpoint's own
+    ``dtype``/``torch_dtype`` from config.json (top level, else its text config), float32 if it
+    names none. ``training``: a float16 checkpoint (LLaVA-1.5-7B's) loads as bfloat16, since
+    float16 training is refused (same range as fp32, trained as fp32 master weights)."""
+    folder = Path(path)
+    if (folder / "injection.json").is_file():
+        return "float32"
+    try:
+        config = json.loads((folder / "config.json").read_text())
+    except (OSError, ValueError):
+        return "float32"
+    found = None
+    for section in (config, config.get("text_config") or {}):
+        value = section.get("dtype") or section.get("torch_dtype")
+        if isinstance(value, str) and value.replace("torch.", "") in ("float32", "bfloat16", "float16"):
+            found = value.replace("torch.", "")
+            break
+    found = found or "float32"
+    return "bfloat16" if training and found == "float16" else found
+
+
+def load_vlm(path: str | Path, device: str = "auto", dtype: str = "float32", max_pixels: int | None = None,
+             training: bool = True) -> VLM:
     """Load any local checkpoint of a supported family: the one loading path for tiny and real models.
 
+    ``dtype``: float32, bfloat16, float16 or auto (``checkpoint_dtype``; ``training`` says whether
+    the model may be trained, which turns an auto float16 into bfloat16).
     ``max_pixels`` (Qwen families only): cap each image's pixels below the checkpoint's own limit."""
     from transformers import AutoModelForImageTextToText
 
     from ..utils import resolve_device, resolve_dtype
 
-    torch_device, torch_dtype = resolve_device(device), resolve_dtype(dtype)  # option errors before file errors
+    torch_device = resolve_device(device)  # option errors before file errors
+    torch_dtype = resolve_dtype(dtype) if dtype != "auto" else None
+    if torch_dtype is None:
+        torch_dtype = resolve_dtype(checkpoint_dtype(path, training))
     adapter = adapter_for_checkpoint(path)
     processor = adapter.load_processor(path)
     processor.tokenizer.padding_side = "left"

@@ -7,14 +7,17 @@ import torch
 
 
 def diagonal_fisher(model: torch.nn.Module, batches: Iterable[Any], loss_fn: Callable[[torch.nn.Module, Any], torch.Tensor],
-                    parameters: dict[str, torch.nn.Parameter]) -> dict[str, torch.Tensor]:
+                    parameters: dict[str, torch.nn.Parameter], out_device: torch.device | str | None = None,
+                    ) -> dict[str, torch.Tensor]:
     """Mean over mini-batches of the squared mini-batch gradient of each parameter, in fp32.
 
     An element of ``batches`` may be a list of parts of one mini-batch (``training.batching``,
     token-bounded): their gradients are accumulated, each part's loss weighted by its share of
     the rows (``loss_fn`` is a mean over rows), so the squared gradient is the whole batch's.
     Only ``parameters`` accumulate (others get no gradient buffer); nothing but the running
-    sums is kept, so memory is one fp32 copy of the selected parameters.
+    sums is kept, so memory is one fp32 copy of the selected parameters. ``out_device`` (e.g.
+    "cpu"): each finished mean is moved there tensor by tensor, freeing the device's copy, so a
+    second Fisher can be computed on the device without two fp32 copies of a tower there.
 
     Under ``accelerate launch`` (several processes) the mini-batches are shared out (batch k to
     process k mod N) and the sums and counts all-reduced: every process gets the one-process
@@ -53,14 +56,19 @@ def diagonal_fisher(model: torch.nn.Module, batches: Iterable[Any], loss_fn: Cal
             p.requires_grad_(saved[name])
         model.train(was_training)
     if processes > 1:  # collective: every process calls this with the same batches
-        total = torch.tensor([float(count)], device=next(iter(sums.values())).device)
-        torch.distributed.all_reduce(total)
-        count = int(total.item())
+        counted = torch.tensor([float(count)], device=next(iter(sums.values())).device)
+        torch.distributed.all_reduce(counted)
+        count = int(counted.item())
         for value in sums.values():
             torch.distributed.all_reduce(value)
     if count == 0:
         raise ValueError("diagonal_fisher: no batches")
-    return {name: total / count for name, total in sums.items()}
+    means = {}
+    for name in list(sums):  # one tensor at a time: the device never holds the sums and their copies
+        total = sums.pop(name)
+        means[name] = (total.div_(count) if out_device is None else total.to(out_device).div_(count))
+        del total
+    return means
 
 
 def _rows(batch: Any) -> int:

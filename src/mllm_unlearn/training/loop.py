@@ -7,8 +7,9 @@ with FSDP2 instead (``training/sharding.py``). DeepSpeed is refused.
 from __future__ import annotations
 
 import math
+from contextlib import contextmanager, nullcontext
 from dataclasses import asdict, dataclass, field
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, ContextManager, Iterator, Sequence
 
 import torch
 from torch.utils.data import DataLoader, Dataset, RandomSampler
@@ -56,6 +57,52 @@ class TrainResult:
     steps: int = 0
     stopped_early: bool = False
     phase_losses: dict[str, list[float]] = field(default_factory=dict)
+    # Mixed precision: the fp32 master value (on CPU) of every trained parameter stored in bf16,
+    # by name. The model itself is handed back in its own dtype; an edit should read these.
+    master_weights: dict[str, torch.Tensor] = field(default_factory=dict)
+    # LoRA with ``merge_lora=False``: the trained adapters as read from peft (see ``lora_factors``).
+    lora_factors: dict[str, dict[str, Any]] | None = None
+
+
+# --- precision -------------------------------------------------------------------------------
+def compute_dtype_for(trainable: dict[str, torch.nn.Parameter], description: str = "training",
+                      model: torch.nn.Module | None = None) -> torch.dtype | None:
+    """The dtype the forward should compute in under mixed precision, or None to train as stored.
+
+    bf16 weights train as fp32 master weights (and fp32 AdamW state) with a bf16 forward:
+    pure-bf16 AdamW rounds away updates below bf16's resolution (~0.4% of a weight: at lr 1e-5
+    most of them). float16 is refused: its range overflows in the loss and AdamW's eps (1e-8)
+    rounds to 0 in fp16, so entries with zero gradient (masked ones) become 0/0 = NaN. A float16
+    ``model`` is refused even when only fp32 adapters train (its forward and backward overflow alike).
+    """
+    dtypes = {p.dtype for p in trainable.values()} | ({p.dtype for p in model.parameters()} if model is not None else set())
+    if torch.float16 in dtypes:
+        raise ValueError(f"{description}: float16 training is not supported (overflow, and NaN in AdamW for entries "
+                         "with zero gradient): load the model with --dtype bfloat16 (trained as fp32 master weights "
+                         "with bf16 compute), --dtype float32 or --dtype auto")
+    return torch.bfloat16 if any(p.dtype == torch.bfloat16 for p in trainable.values()) else None
+
+
+@contextmanager
+def fp32_master_weights(trainable: dict[str, torch.nn.Parameter]) -> Iterator[dict[str, torch.Tensor]]:
+    """While inside, every bf16 parameter of ``trainable`` holds an fp32 copy of itself (the
+    master weight the optimizer updates); on exit each goes back to bf16 and the yielded dict
+    is filled with its final fp32 value (moved to CPU), by name. Create optimizers inside."""
+    low = {name: p for name, p in trainable.items() if p.dtype == torch.bfloat16}
+    masters: dict[str, torch.Tensor] = {}
+    for p in low.values():
+        p.data = p.data.float()
+    try:
+        yield masters
+    finally:
+        for name, p in low.items():
+            masters[name] = p.data.detach().to("cpu")
+            p.data = p.data.to(torch.bfloat16)
+
+
+def autocast_to(device: torch.device, dtype: torch.dtype | None) -> ContextManager[Any]:
+    """The forward's autocast for mixed precision (a no-op when ``dtype`` is None)."""
+    return torch.autocast(device_type=device.type, dtype=dtype) if dtype is not None else nullcontext()
 
 
 class ListDataset(Dataset):
@@ -103,6 +150,7 @@ def train(
     grad_filter: Callable[[str], None] | None = None,
     on_model: Callable[[torch.nn.Module], None] | None = None,
     shard_units: Callable[[torch.nn.Module], Sequence[torch.nn.Module]] | None = None,
+    merge_lora: bool = True,
 ) -> TrainResult:
     """Optimise ``loss_fn`` over ``examples`` in place on ``model``.
 
@@ -115,9 +163,13 @@ def train(
     one per phase, each with its **own** AdamW state: ``loss_fn(model, batch, phase)`` gives
     the phase's loss and ``grad_hook(phase)`` may edit gradients before the update. Separate
     states keep one phase's momentum from moving weights another phase masked out.
+
+    Precision (``compute_dtype_for``): trainable bf16 weights train as fp32 master weights with a
+    bf16 autocast forward, their fp32 results in ``TrainResult.master_weights``; float16 is refused.
+    peft keeps LoRA adapters in fp32. With ``merge_lora=False`` the adapters are read into
+    ``TrainResult.lora_factors`` and removed without touching the base weights.
     """
     from accelerate import Accelerator, DistributedDataParallelKwargs
-    from tqdm.auto import tqdm
 
     from . import sharding
 
@@ -145,19 +197,132 @@ def train(
     had_input_grad_hooks = bool(getattr(base_model, "_require_grads_hooks", None))
     if cfg.lora is not None:
         model = _wrap_lora(model, cfg.lora)
-    if shard:
-        units = list(shard_units(model)) if shard_units is not None else []
-        model = sharding.build_sharded_copy(model, units, lambda n, p: parameters is None or parameters(n, p), device)
-    trainable = []
+    selected: dict[str, torch.nn.Parameter] = {}
     for name, param in model.named_parameters():
-        wanted = (param.requires_grad if cfg.lora is not None or shard else True) and \
-            (parameters is None or parameters(name, param))
+        wanted = (param.requires_grad if cfg.lora is not None else True) and (parameters is None or parameters(name, param))
         param.requires_grad_(wanted)
         if wanted:
-            trainable.append(param)
-    trained_names = {name for name, param in model.named_parameters() if param.requires_grad}
-    if not trainable:
+            selected[name] = param
+    if not selected:
         raise ValueError(f"{description}: no parameter selected for training")
+    try:
+        compute_dtype = compute_dtype_for(selected, description, model)
+    except ValueError:
+        _hand_back(model, base_model, cfg, merge_lora, TrainResult(), had_input_grad_hooks=had_input_grad_hooks)
+        raise
+    result = TrainResult()
+    compute = lambda: autocast_to(device, compute_dtype)  # noqa: E731
+    hooks = {"grad_filter": grad_filter, "on_model": on_model}
+    try:
+        if shard:
+            _train_sharded(model, base_model, examples, collate_fn, loss_fn, cfg, selected, description, phases,
+                           grad_hook, accelerator, compute, compute_dtype, device, shard_units, result, hooks)
+        else:
+            with fp32_master_weights(selected) as result.master_weights:
+                try:
+                    _train_steps(model, base_model, examples, collate_fn, loss_fn, cfg, list(selected.values()),
+                                 description, stop_check, check_every, phases, grad_hook, accelerator, compute,
+                                 result, **hooks)
+                finally:  # also on errors
+                    _hand_back(model, base_model, cfg, merge_lora, result, accelerator, had_input_grad_hooks)
+    except FloatingPointError as error:
+        error.train_result = result  # type: ignore[attr-defined]  # the last finite step's weights/factors
+        raise
+    return result
+
+
+def _train_sharded(model: torch.nn.Module, base_model: torch.nn.Module, examples: Sequence[Any],
+                   collate_fn: Callable[[list[Any]], Any], loss_fn: Callable[..., torch.Tensor], cfg: TrainConfig,
+                   selected: dict[str, torch.nn.Parameter], description: str, phases: Sequence[str],
+                   grad_hook: Callable[[str], None] | None, accelerator: Any, compute: Callable[[], ContextManager[Any]],
+                   compute_dtype: torch.dtype | None, device: torch.device,
+                   shard_units: Callable[[torch.nn.Module], Sequence[torch.nn.Module]] | None, result: TrainResult,
+                   hooks: dict[str, Any]) -> None:
+    """``--shard fsdp``: train a sharded copy of ``model`` (``training/sharding.py``), then gather
+    the trained values back. Mixed precision as unsharded: the copy's trainable slices are fp32
+    master weights (fp32 AdamW state, fp32 gradient reduction), FSDP2 gathers them as bf16 for
+    the forward; their gathered fp32 values go to ``result.master_weights`` and the caller's bf16
+    weights get their rounding, as ``fp32_master_weights`` leaves them."""
+    from . import sharding
+
+    try:
+        units = list(shard_units(model)) if shard_units is not None else []
+        sharded = sharding.build_sharded_copy(model, units, lambda name, _: name in selected, device,
+                                              compute_dtype=compute_dtype)
+    except Exception:
+        _hand_back(model, base_model, cfg, False, result, accelerator)
+        raise
+    # The caller's model only serves as the frozen reference (KL, RMU) while the copy trains.
+    for param in base_model.parameters():
+        param.requires_grad_(False)
+    trainable = [p for p in sharded.parameters() if p.requires_grad]
+    healthy = False
+    try:
+        _train_steps(sharded, base_model, examples, collate_fn, loss_fn, cfg, trainable, description, None, 0,
+                     phases, grad_hook, accelerator, compute, result, shard=True, **hooks)
+        healthy = True
+    except FloatingPointError:
+        healthy = True  # stopped before the bad step: the last good state is gathered back
+        raise
+    finally:
+        try:
+            if healthy:  # collective: every process gathers the same values, one tensor at a time
+                sharding.write_back(sharded, base_model, set(selected), masters=result.master_weights)
+        finally:
+            _hand_back(sharded, base_model, cfg, False, result, accelerator)
+            del sharded
+
+
+def _hand_back(unwrapped: torch.nn.Module, base_model: torch.nn.Module, cfg: TrainConfig, merge_lora: bool,
+               result: TrainResult, accelerator: Any = None, had_input_grad_hooks: bool = True) -> None:
+    """Eval mode, every parameter trainable again, peft's wrapper gone (adapters merged, or read
+    into ``result.lora_factors`` and dropped): callers always get a plain model back."""
+    unwrapped.eval()
+    for param in base_model.parameters():
+        param.requires_grad_(True)
+    if not had_input_grad_hooks and hasattr(base_model, "disable_input_require_grads"):
+        base_model.disable_input_require_grads()  # added by peft's wrap or checkpointing; not needed after
+    if accelerator is not None:
+        accelerator.free_memory()
+    if cfg.lora is not None:
+        if merge_lora:
+            merged = unwrapped.merge_and_unload()
+        else:
+            result.lora_factors = lora_factors(unwrapped)
+            merged = unwrapped.unload()
+        assert merged is base_model or merged.__class__ is base_model.__class__
+
+
+def lora_factors(peft_model: torch.nn.Module) -> dict[str, dict[str, Any]]:
+    """The trained LoRA adapters of a peft model, by the base model's module path: fp32 CPU
+    copies of ``a`` (r x in) and ``b`` (out x r) with ``scale`` (alpha / r), so that the weight
+    change is ``scale * b @ a``."""
+    from peft.tuners.lora import LoraLayer
+
+    factors = {}
+    prefix = "base_model.model."
+    for name, module in peft_model.named_modules():
+        if not isinstance(module, LoraLayer) or not module.lora_A:
+            continue
+        if not isinstance(module.get_base_layer(), torch.nn.Linear):
+            raise ValueError(f"LoRA on {name}: only linear layers are supported, got {type(module.get_base_layer()).__name__}")
+        (adapter,) = module.lora_A.keys()
+        path = name[len(prefix):] if name.startswith(prefix) else name
+        factors[path] = {"a": module.lora_A[adapter].weight.detach().float().cpu().clone(),
+                         "b": module.lora_B[adapter].weight.detach().float().cpu().clone(),
+                         "scale": float(module.scaling[adapter])}
+    return factors
+
+
+def _train_steps(model: torch.nn.Module, base_model: torch.nn.Module, examples: Sequence[Any], collate_fn: Callable[[list[Any]], Any],
+                 loss_fn: Callable[..., torch.Tensor], cfg: TrainConfig, trainable: list[torch.nn.Parameter],
+                 description: str, stop_check: Callable[[int], bool] | None, check_every: int,
+                 phases: Sequence[str], grad_hook: Callable[[str], None] | None, accelerator: Any,
+                 compute: Callable[[], ContextManager[Any]], result: TrainResult, shard: bool = False,
+                 grad_filter: Callable[[str], None] | None = None,
+                 on_model: Callable[[torch.nn.Module], None] | None = None) -> None:
+    from tqdm.auto import tqdm
+
     phase_names = list(phases) or ["main"]
     optimizers = [torch.optim.AdamW(trainable, lr=cfg.lr, weight_decay=cfg.weight_decay) for _ in phase_names]
     generator = torch.Generator().manual_seed(cfg.seed)
@@ -181,15 +346,14 @@ def train(
     checkpointing_was_on = _set_checkpointing(model if shard else base_model, True) \
         if cfg.gradient_checkpointing else None
     model.train()
-    healthy = False
-    result = TrainResult()
     bar = tqdm(total=total, desc=description, disable=not cfg.progress or not accelerator.is_local_main_process)
     try:
         while result.steps < total:
             for batch in loader:
                 value = 0.0
                 for phase, optimizer, scheduler in zip(phase_names, optimizers, schedulers):
-                    loss = loss_fn(model, batch, phase) if phases else loss_fn(model, batch)
+                    with compute():  # mixed precision: bf16 forward over fp32 master weights
+                        loss = loss_fn(model, batch, phase) if phases else loss_fn(model, batch)
                     # Sharded: every process must stop together (the gathering is collective).
                     finite = torch.isfinite(accelerator.reduce(loss.detach(), reduction="mean")) if shard \
                         else torch.isfinite(loss)
@@ -219,34 +383,18 @@ def train(
                 bar.set_postfix(loss=f"{value:.4f}")
                 if stop_check is not None and result.steps % check_every == 0:
                     model.eval()
-                    stop = stop_check(result.steps)
+                    with compute():
+                        stop = stop_check(result.steps)
                     model.train()
                     if stop:
                         result.stopped_early = True
                         total = result.steps
                 if result.steps >= total:
                     break
-        healthy = True
-    except FloatingPointError:
-        healthy = True  # stopped before the bad step: the last good state is gathered back
-        raise
     finally:
         bar.close()
-        model.eval()
-        unwrapped = accelerator.unwrap_model(model)
-        if shard and healthy:  # collective: every process gathers the same values, one tensor at a time
-            sharding.write_back(model, base_model, trained_names)
-        for param in base_model.parameters():
-            param.requires_grad_(True)
         if checkpointing_was_on is False:
-            _set_checkpointing(base_model, False)
-        if not had_input_grad_hooks and hasattr(base_model, "disable_input_require_grads"):
-            base_model.disable_input_require_grads()  # added by peft's wrap or checkpointing; not needed after
-        accelerator.free_memory()
-        if cfg.lora is not None:  # also on errors: callers always get a plain model back
-            merged = unwrapped.merge_and_unload()
-            assert merged is base_model or merged.__class__ is base_model.__class__
-    return result
+            _set_checkpointing(model if shard else base_model, False)
 
 
 def _set_checkpointing(model: torch.nn.Module, on: bool) -> bool:

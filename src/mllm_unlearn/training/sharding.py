@@ -17,6 +17,10 @@ How a sharded run trains, and why:
   gets the same full values, one tensor at a time) and written into the caller's model, so
   ``train`` keeps its in-place contract and the edit is read off the caller's model as before.
   The caller then restores its own snapshot as usual.
+- Precision as unsharded (``loop.compute_dtype_for``): a bf16 model trains as fp32 master weights
+  (the copy's trainable slices are fp32; FSDP2's ``MixedPrecisionPolicy`` gathers them as bf16
+  for compute and reduces gradients in fp32); the gathered fp32 values are the run's
+  ``TrainResult.master_weights``, the caller's bf16 weights get their rounding. float16 is refused.
 - While the copy trains, the caller's model is untouched: it serves as the frozen reference of
   KL and RMU/RMisU (``frozen_copy`` and ``Misdirection.start`` use it instead of a copy).
 
@@ -101,17 +105,30 @@ def _device_mesh(device: torch.device):
 
 
 def build_sharded_copy(model: nn.Module, units: Sequence[nn.Module], trainable: Callable[[str, nn.Parameter], bool],
-                       device: torch.device) -> nn.Module:
+                       device: torch.device, compute_dtype: torch.dtype | None = None) -> nn.Module:
     """A copy of ``model`` sharded over the processes with ``fully_shard``: ``units`` (modules of
     ``model``, each its own FSDP group) then the root. No process ever holds the full copy: its
     parameters start on the meta device and each process materialises only its slice.
-    ``trainable(name, param)`` sets ``requires_grad`` of the copy's parameters."""
-    from torch.distributed.fsdp import fully_shard
+    ``trainable(name, param)`` sets ``requires_grad`` of the copy's parameters.
+
+    ``compute_dtype`` (bf16 from ``loop.compute_dtype_for``): mixed precision as in the unsharded
+    loop. The copy's trainable parameters are fp32 master weights (fp32 AdamW state); FSDP2's
+    ``MixedPrecisionPolicy`` gathers every parameter as bf16 for forward and backward and
+    reduce-scatters the gradients in fp32. Frozen parameters keep the caller's dtype: FSDP2
+    requires one dtype among the *trainable* parameters of a group only (``_init_mp_dtypes``),
+    which all being fp32 satisfies."""
+    from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
     from torch.distributed.tensor import DTensor, distribute_tensor
 
+    if compute_dtype is not None and compute_dtype != torch.bfloat16:
+        raise ValueError(f"sharding: mixed precision computes in bfloat16 only, got {compute_dtype}")
+    master = torch.float32 if compute_dtype is not None else None
+    names = {id(p): n for n, p in model.named_parameters()}
     memo: dict[int, object] = {}
     for param in model.parameters():
-        memo[id(param)] = nn.Parameter(torch.empty_like(param, device="meta"), requires_grad=param.requires_grad)
+        dtype = master if master is not None and trainable(names[id(param)], param) else param.dtype
+        memo[id(param)] = nn.Parameter(torch.empty_like(param, device="meta", dtype=dtype),
+                                       requires_grad=param.requires_grad)
     # Shared (tied) parameters stay shared: one memo entry each. Forward hooks are copied too
     # (transformers' output capturing needs them).
     shell = copy.deepcopy(model, memo)
@@ -121,17 +138,20 @@ def build_sharded_copy(model: nn.Module, units: Sequence[nn.Module], trainable: 
     missing = [u for u in units if id(u) not in paths]
     if missing:
         raise ValueError("sharding: a shard unit is not a module of the model being trained")
+    groups = [shell.get_submodule(paths[id(u)]) for u in units] + [shell]
+    _check_uniform_dtypes(shell)
     mesh = _device_mesh(device)
-    for unit in units:
-        fully_shard(shell.get_submodule(paths[id(unit)]), mesh=mesh)
-    fully_shard(shell, mesh=mesh)
+    policy = MixedPrecisionPolicy(param_dtype=compute_dtype, reduce_dtype=torch.float32) \
+        if compute_dtype is not None else MixedPrecisionPolicy()
+    for group in groups:
+        fully_shard(group, mesh=mesh, mp_policy=policy)
     originals = dict(model.named_parameters())
     buffers = dict(model.named_buffers())
     shell.to_empty(device=device)
     with torch.no_grad():
         for name, param in shell.named_parameters():
             local = param.to_local() if isinstance(param, DTensor) else param
-            full = originals[name].detach()
+            full = originals[name].detach().to(local.dtype)  # bf16 -> fp32 master is exact
             if isinstance(param, DTensor):
                 full = distribute_tensor(full.to(device), param.device_mesh, param.placements,
                                          src_data_rank=None).to_local()
@@ -139,6 +159,19 @@ def build_sharded_copy(model: nn.Module, units: Sequence[nn.Module], trainable: 
         for name, buffer in shell.named_buffers():  # to_empty left them uninitialised
             buffer.copy_(buffers[name])
     return shell
+
+
+def _check_uniform_dtypes(model: nn.Module) -> None:
+    """FSDP2 asserts one dtype among the trainable parameters of each group; checked here for
+    the whole copy (stricter, and simple) so that a mixed model gets a clear error instead."""
+    first: dict[torch.dtype, str] = {}
+    for name, param in model.named_parameters():
+        if param.requires_grad:
+            first.setdefault(param.dtype, name)
+    if len(first) > 1:
+        found = ", ".join(f"{name}: {dtype}" for dtype, name in first.items())
+        raise ValueError(f"sharding: the trained parameters have different dtypes ({found}); FSDP2 needs one "
+                         "per group: load the model in one dtype (--dtype)")
 
 
 def local_part(full: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
@@ -161,16 +194,21 @@ def local_tensor(tensor: torch.Tensor) -> torch.Tensor:
 
 
 @torch.no_grad()
-def write_back(sharded: nn.Module, target: nn.Module, names: set[str] | None = None) -> None:
+def write_back(sharded: nn.Module, target: nn.Module, names: set[str] | None = None,
+               masters: dict[str, torch.Tensor] | None = None) -> None:
     """Gather each parameter of ``sharded`` (all processes, same order) into ``target``'s
-    parameter of the same name; only ``names`` when given (the ones that trained)."""
+    parameter of the same name; only ``names`` when given (the ones that trained). Where the
+    gathered value is fp32 and the target lower precision (mixed precision's master weights),
+    ``masters[name]`` gets the fp32 value (on CPU), the target its rounding."""
     from torch.distributed.tensor import DTensor
 
     targets = dict(target.named_parameters())
     for name, param in sharded.named_parameters():
         if names is not None and name not in names:
             continue
-        full = param.full_tensor() if isinstance(param, DTensor) else param
+        full = param.full_tensor() if isinstance(param, DTensor) else param.detach()
+        if masters is not None and full.dtype != targets[name].dtype:
+            masters[name] = full.to("cpu", copy=True)
         targets[name].copy_(full.to(targets[name].device))
         del full
 
