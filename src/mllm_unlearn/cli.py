@@ -69,6 +69,9 @@ def run(
     max_steps: Optional[int] = typer.Option(None, help="Stop unlearning after this many steps."),
     batch_size: Optional[int] = typer.Option(None, help="Unlearning batch size per process (method default if unset)."),
     lora: bool = typer.Option(False, help="Unlearn through LoRA adapters (merged into the edit)."),
+    shard: Optional[str] = typer.Option(
+        None, help="'fsdp': full fine-tuning sharded over the processes of `accelerate launch`/torchrun with FSDP2, "
+                   "each process holding 1/N of every weight (also chosen by `accelerate launch --use_fsdp`)."),
     gradient_checkpointing: Optional[bool] = typer.Option(
         None, "--gradient-checkpointing/--no-gradient-checkpointing",
         help="Recompute activations in the backward pass (less memory, one more forward per step); default: on for a "
@@ -167,6 +170,8 @@ def run(
             overrides["gradient_checkpointing"] = gradient_checkpointing
         if max_batch_tokens is not None:
             overrides["max_batch_tokens"] = max_batch_tokens
+        if shard is not None:
+            overrides["shard"] = shard
         relearn_mode = parse_relearn_lora(relearn_lora)
         eval_cfg = EvalConfig(protocol=protocol, scorer=scorer, few_shot=few_shot, max_new_tokens=max_new_tokens,
                               tasks=tuple(t.strip() for t in tasks.split(",") if t.strip()), seed=seed, progress=not quiet)

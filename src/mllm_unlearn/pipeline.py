@@ -352,6 +352,13 @@ def run_pipeline(cfg: RunConfig) -> dict[str, Any]:
     Under ``accelerate launch`` every process runs this: training is data-parallel, evaluation
     items are shared out and gathered, and only the main process writes files.
     """
+    from .training import sharding
+
+    # Before accelerate's state exists: DeepSpeed refused, accelerate's FSDP flag taken over (FSDP2).
+    sharding.refuse_deepspeed(f"mllm-unlearn run --method {cfg.method}")
+    shard = sharding.claim_accelerate_fsdp(getattr(cfg.method_cfg, "shard", None))
+    if shard and cfg.edit is None:
+        cfg.method_cfg.shard = shard
     init_distributed(cpu=resolve_device(cfg.device).type == "cpu")
     built_here = model_built_here(cfg)
     preset = None  # a given --edit trains nothing: no hyperparameters to choose

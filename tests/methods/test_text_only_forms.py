@@ -61,7 +61,7 @@ def test_manu_scores_text_only_forms(monkeypatch, published, vlm):
 def test_mmunlearner_language_mask_preserves_text_only_forms_of_all_people(monkeypatch, published, vlm):
     import mllm_unlearn.methods.mmunlearner as mmunlearner
 
-    seen = _spy(monkeypatch, mmunlearner, "item_batches")
+    seen = _spy(monkeypatch, mmunlearner, "item_batch_parts")  # its Fisher batches (token-bounded parts)
     cfg = MethodConfig(max_steps=1, batch_size=8, progress=False, extra={"mask": "language"})
     get_method("mmunlearner").unlearn(vlm, published.forget_train, published.retain_train, cfg)
     forms = _forms(published, "forget") + _forms(published, "retain")  # text-only QA of all people

@@ -38,6 +38,7 @@ from ..data.collate import IGNORE, Encoder
 from ..data.items import Item
 from ..training.batching import batch_parts, check_max_batch_tokens, token_lengths
 from ..training.losses import answer_token_nll
+from ..utils import shard_and_gather
 
 SCORES = ("ig", "fisher")
 POSITIONS = ("answer", "all")
@@ -217,7 +218,7 @@ def search_paths(model: nn.Module, sites: Sequence[str], samples: Sequence[Any],
                 lengths = [length * m for length in task.lengths(samples)]  # each sample runs m times per pass
             groups = [part for parts in batch_parts(samples, cfg.batch_size, cfg.max_batch_tokens, lengths)
                       for part in parts]
-        for group in groups:
+        def run_group(group: list[Any]) -> tuple[list[list[torch.Tensor]], list[list[torch.Tensor]]]:
             batch = task.encode(group)
             count = len(group)
             chosen: list[list[torch.Tensor]] = [[] for _ in group]
@@ -241,6 +242,11 @@ def search_paths(model: nn.Module, sites: Sequence[str], samples: Sequence[Any],
                     values[n].append(scores)
                     mask[n, indices.to(device)] = True
                 masks.append(mask)
+            return chosen, values
+
+        # Under ``accelerate launch`` the groups are shared out over the processes (each sample's
+        # path depends on that sample only) and gathered back in order: every process gets all.
+        for chosen, values in shard_and_gather(groups, lambda mine: [run_group(g) for g in mine]):
             result.neurons.extend(chosen)
             result.scores.extend(values)
     return result

@@ -24,6 +24,7 @@ import torch
 from torch import nn
 
 from ..models.base import NeuronSite
+from ..utils import process_rank_and_count
 
 POSITIONS = ("all", "answer", "last")
 IGNORE = -100
@@ -83,6 +84,19 @@ class _RunningSite:
         self.abs_sum += a.abs().sum(0).cpu()
         self.above += (a.abs() > self.threshold).sum(0).cpu().double()
         self.square_sum += a.pow(2).sum(0).cpu()
+        self.count = total
+
+    def merge(self, other: "_RunningSite") -> None:
+        """Fold in another process's sums (Chan et al.'s pairwise update of mean and M2)."""
+        if other.count == 0:
+            return
+        total = self.count + other.count
+        delta = other.mean - self.mean
+        self.mean += delta * (other.count / total)
+        self.m2 += other.m2 + delta.pow(2) * (self.count * other.count / total)
+        self.abs_sum += other.abs_sum
+        self.above += other.above
+        self.square_sum += other.square_sum
         self.count = total
 
     def result(self) -> SiteStatistics:
@@ -159,7 +173,18 @@ def collect_neuron_statistics(model: nn.Module, batches: Iterable[Mapping[str, t
         return hook
 
     hooks = [(s, lm_hook(s.name)) for s in lm_sites] + [(s, vision_hook(s.name)) for s in vision_sites]
-    _forward_with_site_hooks(model, batches, hooks, positions, current)
+    # Under ``accelerate launch`` the batches are shared out (batch k to process k mod N) and the
+    # running sums merged in process order: every process gets the statistics of all batches.
+    rank, processes = process_rank_and_count()
+    mine = (batch for index, batch in enumerate(batches) if index % processes == rank)
+    _forward_with_site_hooks(model, mine, hooks, positions, current)
+    if processes > 1:  # collective: every process calls this with the same batches
+        gathered: list[Any] = [None] * processes
+        torch.distributed.all_gather_object(gathered, running)
+        running = gathered[0]
+        for other in gathered[1:]:
+            for name, site in running.items():
+                site.merge(other[name])
     return {name: site.result() for name, site in running.items()}
 
 

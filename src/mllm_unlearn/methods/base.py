@@ -16,6 +16,7 @@ from ..data.collate import Encoder
 from ..data.items import Item
 from ..interventions import CompositeEdit, Edit, LowRankDelta, WeightDelta
 from ..models.base import VLM
+from ..training import sharding
 from ..training.loop import LoraOptions, TrainConfig, TrainResult, train
 
 
@@ -33,6 +34,7 @@ class MethodConfig:
     seed: int = 0
     lora: LoraOptions | None = None
     progress: bool = True
+    shard: str | None = None  # "fsdp": train sharded over the processes (training/sharding.py)
     # Gradient checkpointing in the shared loop. None: the pipeline decides (on for models this
     # tool did not build, off for its tiny ones); through the Python API None means off.
     gradient_checkpointing: bool | None = None
@@ -112,6 +114,14 @@ class GradientMethod(Method):
     def grad_hook(self, phase: str) -> None:
         """Called after backward and clipping, before the phase's optimizer step."""
 
+    def mask_gradients(self, phase: str) -> None:
+        """Called right after backward, before clipping (a mask the clipping norm must see)."""
+
+    def bind(self, model: torch.nn.Module) -> None:
+        """Called with the module that trains before the first step: the caller's model, or its
+        sharded copy (``--shard fsdp``), whose parameters (same names) hold local slices only;
+        methods with hooks or masks on parameters attach them here (``training.sharding.local_part``)."""
+
     def needs_retain(self, cfg: MethodConfig) -> bool:
         return self.uses_retain
 
@@ -169,26 +179,35 @@ class GradientMethod(Method):
                 out["retain"] = _to(encoder.batch([cycler.pair(i) for i in indices], train=True), vlm.device)
             return out
 
+        sharding.refuse_deepspeed(self.name)
+        shard = sharding.claim_accelerate_fsdp(cfg.shard)
+        if shard and cfg.lora is not None:
+            raise ValueError(f"{self.name}: --shard {shard} is for full fine-tuning; a LoRA run fits one GPU "
+                             "(launch it without --shard)")
         changeable = self.changeable(vlm, cfg)
         before = {name: p.detach().cpu().clone() for name, p in vlm.model.named_parameters()
                   if changeable is None or changeable(name, p)}
-        self.prepare(vlm, forget, retain, cfg, encoder)
-        if cfg.lora is None:
-            _check_snapshot(self.name, before, self.trainable(vlm, cfg), vlm.model)
         train_cfg = TrainConfig(lr=cfg.lr, epochs=cfg.epochs, max_steps=cfg.max_steps,
                                 batch_size=cfg.batch_size, schedule=cfg.schedule, warmup_ratio=cfg.warmup_ratio,
-                                seed=cfg.seed, lora=self.loop_lora(cfg), progress=cfg.progress,
+                                seed=cfg.seed, lora=self.loop_lora(cfg), progress=cfg.progress, shard=shard,
                                 gradient_checkpointing=bool(cfg.gradient_checkpointing))
+        hooks = {"grad_filter": self.mask_gradients, "on_model": self.bind, "shard_units": vlm.adapter.shard_units}
         try:
             try:
-                if self.phases:
-                    result = train(vlm.model, list(forget), collate, lambda m, b, phase: self.phase_loss(m, b, cfg, phase),
-                                   train_cfg, parameters=self.trainable(vlm, cfg), description=f"unlearn: {self.name}",
-                                   device=vlm.device, phases=self.phases, grad_hook=self.grad_hook, merge_lora=False)
-                else:
-                    result = train(vlm.model, list(forget), collate, lambda m, b: self.loss(m, b, cfg), train_cfg,
-                                   parameters=self.trainable(vlm, cfg), description=f"unlearn: {self.name}",
-                                   device=vlm.device, merge_lora=False)
+                with sharding.sharded_training(sharding.sharding_active(shard)):
+                    self.prepare(vlm, forget, retain, cfg, encoder)
+                    if cfg.lora is None:
+                        _check_snapshot(self.name, before, self.trainable(vlm, cfg), vlm.model)
+                    if self.phases:
+                        result = train(vlm.model, list(forget), collate,
+                                       lambda m, b, phase: self.phase_loss(m, b, cfg, phase), train_cfg,
+                                       parameters=self.trainable(vlm, cfg), description=f"unlearn: {self.name}",
+                                       device=vlm.device, phases=self.phases, grad_hook=self.grad_hook,
+                                       merge_lora=False, **hooks)
+                    else:
+                        result = train(vlm.model, list(forget), collate, lambda m, b: self.loss(m, b, cfg), train_cfg,
+                                       parameters=self.trainable(vlm, cfg), description=f"unlearn: {self.name}",
+                                       device=vlm.device, merge_lora=False, **hooks)
             except FloatingPointError as error:
                 # The loop stopped before applying the bad step: keep that last good state.
                 self.finalize(vlm)
@@ -294,9 +313,14 @@ class UnlearningDiverged(RuntimeError):
 
 
 def frozen_copy(model: torch.nn.Module) -> torch.nn.Module:
-    """A frozen, eval-mode copy of ``model`` (the reference of KL-style losses)."""
+    """A frozen, eval-mode copy of ``model`` (the reference of KL-style losses).
+
+    In a sharded run (``--shard fsdp``) the caller's model does not change while its sharded copy
+    trains, so it is the reference itself: no full copy on every process."""
     import copy
 
+    if sharding.in_sharded_training():
+        return model.eval()
     reference = copy.deepcopy(model).eval()
     reference.requires_grad_(False)
     return reference

@@ -54,6 +54,7 @@ from ..localization.paths import POSITIONS, PathSearchConfig, predicting_positio
     visual_path_task
 from ..models.base import VLM
 from .base import GradientMethod, MethodConfig, register_method
+from ..training.sharding import in_sharded_training
 from .rmu import Misdirection
 
 PATHS = ("both", "text", "visual")
@@ -85,6 +86,8 @@ class MIPEditor(GradientMethod):
         self.columns: dict[str, torch.Tensor] = {}  # weight name -> (out, in) bool mask of trainable entries
         self.originals: dict[str, torch.Tensor] = {}
         self.handles: list[Any] = []
+        self.bound: dict[str, tuple[torch.nn.Parameter, torch.Tensor, torch.Tensor]] = {}  # set by bind()
+        self.lora = False
         self.stats: dict[str, Any] = {}
         self.vlm: VLM | None = None
 
@@ -179,8 +182,13 @@ class MIPEditor(GradientMethod):
         o = self.options(vlm, cfg)
         self.steer.start(vlm, o["layer"], float(o["steering_coeff"]), forget, encoder, cfg.batch_size, cfg.seed)
         scale = float(o["prune_scale"])
-        if scale < 1.0:  # pruning = the NeuronMask baked into the down-projection columns
-            NeuronMask(self.trained, {p: torch.full((i.numel(),), scale) for p, i in self.trained.items()}).bake(vlm)
+        pruning = NeuronMask(self.trained, {p: torch.full((i.numel(),), scale) for p, i in self.trained.items()}) \
+            if scale < 1.0 else None
+        # Sharded (--shard fsdp): the caller's model is the retain loss's unpruned reference, so the
+        # pruning goes into the trained copy only, through the originals ``bind`` writes there.
+        sharded = in_sharded_training()
+        if pruning is not None and not sharded:  # pruning = the NeuronMask baked into the down-projection columns
+            pruning.bake(vlm)
         params = dict(vlm.model.named_parameters())
         self.columns, self.originals = {}, {}
         for path, neurons in self.trained.items():
@@ -188,9 +196,11 @@ class MIPEditor(GradientMethod):
             mask = torch.zeros_like(weight, dtype=torch.bool)
             mask[:, neurons.to(weight.device)] = True
             self.columns[f"{path}.weight"] = mask
-            self.originals[f"{path}.weight"] = weight.detach().clone()
-            if cfg.lora is None:
-                self.handles.append(weight.register_hook(lambda grad, mask=mask: grad * mask))
+            original = weight.detach().clone()
+            if pruning is not None and sharded:  # the same product bake() computes
+                original.mul_(pruning._factors(path, vlm.model.get_submodule(path))[None, :])
+            self.originals[f"{path}.weight"] = original
+        self.lora = cfg.lora is not None
         from torch.optim.optimizer import register_optimizer_step_post_hook
 
         self.handles.append(register_optimizer_step_post_hook(self._restore))
@@ -205,6 +215,29 @@ class MIPEditor(GradientMethod):
         names = {f"{p}.weight" for p in self.trained}
         return lambda name, _: name in names
 
+    def bind(self, model: torch.nn.Module) -> None:
+        """Column masks and original values cut to the trained model's weights (local slices when
+        sharded, ``--shard fsdp``); full fine-tuning only (with LoRA, ``_restore`` edits the adapters)."""
+        from ..training.sharding import local_part, local_tensor
+
+        if self.lora:
+            return
+        params = dict(model.named_parameters())
+        self.bound = {name: (params[name], local_part(mask, params[name]), local_part(self.originals[name], params[name]))
+                      for name, mask in self.columns.items()}
+        with torch.no_grad():  # the pruned start (a no-op where prepare baked it already)
+            for param, _, original in self.bound.values():
+                local_tensor(param).copy_(original)
+        self.originals = {}  # the local slices are all that is needed from here on
+
+    def mask_gradients(self, phase: str) -> None:
+        """Only path-neuron columns get gradient, before clipping and AdamW see it."""
+        from ..training.sharding import local_tensor
+
+        for param, mask, _ in self.bound.values():
+            if param.grad is not None:
+                local_tensor(param.grad).mul_(mask)
+
     @torch.no_grad()
     def _restore(self, _optimizer: Any, _args: Any, _kwargs: Any) -> None:
         """After each step: non-path entries back to their values (LoRA: A's non-path columns to 0)."""
@@ -217,8 +250,11 @@ class MIPEditor(GradientMethod):
                 for adapter in module.lora_A.values():
                     adapter.weight.mul_(mask[0].to(adapter.weight.dtype)[None, :])
                 continue
-            weight = module.weight
-            weight.copy_(torch.where(mask, weight, self.originals[name]))
+            from ..training.sharding import local_tensor
+
+            param, local_mask, original = self.bound[name]
+            weight = local_tensor(param)
+            weight.copy_(torch.where(local_mask, weight, original))
 
     def loss(self, model: torch.nn.Module, batch: dict, cfg: MethodConfig) -> torch.Tensor:
         o = {**_DEFAULTS, **cfg.extra}
@@ -234,4 +270,4 @@ class MIPEditor(GradientMethod):
         self.steer.stop()
         for handle in self.handles:
             handle.remove()
-        self.handles, self.columns, self.originals, self.vlm = [], {}, {}, None
+        self.handles, self.columns, self.originals, self.vlm, self.bound = [], {}, {}, None, {}

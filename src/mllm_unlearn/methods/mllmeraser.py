@@ -76,6 +76,7 @@ from ..models.base import VLM
 from ..training.batching import batch_parts, token_lengths
 from ..training.inject import McqRenderer, as_task_prompt
 from ..training.losses import model_inputs, sequence_nll
+from ..utils import process_rank_and_count
 from .base import Method, MethodConfig, _to, register_method
 
 FORMS = ("qa", "mcq", "generation")
@@ -207,6 +208,33 @@ class Moments:
         for layer in list(self._pending):
             self._fold(layer)
         return self._outer
+
+    def all_reduce(self, device: torch.device) -> None:
+        """Sum the moments of all processes (each added its share of the batches) into every one.
+        Collective; a process that saw no batch takes part with zeros."""
+        rank_count = process_rank_and_count()[1]
+        if rank_count == 1:
+            return
+        outer = self.outer if self.second else {}
+        shapes = {layer: (tuple(total.shape), tuple(outer[layer].shape) if layer in outer else None)
+                  for layer, total in self.sum.items()}
+        gathered: list[Any] = [None] * rank_count
+        torch.distributed.all_gather_object(gathered, (shapes, self.count))
+        layers: dict[int, tuple] = {}
+        for their_shapes, _ in gathered:
+            layers.update(their_shapes)
+        self.count = sum(count for _, count in gathered)
+
+        def summed(table: dict[int, torch.Tensor], layer: int, shape: tuple) -> torch.Tensor:
+            value = table.get(layer, torch.zeros(shape, dtype=torch.float64)).to(device)  # NCCL needs device tensors
+            torch.distributed.all_reduce(value)
+            return value.cpu()
+
+        for layer in sorted(layers):
+            sum_shape, outer_shape = layers[layer]
+            self.sum[layer] = summed(self.sum, layer, sum_shape)
+            if outer_shape is not None:
+                self._outer[layer] = summed(self._outer, layer, outer_shape)
 
     def mean(self, layer: int) -> torch.Tensor:
         return self.sum[layer] / max(1, self.count)
@@ -349,10 +377,16 @@ class MLLMEraser(Method):
         def moments(items: Sequence[Item], features: dict[int, RandomFeatures] | None = None) -> Moments:
             out = Moments(features=features)
             lengths = token_lengths(items, encoder, train=False) if max_batch_tokens is not None else None
-            for parts in batch_parts(items, batch_size, max_batch_tokens, lengths):
+            # Under ``accelerate launch`` the batches are shared out (batch k to process k mod N) and
+            # the sums all-reduced: every process gets the moments of all items.
+            rank, processes = process_rank_and_count()
+            for index, parts in enumerate(batch_parts(items, batch_size, max_batch_tokens, lengths)):
+                if index % processes != rank:
+                    continue
                 for part in parts:
                     batch = _to(encoder.batch(part, train=False), vlm.device)
                     out.add(tap.run(vlm.model, batch, opts["pool"]))
+            out.all_reduce(vlm.device)
             return out
 
         was_training = vlm.model.training

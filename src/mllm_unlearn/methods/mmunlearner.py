@@ -219,14 +219,25 @@ class MMUnlearner(GradientMethod):
             return lambda name, param: ".parametrizations.weight.0." in name
         return lambda name, param: name in self.params
 
+    def bind(self, model: torch.nn.Module) -> None:
+        """The trained model's tower weights and the mask cut to them (local slices when sharded)."""
+        from ..training.sharding import local_part
+
+        if getattr(self, "adapted", None):
+            return  # LoRA: the masks live in the adapters
+        params = dict(model.named_parameters())
+        self.bound = {name: (params[name], local_part(self.mask[name], params[name])) for name in self.params}
+
     def grad_hook(self, phase: str) -> None:
+        from ..training.sharding import local_tensor
+
         if getattr(self, "adapted", None):
             return  # the forget adapter is masked in its forward already
         if phase != "forget":
             return
-        for name, param in self.params.items():
+        for param, mask in self.bound.values():
             if param.grad is not None:
-                param.grad.mul_(self.mask[name])
+                local_tensor(param.grad).mul_(mask)
 
     def phase_loss(self, model: torch.nn.Module, batch: dict, cfg: MethodConfig, phase: str) -> torch.Tensor:
         for module in getattr(self, "adapted", {}).values():
@@ -240,7 +251,7 @@ class MMUnlearner(GradientMethod):
 
     def cleanup(self) -> None:
         self._remove_adapters(keep=False)  # only left here if training failed
-        self.mask, self.params, self.all_forget = {}, {}, ()
+        self.mask, self.params, self.all_forget, self.bound = {}, {}, (), {}
 
 
 def save_mask(path: str | Path, mask: dict[str, torch.Tensor]) -> None:

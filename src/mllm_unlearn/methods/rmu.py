@@ -38,6 +38,7 @@ import torch
 from ..data.collate import IGNORE, Encoder
 from ..data.items import Item
 from ..models.base import VLM, _module_path
+from ..training.sharding import in_sharded_training
 from ..training.truncated import hidden_at_layer, truncated_reference
 from .base import GradientMethod, MethodConfig, item_batches, register_method
 
@@ -94,7 +95,10 @@ class Misdirection:
 
         Forwards stop at ``layer`` and the copy holds only what feeds it (``training.truncated``)."""
         self.adapter, self.layer = vlm.adapter, layer
-        self.reference = truncated_reference(vlm.model, vlm.adapter, layer)
+        # Sharded (--shard fsdp): the caller's model does not change while its sharded copy trains,
+        # so it is the reference itself (training/sharding.py), no copy at all.
+        self.reference = vlm.model.eval() if in_sharded_training() else \
+            truncated_reference(vlm.model, vlm.adapter, layer)
         # Typical size of the layer's hidden states on the forget data, from the vanilla model.
         norms, squares, count = 0.0, 0.0, 0
         with torch.no_grad():

@@ -108,6 +108,13 @@ class ModelAdapter:
     def projector(self, model: nn.Module) -> nn.Module:
         return _find_module(model, self.projector_paths)
 
+    def shard_units(self, model: nn.Module) -> list[nn.Module]:
+        """The blocks that become one FSDP2 group each when training is sharded (``--shard fsdp``):
+        the decoder layers. The rest (embeddings, vision tower, projector, head) is sharded with the
+        root group. Not the vision blocks on their own: a batch without images skips the vision
+        tower, and a group that one process runs and another skips deadlocks the collectives."""
+        return list(self.lm_layers(model))
+
     def read_vision_blocks(self, model: nn.Module) -> int:
         """How many vision blocks, counted from the first, feed the model's output (default: all)."""
         return len(self.vision_blocks(model))

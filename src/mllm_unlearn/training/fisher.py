@@ -18,7 +18,14 @@ def diagonal_fisher(model: torch.nn.Module, batches: Iterable[Any], loss_fn: Cal
     sums is kept, so memory is one fp32 copy of the selected parameters. ``out_device`` (e.g.
     "cpu"): each finished mean is moved there tensor by tensor, freeing the device's copy, so a
     second Fisher can be computed on the device without two fp32 copies of a tower there.
+
+    Under ``accelerate launch`` (several processes) the mini-batches are shared out (batch k to
+    process k mod N) and the sums and counts all-reduced: every process gets the one-process
+    result (same mini-batches, so the same Fisher up to summation order).
     """
+    from ..utils import process_rank_and_count
+
+    rank, processes = process_rank_and_count()
     if not parameters:
         raise ValueError("diagonal_fisher: no parameters selected")
     was_training = model.training
@@ -30,7 +37,9 @@ def diagonal_fisher(model: torch.nn.Module, batches: Iterable[Any], loss_fn: Cal
     sums = {name: torch.zeros_like(p, dtype=torch.float32) for name, p in parameters.items()}
     count = 0
     try:
-        for batch in batches:
+        for index, batch in enumerate(batches):
+            if index % processes != rank:
+                continue
             model.zero_grad(set_to_none=True)
             parts = batch if isinstance(batch, list) else [batch]
             rows = [_rows(part) for part in parts]
@@ -46,6 +55,12 @@ def diagonal_fisher(model: torch.nn.Module, batches: Iterable[Any], loss_fn: Cal
         for name, p in model.named_parameters():
             p.requires_grad_(saved[name])
         model.train(was_training)
+    if processes > 1:  # collective: every process calls this with the same batches
+        counted = torch.tensor([float(count)], device=next(iter(sums.values())).device)
+        torch.distributed.all_reduce(counted)
+        count = int(counted.item())
+        for value in sums.values():
+            torch.distributed.all_reduce(value)
     if count == 0:
         raise ValueError("diagonal_fisher: no batches")
     means = {}

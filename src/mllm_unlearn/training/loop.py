@@ -1,6 +1,8 @@
 """The one training loop every gradient-based step uses (knowledge injection and unlearning).
 
-Built on accelerate, so ``accelerate launch`` gives DDP/FSDP/DeepSpeed without changes here.
+Built on accelerate: ``accelerate launch`` with several processes gives DDP (the model replicated,
+gradients averaged); ``TrainConfig.shard = "fsdp"`` shards the trained model over those processes
+with FSDP2 instead (``training/sharding.py``). DeepSpeed is refused.
 """
 from __future__ import annotations
 
@@ -38,6 +40,9 @@ class TrainConfig:
     seed: int = 0
     lora: LoraOptions | None = None
     progress: bool = True
+    # "fsdp": shard the trained model over the processes with FSDP2 (``training/sharding.py``);
+    # only with several processes (``accelerate launch``/torchrun), full fine-tuning only.
+    shard: str | None = None
     # Recompute each transformer block's activations in the backward pass instead of keeping
     # them (non-reentrant torch.utils.checkpoint): activation memory ~ one block instead of all.
     gradient_checkpointing: bool = False
@@ -142,6 +147,9 @@ def train(
     check_every: int = 100,
     phases: Sequence[str] = (),
     grad_hook: Callable[[str], None] | None = None,
+    grad_filter: Callable[[str], None] | None = None,
+    on_model: Callable[[torch.nn.Module], None] | None = None,
+    shard_units: Callable[[torch.nn.Module], Sequence[torch.nn.Module]] | None = None,
     merge_lora: bool = True,
 ) -> TrainResult:
     """Optimise ``loss_fn`` over ``examples`` in place on ``model``.
@@ -163,8 +171,21 @@ def train(
     """
     from accelerate import Accelerator, DistributedDataParallelKwargs
 
+    from . import sharding
+
     if not examples:
         raise ValueError(f"{description}: no training examples")
+    sharding.refuse_deepspeed(description)
+    # accelerate's own FSDP plugin stays out either way; only callers that ask (unlearning methods,
+    # which also follow `accelerate launch --use_fsdp`) shard; knowledge injection stays DDP.
+    sharding.claim_accelerate_fsdp(cfg.shard)
+    shard = sharding.sharding_active(cfg.shard)
+    if shard and cfg.lora is not None:
+        raise ValueError(f"{description}: --shard fsdp is for full fine-tuning; LoRA runs fit one GPU, "
+                         "launch them without --shard")
+    if shard and stop_check is not None:
+        raise ValueError(f"{description}: early stopping checks the caller's model, which a sharded run "
+                         "only updates at the end; train without --shard")
     seed_everything(cfg.seed)
     device = device or next(model.parameters()).device
     # A text-only batch leaves the vision tower unused: DDP must not wait for its gradients.
@@ -190,18 +211,66 @@ def train(
         _hand_back(model, base_model, cfg, merge_lora, TrainResult(), had_input_grad_hooks=had_input_grad_hooks)
         raise
     result = TrainResult()
+    compute = lambda: autocast_to(device, compute_dtype)  # noqa: E731
+    hooks = {"grad_filter": grad_filter, "on_model": on_model}
     try:
-        with fp32_master_weights(selected) as result.master_weights:
-            try:
-                _train_steps(model, base_model, examples, collate_fn, loss_fn, cfg, list(selected.values()), description,
-                             stop_check, check_every, phases, grad_hook, accelerator,
-                             lambda: autocast_to(device, compute_dtype), result)
-            finally:  # also on errors
-                _hand_back(model, base_model, cfg, merge_lora, result, accelerator, had_input_grad_hooks)
+        if shard:
+            _train_sharded(model, base_model, examples, collate_fn, loss_fn, cfg, selected, description, phases,
+                           grad_hook, accelerator, compute, compute_dtype, device, shard_units, result, hooks)
+        else:
+            with fp32_master_weights(selected) as result.master_weights:
+                try:
+                    _train_steps(model, base_model, examples, collate_fn, loss_fn, cfg, list(selected.values()),
+                                 description, stop_check, check_every, phases, grad_hook, accelerator, compute,
+                                 result, **hooks)
+                finally:  # also on errors
+                    _hand_back(model, base_model, cfg, merge_lora, result, accelerator, had_input_grad_hooks)
     except FloatingPointError as error:
         error.train_result = result  # type: ignore[attr-defined]  # the last finite step's weights/factors
         raise
     return result
+
+
+def _train_sharded(model: torch.nn.Module, base_model: torch.nn.Module, examples: Sequence[Any],
+                   collate_fn: Callable[[list[Any]], Any], loss_fn: Callable[..., torch.Tensor], cfg: TrainConfig,
+                   selected: dict[str, torch.nn.Parameter], description: str, phases: Sequence[str],
+                   grad_hook: Callable[[str], None] | None, accelerator: Any, compute: Callable[[], ContextManager[Any]],
+                   compute_dtype: torch.dtype | None, device: torch.device,
+                   shard_units: Callable[[torch.nn.Module], Sequence[torch.nn.Module]] | None, result: TrainResult,
+                   hooks: dict[str, Any]) -> None:
+    """``--shard fsdp``: train a sharded copy of ``model`` (``training/sharding.py``), then gather
+    the trained values back. Mixed precision as unsharded: the copy's trainable slices are fp32
+    master weights (fp32 AdamW state, fp32 gradient reduction), FSDP2 gathers them as bf16 for
+    the forward; their gathered fp32 values go to ``result.master_weights`` and the caller's bf16
+    weights get their rounding, as ``fp32_master_weights`` leaves them."""
+    from . import sharding
+
+    try:
+        units = list(shard_units(model)) if shard_units is not None else []
+        sharded = sharding.build_sharded_copy(model, units, lambda name, _: name in selected, device,
+                                              compute_dtype=compute_dtype)
+    except Exception:
+        _hand_back(model, base_model, cfg, False, result, accelerator)
+        raise
+    # The caller's model only serves as the frozen reference (KL, RMU) while the copy trains.
+    for param in base_model.parameters():
+        param.requires_grad_(False)
+    trainable = [p for p in sharded.parameters() if p.requires_grad]
+    healthy = False
+    try:
+        _train_steps(sharded, base_model, examples, collate_fn, loss_fn, cfg, trainable, description, None, 0,
+                     phases, grad_hook, accelerator, compute, result, shard=True, **hooks)
+        healthy = True
+    except FloatingPointError:
+        healthy = True  # stopped before the bad step: the last good state is gathered back
+        raise
+    finally:
+        try:
+            if healthy:  # collective: every process gathers the same values, one tensor at a time
+                sharding.write_back(sharded, base_model, set(selected), masters=result.master_weights)
+        finally:
+            _hand_back(sharded, base_model, cfg, False, result, accelerator)
+            del sharded
 
 
 def _hand_back(unwrapped: torch.nn.Module, base_model: torch.nn.Module, cfg: TrainConfig, merge_lora: bool,
@@ -249,7 +318,9 @@ def _train_steps(model: torch.nn.Module, base_model: torch.nn.Module, examples: 
                  loss_fn: Callable[..., torch.Tensor], cfg: TrainConfig, trainable: list[torch.nn.Parameter],
                  description: str, stop_check: Callable[[int], bool] | None, check_every: int,
                  phases: Sequence[str], grad_hook: Callable[[str], None] | None, accelerator: Any,
-                 compute: Callable[[], ContextManager[Any]], result: TrainResult) -> None:
+                 compute: Callable[[], ContextManager[Any]], result: TrainResult, shard: bool = False,
+                 grad_filter: Callable[[str], None] | None = None,
+                 on_model: Callable[[torch.nn.Module], None] | None = None) -> None:
     from tqdm.auto import tqdm
 
     phase_names = list(phases) or ["main"]
@@ -263,10 +334,17 @@ def _train_steps(model: torch.nn.Module, base_model: torch.nn.Module, examples: 
     steps_per_epoch = math.ceil(len(sampler) / cfg.batch_size / accelerator.num_processes)
     total = cfg.max_steps or steps_per_epoch * cfg.epochs
     schedulers = [torch.optim.lr_scheduler.LambdaLR(o, _lr_lambda(cfg, total)) for o in optimizers]
-    model, loader, *prepared = accelerator.prepare(model, loader, *optimizers, *schedulers)
-    optimizers, schedulers = prepared[: len(optimizers)], prepared[len(optimizers):]
-    # Right before the try: the finally below switches it off again, errors included.
-    checkpointing_was_on = _set_checkpointing(base_model, True) if cfg.gradient_checkpointing else None
+    if shard:  # FSDP2 does the gradient averaging; accelerate only shares the batches out
+        loader = accelerator.prepare(loader)
+    else:
+        model, loader, *prepared = accelerator.prepare(model, loader, *optimizers, *schedulers)
+        optimizers, schedulers = prepared[: len(optimizers)], prepared[len(optimizers):]
+    if on_model is not None:
+        on_model(model if shard else base_model)
+    # Right before the try: the finally below switches it off again, errors included. Sharded:
+    # on the copy that trains (dropped afterwards), never on the caller's model.
+    checkpointing_was_on = _set_checkpointing(model if shard else base_model, True) \
+        if cfg.gradient_checkpointing else None
     model.train()
     bar = tqdm(total=total, desc=description, disable=not cfg.progress or not accelerator.is_local_main_process)
     try:
@@ -276,13 +354,21 @@ def _train_steps(model: torch.nn.Module, base_model: torch.nn.Module, examples: 
                 for phase, optimizer, scheduler in zip(phase_names, optimizers, schedulers):
                     with compute():  # mixed precision: bf16 forward over fp32 master weights
                         loss = loss_fn(model, batch, phase) if phases else loss_fn(model, batch)
-                    if not torch.isfinite(loss):
+                    # Sharded: every process must stop together (the gathering is collective).
+                    finite = torch.isfinite(accelerator.reduce(loss.detach(), reduction="mean")) if shard \
+                        else torch.isfinite(loss)
+                    if not finite:
                         where = f" ({phase} phase)" if phases else ""
                         raise FloatingPointError(f"{description}: loss became {loss.item()} at step {result.steps}{where}; "
                                                  "the model was left at its last finite step")
-                    accelerator.backward(loss)
-                    if cfg.grad_clip:
-                        accelerator.clip_grad_norm_(trainable, cfg.grad_clip)
+                    if shard:
+                        loss.backward()
+                    else:
+                        accelerator.backward(loss)
+                    if grad_filter is not None:
+                        grad_filter(phase)
+                    if cfg.grad_clip:  # DTensor gradients when sharded: torch's clipping reduces the norm
+                        (torch.nn.utils.clip_grad_norm_ if shard else accelerator.clip_grad_norm_)(trainable, cfg.grad_clip)
                     if grad_hook is not None:  # after clipping, as MMUnlearner's code masks clipped gradients
                         grad_hook(phase)
                     optimizer.step()
@@ -308,7 +394,7 @@ def _train_steps(model: torch.nn.Module, base_model: torch.nn.Module, examples: 
     finally:
         bar.close()
         if checkpointing_was_on is False:
-            _set_checkpointing(base_model, False)
+            _set_checkpointing(model if shard else base_model, False)
 
 
 def _set_checkpointing(model: torch.nn.Module, on: bool) -> bool:
