@@ -53,7 +53,15 @@ def test_builtin_validation_people_are_trained_on_but_in_no_reported_split(valid
     people = validation.meta["people"]
     assert [len(people[g]) for g in ("forget", "retain", "real_world")] == list(VALIDATION_WORLD.validation_sizes())
     assert VALIDATION_WORLD.validation_sizes() == (2, 2, 1) and WorldConfig().validation_sizes() == (10, 10, 5)
-    assert WorldConfig(validation_percent=0).key() == "fe6d8398b6d7"  # worlds generated before keep their key
+    # Without validation people the validation fields stay out of the key (as before they existed).
+    from dataclasses import asdict
+
+    from mllm_unlearn.data.synthetic import WORLD_CONTENT_VERSION
+    from mllm_unlearn.utils import stable_hash
+
+    settings = {k: v for k, v in asdict(WorldConfig(validation_percent=0)).items()
+                if k not in ("validation_percent", "validation_real_percent")}
+    assert WorldConfig(validation_percent=0).key() == stable_hash({**settings, "content_version": WORLD_CONTENT_VERSION})
     reported = {i.person_id for items in benchmark.eval_splits.values() for i in items}
     everyone = {p for group in people.values() for p in group}
     assert not everyone & reported and not everyone & set(benchmark.forget_ids)
@@ -166,9 +174,11 @@ def test_run_preset_applies_its_values_cli_options_override_and_results_record_i
     CliRunner().invoke(app, args)
     CliRunner().invoke(app, args + ["--lr", "0.01", "-o", "beta=0.2"])
     first, second = seen
-    assert first.method == "npo" and first.method_cfg.lr == 0.003 and first.method_cfg.epochs == 3
-    assert first.method_cfg.extra["beta"] == 0.7 and first.method_cfg.extra["reference"] == "vanilla"  # default kept
-    assert second.method_cfg.lr == 0.01 and second.method_cfg.extra["beta"] == 0.2 and second.method_cfg.epochs == 3
+    # The run resolves the method's settings: the model's preset, the file's values, then the options.
+    (first_cfg, _), (second_cfg, _) = pipeline.resolve_method_config(first), pipeline.resolve_method_config(second)
+    assert first.method == "npo" and first_cfg.lr == 0.003 and first_cfg.epochs == 3
+    assert first_cfg.extra["beta"] == 0.7 and first_cfg.extra["reference"] == "vanilla"  # default kept
+    assert second_cfg.lr == 0.01 and second_cfg.extra["beta"] == 0.2 and second_cfg.epochs == 3
     assert first.preset["values"]["lr"] == 0.003 and first.preset["path"] == str(preset_path)
     result = CliRunner().invoke(app, args + ["--method", "ga"])
     assert result.exit_code == 2 and "differs from the preset's method" in result.output

@@ -152,6 +152,10 @@ def run(
                 raise ValueError(f"--method {method} differs from the preset's method {preset_file['method']!r} "
                                  f"({preset})")
             method = preset_file["method"]
+            from .methods import MethodConfig
+            from .methods.search_spaces import apply_values
+
+            apply_values(MethodConfig(), preset_file["values"], source=f"--preset {preset}")  # bad names fail now
         method = method or "ga"
         world = WorldConfig(fictitious=people or 100, real_world=real_people or 30, seed=seed)
         injection = InjectionConfig(seed=seed)
