@@ -9,21 +9,28 @@ Two modes, the same code path (the methods as ``mllm-unlearn run`` calls them, w
   weights included). Under ``torchrun --nproc_per_node N`` every process runs the same cases
   through the tool's own training loop (sharded as far as the installed code shards) and the
   table gives the largest per-process peak.
-- CPU (default when no GPU): the same methods on scaled-down configs of the same architectures
-  (widths, depths and batch sizes below; the real vocabulary size, since logits scale with it).
-  Each case runs in a forked child process; its peak memory is the child's peak resident set
-  (``os.wait4`` rusage ``ru_maxrss``) minus that of an idle forked child (the parent's imports
-  and data). Then, per family, method and mode, a non-negative least-squares fit
+- CPU (default when no GPU): a PREDICTION of each case's 7B peak, from
+  * exact static accounting on the real 7B configs (meta device, nothing allocated): bf16
+    weights; per trained parameter (LoRA adapters of the default ``LoraOptions`` targets, or what
+    the method's full fine-tuning trains) an fp32 master weight, an fp32 gradient, AdamW's two fp32
+    moments and autocast's bf16 copy (``training.loop.fp32_master_weights``); the frozen copies a
+    method holds (KL: the whole model; RMU and RMisU: the truncated reference up to layer 7);
+    MMUnlearner's saliency mask, second AdamW and its Fisher pass (bf16 gradients + one fp32 sum of
+    the language tower on the device);
+  * an activation law fitted to bytes measured exactly: every case runs one step (its ``prepare``
+    included: Fisher, path search, statistics, PGD) on scaled-down bf16 configs of the same
+    architecture (the real vocabulary; ``LAW_SHAPES``: widths, depths, samples and image sizes),
+    with and without gradient checkpointing, under ``torch.autograd.graph.saved_tensors_hooks``
+    counting the peak of live saved-for-backward storage (each storage once, weights left out);
+    a least-squares fit of ``bytes ≈ a·T·d·L + b·P·dv·Lv + c·T_ans·V + e·T·d + f`` (T tokens, P
+    vision patches, T_ans answer tokens) is evaluated at the 7B width, depth, vocabulary and the
+    paper preset's batch. Checkpointing keeps each block's input (seen by the hooks); the block
+    recomputed in backward is not seen and is added as one block's share of the difference.
+    Forward-only passes (MANU's statistics) are estimated as the batch's logits (bf16 + fp32) plus
+    one block's FFN activations. ``--rss`` runs the older tables instead (peak resident set of each
+    method on scaled-down models, forked child per case, and its fit: noise at 7B, kept for reference).
 
-      peak ≈ a·parameters + b·tokens·(d·L + d_vision·L_vision) + c·tokens·vocab + e
-
-  (weights/gradients/optimizer state, activations, logits, constant) predicts the 7B peak for a
-  batch of ``--predict-batch`` samples of real size (LLaVA: 576 image tokens; Qwen2.5-VL: a
-  448×448 image, 256 tokens; plus the world's text tokens). Those 7B figures are PREDICTIONS
-  until the GPU mode has measured them.
-
-Nothing here is timed. ``--quick`` runs a small subset (LLaVA, GA and MANU, two sizes) for a
-smoke check (too few sizes for the fit: no prediction). Options that other parts of the tool add (gradient checkpointing) are used when
+Nothing here is timed. ``--quick`` runs a small subset (LLaVA, GA and MANU). Options that other parts of the tool add (gradient checkpointing) are used when
 ``MethodConfig`` has them; the script prints what it found.
 """
 from __future__ import annotations
@@ -33,6 +40,7 @@ import json
 import os
 import sys
 import tempfile
+from contextlib import contextmanager
 from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
@@ -378,6 +386,419 @@ def seven_b_features(family: str, batch: int, text_tokens: float, parameters: in
     return {"parameters": parameters, "tokens": tokens, "batch": batch, **shape}
 
 
+# --- prediction from exact accounting and the measured activation law --------------------------
+# Assumptions for the 7B targets (stated in the printed table): an MLLMU VQA item has about 60
+# text tokens of which 24 are the answer (real BPE tokenizers); LLaVA-1.5 sees 576 image tokens
+# (577 CLIP patches with the class token); Qwen2.5-VL a 448×448 image: 256 merged tokens, 1024
+# vision patches (the real images' size at the default max_pixels is not known here).
+TEXT_TOKENS_7B = 60
+ANSWER_TOKENS_7B = 24
+VISION_PATCHES_PER_IMAGE = {"llava": 577, "qwen2.5-vl": 1024}
+LORA_TARGET_LINEARS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
+# Bytes per trained parameter: fp32 master (replaces the bf16 weight) + fp32 gradient + AdamW's two
+# fp32 moments + autocast's bf16 copy during forward/backward (training.loop.fp32_master_weights).
+TRAINED_BYTES = 4 + 4 + 8 + 2
+LAW_NAMES = ("lm blocks T·d·L", "vision blocks P·dv·Lv", "logits T_ans·V", "embeddings T·d", "constant")
+
+
+@dataclass(frozen=True)
+class LawShape:
+    """A scaled-down size for the activation law: LM width/depth, samples, image grid."""
+    hidden: int
+    layers: int
+    batch: int
+    grid: int
+
+
+LAW_SHAPES = (LawShape(64, 2, 1, 8), LawShape(128, 2, 1, 8), LawShape(64, 4, 1, 8), LawShape(64, 2, 2, 8),
+              LawShape(64, 2, 1, 16), LawShape(128, 4, 2, 12))
+
+
+def law_row(f: dict[str, Any]) -> list[float]:
+    """The activation law's features: tokens × width × depth (LM), vision patches × vision width ×
+    depth, answer tokens × vocabulary (logits), tokens × width (embeddings, final norm), 1."""
+    return [float(f["tokens"]) * f["d"] * f["L"], float(f["patches"]) * f["dv"] * f["Lv"],
+            float(f["answer_tokens"]) * f["V"], float(f["tokens"]) * f["d"], 1.0]
+
+
+def fit_law(points: list[tuple[dict[str, Any], float]]) -> tuple[list[float], float] | None:
+    """Non-negative least squares of saved bytes on ``law_row``; returns (coefficients, largest
+    relative residual). Saved bytes are deterministic, so an exact law leaves ~0 residual."""
+    import numpy as np
+    from scipy.optimize import nnls
+
+    if len(points) < len(LAW_NAMES):
+        return None
+    x = np.array([law_row(f) for f, _ in points])
+    y = np.array([float(v) for _, v in points])
+    scale = np.linalg.norm(x, axis=0)
+    scale[scale == 0] = 1.0
+    solution, _ = nnls(x / scale, y)
+    coefficients = solution / scale
+    residual = float(np.max(np.abs(x @ coefficients - y) / np.maximum(y, 1.0)))
+    return list(coefficients), residual
+
+
+def law_predict(coefficients: list[float], features: dict[str, Any]) -> float:
+    return float(sum(c * v for c, v in zip(coefficients, law_row(features))))
+
+
+_WEIGHT_VIEW_OPS = {"ToCopyBackward0", "TBackward0", "TransposeBackward0", "ViewBackward0", "PermuteBackward0",
+                    "ExpandBackward0", "UnsqueezeBackward0", "ReshapeAliasBackward0"}
+
+
+class SavedBytesMeter:
+    """Peak bytes of the tensors autograd keeps for backward (``saved_tensors_hooks``), counting
+    each storage once while any saved reference to it lives. Model parameters and autocast's
+    copies of them are left out: they are static memory, counted by the accounting."""
+
+    def __init__(self, model: torch.nn.Module):
+        self.model = model
+        self.live: dict[int, list[int]] = {}  # storage pointer -> [references, bytes]
+        self.current = 0
+        self.peak = 0
+
+    def _is_weight(self, t: torch.Tensor) -> bool:
+        if isinstance(t, torch.nn.Parameter) or t.untyped_storage().data_ptr() in self.params:
+            return True
+        # autocast's bf16 copy of a trained (leaf) weight, or a view of it (the transpose a linear saves)
+        fn, depth = t.grad_fn, 0
+        while fn is not None and depth < 4 and fn.name() in _WEIGHT_VIEW_OPS:
+            parents = [n for n, _ in fn.next_functions if n is not None]
+            if any(type(n).__name__ == "AccumulateGrad" for n in parents):
+                return True
+            fn, depth = (parents[0] if len(parents) == 1 else None), depth + 1
+        return False
+
+    def pack(self, t: torch.Tensor) -> Any:
+        import weakref
+
+        if not isinstance(t, torch.Tensor) or t.device.type == "meta" or self._is_weight(t):
+            return t
+        key = t.untyped_storage().data_ptr()
+        entry = self.live.setdefault(key, [0, t.untyped_storage().nbytes()])
+        if entry[0] == 0:
+            self.current += entry[1]
+            self.peak = max(self.peak, self.current)
+        entry[0] += 1
+        holder = _Saved(t)
+        weakref.finalize(holder, self._release, key)
+        return holder
+
+    def _release(self, key: int) -> None:
+        entry = self.live.get(key)
+        if entry is None:
+            return
+        entry[0] -= 1
+        if entry[0] == 0:
+            self.current -= entry[1]
+            del self.live[key]
+
+    @staticmethod
+    def unpack(saved: Any) -> torch.Tensor:
+        return saved.tensor if isinstance(saved, _Saved) else saved
+
+    def __enter__(self) -> "SavedBytesMeter":
+        self.params = set()
+        self._hooks = torch.autograd.graph.saved_tensors_hooks(self.pack, self.unpack)
+        self._hooks.__enter__()
+        return self
+
+    def refresh_parameters(self) -> None:
+        self.params = {p.untyped_storage().data_ptr() for p in self.model.parameters()}
+
+    def __exit__(self, *exc: Any) -> None:
+        self._hooks.__exit__(*exc)
+
+
+class _Saved:
+    __slots__ = ("tensor", "__weakref__")
+
+    def __init__(self, tensor: torch.Tensor):
+        self.tensor = tensor
+
+
+def law_size(family: str, shape: LawShape) -> Any:
+    from dataclasses import replace as dc_replace
+
+    size = tiny_size(family, Shape(shape.hidden, shape.layers, shape.batch))
+    # LLaVA: grid² image tokens; Qwen2.5-VL: (grid/2)² merged tokens (patch = image_size / 8 in the adapter)
+    image = 8 * shape.grid if family == "qwen2.5-vl" else 4 * shape.grid
+    return dc_replace(size, image_size=image, image_grid=shape.grid)
+
+
+def measure_saved_bytes(family: str, method: str, mode: str, shape: LawShape, checkpointing: bool,
+                        data: dict[str, Any]) -> dict[str, Any]:
+    """One optimizer step (prepare included: Fisher, path search, statistics, PGD) of ``method``'s
+    paper preset on a scaled-down bf16 model; the peak saved-for-backward bytes and the features."""
+    from dataclasses import replace
+
+    from mllm_unlearn.data.collate import Encoder
+    from mllm_unlearn.methods import get_method
+    from mllm_unlearn.models import VLM, adapter_for_family
+    from mllm_unlearn.models.tiny import build_word_tokenizer
+
+    torch.manual_seed(0)
+    adapter = adapter_for_family(family)
+    tokenizer = build_word_tokenizer(data["words"], family)
+    size = law_size(family, shape)
+    model = adapter.tiny_model(tokenizer, size)
+    model.resize_token_embeddings(REAL_VOCAB[family], mean_resizing=False)
+    processor = adapter.tiny_processor(tokenizer, size)
+    model.to(dtype=torch.bfloat16).eval()
+    vlm = VLM(model, processor, adapter, torch.device("cpu"), torch.bfloat16)
+    b = shape.batch
+    forget, retain = data["forget"][: 2 * b], data["retain"][: 2 * b]
+    encoded = Encoder(vlm, cache_size=0).batch(forget[:b], train=True)
+    config = model.config
+    image_id = getattr(config, "image_token_id", None) or config.image_token_index
+    image_tokens = int((encoded["input_ids"] == image_id).sum())
+    images = sum(1 for item in forget[:b] if getattr(item, "modality", "vqa") == "vqa")
+    sh = shape_of(config)
+    features = {"tokens": int(encoded["attention_mask"].sum()), "answer_tokens": int((encoded["labels"] != -100).sum()),
+                "patches": image_tokens * 4 if family == "qwen2.5-vl" else image_tokens + images, "batch": b, **sh}
+    cfg = method_config(Case(family, method, mode, Shape(shape.hidden, shape.layers, b)), b, 1, sh["L"])
+    if "gradient_checkpointing" in {f.name for f in fields(cfg)}:
+        cfg = replace(cfg, gradient_checkpointing=checkpointing)
+    runner = get_method(method)
+    runner.check_options(cfg)
+    with SavedBytesMeter(model) as meter:
+        import mllm_unlearn.training.loop as loop
+
+        original = loop.fp32_master_weights
+
+        @contextmanager
+        def _noted(trainable: Any) -> Any:  # the masters are new storages: leave them out too
+            with original(trainable) as masters:
+                meter.refresh_parameters()
+                yield masters
+
+        meter.refresh_parameters()
+        loop.fp32_master_weights = _noted
+        try:
+            runner.unlearn(vlm, forget, retain, cfg)
+        finally:
+            loop.fp32_master_weights = original
+    return {"features": features, "saved_bytes": meter.peak}
+
+
+def lora_parameters(model: torch.nn.Module, pattern: str, rank: int, names: tuple[str, ...] = LORA_TARGET_LINEARS) -> int:
+    import re
+
+    total = 0
+    for name, module in model.named_modules():
+        if isinstance(module, torch.nn.Linear) and re.fullmatch(pattern, name) and name.rsplit(".", 1)[-1] in names:
+            total += rank * (module.in_features + module.out_features)
+    return total
+
+
+def static_accounting(family: str) -> dict[tuple[str, str], dict[str, float]]:
+    """Exact static bytes per (method, mode) of the real 7B model (built on the meta device):
+    bf16 weights, trained parameters at ``TRAINED_BYTES`` each, frozen reference copies, masks,
+    Fisher sums. Returns per case: static bytes, the shardable part (parameters, gradients,
+    optimizer states: FSDP divides it), trained parameter count."""
+    import re
+
+    from mllm_unlearn.models import adapter_for_family
+    from mllm_unlearn.training import LoraOptions
+
+    with torch.device("meta"):
+        model = model_class(family)(real_config(family))
+    adapter = adapter_for_family(family)
+    named = dict(model.named_parameters())
+    total = sum(p.numel() for p in named.values())
+    layers = adapter.lm_layers(model)
+    base = _path_of(model, layers)
+    lm_linear = {n: p for n, p in named.items() if n.startswith(base + ".") and n.endswith(".weight")
+                 and n.rsplit(".", 2)[-2] in LORA_TARGET_LINEARS}
+    options = LoraOptions()
+    lora_all = lora_parameters(model, options.target_modules, options.r)
+    loss_layer = 7  # paper presets of RMU and MIP-Editor (RMisU)
+    prefix_layers = range(loss_layer + 1)
+    rmu_mlp = sum(p.numel() for n, p in named.items()
+                  if re.fullmatch(rf"{re.escape(base)}\.({'|'.join(str(i) for i in range(loss_layer - 2, loss_layer + 1))})\.mlp\..*", n))
+    down = {n: p for n, p in lm_linear.items() if n.rsplit(".", 2)[-2] == "down_proj"
+            and int(n[len(base) + 1:].split(".")[0]) in prefix_layers}
+    down_lora = sum(options.r * (p.shape[0] + p.shape[1]) for p in down.values())
+    # The truncated reference (RMU, RMisU): everything that feeds layer ``loss_layer``'s output
+    # (vision tower, projector, embeddings, layers 0..loss_layer), in bf16.
+    after = sum(p.numel() for n, p in named.items() if n.startswith(base + ".")
+                and int(n[len(base) + 1:].split(".")[0]) > loss_layer)
+    head = sum(p.numel() for n, p in named.items() if "lm_head" in n or n.endswith(".norm.weight") and base not in n)
+    truncated = 2 * (total - after - head)
+    lm_lin = sum(p.numel() for p in lm_linear.values())
+    weights = 2 * total
+    cases: dict[tuple[str, str], dict[str, float]] = {}
+
+    def add(method: str, mode: str, trained: int, extra: float = 0.0, per_param: int = TRAINED_BYTES,
+            base_trained: bool = True, note: str = "") -> None:
+        # full fine-tuning: a trained weight's bf16 storage becomes its fp32 master (counted in per_param)
+        model_bytes = weights - (2 * trained if base_trained else 0)
+        shardable = model_bytes + trained * per_param
+        cases[(method, mode)] = {"static": shardable + extra, "shardable": shardable, "trained": trained,
+                                 "extra": extra, "note": note}
+
+    for method in ("ga", "graddiff", "npo"):
+        add(method, "lora", lora_all, base_trained=False)
+        add(method, "full", total)
+    add("kl", "lora", lora_all, extra=weights, base_trained=False, note="frozen bf16 copy")
+    add("kl", "full", total, extra=weights, note="frozen bf16 copy")
+    add("rmu", "lora", lora_all, extra=truncated, base_trained=False, note="truncated reference")
+    add("rmu", "full", rmu_mlp, extra=truncated, note="truncated reference")
+    add("mip-editor", "lora", down_lora, extra=truncated, base_trained=False, note="truncated reference")
+    add("mip-editor", "full", sum(p.numel() for p in down.values()), extra=truncated, note="truncated reference")
+    # MMUnlearner: two phases, two AdamW states; a bool saliency mask per LM linear weight; the
+    # Fisher pass before training holds bf16 gradients + one fp32 sum of the tower (streamed to CPU).
+    fisher = weights + (2 + 4) * lm_lin
+    add("mmunlearner", "lora", 2 * lora_all, extra=lm_lin, per_param=TRAINED_BYTES + 8, base_trained=False,
+        note="mask; 2 adapters, 2 AdamW")
+    add("mmunlearner", "full", lm_lin, extra=lm_lin, per_param=TRAINED_BYTES + 8, note="mask; 2 AdamW")
+    for mode in ("lora", "full"):
+        case = cases[("mmunlearner", mode)]
+        case["fisher"] = fisher
+    # MANU, MLLMEraser: no training; their statistics are per neuron / per layer (< 0.1 GiB).
+    d, L = shape_of(model.config)["d"], shape_of(model.config)["L"]
+    ffn = model.config.get_text_config().intermediate_size
+    add("manu", "-", 0, extra=8 * 4 * L * ffn, base_trained=False, note="neuron statistics")
+    add("mllmeraser", "-", 0, extra=8 * 4 * L * d, base_trained=False, note="steering statistics")
+    largest_unit = max([2 * sum(p.numel() for p in layer.parameters()) for layer in layers] +
+                       [2 * p.numel() for n, p in named.items() if "embed" in n or "lm_head" in n])
+    for case in cases.values():
+        case["gather"] = 2 * largest_unit  # FSDP: one unit all-gathered, the next prefetched
+    return cases
+
+
+def _path_of(model: torch.nn.Module, module: torch.nn.Module) -> str:
+    for name, m in model.named_modules():
+        if m is module:
+            return name
+    raise ValueError("module not in model")
+
+
+def target_features(family: str, batch: int) -> dict[str, Any]:
+    shape = shape_of(real_config(family))
+    tokens = batch * (REAL_IMAGE_TOKENS[family] + TEXT_TOKENS_7B)
+    return {"tokens": tokens, "answer_tokens": batch * ANSWER_TOKENS_7B,
+            "patches": batch * VISION_PATCHES_PER_IMAGE[family], "batch": batch, **shape}
+
+
+def forward_working_set(family: str, batch: int) -> float:
+    """A forward-only pass's transient peak (MANU's statistics, MLLMEraser's read-out): the batch's
+    logits in bf16 plus an fp32 copy, and one block's FFN activations (gate, up, product) in bf16."""
+    f = target_features(family, batch)
+    ffn = real_config(family).get_text_config().intermediate_size
+    return f["tokens"] * (f["V"] * 6 + 3 * ffn * 2)
+
+
+def target_batch(method: str) -> int:
+    """Samples per pass at 7B: the paper preset's batch (MIP-Editor: its path search's batch, 8, if larger)."""
+    from mllm_unlearn.methods.defaults import method_preset
+
+    cfg = method_preset(method, "paper")
+    if method == "mip-editor":
+        from mllm_unlearn.methods.mip_editor import _DEFAULTS
+
+        return max(cfg.batch_size, int(cfg.extra.get("path_batch_size", _DEFAULTS["path_batch_size"])))
+    return cfg.batch_size
+
+
+def measure_laws(families: list[str], methods: list[str], modes: tuple[str, ...], data: dict[str, Any],
+                 shapes: tuple[LawShape, ...] = LAW_SHAPES) -> list[dict[str, Any]]:
+    """Saved-for-backward peaks of every case at every law shape, checkpointing on and off."""
+    rows = []
+    for family in families:
+        for method, mode in method_modes(methods, modes):
+            for checkpointing in (True, False):
+                for shape in shapes:
+                    try:
+                        out = measure_saved_bytes(family, method, mode, shape, checkpointing, data)
+                    except Exception as error:  # noqa: BLE001 - reported, the run goes on
+                        out = {"error": f"{type(error).__name__}: {str(error).splitlines()[0] if str(error) else ''}"[:200]}
+                    rows.append({"family": family, "method": method, "mode": mode, "checkpointing": checkpointing,
+                                 "shape": list(shape.__dict__.values()), **out})
+                    print(f"  {family} {method} {mode} ckpt={'on' if checkpointing else 'off'} {shape}: "
+                          f"{out.get('saved_bytes', out.get('error'))}", file=sys.stderr, flush=True)
+    return rows
+
+
+def predict_7b(rows: list[dict[str, Any]], families: list[str], methods: list[str],
+               modes: tuple[str, ...]) -> list[dict[str, Any]]:
+    """Per family, method and mode: static bytes (accounting), activation bytes (the fitted law at
+    the 7B shape, checkpointing on), predicted peak on one GPU and per process under FSDP."""
+    out = []
+    for family in families:
+        static = static_accounting(family)
+        for method, mode in method_modes(methods, modes):
+            batch = target_batch(method)
+            target = target_features(family, batch)
+            laws = {}
+            for checkpointing in (True, False):
+                points = [(r["features"], r["saved_bytes"]) for r in rows if r["family"] == family and
+                          r["method"] == method and r["mode"] == mode and r["checkpointing"] == checkpointing
+                          and "saved_bytes" in r]
+                laws[checkpointing] = fit_law(points)
+            if laws[True] is None or laws[False] is None:
+                out.append({"family": family, "method": method, "mode": mode, "error": "too few points"})
+                continue
+            on, off = law_predict(laws[True][0], target), law_predict(laws[False][0], target)
+            # With checkpointing the hooks see what each checkpointed block keeps (its input), not the
+            # block activations recomputed in backward: add one block's share of the difference.
+            activation = on + max(0.0, off - on) / target["L"]
+            if method in OTHER_METHODS:
+                activation = max(activation, forward_working_set(family, batch))
+            s = static[(method, mode)]
+            peak = s["static"] + activation
+            if "fisher" in s:  # the Fisher pass before training: no checkpointing there
+                peak = max(peak, s["fisher"] + off)
+            sharded = {n: s["shardable"] / n + (s["static"] - s["shardable"]) + s["gather"] + activation
+                       for n in (2, 4, 8)}
+            # Activations grow with the samples per pass (linearly, the law): the largest batch that fits.
+            fitting = batch_that_fits([(s["static"], activation / batch)] +
+                                      ([(s["fisher"], off / batch)] if "fisher" in s else []))
+            out.append({"family": family, "method": method, "mode": mode, "batch": batch, "static": s["static"],
+                        "max_batch": fitting,
+                        "activation": activation, "activation_off": off, "peak": peak, "trained": s["trained"],
+                        "note": s["note"], "residual": max(laws[True][1], laws[False][1]), "fsdp": sharded})
+    return out
+
+
+def batch_that_fits(phases: list[tuple[float, float]], limit: float = ONE_GPU_BYTES) -> int:
+    """The most samples per pass for which every phase's static + per-sample × samples stays under ``limit``."""
+    best = None
+    for static, per_sample in phases:
+        room = limit - static
+        if room < 0:
+            return 0
+        n = int(room // per_sample) if per_sample > 0 else 10 ** 6
+        best = n if best is None else min(best, n)
+    return int(best or 0)
+
+
+def report_prediction(predictions: list[dict[str, Any]]) -> None:
+    print("\nPREDICTED peak GPU memory of the real 7B models (GiB; bf16 weights, fp32 master weights, grads and "
+          "AdamW state of what trains; gradient checkpointing on). A PREDICTION from exact accounting of the "
+          "static bytes plus the activation law fitted to saved-for-backward bytes measured on scaled-down "
+          "models; the GPU mode (--device cuda) measures it.")
+    print(f"Per sample: LLaVA {REAL_IMAGE_TOKENS['llava']} image + {TEXT_TOKENS_7B} text tokens, Qwen2.5-VL "
+          f"{REAL_IMAGE_TOKENS['qwen2.5-vl']} image (448×448) + {TEXT_TOKENS_7B} text; {ANSWER_TOKENS_7B} answer "
+          "tokens; batch: the paper preset's. 'no ckpt': activations without checkpointing. FSDP-N: per process, "
+          "parameters/grads/optimizer divided by N, frozen copies not, plus two gathered units. 'batch fitting 80 GB': "
+          "the most samples per pass (the activation law is linear in them) that keep one GPU under 80 GB.")
+    print("\n| family | method | mode | batch | trained (M) | static | activation | no ckpt | predicted peak "
+          "| fits 80 GB | batch fitting 80 GB | FSDP-2 | FSDP-4 | FSDP-8 | note |\n" + "|---" * 15 + "|")
+    for p in predictions:
+        if "error" in p:
+            print(f"| {p['family']} | {p['method']} | {p['mode']} | – | – | – | – | – | – | – | – | – | – | – | {p['error']} |")
+            continue
+        fsdp = " | ".join(gib(p["fsdp"][n]) if p["mode"] == "full" else "–" for n in (2, 4, 8))
+        fits = "yes" if p["peak"] <= ONE_GPU_BYTES else "no"
+        print(f"| {p['family']} | {p['method']} | {p['mode']} | {p['batch']} | {p['trained'] / 1e6:.0f} | "
+              f"{gib(p['static'])} | {gib(p['activation'])} | {gib(p['activation_off'])} | {gib(p['peak'])} | {fits} | "
+              f"{p['max_batch']} | {fsdp} | {p['note']} |")
+    worst = max((p["residual"] for p in predictions if "residual" in p), default=0.0)
+    print(f"\nLargest relative residual of the activation-law fits over the measured sizes: {worst:.1e}")
+
+
 # --- main -------------------------------------------------------------------------------------
 def prepare_data(people: int, predict_batch: int) -> dict[str, Any]:
     """A small built-in world (forget and retain training items) and its vocabulary."""
@@ -410,7 +831,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--people", type=int, default=20, help="fictitious people in the small world (data only)")
     parser.add_argument("--shapes", help="CPU sizes as WIDTHxDEPTHxBATCH, comma-separated (default "
                         + ",".join(f"{x.hidden}x{x.layers}x{x.batch}" for x in DEFAULT_SHAPES) + ")")
-    parser.add_argument("--quick", action="store_true", help="smoke run: LLaVA, ga and manu, two sizes (CPU; no prediction)")
+    parser.add_argument("--quick", action="store_true", help="smoke run: LLaVA, ga and manu (CPU; with --rss: two sizes, no prediction)")
+    parser.add_argument("--rss", action="store_true", help="CPU: the older peak-resident-set tables of each method "
+                        "on scaled-down configs (slow; their fitted 7B figures are noise, see the README)")
     parser.add_argument("--json", help="also write every measurement and prediction here (after each case)")
     parser.add_argument("--from-json", help="measure nothing: print the CPU tables and predictions of a --json file "
                                             "(e.g. an interrupted run's)")
@@ -420,6 +843,12 @@ def main(argv: list[str] | None = None) -> int:
 
     if args.from_json:
         saved = json.loads(Path(args.from_json).read_text())
+        if "law_measurements" in saved:  # the default CPU run's file: predict again from its measurements
+            rows = saved["law_measurements"]
+            order = lambda values: list(dict.fromkeys(values))  # noqa: E731 - first-seen order
+            report_prediction(predict_7b(rows, order(r["family"] for r in rows), order(r["method"] for r in rows),
+                                         tuple(m for m in MODES if any(r["mode"] == m for r in rows))))
+            return 0
         results = [{**r, "case": Case(r["case"]["family"], r["case"]["method"], r["case"]["mode"],
                                       Shape(**r["case"]["shape"]) if r["case"]["shape"] else None)}
                    for r in saved["measurements"]]
@@ -476,6 +905,13 @@ def main(argv: list[str] | None = None) -> int:
     if distributed:
         print("error: sharded measurement needs GPUs (the CPU mode forks one child per case)", file=sys.stderr)
         return 1
+    if not args.rss:  # the default CPU run: accounting + measured activation law -> 7B prediction
+        rows = measure_laws(families, methods, modes, data)
+        predictions = predict_7b(rows, families, methods, modes)
+        report_prediction(predictions)
+        if args.json:
+            Path(args.json).write_text(json.dumps({"law_measurements": rows, "predictions": predictions}, indent=2))
+        return 0
     shapes = QUICK_SHAPES if args.quick else DEFAULT_SHAPES
     if args.shapes:
         try:
