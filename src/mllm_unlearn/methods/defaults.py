@@ -118,7 +118,10 @@ TINY_DEFAULTS: dict[str, dict] = {
 def _mip_editor_paper() -> dict[str, Any]:
     from .mip_editor import PAPER_7B_PRESET
 
-    return PAPER_7B_PRESET
+    # The IGI/IFI path search backpropagates through both towers without checkpointing:
+    # benchmarks/scale_memory.py predicts ~12 GiB per LLaVA-7B sample, 4 samples per pass at most
+    # on 80 GB. Passes of at most 1024 tokens (one LLaVA sample, three Qwen ones) keep it on one GPU.
+    return {**PAPER_7B_PRESET, "max_batch_tokens": 1024}
 
 
 # The papers' / benchmarks' settings for 7B-class checkpoints (sources: shared research notes on
@@ -140,7 +143,10 @@ PAPER_DEFAULTS: dict[str, Any] = {
     # MANU: the top 2% of neurons, one global threshold.
     "manu": {"extra": {"alpha": 0.02, "selection": "global"}},
     # MLLMEraser: strength 0.2 on every layer but the first (0.3 for cloze), the paper's settings.
-    "mllmeraser": {"extra": {"layers": "all", "strength": 0.2, "task_strengths": {"cloze": 0.3}}},
+    # Its statistics/PGD passes at batch 16 are predicted at 77 GiB on Qwen2.5-VL-7B
+    # (benchmarks/scale_memory.py): passes of at most 4096 tokens stay below 80 GB.
+    "mllmeraser": {"max_batch_tokens": 4096,
+                   "extra": {"layers": "all", "strength": 0.2, "task_strengths": {"cloze": 0.3}}},
 }
 
 PRESETS: dict[str, dict[str, Any]] = {TINY: TINY_DEFAULTS, PAPER: PAPER_DEFAULTS}
