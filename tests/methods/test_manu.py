@@ -2,6 +2,7 @@ import pytest
 import torch
 
 from mllm_unlearn.data.collate import Encoder
+from mllm_unlearn.data.text_forms import text_only_items
 from mllm_unlearn.interventions import NeuronMask
 from mllm_unlearn.localization.statistics import SiteStatistics, stored_activations
 from mllm_unlearn.methods import MethodConfig, get_method
@@ -62,7 +63,10 @@ def test_unlearn_selects_the_top_neurons_of_brute_force_scores(selection, scale,
     weights = {"abs": 1.0, "freq": 1.0, "var": 1.0, "rms": 1.0}
     split = lambda items, m: [i for i in items if i.modality == m]  # noqa: E731
     mm_f, mm_r = stats(split(forget, "vqa"), lm, vision), stats(split(retain, "vqa"), lm, vision)
-    tx_f, tx_r = stats(split(forget, "qa"), lm, []), stats(split(retain, "qa"), lm, [])
+    # The text side is MANU's text-only form of each person: their Pure_Text pairs, or, for a person
+    # whose sampled items hold none, their image pairs with the name (data/text_forms.py).
+    tx_f = stats(text_only_items(forget, "manu", "forget"), lm, [])
+    tx_r = stats(text_only_items(retain, "manu", "retain"), lm, [])
     scores = {s.name: torch.maximum(neuron_scores(mm_f[s.name], mm_r[s.name], weights, 1e-5),
                                     neuron_scores(tx_f[s.name], tx_r[s.name], weights, 1e-5)) for s in lm}
     scores.update({s.name: neuron_scores(mm_f[s.name], mm_r[s.name], weights, 1e-5) for s in vision})
