@@ -356,14 +356,16 @@ def run_pipeline(cfg: RunConfig) -> dict[str, Any]:
 
     # Before accelerate's state exists: DeepSpeed refused, accelerate's FSDP flag taken over (FSDP2).
     sharding.refuse_deepspeed(f"mllm-unlearn run --method {cfg.method}")
-    shard = sharding.claim_accelerate_fsdp(getattr(cfg.method_cfg, "shard", None))
-    if shard and cfg.edit is None:
-        cfg.method_cfg.shard = shard
+    # The CLI leaves method_cfg to be resolved below (preset by model) and puts --shard in the overrides.
+    requested = cfg.method_cfg.shard if cfg.method_cfg is not None else cfg.method_overrides.get("shard")
+    shard = sharding.claim_accelerate_fsdp(requested)
     init_distributed(cpu=resolve_device(cfg.device).type == "cpu")
     built_here = model_built_here(cfg)
     preset = None  # a given --edit trains nothing: no hyperparameters to choose
     if cfg.edit is None:
         method_config, preset = resolve_method_config(cfg)
+        if shard:
+            method_config = replace(method_config, shard=shard)
         cfg = replace(cfg, method_cfg=method_config, method_overrides={})
     relearn_cfg = resolve_relearn(replace(cfg.relearn, seed=cfg.seed), built_here) if cfg.relearn else None
     if cfg.edit is None:

@@ -69,3 +69,18 @@ def test_unlearning_covers_the_retain_set_within_ceil_retain_over_forget_epochs(
     assert len(runs[0]) == epochs * len(forget)  # one retain item per forget item, across epochs
     assert {id(i) for i in retain} <= set(runs[0])  # every retain item was seen
     assert runs[0] == runs[1]  # same seed, same retain batches
+
+
+def test_epoch_pairing_does_not_depend_on_how_processes_split_the_forget_items():
+    """Under several processes an item drawn by one process in epoch 0 may be drawn by another in
+    epoch 1: the loop's epoch (set_epoch), not a per-process draw count, picks the pairing."""
+    forget, retain = _items("vqa", 6), _items("vqa", 9)
+    one = RetainCycler(forget, retain, seed=1)
+    a, b = RetainCycler(forget, retain, seed=1), RetainCycler(forget, retain, seed=1)
+    splits = [([0, 1, 2], [3, 4, 5]), ([3, 5, 1], [0, 2, 4]), ([4, 0, 5], [2, 3, 1])]
+    for epoch, (first, second) in enumerate(splits):
+        for cycler in (one, a, b):
+            cycler.set_epoch(epoch)
+        single = {i: one.pair(i).n for i in range(6)}
+        split = {**{i: a.pair(i).n for i in first}, **{i: b.pair(i).n for i in second}}
+        assert split == single, epoch

@@ -191,6 +191,7 @@ class GradientMethod(Method):
                                 batch_size=cfg.batch_size, schedule=cfg.schedule, warmup_ratio=cfg.warmup_ratio,
                                 seed=cfg.seed, lora=self.loop_lora(cfg), progress=cfg.progress, shard=shard,
                                 gradient_checkpointing=bool(cfg.gradient_checkpointing))
+        on_epoch = cycler.set_epoch if cycler is not None else None
         hooks = {"grad_filter": self.mask_gradients, "on_model": self.bind, "shard_units": vlm.adapter.shard_units}
         try:
             try:
@@ -203,11 +204,11 @@ class GradientMethod(Method):
                                        lambda m, b, phase: self.phase_loss(m, b, cfg, phase), train_cfg,
                                        parameters=self.trainable(vlm, cfg), description=f"unlearn: {self.name}",
                                        device=vlm.device, phases=self.phases, grad_hook=self.grad_hook,
-                                       merge_lora=False, **hooks)
+                                       merge_lora=False, on_epoch=on_epoch, **hooks)
                     else:
                         result = train(vlm.model, list(forget), collate, lambda m, b: self.loss(m, b, cfg), train_cfg,
                                        parameters=self.trainable(vlm, cfg), description=f"unlearn: {self.name}",
-                                       device=vlm.device, merge_lora=False, **hooks)
+                                       device=vlm.device, merge_lora=False, on_epoch=on_epoch, **hooks)
             except FloatingPointError as error:
                 # The loop stopped before applying the bad step: keep that last good state.
                 self.finalize(vlm)
@@ -279,11 +280,21 @@ class RetainCycler:
         self.streams = {key: _Cycle(indices, random.Random(f"{seed}:{key}")) for key, indices in groups.items()}
         self.pairings: list[list[int]] = []
         self.drawn: dict[int, int] = {}
+        self.epoch: int | None = None
+
+    def set_epoch(self, epoch: int) -> None:
+        """The training loop's forget epoch (``train(on_epoch=...)``): the k-th pairing serves epoch k.
+        Counting draws per process would not do under several processes, where an item drawn by
+        one process in epoch 0 may be drawn by another in epoch 1."""
+        self.epoch = epoch
 
     def pair(self, forget_index: int) -> Item:
-        """The retain item for this draw of forget item ``forget_index``."""
+        """The retain item for this draw of forget item ``forget_index`` (its epoch's pairing, or,
+        without ``set_epoch``, the pairing of its k-th draw)."""
         k = self.drawn.get(forget_index, 0)
         self.drawn[forget_index] = k + 1
+        if self.epoch is not None:
+            k = self.epoch
         while len(self.pairings) <= k:
             self.pairings.append([self.streams[m if m in self.streams else "*"].next() for m in self.modalities])
         return self.retain[self.pairings[k][forget_index]]

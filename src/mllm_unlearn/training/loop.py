@@ -151,6 +151,7 @@ def train(
     on_model: Callable[[torch.nn.Module], None] | None = None,
     shard_units: Callable[[torch.nn.Module], Sequence[torch.nn.Module]] | None = None,
     merge_lora: bool = True,
+    on_epoch: Callable[[int], None] | None = None,
 ) -> TrainResult:
     """Optimise ``loss_fn`` over ``examples`` in place on ``model``.
 
@@ -163,6 +164,9 @@ def train(
     one per phase, each with its **own** AdamW state: ``loss_fn(model, batch, phase)`` gives
     the phase's loss and ``grad_hook(phase)`` may edit gradients before the update. Separate
     states keep one phase's momentum from moving weights another phase masked out.
+
+    ``on_epoch(epoch)`` is called before each pass over ``examples`` draws its first batch (the
+    retain pairing of ``methods.base`` follows the epoch, not a per-process count).
 
     Precision (``compute_dtype_for``): trainable bf16 weights train as fp32 master weights with a
     bf16 autocast forward, their fp32 results in ``TrainResult.master_weights``; float16 is refused.
@@ -212,7 +216,7 @@ def train(
         raise
     result = TrainResult()
     compute = lambda: autocast_to(device, compute_dtype)  # noqa: E731
-    hooks = {"grad_filter": grad_filter, "on_model": on_model}
+    hooks = {"grad_filter": grad_filter, "on_model": on_model, "on_epoch": on_epoch}
     try:
         if shard:
             _train_sharded(model, base_model, examples, collate_fn, loss_fn, cfg, selected, description, phases,
@@ -320,7 +324,8 @@ def _train_steps(model: torch.nn.Module, base_model: torch.nn.Module, examples: 
                  phases: Sequence[str], grad_hook: Callable[[str], None] | None, accelerator: Any,
                  compute: Callable[[], ContextManager[Any]], result: TrainResult, shard: bool = False,
                  grad_filter: Callable[[str], None] | None = None,
-                 on_model: Callable[[torch.nn.Module], None] | None = None) -> None:
+                 on_model: Callable[[torch.nn.Module], None] | None = None,
+                 on_epoch: Callable[[int], None] | None = None) -> None:
     from tqdm.auto import tqdm
 
     phase_names = list(phases) or ["main"]
@@ -348,7 +353,11 @@ def _train_steps(model: torch.nn.Module, base_model: torch.nn.Module, examples: 
     model.train()
     bar = tqdm(total=total, desc=description, disable=not cfg.progress or not accelerator.is_local_main_process)
     try:
+        epoch = 0
         while result.steps < total:
+            if on_epoch is not None:  # before the pass draws its first batch (collate may depend on it)
+                on_epoch(epoch)
+            epoch += 1
             for batch in loader:
                 value = 0.0
                 for phase, optimizer, scheduler in zip(phase_names, optimizers, schedulers):
