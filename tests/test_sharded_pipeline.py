@@ -5,17 +5,11 @@ import shutil
 import subprocess
 import sys
 
-import pytest
-
 from .conftest import SMALL_WORLD
 
 
-# Known bug, open in issue 16: with retain items paired by modality, one process's step can hold
-# text-only forget and retain batches while the other's has images; the vision tower (in FSDP2's
-# root group) then has gradients on one process only and the root's reduce-scatter sizes differ
-# (gloo aborts: "Received data size doesn't match expected size"). Strict: passes once fixed.
-@pytest.mark.xfail(strict=True, raises=subprocess.CalledProcessError,
-                   reason="FSDP2 root reduce-scatter mismatch when only one process's batch has images (issue 16)")
+# Retain items are paired by modality, so one process's step can hold no image while another's
+# does: the root group's vision parameters must still get a (zero) gradient everywhere.
 def test_accelerate_fsdp_launch_runs_the_cli_sharded_and_writes_the_report(tiny_vlm, tmp_path):
     tiny_vlm("llava").save(tmp_path / "vanilla")  # no knowledge needed: this checks the machinery
     accelerate = shutil.which("accelerate", path=os.path.dirname(sys.executable)) or shutil.which("accelerate")

@@ -32,7 +32,7 @@ from __future__ import annotations
 import copy
 import os
 from contextlib import contextmanager
-from typing import Callable, Iterator, Sequence
+from typing import Any, Callable, Iterator, Sequence
 
 import torch
 from torch import nn
@@ -145,6 +145,7 @@ def build_sharded_copy(model: nn.Module, units: Sequence[nn.Module], trainable: 
         if compute_dtype is not None else MixedPrecisionPolicy()
     for group in groups:
         fully_shard(group, mesh=mesh, mp_policy=policy)
+    _touch_root_parameters(shell, [paths[id(u)] for u in units])
     originals = dict(model.named_parameters())
     buffers = dict(model.named_buffers())
     shell.to_empty(device=device)
@@ -159,6 +160,31 @@ def build_sharded_copy(model: nn.Module, units: Sequence[nn.Module], trainable: 
         for name, buffer in shell.named_buffers():  # to_empty left them uninitialised
             buffer.copy_(buffers[name])
     return shell
+
+
+def _touch_root_parameters(shell: nn.Module, unit_paths: list[str]) -> None:
+    """Give every trainable parameter of the root group a gradient on every process.
+
+    A step whose batch holds no image skips the vision tower (in the root group) on that process
+    only; its parameters then have no gradient there, and FSDP2's root reduce-scatter, which
+    covers the parameters that have one, differs in size between processes (gloo aborts). Adding
+    0 x their sum to the output's logits (root parameters are still unsharded after the root's
+    forward) makes the gradient an exact zero where the tower did not run."""
+    prefixes = tuple(f"{p}." for p in unit_paths)
+    names = {n for n, p in shell.named_parameters() if p.requires_grad and not n.startswith(prefixes)}
+    if not names:
+        return
+
+    def touch(module: nn.Module, args: Any, output: Any) -> Any:
+        logits = getattr(output, "logits", None)
+        if logits is None or not torch.is_grad_enabled():
+            return output
+        params = [p for n, p in module.named_parameters() if n in names]
+        zero = torch.stack([p.sum().float() for p in params]).sum() * 0.0
+        output.logits = logits + zero.to(logits.dtype)
+        return output
+
+    shell.register_forward_hook(touch)
 
 
 def _check_uniform_dtypes(model: nn.Module) -> None:
