@@ -363,17 +363,25 @@ def feature_row(f: dict[str, Any]) -> list[float]:
 
 def fit(points: list[tuple[dict[str, Any], int]]) -> list[float] | None:
     """Non-negative least squares of peak bytes on the features, each column scaled to unit norm."""
+    if len(points) < len(FEATURE_NAMES):
+        return None
+    coefficients, _ = _nnls([feature_row(f) for f, _ in points], [float(peak) for _, peak in points])
+    return coefficients
+
+
+def _nnls(rows: list[list[float]], values: list[float]) -> tuple[list[float], float]:
+    """Non-negative least squares of ``values`` on ``rows`` (columns scaled to unit norm); returns
+    the coefficients and the largest relative residual."""
     import numpy as np
     from scipy.optimize import nnls
 
-    if len(points) < len(FEATURE_NAMES):
-        return None
-    x = np.array([feature_row(f) for f, _ in points])
-    y = np.array([float(peak) for _, peak in points])
+    x, y = np.array(rows), np.array(values)
     scale = np.linalg.norm(x, axis=0)
     scale[scale == 0] = 1.0
-    coefficients, _ = nnls(x / scale, y)
-    return list(coefficients / scale)
+    solution, _ = nnls(x / scale, y)
+    coefficients = solution / scale
+    residual = float(np.max(np.abs(x @ coefficients - y) / np.maximum(y, 1.0)))
+    return list(coefficients), residual
 
 
 def predict(coefficients: list[float], features: dict[str, Any]) -> float:
@@ -424,19 +432,9 @@ def law_row(f: dict[str, Any]) -> list[float]:
 def fit_law(points: list[tuple[dict[str, Any], float]]) -> tuple[list[float], float] | None:
     """Non-negative least squares of saved bytes on ``law_row``; returns (coefficients, largest
     relative residual). Saved bytes are deterministic, so an exact law leaves ~0 residual."""
-    import numpy as np
-    from scipy.optimize import nnls
-
     if len(points) < len(LAW_NAMES):
         return None
-    x = np.array([law_row(f) for f, _ in points])
-    y = np.array([float(v) for _, v in points])
-    scale = np.linalg.norm(x, axis=0)
-    scale[scale == 0] = 1.0
-    solution, _ = nnls(x / scale, y)
-    coefficients = solution / scale
-    residual = float(np.max(np.abs(x @ coefficients - y) / np.maximum(y, 1.0)))
-    return list(coefficients), residual
+    return _nnls([law_row(f) for f, _ in points], [float(v) for _, v in points])
 
 
 def law_predict(coefficients: list[float], features: dict[str, Any]) -> float:
