@@ -133,21 +133,53 @@ def test_every_evaluation_format_is_a_training_form_and_batches_hold_one_form(be
     # were 0-2% and ROUGE-L 0.2-0.4 when only open QA and multiple choice were trained).
     for forms in (cfg.pretrain_forms, cfg.finetune_forms):
         assert forms["generation"] >= 1 and forms["cloze"] >= 1 and forms["mcq"] >= 1 and forms["qa"] >= 1
-    items = [i for i in benchmark.finetune_train if "Value" in i.meta][:40]
+    items = [i for i in benchmark.finetune_train if "Value" in i.meta and i.modality == "qa"][:40]
     pool = [("qa", i) for i in items] + [("cloze", i) for i in items] * 2 + [("generation", i) for i in items]
     seen: list[list[tuple[str, object]]] = []
     labels, collate, steps = _form_batches(pool, lambda batch: seen.append(batch) or len(batch), 8, 64,
                                            random.Random(0))
-    assert sorted(set(labels)) == ["cloze", "generation", "qa"] and labels.count("cloze") == 2 * len(items)
+    assert sorted(set(labels)) == ["cloze/qa", "generation/qa", "qa/qa"] and labels.count("cloze/qa") == 2 * len(items)
     assert steps == 8  # 64 samples in batches of 8
-    for label in ("qa", "cloze", "generation", "cloze"):
-        assert collate([label]) == 8
-    assert [{form for form, _ in batch} for batch in seen] == [{"qa"}, {"cloze"}, {"generation"}, {"cloze"}]
-    assert seen[1] != seen[3]  # a form's batches are drawn afresh
+    for _ in range(4):
+        assert collate(["ignored"]) == 8
+    assert all(len({form for form, _ in batch}) == 1 for batch in seen)  # one form per batch
     from mllm_unlearn.training.inject import as_task_prompt
 
     assert as_task_prompt(items[0], "cloze").question.endswith(CLOZE_INSTRUCTION)
     assert as_task_prompt(items[0], "generation").question.endswith(GENERATION_INSTRUCTION)
+
+
+def test_batches_hold_one_group_and_learned_groups_are_only_rehearsed(benchmark):
+    """Groups (form x modality) are drawn in the pool's proportions; a group the probe found learned
+    at ``rehearsal`` times its share, so the steps go to what is still being learned."""
+    import random
+    from collections import Counter
+
+    from mllm_unlearn.training.inject import _form_batches, group_of
+
+    items = [i for i in benchmark.finetune_train if "Value" in i.meta][:60]
+    assert {i.modality for i in items} == {"qa", "vqa"}
+    pool = [("qa", i) for i in items] + [("mcq", i) for i in items]
+    learned: set[str] = set()
+    _, collate, _ = _form_batches(pool, lambda batch: {group_of(e) for e in batch}, 4, 16, random.Random(0),
+                                  learned, rehearsal=0.25)
+    shares = {group: labels_count / len(pool) for group, labels_count in Counter(group_of(e) for e in pool).items()}
+
+    def drawn(n: int = 4000) -> dict[str, float]:
+        counts = Counter()
+        for _ in range(n):
+            group, = collate(["ignored"])  # one group per batch
+            counts[group] += 1
+        return {group: counts[group] / n for group in shares}
+
+    before = drawn()
+    assert all(abs(before[g] - shares[g]) < 0.03 for g in shares)
+    learned.add("qa/qa")
+    after = drawn()
+    weights = {g: shares[g] * (0.25 if g == "qa/qa" else 1.0) for g in shares}
+    expected = {g: w / sum(weights.values()) for g, w in weights.items()}
+    assert all(abs(after[g] - expected[g]) < 0.03 for g in shares)
+    assert after["qa/qa"] < before["qa/qa"] / 2
 
 
 @pytest.mark.parametrize("family", ["llava", "qwen2.5-vl"])
@@ -196,9 +228,11 @@ def test_learned_probe_counts_an_answer_only_when_greedy_decoding_gives_it_exact
 
     train(vlm.model, [items[0]] * 4, collate, lambda m, b: sequence_nll(m, b).mean(),
           TrainConfig(lr=3e-3, max_steps=60, batch_size=4, progress=False))
+    learned_groups: set[str] = set()
     check, scores = _learned_check(vlm, encoder, [("qa", items[0])], lambda form, item: item,
-                                   replace(InjectionConfig(), learned_target=1.0), random.Random(0))
-    assert check(1) and scores == [(1, {"qa/qa": 1.0})]
+                                   replace(InjectionConfig(), learned_target=1.0), random.Random(0),
+                                   learned_groups=learned_groups)
+    assert check(1) and scores == [(1, {"qa/qa": 1.0})] and learned_groups == {"qa/qa"}  # rehearsed from now on
     with torch.no_grad():
         output = vlm.model.generate(**{k: v for k, v in encoder.prompts([items[0]])[0].items()}, do_sample=False,
                                     max_new_tokens=20, pad_token_id=vlm.tokenizer.pad_token_id)
@@ -206,5 +240,6 @@ def test_learned_probe_counts_an_answer_only_when_greedy_decoding_gives_it_exact
     assert vlm.tokenizer.decode(output[0, prompt_length:], skip_special_tokens=True).strip() == items[0].answer
     other = next(i for i in benchmark.finetune_train if i.modality == "qa" and i.answer != items[0].answer)
     check, scores = _learned_check(vlm, encoder, [("qa", other)], lambda form, item: item,
-                                   replace(InjectionConfig(), learned_target=1.0), random.Random(0))
-    assert not check(1) and scores == [(1, {"qa/qa": 0.0})]
+                                   replace(InjectionConfig(), learned_target=1.0), random.Random(0),
+                                   learned_groups=learned_groups)
+    assert not check(1) and scores == [(1, {"qa/qa": 0.0})] and learned_groups == set()

@@ -8,7 +8,10 @@ explicit options go on top of what it returns (``apply_overrides``).
 from __future__ import annotations
 
 import copy
+import json
 from dataclasses import fields, replace
+from functools import lru_cache
+from pathlib import Path
 from typing import Any
 
 from .base import MethodConfig, get_method
@@ -151,6 +154,32 @@ PAPER_DEFAULTS: dict[str, Any] = {
 
 PRESETS: dict[str, dict[str, Any]] = {TINY: TINY_DEFAULTS, PAPER: PAPER_DEFAULTS}
 
+# The tiny preset's searched values (learning rate, epochs, strengths...: what
+# ``search_spaces.SEARCH_SPACES`` covers), chosen by ``mllm-unlearn sweep`` on the built-in world's
+# validation people and written by ``benchmarks/derive_presets.py``, with the command, rule and
+# validation objectives of each choice. They go over ``TINY_DEFAULTS`` (whose comments record the
+# hand sweeps behind the structural options), so no tiny default is tuned on a reported split.
+TINY_PRESETS_FILE = Path(__file__).with_name("tiny_presets.json")
+
+
+@lru_cache(maxsize=1)
+def swept_tiny_values() -> dict[str, dict[str, Any]]:
+    """Method name -> the sweep-chosen values of ``TINY_PRESETS_FILE`` (nested: ``{"lr": .., "extra": {..}}``)."""
+    if not TINY_PRESETS_FILE.is_file():
+        return {}
+    return {name: entry["values"] for name, entry in json.loads(TINY_PRESETS_FILE.read_text()).items()}
+
+
+def _laid_over(base: dict[str, Any], values: dict[str, Any]) -> dict[str, Any]:
+    """``base`` with ``values`` on top: fields replaced, ``extra`` merged key by key."""
+    out = copy.deepcopy(base)
+    for key, value in values.items():
+        if key == "extra":
+            out["extra"] = {**out.get("extra", {}), **copy.deepcopy(value)}
+        else:
+            out[key] = value
+    return out
+
 
 def preset_name_for(model_built_here: bool) -> str:
     """``tiny`` for a model this tool built (its checkpoint holds injection.json), else ``paper``."""
@@ -165,6 +194,8 @@ def method_preset(name: str, preset: str, seed: int = 0) -> MethodConfig:
         raise ValueError(f"unknown preset {preset!r}; known: {', '.join(PRESETS)}")
     values = PRESETS[preset].get(name, {})
     values = values() if callable(values) else values
+    if preset == TINY:
+        values = _laid_over(values, swept_tiny_values().get(name, {}))
     return MethodConfig(seed=seed, **copy.deepcopy(values))
 
 

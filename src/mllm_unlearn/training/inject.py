@@ -62,9 +62,15 @@ class InjectionConfig:
     learned_target: float | None = 0.9
     learned_check_every: int = 250
     learned_probe: int = 64
-    # Each batch holds one form: the forms' prompts differ in length (open QA ~21 tokens,
-    # multiple choice ~37-43), so mixed batches spent ~20% of their tokens on padding.
+    # Each batch holds one form of one modality: the forms' prompts differ in length (open QA ~21
+    # tokens, multiple choice ~37-43; image prompts 4 more), so mixed batches spent ~20% of their
+    # tokens on padding.
     batch_by_form: bool = True
+    # Fewer wasted steps: once a form x modality group's probe reaches ``learned_target``, its
+    # batches are drawn at this fraction of its share of the pool (rehearsal keeps it learned) and
+    # the steps go to the groups still being learned (image multiple choice, mostly). 1.0 = fixed
+    # proportions. Needs ``batch_by_form`` and ``learned_target``.
+    learned_rehearsal: float = 0.25
     # Copies per modality, on top of the form weights (identity from a portrait is learned
     # more slowly than from a name).
     modality_weights: dict[str, int] = field(default_factory=lambda: {"vqa": 1, "qa": 1})
@@ -269,18 +275,20 @@ def inject_knowledge(vlm: VLM, benchmark: Benchmark, cfg: InjectionConfig | None
         examples: Sequence[Any] = pool
         stage_collate = collate
         batch_size = cfg.batch_size
+        learned_groups: set[str] = set()
         if cfg.batch_by_form:
             # Each process draws its own batches (the loop shards the form labels over processes).
             rank = process_rank_and_count()[0]
             examples, stage_collate, samples = _form_batches(pool, collate, cfg.batch_size, samples,
-                                                             random.Random(cfg.seed + 41 + index + 1000 * rank))
+                                                             random.Random(cfg.seed + 41 + index + 1000 * rank),
+                                                             learned_groups, cfg.learned_rehearsal)
             batch_size = 1
         train_cfg = TrainConfig(lr=cfg.lr, epochs=epochs, samples_per_epoch=samples, batch_size=batch_size,
                                 warmup_ratio=cfg.warmup_ratio, seed=cfg.seed + index, lora=cfg.lora, progress=progress)
         stop_check, learned = None, []
         if cfg.learned_target is not None:
             stop_check, learned = _learned_check(vlm, encoder, pool, render, cfg, random.Random(cfg.seed + 53 + index),
-                                                 progress)
+                                                 progress, learned_groups)
         result = train(vlm.model, examples, stage_collate, loss, train_cfg, description=f"inject: {name}",
                        stop_check=stop_check, check_every=cfg.learned_check_every)
         history[name] = {"steps": result.steps, "first_loss": result.losses[0], "last_loss": result.losses[-1],
@@ -288,33 +296,44 @@ def inject_knowledge(vlm: VLM, benchmark: Benchmark, cfg: InjectionConfig | None
     return history
 
 
-def _form_batches(pool: Sequence[tuple[str, Item]], collate: Any, batch_size: int, samples: int,
-                  rng: random.Random) -> tuple[list[str], Any, int]:
-    """Batches of one form each: the training loop draws one form label per step (labels in the
-    pool's proportions), and the batch is ``batch_size`` entries of that form drawn at random."""
-    by_form: dict[str, list[tuple[str, Item]]] = {}
-    for entry in pool:
-        by_form.setdefault(entry[0], []).append(entry)
-    labels = [form for form, _ in pool]
+def group_of(entry: tuple[str, Item]) -> str:
+    """A pool entry's form x modality group ("mcq/vqa"): the unit of batching and of the learned probe."""
+    return f"{entry[0]}/{entry[1].modality}"
 
-    def form_collate(batch: list[str]) -> dict:
-        entries = by_form[batch[0]]
+
+def _form_batches(pool: Sequence[tuple[str, Item]], collate: Any, batch_size: int, samples: int,
+                  rng: random.Random, learned: set[str] | None = None,
+                  rehearsal: float = 1.0) -> tuple[list[str], Any, int]:
+    """Batches of one form x modality group each. The training loop only counts the steps; each
+    batch's group is drawn in the pool's proportions, a group in ``learned`` (filled by the learned
+    probe as the stage goes) at ``rehearsal`` times its share; then ``batch_size`` of its entries."""
+    by_group: dict[str, list[tuple[str, Item]]] = {}
+    for entry in pool:
+        by_group.setdefault(group_of(entry), []).append(entry)
+    groups = sorted(by_group)
+    learned = learned if learned is not None else set()
+
+    def form_collate(_: list[str]) -> dict:
+        weights = [len(by_group[g]) * (rehearsal if g in learned else 1.0) for g in groups]
+        entries = by_group[rng.choices(groups, weights=weights)[0]]
         return collate(rng.sample(entries, min(batch_size, len(entries))))
 
-    return labels, form_collate, max(1, round(samples / batch_size))
+    return [group_of(entry) for entry in pool], form_collate, max(1, round(samples / batch_size))
 
 
 def _learned_check(vlm: VLM, encoder: Encoder, pool: Sequence[tuple[str, Item]], render: Any, cfg: InjectionConfig,
-                   rng: random.Random, show: bool = False) -> tuple[Any, list[tuple[int, dict[str, float]]]]:
+                   rng: random.Random, show: bool = False,
+                   learned_groups: set[str] | None = None) -> tuple[Any, list[tuple[int, dict[str, float]]]]:
     """A ``stop_check`` for ``train``: True once every form's probe is answered exactly (greedy,
-    teacher-forced) in at least ``learned_target`` of its entries; the scores go to the list."""
+    teacher-forced) in at least ``learned_target`` of its entries; the scores go to the list, the
+    groups at target (as of the last check) to ``learned_groups``."""
     import torch
 
     from .losses import model_inputs
 
     groups: dict[str, list[tuple[str, Item]]] = {}
-    for form, item in pool:  # per form and modality: image questions are learned more slowly
-        groups.setdefault(f"{form}/{item.modality}", []).append((form, item))
+    for entry in pool:  # per form and modality: image questions are learned more slowly
+        groups.setdefault(group_of(entry), []).append(entry)
     probes = {group: [render(f, i) for f, i in rng.sample(entries, min(cfg.learned_probe, len(entries)))]
               for group, entries in sorted(groups.items())}
     scores: list[tuple[int, dict[str, float]]] = []
@@ -335,6 +354,9 @@ def _learned_check(vlm: VLM, encoder: Encoder, pool: Sequence[tuple[str, Item]],
     def check(step: int) -> bool:
         figures = {group: exact(items) / len(items) for group, items in probes.items()}
         scores.append((step, figures))
+        if learned_groups is not None:
+            learned_groups.clear()
+            learned_groups.update(group for group, value in figures.items() if value >= cfg.learned_target)
         if show:
             from tqdm.auto import tqdm
 
