@@ -29,8 +29,7 @@ from .models import VLM, TinySize, load_vlm
 from .models.tiny import build_tiny_vlm, words_of
 from .report import render_html, render_markdown
 from .sweep import preset_record
-from .training.inject import (INJECTION_META, InjectionConfig, inject_knowledge, injection_cache_key, injection_meta_text,
-                              injection_texts)
+from .training.inject import INJECTION_META, InjectionConfig, injection_cache_key, injection_meta_text, injection_texts
 from .utils import (atomic_write_text, dtype_name, init_distributed, is_main_process, peak_memory_mb, process_rank_and_count,
                     resolve_device, seed_everything, stable_hash, wait_for_everyone)
 
@@ -146,16 +145,38 @@ def prepare_benchmark(cfg: RunConfig) -> tuple[Benchmark, str]:
     return load_mllmu(root, cfg.forget_percent, seed=cfg.seed), key
 
 
+def build_tiny_base(cfg: RunConfig, vocabulary_of: Benchmark) -> VLM:
+    """A fresh tiny model of ``cfg.family`` whose tokenizer spells ``vocabulary_of`` (and the
+    injection's own texts): the base every tiny vanilla and gold model is trained from."""
+    seed_everything(cfg.seed)
+    return build_tiny_vlm(cfg.family, words_of(benchmark_texts(vocabulary_of) + injection_texts(cfg.injection)), cfg.size,
+                          seed=cfg.injection.seed, device=str(resolve_device(cfg.device)))
+
+
+def injection_meta_for(cfg: RunConfig, benchmark_key: str, retain_only: bool, benchmark: Benchmark,
+                       record: dict[str, Any]) -> dict[str, Any]:
+    """injection.json of a tiny model trained here by ``mllm-unlearn finetune`` (``record``: its
+    finetune.json record): what a run reads to treat it as one of the tool's own models."""
+    meta = {"family": cfg.family, "injection": cfg.injection.to_dict() if record["recipe"]["name"] == "builtin" else None,
+            "recipe": record["recipe"]["name"], "size": asdict(cfg.size), "history": record.get("history"),
+            "benchmark": benchmark_key}
+    if retain_only:
+        meta.update(retain_only=True, forget_ids=benchmark.forget_ids)
+    return meta
+
+
 def _injected_tiny_model(cfg: RunConfig, vocabulary_of: Benchmark, trained_on: Benchmark, path: Path,
                          meta: dict[str, Any]) -> tuple[VLM, bool]:
     """The cached model at ``path``, or a tiny model whose tokenizer spells ``vocabulary_of``
-    trained on ``trained_on`` with the knowledge-injection curriculum, then cached there."""
+    trained on ``trained_on`` with the knowledge-injection curriculum (the fine-tuning
+    trainer's ``builtin`` recipe), then cached there."""
+    from .training.finetune import FinetuneConfig, finetune
+
     if (path / INJECTION_META).is_file():
         return load_vlm(path, cfg.device, cfg.dtype, cfg.max_pixels), False
-    seed_everything(cfg.seed)
-    vlm = build_tiny_vlm(cfg.family, words_of(benchmark_texts(vocabulary_of) + injection_texts(cfg.injection)), cfg.size,
-                         seed=cfg.injection.seed, device=str(resolve_device(cfg.device)))
-    history = inject_knowledge(vlm, trained_on, cfg.injection, progress=cfg.progress)
+    vlm = build_tiny_base(cfg, vocabulary_of)
+    history = finetune(vlm, trained_on, FinetuneConfig(recipe="builtin", injection=cfg.injection, seed=cfg.injection.seed,
+                                                       progress=cfg.progress))["history"]
     if is_main_process():  # every process holds the same weights (DDP); one writes them
         # injection.json marks a finished cache entry: it appears together with the weights.
         vlm.save(path, extra_files={INJECTION_META: injection_meta_text(
