@@ -203,6 +203,102 @@ def run(
 
 
 @app.command()
+def finetune(
+    out: Path = typer.Option(..., help="New folder for the fine-tuned checkpoint (finetune.json, written last, marks "
+                                       "it finished)."),
+    model: Optional[Path] = typer.Option(
+        None, help="Base checkpoint of a supported family (e.g. llava-1.5-7b-hf); default: a fresh tiny model of "
+                   "--family built here, its tokenizer from the benchmark's texts."),
+    benchmark: Optional[str] = typer.Option(
+        None, help="A directory in MLLMU-Bench's or CLEAR's layout, or 'clear'; default: the built-in world."),
+    recipe: str = typer.Option(
+        "mllmu", help="mllmu (MLLMU-Bench's finetune.py: LoRA r16 a16, lr 2e-5, 5 epochs, batch 4), clear (CLEAR's: "
+                      "LoRA r8 a32, lr 1e-5, 3 epochs, batch 4 x accumulation 2, one warmup epoch) or builtin (the "
+                      "tool's knowledge-injection curriculum for tiny models)."),
+    retain_only: bool = typer.Option(
+        False, help="Train on the retain split only (the forget people left out): the gold model of CLEAR's forget "
+                    "quality and NPO's retain reference (`run --gold-model`, `-o reference=`)."),
+    forget: int = typer.Option(10, help="--retain-only: the forget split whose people are left out (as `run --forget`)."),
+    tofu: bool = typer.Option(False, help="CLEAR: train on the +tofu configs (captions + TOFU text QA)."),
+    lora: Optional[bool] = typer.Option(None, "--lora/--full",
+                                        help="LoRA adapters (the recipe's rank) or full fine-tuning; default: the "
+                                             "recipe's (mllmu, clear: LoRA; builtin: full)."),
+    loss_on: Optional[str] = typer.Option(
+        None, help="'answer' (default: the answer tokens only) or 'prompt+answer' (MLLMU-Bench's published loss)."),
+    keep_adapter: bool = typer.Option(False, help="Write a peft adapter folder (PeftModel.from_pretrained(base, OUT)) "
+                                                  "instead of the merged checkpoint."),
+    epochs: Optional[int] = typer.Option(None, help="Override the recipe's epochs (recorded)."),
+    lr: Optional[float] = typer.Option(None, help="Override the recipe's learning rate (recorded)."),
+    batch_size: Optional[int] = typer.Option(None, help="Override the recipe's batch size per process (recorded)."),
+    max_steps: Optional[int] = typer.Option(None, help="Stop after this many optimizer steps (the schedule too)."),
+    gradient_checkpointing: bool = typer.Option(False, "--gradient-checkpointing/--no-gradient-checkpointing",
+                                                help="Recompute activations in the backward pass (less memory)."),
+    shard: Optional[str] = typer.Option(None, help="'fsdp': full fine-tuning sharded over the processes of "
+                                                   "`accelerate launch` with FSDP2 (with --full)."),
+    save_every: Optional[int] = typer.Option(None, min=1, help="Save a resumable state every N optimizer steps (model, "
+                                                               "optimizer, scheduler, RNG, data position) in "
+                                                               "OUT.finetune-state."),
+    resume: bool = typer.Option(False, help="Continue the fine-tune whose state OUT.finetune-state holds."),
+    stop_after: Optional[int] = typer.Option(None, min=1, help="Pause after this many steps in all, the state saved "
+                                                               "(a time-sliced job); --resume continues."),
+    family: str = typer.Option("llava", help="Without --model: the tiny model family to build."),
+    people: Optional[int] = typer.Option(None, help="Built-in world: fictitious people (default 100)."),
+    real_people: Optional[int] = typer.Option(None, help="Built-in world: real-world people (default 30)."),
+    inject_epochs: Optional[int] = typer.Option(None, help="--recipe builtin: epochs on the benchmark people."),
+    pretrain_epochs: Optional[int] = typer.Option(None, help="--recipe builtin: epochs on the real-world people."),
+    seed: int = typer.Option(0, help="Seed for everything (the built-in world's and the forget split's too)."),
+    device: str = typer.Option("auto", help="auto, cpu, cuda or cuda:N."),
+    dtype: str = typer.Option("auto", help="auto (the checkpoint's own; float16 loads as bfloat16), float32 or "
+                                           "bfloat16 (trained as fp32 master weights with a bf16 forward)."),
+    max_pixels: Optional[int] = typer.Option(None, help="Qwen families: cap on each image's pixels."),
+    cache_dir: Path = typer.Option(Path(".cache/mllm_unlearn"), help="Cache of generated benchmarks."),
+    quiet: bool = typer.Option(False, help="No progress bars."),
+) -> None:
+    """Fine-tune a base model on a benchmark's people (the vanilla model; with --retain-only the
+    gold model) with a benchmark's recipe; writes a checkpoint and finetune.json."""
+    from .data import WorldConfig
+    from .training import InjectionConfig
+    from .training.finetune import FinetuneConfig, FinetuneJob, run_finetune
+    from .training.loop import TrainingPaused
+
+    try:
+        injection = None
+        if recipe == "builtin":
+            injection = InjectionConfig(seed=seed)
+            if inject_epochs is not None:
+                injection = replace(injection, finetune_epochs=inject_epochs)
+            if pretrain_epochs is not None:
+                injection = replace(injection, pretrain_epochs=pretrain_epochs)
+        elif inject_epochs is not None or pretrain_epochs is not None:
+            raise ValueError("--inject-epochs and --pretrain-epochs set the builtin recipe's curriculum; "
+                             f"--recipe {recipe} takes --epochs")
+        cfg = FinetuneConfig(recipe=recipe, retain_only=retain_only, lora=lora, loss_on=loss_on, epochs=epochs, lr=lr,
+                             batch_size=batch_size, max_steps=max_steps, gradient_checkpointing=gradient_checkpointing,
+                             shard=shard, save_every=save_every, resume=resume, stop_after=stop_after,
+                             keep_adapter=keep_adapter, seed=seed, injection=injection, progress=not quiet)
+        job = FinetuneJob(out=str(out), model=str(model) if model else None, benchmark=benchmark, finetune=cfg,
+                          family=family, world=WorldConfig(fictitious=people or 100, real_world=real_people or 30,
+                                                           seed=seed),
+                          forget_percent=forget, clear_tofu=tofu, device=device, dtype=dtype, max_pixels=max_pixels,
+                          cache_dir=str(cache_dir))
+        meta = run_finetune(job)
+    except TrainingPaused as paused:
+        typer.echo(f"{paused} (mllm-unlearn finetune ... --resume)")
+        return
+    except (ValueError, FileNotFoundError, FileExistsError, FloatingPointError) as error:
+        typer.secho(f"error: {error}", fg=typer.colors.RED, err=True)
+        raise typer.Exit(code=2)
+    from .utils import is_main_process
+
+    if is_main_process():
+        curve = meta["loss_curve"]
+        last = curve[-1] if isinstance(curve, list) and curve else None
+        typer.echo(f"Wrote {meta['output']} {out} (recipe {meta['recipe']['name']}"
+                   f"{', retain split only' if retain_only else ''}, {meta['steps']} steps"
+                   + (f", last loss {last:.4f}" if last is not None else "") + f") and {out / 'finetune.json'}")
+
+
+@app.command()
 def sweep(
     method: str = typer.Option(..., help="The method to tune (its search space: methods/search_spaces.py)."),
     trials: int = typer.Option(20, min=1, help="Finished trials wanted: a resumed sweep runs only the missing ones."),

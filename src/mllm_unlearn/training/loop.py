@@ -403,7 +403,7 @@ def _train_steps(model: torch.nn.Module, base_model: torch.nn.Module, examples: 
             # The sampler draws the epoch's order lazily from ``generator``: its state now fixes the epoch.
             epoch_start_state = generator.get_state()
             epoch += 1
-            epoch_loader = accelerator.skip_first_batches(loader, skip_batches) if skip_batches else loader
+            epoch_loader = _resumed(accelerator.skip_first_batches(loader, skip_batches)) if skip_batches else loader
             position, skip_batches = skip_batches, 0
             micro_losses: list[float] = []
             for batch in epoch_loader:
@@ -474,6 +474,22 @@ def _train_steps(model: torch.nn.Module, base_model: torch.nn.Module, examples: 
         bar.close()
         if checkpointing_was_on is False:
             _set_checkpointing(model if shard else base_model, False)
+
+
+def _resumed(loader: Any) -> Iterator[Any]:
+    """Iterate the resumed epoch's ``loader`` leaving the global torch RNG as restored: creating a
+    DataLoader's iterator draws its worker seed from it, a draw the interrupted run made at the
+    epoch's start, before its checkpoint (LoRA dropout would otherwise differ from there on)."""
+    state = torch.get_rng_state()
+    iterator = iter(loader)
+    try:
+        first = next(iterator)  # the base iterator (and its draw) is created here
+    except StopIteration:
+        torch.set_rng_state(state)
+        return
+    torch.set_rng_state(state)
+    yield first
+    yield from iterator
 
 
 def _accumulate(model: torch.nn.Module, batch: Any, loss_fn: Callable[..., torch.Tensor],
