@@ -56,7 +56,8 @@ def run(
     forget: int = typer.Option(10, help="Forget split percentage: 5, 10 or 15 (MLLMU-Bench); 1, 5 or 10 (CLEAR)."),
     tofu: bool = typer.Option(False, help="CLEAR: train on the +tofu configs (captions + TOFU text QA)."),
     gold_model: Optional[Path] = typer.Option(
-        None, help="CLEAR: checkpoint fine-tuned on the retain split only, for forget quality (default: trained here)."),
+        None, help="CLEAR: checkpoint fine-tuned on the retain split only, for forget quality (`mllm-unlearn finetune "
+                   "--retain-only` makes one; default: trained here for tiny models)."),
     method: Optional[str] = typer.Option(None, help="Unlearning method name (default ga, or the preset's)."),
     preset: Optional[Path] = typer.Option(
         None, help="A preset file (e.g. the preset.json `mllm-unlearn sweep` writes): its values override the "
@@ -102,6 +103,13 @@ def run(
         help="Knowledge injection: probability that an open-QA draw is asked with MLLMU-Bench's generation "
              "instruction, and the same for its fill-in-the-blank form (e.g. 0.25; 0 = off, the default). "
              "Teaches a from-scratch model those formats; see the README for what it costs."),
+    min_knowledge: float = typer.Option(
+        15.0, min=0.0, help="Knowledge check before unlearning: the vanilla model's classification accuracy on the "
+                            "forget split must reach chance + this many points in each modality the method targets, "
+                            "else the run stops (recorded in results.json)."),
+    allow_unknown: bool = typer.Option(
+        False, help="Go on when the knowledge check fails (the report says the vanilla model did not know the "
+                    "forget people)."),
     mia: bool = typer.Option(True, help="Membership inference (forget vs held-out people) before and after unlearning."),
     relearn: bool = typer.Option(True, help="Relearning attack on the unlearned model (a curve over steps)."),
     relearn_steps: int = typer.Option(20, help="Fine-tuning steps of the relearning attack."),
@@ -188,7 +196,7 @@ def run(
                         mia=MIAConfig() if mia else None,
                         relearn=RelearnConfig(steps=relearn_steps, eval_every=max(1, relearn_steps // 4), seed=seed,
                                               lr=relearn_lr, lora=relearn_mode) if relearn else None,
-                        preset=preset_file)
+                        preset=preset_file, min_knowledge=min_knowledge, allow_unknown=allow_unknown)
         results = run_pipeline(cfg)
     except (ValueError, FileNotFoundError, FloatingPointError, UnlearningDiverged) as error:
         typer.secho(f"error: {error}", fg=typer.colors.RED, err=True)

@@ -19,6 +19,7 @@ from .data.text_forms import text_only_forms
 from .eval import EvalConfig, Evaluator
 from .eval.clear import ClearEvalConfig, ClearEvaluator
 from .eval.generalisation import generalisation_breakdown
+from .eval.knowledge import DEFAULT_MIN_KNOWLEDGE, KnowledgeCheckFailed, failure_message, knowledge_check
 from .eval.mia import MIAConfig, membership_inference, mia_items
 from .eval.relearn import RelearnConfig, RelearnNotApplicable, relearn_attack, resolve_relearn
 from .eval.tradeoff import tradeoff
@@ -29,6 +30,7 @@ from .models import VLM, TinySize, load_vlm
 from .models.tiny import build_tiny_vlm, words_of
 from .report import render_html, render_markdown
 from .sweep import preset_record
+from .training.finetune import FINETUNE_META
 from .training.inject import INJECTION_META, InjectionConfig, injection_cache_key, injection_meta_text, injection_texts
 from .utils import (atomic_write_text, dtype_name, init_distributed, is_main_process, peak_memory_mb, process_rank_and_count,
                     resolve_device, seed_everything, stable_hash, wait_for_everyone)
@@ -73,6 +75,11 @@ class RunConfig:
     # A preset file's content (``sweep.load_preset``): recorded in results.json; a preset chosen on
     # a carved-out validation split takes those people out of the reported splits.
     preset: dict[str, Any] | None = None
+    # Knowledge check before unlearning (eval/knowledge.py): the vanilla model's forget-split
+    # classification accuracy must reach chance + ``min_knowledge`` points in every modality the
+    # method targets, else the run stops; ``allow_unknown`` goes on (and the report says so).
+    min_knowledge: float = DEFAULT_MIN_KNOWLEDGE
+    allow_unknown: bool = False
 
 
 def benchmark_texts(benchmark: Benchmark) -> list[str]:
@@ -224,6 +231,7 @@ def prepare_retain_model(cfg: RunConfig, benchmark: Benchmark, benchmark_key: st
     gold checkpoint there is no way to train one here, and ``(None, None, False)`` comes back.
     """
     if cfg.gold_model:
+        check_gold_model(cfg.gold_model, benchmark)
         return load_vlm(cfg.gold_model, cfg.device, cfg.dtype, cfg.max_pixels), cfg.gold_model, False
     if cfg.model:
         return None, None, False
@@ -233,6 +241,35 @@ def prepare_retain_model(cfg: RunConfig, benchmark: Benchmark, benchmark_key: st
     vlm, trained = _injected_tiny_model(cfg, benchmark, benchmark.retain_only(), path,
                                         {"benchmark": benchmark_key, "retain_only": True, "forget_ids": benchmark.forget_ids})
     return vlm, str(path), trained
+
+
+def gold_model_record(path: str | None, cfg: RunConfig) -> dict[str, Any] | None:
+    """Which gold model CLEAR's forget quality used, and how it was made (results.json)."""
+    if path is None:
+        return None
+    folder = Path(path)
+    if (folder / FINETUNE_META).is_file():
+        meta = json.loads((folder / FINETUNE_META).read_text())
+        return {"path": path, "made_by": f"mllm-unlearn finetune --retain-only (recipe {meta['recipe']['name']})",
+                "base_model": meta.get("base_model"), "recipe": meta["recipe"]["name"]}
+    if cfg.gold_model:
+        return {"path": path, "made_by": "given with --gold-model (not made by mllm-unlearn finetune)"}
+    return {"path": path, "made_by": "trained by this tool on the retain split (builtin recipe), cached",
+            "recipe": "builtin"}
+
+
+def check_gold_model(path: str, benchmark: Benchmark) -> None:
+    """A gold model made by ``finetune`` must be a retain-only one of this forget split."""
+    meta_file = Path(path) / FINETUNE_META
+    if not meta_file.is_file():
+        return  # a user's checkpoint: nothing recorded to check
+    meta = json.loads(meta_file.read_text())
+    if not meta.get("retain_only"):
+        raise ValueError(f"--gold-model {path} was fine-tuned on every person ({meta_file} says retain_only false): "
+                         "make the gold model with `mllm-unlearn finetune --retain-only`")
+    if sorted(meta.get("forget_ids") or []) != sorted(benchmark.forget_ids):
+        raise ValueError(f"--gold-model {path} left out other forget people than this run's forget split "
+                         f"({meta_file}): make it with the same --benchmark, --forget and --seed")
 
 
 def clear_eval_config(cfg: EvalConfig) -> ClearEvalConfig:
@@ -445,6 +482,16 @@ def run_pipeline(cfg: RunConfig) -> dict[str, Any]:
         start = time.perf_counter()
         vanilla = evaluator.evaluate(benchmark)
     timings["evaluate vanilla"] = time.perf_counter() - start
+    # Before any unlearning: a model that never knew the forget people has nothing to forget.
+    targeted = getattr(method, "target_modalities", ("vqa", "qa")) if cfg.edit is None else ("vqa", "qa")
+    knowledge = knowledge_check(vanilla, benchmark.protocol, targeted, cfg.min_knowledge, cfg.allow_unknown)
+    if knowledge.get("passed") is False:
+        if not cfg.allow_unknown:
+            raise KnowledgeCheckFailed(failure_message(knowledge))
+        if is_main_process():
+            import sys
+
+            print(f"warning: {failure_message(knowledge)} Going on (--allow-unknown).", file=sys.stderr)
 
     if cfg.method_cfg is not None and cfg.method_cfg.gradient_checkpointing is None:  # resolved here, so results.json records it
         cfg = replace(cfg, method_cfg=replace(cfg.method_cfg, gradient_checkpointing=not built_here))
@@ -514,13 +561,16 @@ def run_pipeline(cfg: RunConfig) -> dict[str, Any]:
         # a --preset file (e.g. a sweep's choice) applied on top of the preset above
         "preset_file": preset_record(cfg.preset) if cfg.preset is not None else None,
     }
+    config.update(min_knowledge=cfg.min_knowledge, allow_unknown=cfg.allow_unknown)
     if clear:
-        config.update({"gold_model_path": gold_path, "clear_tofu": cfg.clear_tofu})
+        config.update({"gold_model_path": gold_path, "gold_model": gold_model_record(gold_path, cfg),
+                       "clear_tofu": cfg.clear_tofu})
     if reference_path:
         config["reference_model_path"] = reference_path
     results = {
         "config": config,
         "protocol": benchmark.protocol,
+        "knowledge_check": knowledge,
         "vanilla": vanilla,
         "unlearned": unlearned,
         **({"gold": gold} if clear else {}),
