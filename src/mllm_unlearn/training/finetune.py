@@ -124,8 +124,8 @@ def resolve_recipe(cfg: FinetuneConfig) -> FinetuneRecipe:
             injection = replace(injection, lora=LoraOptions() if cfg.lora else None)
         for option in ("loss_on", "epochs", "lr", "batch_size", "max_steps"):
             if getattr(cfg, option) is not None:
-                raise ValueError(f"--recipe builtin: {option.replace('_', '-')} is set by the injection curriculum "
-                                 "(InjectionConfig), not by this option")
+                raise ValueError(f"--recipe builtin: --{option.replace('_', '-')} is for the mllmu and clear recipes; "
+                                 "the injection curriculum (InjectionConfig) sets its own")
         if cfg.save_every is not None or cfg.resume or cfg.stop_after is not None:
             raise ValueError("--recipe builtin trains in several stages with their own random draws: --save-every, "
                              "--resume and stopping early are for the mllmu and clear recipes")
