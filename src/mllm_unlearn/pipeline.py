@@ -258,17 +258,17 @@ def gold_model_record(path: str | None, cfg: RunConfig) -> dict[str, Any] | None
             "recipe": "builtin"}
 
 
-def check_gold_model(path: str, benchmark: Benchmark) -> None:
-    """A gold model made by ``finetune`` must be a retain-only one of this forget split."""
+def check_gold_model(path: str, benchmark: Benchmark, option: str = "--gold-model") -> None:
+    """A gold (or NPO reference) model made by ``finetune`` must be a retain-only one of this forget split."""
     meta_file = Path(path) / FINETUNE_META
     if not meta_file.is_file():
         return  # a user's checkpoint: nothing recorded to check
     meta = json.loads(meta_file.read_text())
     if not meta.get("retain_only"):
-        raise ValueError(f"--gold-model {path} was fine-tuned on every person ({meta_file} says retain_only false): "
-                         "make the gold model with `mllm-unlearn finetune --retain-only`")
+        raise ValueError(f"{option} {path} was fine-tuned on every person ({meta_file} says retain_only false): "
+                         "make the retain-only model with `mllm-unlearn finetune --retain-only`")
     if sorted(meta.get("forget_ids") or []) != sorted(benchmark.forget_ids):
-        raise ValueError(f"--gold-model {path} left out other forget people than this run's forget split "
+        raise ValueError(f"{option} {path} left out other forget people than this run's forget split "
                          f"({meta_file}): make it with the same --benchmark, --forget and --seed")
 
 
@@ -449,6 +449,9 @@ def run_pipeline(cfg: RunConfig) -> dict[str, Any]:
 
         benchmark = exclude_validation_people(benchmark, cfg.preset, benchmark_key)
     timings["benchmark"] = time.perf_counter() - start
+    given_reference = cfg.method_cfg.extra.get("reference") if cfg.edit is None else None
+    if isinstance(given_reference, str) and given_reference not in ("vanilla", RETAIN_REFERENCE):
+        check_gold_model(given_reference, benchmark, option="-o reference=")  # before any training or evaluation
 
     start = time.perf_counter()
     vlm, model_path, trained = prepare_vanilla(cfg, benchmark, benchmark_key)
@@ -508,6 +511,8 @@ def run_pipeline(cfg: RunConfig) -> dict[str, Any]:
         timings["train retain-only reference" if reference_trained else "load retain-only reference"] = \
             time.perf_counter() - start
         method_cfg = replace(method_cfg, extra={**method_cfg.extra, "reference": reference_path})
+    elif isinstance(given_reference, str) and given_reference != "vanilla":
+        reference_path = given_reference  # a given checkpoint (e.g. `finetune --retain-only`): recorded
 
     seed_everything(cfg.seed)
     start = time.perf_counter()
@@ -567,6 +572,8 @@ def run_pipeline(cfg: RunConfig) -> dict[str, Any]:
                        "clear_tofu": cfg.clear_tofu})
     if reference_path:
         config["reference_model_path"] = reference_path
+        given = cfg.method_cfg is not None and cfg.method_cfg.extra.get("reference") != RETAIN_REFERENCE
+        config["reference_model"] = gold_model_record(reference_path, replace(cfg, gold_model=reference_path) if given else cfg)
     results = {
         "config": config,
         "protocol": benchmark.protocol,
