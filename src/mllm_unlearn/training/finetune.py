@@ -194,7 +194,7 @@ def finetune(vlm: VLM, benchmark: Benchmark, cfg: FinetuneConfig | None = None,
         raise ValueError(f"benchmark {trained_on.name} has no fine-tuning items (ft_Data / the training config)")
     result = train(vlm.model, items, _collate(vlm, recipe.loss_on), _token_mean_loss, _train_config(recipe, cfg, checkpoint_dir),
                    description=f"finetune ({recipe.name}{', retain only' if cfg.retain_only else ''})",
-                   merge_lora=merge_lora)
+                   merge_lora=merge_lora, shard_units=vlm.adapter.shard_units)
     record.update(steps=result.steps, loss_curve=result.losses)
     if not merge_lora:
         record["lora_factors"] = result.lora_factors
