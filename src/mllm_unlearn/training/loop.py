@@ -524,6 +524,7 @@ def _save_checkpoint(accelerator: Any, cfg: TrainConfig, result: TrainResult, ep
         shutil.rmtree(fresh, ignore_errors=True)
     accelerator.wait_for_everyone()
     accelerator.save_state(str(fresh), safe_serialization=False)  # tied weights (embeddings) pickle as one
+    accelerator.wait_for_everyone()  # every process's RNG state is written before the swap
     if accelerator.is_main_process:
         torch.save(sampler_state, fresh / "sampler_generator.pt")
         (fresh / CHECKPOINT_POSITION).write_text(json.dumps(
