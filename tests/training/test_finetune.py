@@ -133,7 +133,9 @@ def test_cli_finetune_pauses_resumes_and_names_bad_input(tmp_path, world_dir):
            ("--loss-on", "everything"): "--loss-on 'everything'",
            ("--full", "--keep-adapter"): "--keep-adapter writes the LoRA adapters",
            ("--recipe", "builtin"): "--recipe builtin: --epochs is for the mllmu and clear recipes",
-           ("--recipe", "mllmu", "--inject-epochs", "2"): "--recipe mllmu takes --epochs"}
+           ("--recipe", "mllmu", "--inject-epochs", "2"): "--recipe mllmu takes --epochs",
+           ("--shard", "fsdp"): "--shard fsdp is for full fine-tuning (--full)",
+           ("--full", "--shard", "fsdp", "--save-every", "2"): "not supported with --shard fsdp"}
     for options, message in bad.items():
         result = CliRunner().invoke(app, ["finetune", "--out", str(tmp_path / "other"), *common, *options])
         assert result.exit_code == 2 and message in result.output, (options, result.output)

@@ -287,8 +287,19 @@ def run_finetune(job: FinetuneJob) -> dict[str, Any]:
     from ..data import WorldConfig
     from .inject import INJECTION_META, injection_meta_text
 
+    from ..utils import init_distributed, resolve_device
+    from . import sharding
+
+    # As a run: before accelerate's state exists, DeepSpeed refused and `accelerate launch --use_fsdp` claimed.
+    sharding.refuse_deepspeed("mllm-unlearn finetune")
+    job = replace(job, finetune=replace(job.finetune, shard=sharding.claim_accelerate_fsdp(job.finetune.shard)))
     cfg = job.finetune
     recipe = resolve_recipe(cfg)  # bad options fail before any work
+    if cfg.shard is not None and recipe.lora is not None:
+        raise ValueError(f"--shard fsdp is for full fine-tuning (--full); the {recipe.name} recipe's LoRA fits one GPU")
+    if cfg.shard is not None and (cfg.save_every is not None or cfg.resume or cfg.stop_after is not None):
+        raise ValueError("--save-every, --resume and --stop-after are not supported with --shard fsdp yet")
+    init_distributed(cpu=resolve_device(job.device).type == "cpu")
     check_output(job.out, cfg.resume)
     if cfg.keep_adapter and recipe.lora is None:
         raise ValueError("--keep-adapter writes the LoRA adapters: it needs a LoRA recipe (not --full)")
