@@ -23,7 +23,8 @@ def test_two_process_cli_run_matches_one_process(benchmark, words, tmp_path):
     env = {**os.environ, "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false"}
     common = ["run", "--model", str(tmp_path / "vanilla"), "--people", str(SMALL_WORLD.fictitious),
               "--real-people", str(SMALL_WORLD.real_world), "--method", "graddiff", "--max-steps", "3", "--tasks", "mcq",
-              "--device", "cpu", "--runs-dir", str(tmp_path / "runs"), "--cache-dir", str(tmp_path / "cache"), "--quiet"]
+              "--device", "cpu", "--runs-dir", str(tmp_path / "runs"), "--cache-dir", str(tmp_path / "cache"), "--quiet",
+              "--allow-unknown"]
     subprocess.run([sys.executable, "-m", "mllm_unlearn", *common, "--name", "one", "--batch-size", "8"],
                    check=True, env=env, stdout=subprocess.DEVNULL)
     subprocess.run([accelerate, "launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",

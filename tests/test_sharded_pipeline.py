@@ -23,7 +23,7 @@ def test_accelerate_fsdp_launch_runs_the_cli_sharded_and_writes_the_report(tiny_
                     "--real-people", str(SMALL_WORLD.real_world), "--method", "graddiff", "--max-steps", "2",
                     "--batch-size", "4", "--tasks", "mcq", "--no-mia", "--no-relearn", "--device", "cpu",
                     "--runs-dir", str(tmp_path / "runs"), "--cache-dir", str(tmp_path / "cache"), "--quiet",
-                    "--name", "sharded"], check=True, env=env, stdout=subprocess.DEVNULL)
+                    "--allow-unknown", "--name", "sharded"], check=True, env=env, stdout=subprocess.DEVNULL)
     run = tmp_path / "runs" / "sharded"
     results = json.loads((run / "results.json").read_text())
     assert results["config"]["processes"] == 2 and results["config"]["method_config"]["shard"] == "fsdp"

@@ -35,7 +35,7 @@ def sweep_setup(tmp_path_factory):
                     cache_dir=str(root / "cache"), device="cpu",
                     injection=InjectionConfig(pretrain_epochs=2, finetune_epochs=3, skill_max_steps=10),
                     method_cfg=MethodConfig(progress=False), eval=EvalConfig(progress=False), progress=False,
-                    mia=None, relearn=None)
+                    mia=None, relearn=None, allow_unknown=True)
     return root, cfg
 
 

@@ -56,7 +56,8 @@ def run(
     forget: int = typer.Option(10, help="Forget split percentage: 5, 10 or 15 (MLLMU-Bench); 1, 5 or 10 (CLEAR)."),
     tofu: bool = typer.Option(False, help="CLEAR: train on the +tofu configs (captions + TOFU text QA)."),
     gold_model: Optional[Path] = typer.Option(
-        None, help="CLEAR: checkpoint fine-tuned on the retain split only, for forget quality (default: trained here)."),
+        None, help="CLEAR: checkpoint fine-tuned on the retain split only, for forget quality (`mllm-unlearn finetune "
+                   "--retain-only` makes one; default: trained here for tiny models)."),
     method: Optional[str] = typer.Option(None, help="Unlearning method name (default ga, or the preset's)."),
     preset: Optional[Path] = typer.Option(
         None, help="A preset file (e.g. the preset.json `mllm-unlearn sweep` writes): its values override the "
@@ -102,6 +103,13 @@ def run(
         help="Knowledge injection: probability that an open-QA draw is asked with MLLMU-Bench's generation "
              "instruction, and the same for its fill-in-the-blank form (e.g. 0.25; 0 = off, the default). "
              "Teaches a from-scratch model those formats; see the README for what it costs."),
+    min_knowledge: float = typer.Option(
+        15.0, min=0.0, help="Knowledge check before unlearning: the vanilla model's classification accuracy on the "
+                            "forget split must reach chance + this many points in each modality the method targets, "
+                            "else the run stops (recorded in results.json)."),
+    allow_unknown: bool = typer.Option(
+        False, help="Go on when the knowledge check fails (the report says the vanilla model did not know the "
+                    "forget people)."),
     mia: bool = typer.Option(True, help="Membership inference (forget vs held-out people) before and after unlearning."),
     relearn: bool = typer.Option(True, help="Relearning attack on the unlearned model (a curve over steps)."),
     relearn_steps: int = typer.Option(20, help="Fine-tuning steps of the relearning attack."),
@@ -188,7 +196,7 @@ def run(
                         mia=MIAConfig() if mia else None,
                         relearn=RelearnConfig(steps=relearn_steps, eval_every=max(1, relearn_steps // 4), seed=seed,
                                               lr=relearn_lr, lora=relearn_mode) if relearn else None,
-                        preset=preset_file)
+                        preset=preset_file, min_knowledge=min_knowledge, allow_unknown=allow_unknown)
         results = run_pipeline(cfg)
     except (ValueError, FileNotFoundError, FloatingPointError, UnlearningDiverged) as error:
         typer.secho(f"error: {error}", fg=typer.colors.RED, err=True)
@@ -200,6 +208,102 @@ def run(
     run_dir = runs_dir / name
     typer.echo((run_dir / "report.md").read_text())
     typer.echo(f"Wrote {run_dir / 'results.json'}, {run_dir / 'report.md'} and {run_dir / 'report.html'}")
+
+
+@app.command()
+def finetune(
+    out: Path = typer.Option(..., help="New folder for the fine-tuned checkpoint (finetune.json, written last, marks "
+                                       "it finished)."),
+    model: Optional[Path] = typer.Option(
+        None, help="Base checkpoint of a supported family (e.g. llava-1.5-7b-hf); default: a fresh tiny model of "
+                   "--family built here, its tokenizer from the benchmark's texts."),
+    benchmark: Optional[str] = typer.Option(
+        None, help="A directory in MLLMU-Bench's or CLEAR's layout, or 'clear'; default: the built-in world."),
+    recipe: str = typer.Option(
+        "mllmu", help="mllmu (MLLMU-Bench's finetune.py: LoRA r16 a16, lr 2e-5, 5 epochs, batch 4), clear (CLEAR's: "
+                      "LoRA r8 a32, lr 1e-5, 3 epochs, batch 4 x accumulation 2, one warmup epoch) or builtin (the "
+                      "tool's knowledge-injection curriculum for tiny models)."),
+    retain_only: bool = typer.Option(
+        False, help="Train on the retain split only (the forget people left out): the gold model of CLEAR's forget "
+                    "quality and NPO's retain reference (`run --gold-model`, `-o reference=`)."),
+    forget: int = typer.Option(10, help="--retain-only: the forget split whose people are left out (as `run --forget`)."),
+    tofu: bool = typer.Option(False, help="CLEAR: train on the +tofu configs (captions + TOFU text QA)."),
+    lora: Optional[bool] = typer.Option(None, "--lora/--full",
+                                        help="LoRA adapters (the recipe's rank) or full fine-tuning; default: the "
+                                             "recipe's (mllmu, clear: LoRA; builtin: full)."),
+    loss_on: Optional[str] = typer.Option(
+        None, help="'answer' (default: the answer tokens only) or 'prompt+answer' (MLLMU-Bench's published loss)."),
+    keep_adapter: bool = typer.Option(False, help="Write a peft adapter folder (PeftModel.from_pretrained(base, OUT)) "
+                                                  "instead of the merged checkpoint."),
+    epochs: Optional[int] = typer.Option(None, help="Override the recipe's epochs (recorded)."),
+    lr: Optional[float] = typer.Option(None, help="Override the recipe's learning rate (recorded)."),
+    batch_size: Optional[int] = typer.Option(None, help="Override the recipe's batch size per process (recorded)."),
+    max_steps: Optional[int] = typer.Option(None, help="Stop after this many optimizer steps (the schedule too)."),
+    gradient_checkpointing: bool = typer.Option(False, "--gradient-checkpointing/--no-gradient-checkpointing",
+                                                help="Recompute activations in the backward pass (less memory)."),
+    shard: Optional[str] = typer.Option(None, help="'fsdp': full fine-tuning sharded over the processes of "
+                                                   "`accelerate launch` with FSDP2 (with --full)."),
+    save_every: Optional[int] = typer.Option(None, min=1, help="Save a resumable state every N optimizer steps (model, "
+                                                               "optimizer, scheduler, RNG, data position) in "
+                                                               "OUT.finetune-state."),
+    resume: bool = typer.Option(False, help="Continue the fine-tune whose state OUT.finetune-state holds."),
+    stop_after: Optional[int] = typer.Option(None, min=1, help="Pause after this many steps in all, the state saved "
+                                                               "(a time-sliced job); --resume continues."),
+    family: str = typer.Option("llava", help="Without --model: the tiny model family to build."),
+    people: Optional[int] = typer.Option(None, help="Built-in world: fictitious people (default 100)."),
+    real_people: Optional[int] = typer.Option(None, help="Built-in world: real-world people (default 30)."),
+    inject_epochs: Optional[int] = typer.Option(None, help="--recipe builtin: epochs on the benchmark people."),
+    pretrain_epochs: Optional[int] = typer.Option(None, help="--recipe builtin: epochs on the real-world people."),
+    seed: int = typer.Option(0, help="Seed for everything (the built-in world's and the forget split's too)."),
+    device: str = typer.Option("auto", help="auto, cpu, cuda or cuda:N."),
+    dtype: str = typer.Option("auto", help="auto (the checkpoint's own; float16 loads as bfloat16), float32 or "
+                                           "bfloat16 (trained as fp32 master weights with a bf16 forward)."),
+    max_pixels: Optional[int] = typer.Option(None, help="Qwen families: cap on each image's pixels."),
+    cache_dir: Path = typer.Option(Path(".cache/mllm_unlearn"), help="Cache of generated benchmarks."),
+    quiet: bool = typer.Option(False, help="No progress bars."),
+) -> None:
+    """Fine-tune a base model on a benchmark's people (the vanilla model; with --retain-only the
+    gold model) with a benchmark's recipe; writes a checkpoint and finetune.json."""
+    from .data import WorldConfig
+    from .training import InjectionConfig
+    from .training.finetune import FinetuneConfig, FinetuneJob, run_finetune
+    from .training.loop import TrainingPaused
+
+    try:
+        injection = None
+        if recipe == "builtin":
+            injection = InjectionConfig(seed=seed)
+            if inject_epochs is not None:
+                injection = replace(injection, finetune_epochs=inject_epochs)
+            if pretrain_epochs is not None:
+                injection = replace(injection, pretrain_epochs=pretrain_epochs)
+        elif inject_epochs is not None or pretrain_epochs is not None:
+            raise ValueError("--inject-epochs and --pretrain-epochs set the builtin recipe's curriculum; "
+                             f"--recipe {recipe} takes --epochs")
+        cfg = FinetuneConfig(recipe=recipe, retain_only=retain_only, lora=lora, loss_on=loss_on, epochs=epochs, lr=lr,
+                             batch_size=batch_size, max_steps=max_steps, gradient_checkpointing=gradient_checkpointing,
+                             shard=shard, save_every=save_every, resume=resume, stop_after=stop_after,
+                             keep_adapter=keep_adapter, seed=seed, injection=injection, progress=not quiet)
+        job = FinetuneJob(out=str(out), model=str(model) if model else None, benchmark=benchmark, finetune=cfg,
+                          family=family, world=WorldConfig(fictitious=people or 100, real_world=real_people or 30,
+                                                           seed=seed),
+                          forget_percent=forget, clear_tofu=tofu, device=device, dtype=dtype, max_pixels=max_pixels,
+                          cache_dir=str(cache_dir))
+        meta = run_finetune(job)
+    except TrainingPaused as paused:
+        typer.echo(f"{paused} (mllm-unlearn finetune ... --resume)")
+        return
+    except (ValueError, FileNotFoundError, FileExistsError, FloatingPointError) as error:
+        typer.secho(f"error: {error}", fg=typer.colors.RED, err=True)
+        raise typer.Exit(code=2)
+    from .utils import is_main_process
+
+    if is_main_process():
+        curve = meta["loss_curve"]
+        last = curve[-1] if isinstance(curve, list) and curve else None
+        typer.echo(f"Wrote {meta['output']} {out} (recipe {meta['recipe']['name']}"
+                   f"{', retain split only' if retain_only else ''}, {meta['steps']} steps"
+                   + (f", last loss {last:.4f}" if last is not None else "") + f") and {out / 'finetune.json'}")
 
 
 @app.command()

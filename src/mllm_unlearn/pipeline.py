@@ -19,6 +19,7 @@ from .data.text_forms import text_only_forms
 from .eval import EvalConfig, Evaluator
 from .eval.clear import ClearEvalConfig, ClearEvaluator
 from .eval.generalisation import generalisation_breakdown
+from .eval.knowledge import DEFAULT_MIN_KNOWLEDGE, KnowledgeCheckFailed, failure_message, knowledge_check
 from .eval.mia import MIAConfig, membership_inference, mia_items
 from .eval.relearn import RelearnConfig, RelearnNotApplicable, relearn_attack, resolve_relearn
 from .eval.tradeoff import tradeoff
@@ -29,8 +30,8 @@ from .models import VLM, TinySize, load_vlm
 from .models.tiny import build_tiny_vlm, words_of
 from .report import render_html, render_markdown
 from .sweep import preset_record
-from .training.inject import (INJECTION_META, InjectionConfig, inject_knowledge, injection_cache_key, injection_meta_text,
-                              injection_texts)
+from .training.finetune import FINETUNE_META
+from .training.inject import INJECTION_META, InjectionConfig, injection_cache_key, injection_meta_text, injection_texts
 from .utils import (atomic_write_text, dtype_name, init_distributed, is_main_process, peak_memory_mb, process_rank_and_count,
                     resolve_device, seed_everything, stable_hash, wait_for_everyone)
 
@@ -74,6 +75,11 @@ class RunConfig:
     # A preset file's content (``sweep.load_preset``): recorded in results.json; a preset chosen on
     # a carved-out validation split takes those people out of the reported splits.
     preset: dict[str, Any] | None = None
+    # Knowledge check before unlearning (eval/knowledge.py): the vanilla model's forget-split
+    # classification accuracy must reach chance + ``min_knowledge`` points in every modality the
+    # method targets, else the run stops; ``allow_unknown`` goes on (and the report says so).
+    min_knowledge: float = DEFAULT_MIN_KNOWLEDGE
+    allow_unknown: bool = False
 
 
 def benchmark_texts(benchmark: Benchmark) -> list[str]:
@@ -146,16 +152,38 @@ def prepare_benchmark(cfg: RunConfig) -> tuple[Benchmark, str]:
     return load_mllmu(root, cfg.forget_percent, seed=cfg.seed), key
 
 
+def build_tiny_base(cfg: RunConfig, vocabulary_of: Benchmark) -> VLM:
+    """A fresh tiny model of ``cfg.family`` whose tokenizer spells ``vocabulary_of`` (and the
+    injection's own texts): the base every tiny vanilla and gold model is trained from."""
+    seed_everything(cfg.seed)
+    return build_tiny_vlm(cfg.family, words_of(benchmark_texts(vocabulary_of) + injection_texts(cfg.injection)), cfg.size,
+                          seed=cfg.injection.seed, device=str(resolve_device(cfg.device)))
+
+
+def injection_meta_for(cfg: RunConfig, benchmark_key: str, retain_only: bool, benchmark: Benchmark,
+                       record: dict[str, Any]) -> dict[str, Any]:
+    """injection.json of a tiny model trained here by ``mllm-unlearn finetune`` (``record``: its
+    finetune.json record): what a run reads to treat it as one of the tool's own models."""
+    meta = {"family": cfg.family, "injection": cfg.injection.to_dict() if record["recipe"]["name"] == "builtin" else None,
+            "recipe": record["recipe"]["name"], "size": asdict(cfg.size), "history": record.get("history"),
+            "benchmark": benchmark_key}
+    if retain_only:
+        meta.update(retain_only=True, forget_ids=benchmark.forget_ids)
+    return meta
+
+
 def _injected_tiny_model(cfg: RunConfig, vocabulary_of: Benchmark, trained_on: Benchmark, path: Path,
                          meta: dict[str, Any]) -> tuple[VLM, bool]:
     """The cached model at ``path``, or a tiny model whose tokenizer spells ``vocabulary_of``
-    trained on ``trained_on`` with the knowledge-injection curriculum, then cached there."""
+    trained on ``trained_on`` with the knowledge-injection curriculum (the fine-tuning
+    trainer's ``builtin`` recipe), then cached there."""
+    from .training.finetune import FinetuneConfig, finetune
+
     if (path / INJECTION_META).is_file():
         return load_vlm(path, cfg.device, cfg.dtype, cfg.max_pixels), False
-    seed_everything(cfg.seed)
-    vlm = build_tiny_vlm(cfg.family, words_of(benchmark_texts(vocabulary_of) + injection_texts(cfg.injection)), cfg.size,
-                         seed=cfg.injection.seed, device=str(resolve_device(cfg.device)))
-    history = inject_knowledge(vlm, trained_on, cfg.injection, progress=cfg.progress)
+    vlm = build_tiny_base(cfg, vocabulary_of)
+    history = finetune(vlm, trained_on, FinetuneConfig(recipe="builtin", injection=cfg.injection, seed=cfg.injection.seed,
+                                                       progress=cfg.progress))["history"]
     if is_main_process():  # every process holds the same weights (DDP); one writes them
         # injection.json marks a finished cache entry: it appears together with the weights.
         vlm.save(path, extra_files={INJECTION_META: injection_meta_text(
@@ -203,6 +231,7 @@ def prepare_retain_model(cfg: RunConfig, benchmark: Benchmark, benchmark_key: st
     gold checkpoint there is no way to train one here, and ``(None, None, False)`` comes back.
     """
     if cfg.gold_model:
+        check_gold_model(cfg.gold_model, benchmark)
         return load_vlm(cfg.gold_model, cfg.device, cfg.dtype, cfg.max_pixels), cfg.gold_model, False
     if cfg.model:
         return None, None, False
@@ -212,6 +241,35 @@ def prepare_retain_model(cfg: RunConfig, benchmark: Benchmark, benchmark_key: st
     vlm, trained = _injected_tiny_model(cfg, benchmark, benchmark.retain_only(), path,
                                         {"benchmark": benchmark_key, "retain_only": True, "forget_ids": benchmark.forget_ids})
     return vlm, str(path), trained
+
+
+def gold_model_record(path: str | None, cfg: RunConfig) -> dict[str, Any] | None:
+    """Which gold model CLEAR's forget quality used, and how it was made (results.json)."""
+    if path is None:
+        return None
+    folder = Path(path)
+    if (folder / FINETUNE_META).is_file():
+        meta = json.loads((folder / FINETUNE_META).read_text())
+        return {"path": path, "made_by": f"mllm-unlearn finetune --retain-only (recipe {meta['recipe']['name']})",
+                "base_model": meta.get("base_model"), "recipe": meta["recipe"]["name"]}
+    if cfg.gold_model:
+        return {"path": path, "made_by": "given with --gold-model (not made by mllm-unlearn finetune)"}
+    return {"path": path, "made_by": "trained by this tool on the retain split (builtin recipe), cached",
+            "recipe": "builtin"}
+
+
+def check_gold_model(path: str, benchmark: Benchmark, option: str = "--gold-model") -> None:
+    """A gold (or NPO reference) model made by ``finetune`` must be a retain-only one of this forget split."""
+    meta_file = Path(path) / FINETUNE_META
+    if not meta_file.is_file():
+        return  # a user's checkpoint: nothing recorded to check
+    meta = json.loads(meta_file.read_text())
+    if not meta.get("retain_only"):
+        raise ValueError(f"{option} {path} was fine-tuned on every person ({meta_file} says retain_only false): "
+                         "make the retain-only model with `mllm-unlearn finetune --retain-only`")
+    if sorted(meta.get("forget_ids") or []) != sorted(benchmark.forget_ids):
+        raise ValueError(f"{option} {path} left out other forget people than this run's forget split "
+                         f"({meta_file}): make it with the same --benchmark, --forget and --seed")
 
 
 def clear_eval_config(cfg: EvalConfig) -> ClearEvalConfig:
@@ -391,6 +449,9 @@ def run_pipeline(cfg: RunConfig) -> dict[str, Any]:
 
         benchmark = exclude_validation_people(benchmark, cfg.preset, benchmark_key)
     timings["benchmark"] = time.perf_counter() - start
+    given_reference = cfg.method_cfg.extra.get("reference") if cfg.edit is None else None
+    if isinstance(given_reference, str) and given_reference not in ("vanilla", RETAIN_REFERENCE):
+        check_gold_model(given_reference, benchmark, option="-o reference=")  # before any training or evaluation
 
     start = time.perf_counter()
     vlm, model_path, trained = prepare_vanilla(cfg, benchmark, benchmark_key)
@@ -424,6 +485,16 @@ def run_pipeline(cfg: RunConfig) -> dict[str, Any]:
         start = time.perf_counter()
         vanilla = evaluator.evaluate(benchmark)
     timings["evaluate vanilla"] = time.perf_counter() - start
+    # Before any unlearning: a model that never knew the forget people has nothing to forget.
+    targeted = getattr(method, "target_modalities", ("vqa", "qa")) if cfg.edit is None else ("vqa", "qa")
+    knowledge = knowledge_check(vanilla, benchmark.protocol, targeted, cfg.min_knowledge, cfg.allow_unknown)
+    if knowledge.get("passed") is False:
+        if not cfg.allow_unknown:
+            raise KnowledgeCheckFailed(failure_message(knowledge))
+        if is_main_process():
+            import sys
+
+            print(f"warning: {failure_message(knowledge)} Going on (--allow-unknown).", file=sys.stderr)
 
     if cfg.method_cfg is not None and cfg.method_cfg.gradient_checkpointing is None:  # resolved here, so results.json records it
         cfg = replace(cfg, method_cfg=replace(cfg.method_cfg, gradient_checkpointing=not built_here))
@@ -440,6 +511,8 @@ def run_pipeline(cfg: RunConfig) -> dict[str, Any]:
         timings["train retain-only reference" if reference_trained else "load retain-only reference"] = \
             time.perf_counter() - start
         method_cfg = replace(method_cfg, extra={**method_cfg.extra, "reference": reference_path})
+    elif isinstance(given_reference, str) and given_reference != "vanilla":
+        reference_path = given_reference  # a given checkpoint (e.g. `finetune --retain-only`): recorded
 
     seed_everything(cfg.seed)
     start = time.perf_counter()
@@ -493,13 +566,18 @@ def run_pipeline(cfg: RunConfig) -> dict[str, Any]:
         # a --preset file (e.g. a sweep's choice) applied on top of the preset above
         "preset_file": preset_record(cfg.preset) if cfg.preset is not None else None,
     }
+    config.update(min_knowledge=cfg.min_knowledge, allow_unknown=cfg.allow_unknown)
     if clear:
-        config.update({"gold_model_path": gold_path, "clear_tofu": cfg.clear_tofu})
+        config.update({"gold_model_path": gold_path, "gold_model": gold_model_record(gold_path, cfg),
+                       "clear_tofu": cfg.clear_tofu})
     if reference_path:
         config["reference_model_path"] = reference_path
+        given = cfg.method_cfg is not None and cfg.method_cfg.extra.get("reference") != RETAIN_REFERENCE
+        config["reference_model"] = gold_model_record(reference_path, replace(cfg, gold_model=reference_path) if given else cfg)
     results = {
         "config": config,
         "protocol": benchmark.protocol,
+        "knowledge_check": knowledge,
         "vanilla": vanilla,
         "unlearned": unlearned,
         **({"gold": gold} if clear else {}),

@@ -400,6 +400,17 @@ def render_html(runs: Sequence[dict[str, Any]], title: str | None = None) -> str
     parts.append(f"<p class='note'>Benchmark {html.escape(', '.join(benchmarks))}; model family "
                  f"{html.escape(', '.join(families))}; headline metric: {html.escape(metric_label)}. "
                  "Forget and test should fall, retain and real-world should stay.</p>")
+    if len(runs) == 1 and runs[0].get("knowledge_check", {}).get("modalities"):
+        check = runs[0]["knowledge_check"]
+        parts += ["<h2>The vanilla model's knowledge of the forget people</h2>",
+                  _table(["modality", "forget accuracy (%)", "chance (%)", "threshold (%)", "knows them"],
+                         [[m, _fmt(c["accuracy"], 1), _fmt(c["chance"], 1), _fmt(c["threshold"], 1),
+                           "yes" if c["passed"] else "no"] for m, c in check["modalities"].items()], "knowledge"),
+                  f"<p class='note'>Measured as {html.escape(check['method'])} on the forget split before unlearning; "
+                  f"threshold = chance + {check['min_knowledge']:g} points."
+                  + (" <strong>The vanilla model does not clearly know the forget people; the run went on because of "
+                     "--allow-unknown: the figures below do not show forgetting.</strong>"
+                     if check.get("proceeded_without_knowledge") else "") + "</p>"]
     header, rows = summary_rows(runs, metric)
     parts += ["<h2>Results</h2>", _table(header, rows, "results summary"),
               "<p class='note'>MIA AUC: P(held-out item scores as less familiar than a forget item); about 1 = "

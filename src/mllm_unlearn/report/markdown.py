@@ -3,6 +3,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from ..eval.knowledge import knowledge_markdown
 from ..eval.metrics import STILL_KNOWN, people_still_known, per_person_accuracy
 
 SPLIT_LABELS = {"forget": "Forget", "test": "Test (paraphrased, transformed images)", "retain": "Retain",
@@ -82,10 +83,13 @@ def render_markdown(results: dict[str, Any]) -> str:
         lines = [f"# Unlearning report: {config['name']}", "",
                  f"- Method: **{config['method']}** on `{config['benchmark_name']}` (CLEAR protocol), model family "
                  f"**{config['family']}** (`{config['model_path']}`)", *_edit_source(config),
-                 f"- Gold model (retain split only): `{config.get('gold_model_path')}`; seed {config['seed']}", ""]
+                 f"- Gold model (retain split only) of forget quality: `{config.get('gold_model_path')}`"
+                 + (f" ({(config.get('gold_model') or {}).get('made_by')})" if config.get("gold_model") else "")
+                 + f"; seed {config['seed']}", ""]
         lines[-1:-1] = _preset_line(config)
-        return "\n".join(lines + failures_markdown(results) + render_clear(results) + robustness_markdown(results)
-                         + _cost_lines(results)) + "\n"
+        return "\n".join(lines + failures_markdown(results) + knowledge_markdown(results.get("knowledge_check"))
+                          + ([""] if results.get("knowledge_check") else []) + render_clear(results)
+                          + robustness_markdown(results) + _cost_lines(results)) + "\n"
     config = results["config"]
     vanilla = results["vanilla"]["figures"]
     unlearned = results.get("unlearned", {}).get("figures", {})
@@ -99,6 +103,7 @@ def render_markdown(results: dict[str, Any]) -> str:
         *_preset_line(config),
         *hyperparameter_lines(config),
         *failures_markdown(results),
+        *knowledge_markdown(results.get("knowledge_check")),
         "",
         "Each cell: vanilla → unlearned. Forget and test should fall; retain and real-world should stay.",
         "",

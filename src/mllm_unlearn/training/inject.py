@@ -184,8 +184,18 @@ def _facts(items: Sequence[Item]) -> int:
 
 def inject_knowledge(vlm: VLM, benchmark: Benchmark, cfg: InjectionConfig | None = None,
                      progress: bool = True) -> dict[str, Any]:
-    """Train ``vlm`` in place on the benchmark's training data; returns the loss history."""
+    """Train ``vlm`` in place on the benchmark's training data; returns the loss history.
+
+    The ``builtin`` recipe of the fine-tuning trainer (``training/finetune.py``)."""
+    from .finetune import FinetuneConfig, finetune
+
     cfg = cfg or InjectionConfig()
+    return finetune(vlm, benchmark, FinetuneConfig(recipe="builtin", injection=cfg, seed=cfg.seed,
+                                                   progress=progress))["history"]
+
+
+def _builtin_curriculum(vlm: VLM, benchmark: Benchmark, cfg: InjectionConfig, progress: bool = True) -> dict[str, Any]:
+    """The knowledge-injection curriculum: the skill stage, then the two knowledge stages."""
     encoder = Encoder(vlm)
 
     names = benchmark.meta.get("names", {}) if cfg.identity_copies else {}
@@ -292,7 +302,7 @@ def inject_knowledge(vlm: VLM, benchmark: Benchmark, cfg: InjectionConfig | None
         result = train(vlm.model, examples, stage_collate, loss, train_cfg, description=f"inject: {name}",
                        stop_check=stop_check, check_every=cfg.learned_check_every)
         history[name] = {"steps": result.steps, "first_loss": result.losses[0], "last_loss": result.losses[-1],
-                         "stopped_when_learned": result.stopped_early, "learned": learned}
+                         "stopped_when_learned": result.stopped_early, "learned": learned, "losses": result.losses}
     return history
 
 
@@ -395,7 +405,7 @@ def _skill_stage(vlm: VLM, benchmark: Benchmark, cfg: InjectionConfig, renderer:
     result = train(vlm.model, pool, collate, loss, train_cfg, description="inject: multiple-choice skill",
                    stop_check=reached, check_every=cfg.skill_check_every)
     return {"steps": result.steps, "people": len(people), "first_loss": result.losses[0],
-            "last_loss": result.losses[-1], "mcq_accuracy": accuracies}
+            "last_loss": result.losses[-1], "mcq_accuracy": accuracies, "losses": result.losses}
 
 
 def injection_cache_key(family: str, size: dict[str, Any], benchmark_key: str, cfg: InjectionConfig) -> str:

@@ -46,6 +46,20 @@ class TrainConfig:
     # Recompute each transformer block's activations in the backward pass instead of keeping
     # them (non-reentrant torch.utils.checkpoint): activation memory ~ one block instead of all.
     gradient_checkpointing: bool = False
+    # Micro-batches per optimizer step (their losses averaged): the effective batch is
+    # batch_size x grad_accumulation per process. A "step" (max_steps, schedule, checks) is an
+    # optimizer step.
+    grad_accumulation: int = 1
+    # Warmup as a number of epochs' steps (CLEAR: one epoch); None: ``warmup_ratio`` of all steps.
+    warmup_epochs: float | None = None
+    # Resumable training (``save_every`` steps, into ``checkpoint_dir``; ``resume`` continues from
+    # the checkpoint there): model, optimizers, schedulers and RNG via accelerate's save_state,
+    # plus the data position. ``stop_after``: save a checkpoint after this many steps in all and
+    # raise ``TrainingPaused`` (a time-sliced job; the next call with ``resume`` continues).
+    save_every: int | None = None
+    checkpoint_dir: str | None = None
+    resume: bool = False
+    stop_after: int | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -116,8 +130,20 @@ class ListDataset(Dataset):
         return self.examples[index]
 
 
-def _lr_lambda(cfg: TrainConfig, total: int) -> Callable[[int], float]:
-    warmup = int(total * cfg.warmup_ratio)
+class TrainingPaused(RuntimeError):
+    """Training stopped at ``TrainConfig.stop_after`` steps, its state saved for ``resume``."""
+
+    def __init__(self, message: str, result: "TrainResult"):
+        super().__init__(message)
+        self.result = result
+
+
+CHECKPOINT_POSITION = "position.json"  # the data position beside accelerate's state: marks a finished checkpoint
+
+
+def _lr_lambda(cfg: TrainConfig, total: int, steps_per_epoch: int | None = None) -> Callable[[int], float]:
+    warmup = int(total * cfg.warmup_ratio) if cfg.warmup_epochs is None or steps_per_epoch is None \
+        else round(cfg.warmup_epochs * steps_per_epoch)
 
     def factor(step: int) -> float:
         if step < warmup:
@@ -187,6 +213,18 @@ def train(
     if shard and cfg.lora is not None:
         raise ValueError(f"{description}: --shard fsdp is for full fine-tuning; LoRA runs fit one GPU, "
                          "launch them without --shard")
+    if cfg.grad_accumulation < 1:
+        raise ValueError(f"{description}: grad_accumulation must be >= 1, got {cfg.grad_accumulation}")
+    if cfg.grad_accumulation > 1 and phases:
+        raise ValueError(f"{description}: gradient accumulation is not supported with several optimizer phases")
+    resumable = cfg.save_every is not None or cfg.resume or cfg.stop_after is not None
+    if resumable and not cfg.checkpoint_dir:
+        raise ValueError(f"{description}: save_every, resume and stop_after need a checkpoint_dir")
+    if resumable and shard:
+        raise ValueError(f"{description}: resumable checkpoints (--save-every/--resume) are not supported with "
+                         "--shard fsdp yet; train without --shard or without checkpoints")
+    if cfg.save_every is not None and cfg.save_every < 1:
+        raise ValueError(f"{description}: save_every must be >= 1, got {cfg.save_every}")
     if shard and stop_check is not None:
         raise ValueError(f"{description}: early stopping checks the caller's model, which a sharded run "
                          "only updates at the end; train without --shard")
@@ -336,14 +374,19 @@ def _train_steps(model: torch.nn.Module, base_model: torch.nn.Module, examples: 
         if cfg.samples_per_epoch is None or cfg.samples_per_epoch <= len(dataset) else \
         RandomSampler(dataset, replacement=True, num_samples=cfg.samples_per_epoch, generator=generator)
     loader = DataLoader(dataset, batch_size=cfg.batch_size, sampler=sampler, collate_fn=collate_fn, drop_last=False)
-    steps_per_epoch = math.ceil(len(sampler) / cfg.batch_size / accelerator.num_processes)
+    accumulation = cfg.grad_accumulation
+    batches_per_epoch = math.ceil(len(sampler) / cfg.batch_size / accelerator.num_processes)
+    steps_per_epoch = math.ceil(batches_per_epoch / accumulation)
     total = cfg.max_steps or steps_per_epoch * cfg.epochs
-    schedulers = [torch.optim.lr_scheduler.LambdaLR(o, _lr_lambda(cfg, total)) for o in optimizers]
+    schedulers = [torch.optim.lr_scheduler.LambdaLR(o, _lr_lambda(cfg, total, steps_per_epoch)) for o in optimizers]
     if shard:  # FSDP2 does the gradient averaging; accelerate only shares the batches out
         loader = accelerator.prepare(loader)
     else:
         model, loader, *prepared = accelerator.prepare(model, loader, *optimizers, *schedulers)
         optimizers, schedulers = prepared[: len(optimizers)], prepared[len(optimizers):]
+    epoch, skip_batches = 0, 0
+    if cfg.resume:  # after prepare: accelerate restores into the prepared objects
+        epoch, skip_batches = _load_checkpoint(accelerator, cfg, generator, result, description)
     if on_model is not None:
         on_model(model if shard else base_model)
     # Right before the try: the finally below switches it off again, errors included. Sharded:
@@ -351,14 +394,27 @@ def _train_steps(model: torch.nn.Module, base_model: torch.nn.Module, examples: 
     checkpointing_was_on = _set_checkpointing(model if shard else base_model, True) \
         if cfg.gradient_checkpointing else None
     model.train()
-    bar = tqdm(total=total, desc=description, disable=not cfg.progress or not accelerator.is_local_main_process)
+    bar = tqdm(total=total, initial=result.steps, desc=description,
+               disable=not cfg.progress or not accelerator.is_local_main_process)
     try:
-        epoch = 0
         while result.steps < total:
             if on_epoch is not None:  # before the pass draws its first batch (collate may depend on it)
                 on_epoch(epoch)
+            # The sampler draws the epoch's order lazily from ``generator``: its state now fixes the epoch.
+            epoch_start_state = generator.get_state()
             epoch += 1
-            for batch in loader:
+            epoch_loader = _resumed(accelerator.skip_first_batches(loader, skip_batches)) if skip_batches else loader
+            position, skip_batches = skip_batches, 0
+            micro_losses: list[float] = []
+            for batch in epoch_loader:
+                position += 1
+                # The last group of an epoch may be short: its losses are averaged over what it has.
+                group = min(accumulation, batches_per_epoch - (position - 1) // accumulation * accumulation)
+                if accumulation > 1 and position % accumulation != 0 and position < batches_per_epoch:
+                    with nullcontext() if shard else accelerator.no_sync(model):
+                        micro_losses.append(_accumulate(model, batch, loss_fn, compute, accelerator, shard, group,
+                                                        description, result))
+                    continue
                 value = 0.0
                 for phase, optimizer, scheduler in zip(phase_names, optimizers, schedulers):
                     with compute():  # mixed precision: bf16 forward over fp32 master weights
@@ -370,10 +426,11 @@ def _train_steps(model: torch.nn.Module, base_model: torch.nn.Module, examples: 
                         where = f" ({phase} phase)" if phases else ""
                         raise FloatingPointError(f"{description}: loss became {loss.item()} at step {result.steps}{where}; "
                                                  "the model was left at its last finite step")
+                    scaled = loss / group if group > 1 else loss
                     if shard:
-                        loss.backward()
+                        scaled.backward()
                     else:
-                        accelerator.backward(loss)
+                        accelerator.backward(scaled)
                     if grad_filter is not None:
                         grad_filter(phase)
                     if cfg.grad_clip:  # DTensor gradients when sharded: torch's clipping reduces the norm
@@ -384,6 +441,9 @@ def _train_steps(model: torch.nn.Module, base_model: torch.nn.Module, examples: 
                     scheduler.step()
                     optimizer.zero_grad(set_to_none=True)
                     phase_value = accelerator.reduce(loss.detach(), reduction="mean").item()
+                    if micro_losses:  # the step's loss: the mean over its micro-batches
+                        phase_value = (sum(micro_losses) + phase_value) / group
+                        micro_losses = []
                     result.phase_losses.setdefault(phase, []).append(phase_value)
                     value += phase_value
                 result.losses.append(value)
@@ -398,12 +458,104 @@ def _train_steps(model: torch.nn.Module, base_model: torch.nn.Module, examples: 
                     if stop:
                         result.stopped_early = True
                         total = result.steps
+                pause = cfg.stop_after is not None and result.steps >= cfg.stop_after and result.steps < total
+                if cfg.checkpoint_dir and result.steps < total and (
+                        pause or (cfg.save_every is not None and result.steps % cfg.save_every == 0)):
+                    # The position is where the next step starts: this epoch's order, this many batches in
+                    # (all of them at an epoch's end: resuming draws them again unused, as a finished
+                    # pass over the sampler does, so the next epoch's order is the same).
+                    _save_checkpoint(accelerator, cfg, result, epoch - 1, position, epoch_start_state)
+                if pause:
+                    raise TrainingPaused(f"{description}: paused after {result.steps} of {total} steps; the state is "
+                                         f"saved in {cfg.checkpoint_dir} (resume to continue)", result)
                 if result.steps >= total:
                     break
     finally:
         bar.close()
         if checkpointing_was_on is False:
             _set_checkpointing(model if shard else base_model, False)
+
+
+def _resumed(loader: Any) -> Iterator[Any]:
+    """Iterate the resumed epoch's ``loader`` leaving the global torch RNG as restored: creating a
+    DataLoader's iterator draws its worker seed from it, a draw the interrupted run made at the
+    epoch's start, before its checkpoint (LoRA dropout would otherwise differ from there on)."""
+    state = torch.get_rng_state()
+    iterator = iter(loader)
+    try:
+        first = next(iterator)  # the base iterator (and its draw) is created here
+    except StopIteration:
+        torch.set_rng_state(state)
+        return
+    torch.set_rng_state(state)
+    yield first
+    yield from iterator
+
+
+def _accumulate(model: torch.nn.Module, batch: Any, loss_fn: Callable[..., torch.Tensor],
+                compute: Callable[[], ContextManager[Any]], accelerator: Any, shard: bool, group: int,
+                description: str, result: TrainResult) -> float:
+    """One micro-batch of an accumulated step: its loss / ``group`` backpropagated, no update; its loss."""
+    with compute():
+        loss = loss_fn(model, batch)
+    if not torch.isfinite(loss):
+        raise FloatingPointError(f"{description}: loss became {loss.item()} at step {result.steps}; "
+                                 "the model was left at its last finite step")
+    if shard:
+        (loss / group).backward()
+    else:
+        accelerator.backward(loss / group)
+    return accelerator.reduce(loss.detach(), reduction="mean").item()
+
+
+def _save_checkpoint(accelerator: Any, cfg: TrainConfig, result: TrainResult, epoch: int, batch: int,
+                     sampler_state: torch.Tensor) -> None:
+    """accelerate's state (model, optimizers, schedulers, RNG) and the data position: the epoch
+    the next step is in, the batches of it already used, and the sampler's generator state at
+    that epoch's start. Written beside the previous one, then swapped in: a crash while saving
+    leaves the previous checkpoint whole."""
+    import json
+    import shutil
+    from pathlib import Path
+
+    root = Path(cfg.checkpoint_dir)
+    latest, fresh, old = root / "latest", root / "latest.tmp", root / "latest.old"
+    if accelerator.is_main_process:
+        shutil.rmtree(fresh, ignore_errors=True)
+    accelerator.wait_for_everyone()
+    accelerator.save_state(str(fresh), safe_serialization=False)  # tied weights (embeddings) pickle as one
+    accelerator.wait_for_everyone()  # every process's RNG state is written before the swap
+    if accelerator.is_main_process:
+        torch.save(sampler_state, fresh / "sampler_generator.pt")
+        (fresh / CHECKPOINT_POSITION).write_text(json.dumps(
+            {"steps": result.steps, "epoch": epoch, "batches_done_in_epoch": batch, "losses": result.losses,
+             "phase_losses": result.phase_losses, "processes": accelerator.num_processes}))
+        if latest.exists():
+            latest.rename(old)
+        fresh.rename(latest)
+        shutil.rmtree(old, ignore_errors=True)
+    accelerator.wait_for_everyone()
+
+
+def _load_checkpoint(accelerator: Any, cfg: TrainConfig, generator: torch.Generator, result: TrainResult,
+                     description: str) -> tuple[int, int]:
+    """Restore ``_save_checkpoint``'s state; returns (epoch, batches of it already used)."""
+    import json
+    from pathlib import Path
+
+    latest = Path(cfg.checkpoint_dir) / "latest"
+    if not (latest / CHECKPOINT_POSITION).is_file():
+        raise FileNotFoundError(f"{description}: nothing to resume: {latest / CHECKPOINT_POSITION} does not exist")
+    position = json.loads((latest / CHECKPOINT_POSITION).read_text())
+    if position["processes"] != accelerator.num_processes:
+        raise ValueError(f"{description}: the checkpoint in {latest} was saved with {position['processes']} "
+                         f"process(es); resume it with the same number (this run has {accelerator.num_processes})")
+    accelerator.load_state(str(latest))
+    generator.set_state(torch.load(latest / "sampler_generator.pt"))
+    result.steps = position["steps"]
+    result.losses = list(position["losses"])
+    result.phase_losses = {k: list(v) for k, v in position["phase_losses"].items()}
+    return position["epoch"], position["batches_done_in_epoch"]
 
 
 def _set_checkpointing(model: torch.nn.Module, on: bool) -> bool:
@@ -437,7 +589,7 @@ def _wrap_lora(model: torch.nn.Module, options: LoraOptions) -> torch.nn.Module:
     names = [n for n, m in model.named_modules() if isinstance(m, torch.nn.Linear)]
     import re
 
-    if not any(re.fullmatch(options.target_modules, n) for n in names):
+    if options.target_modules != "all-linear" and not any(re.fullmatch(options.target_modules, n) for n in names):
         raise ValueError(f"LoRA target pattern {options.target_modules!r} matches no linear layer of this model")
     config = LoraConfig(r=options.r, lora_alpha=options.alpha, lora_dropout=options.dropout,
                         target_modules=options.target_modules)

@@ -1,0 +1,183 @@
+"""mllm-unlearn finetune: recipes as recorded, the builtin recipe equal to the knowledge injection,
+the retain-only gold model, resumable fine-tunes, clear errors."""
+import json
+from dataclasses import replace
+
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from mllm_unlearn.cli import app
+from mllm_unlearn.eval import EvalConfig, Evaluator
+from mllm_unlearn.eval.knowledge import knowledge_check
+from mllm_unlearn.models import load_vlm
+from mllm_unlearn.training import InjectionConfig
+from mllm_unlearn.training.finetune import (FINETUNE_META, FinetuneConfig, FinetuneJob, resolve_recipe, run_finetune,
+                                            state_dir_of)
+from mllm_unlearn.training.loop import TrainingPaused
+
+from ..conftest import SMALL_SIZE, SMALL_WORLD, weights_hash
+
+# A very small curriculum: every stage runs (skill, pretrain, finetune with replay, learned checks).
+TINY_INJECTION = InjectionConfig(skill_people=2, skill_max_steps=6, skill_check_every=3, pretrain_epochs=1,
+                                 finetune_epochs=2, learned_check_every=5, learned_probe=4)
+
+
+def job(tmp_path, out: str, world_dir=None, **finetune_options) -> FinetuneJob:
+    return FinetuneJob(out=str(tmp_path / out), benchmark=str(world_dir) if world_dir else None, size=SMALL_SIZE,
+                       world=SMALL_WORLD, device="cpu", cache_dir=str(tmp_path / "cache"),
+                       finetune=FinetuneConfig(progress=False, **finetune_options))
+
+
+def test_each_recipe_is_recorded_in_finetune_json_as_published(tmp_path, world_dir):
+    mllmu = run_finetune(job(tmp_path, "mllmu", world_dir, recipe="mllmu", max_steps=2))
+    clear = run_finetune(job(tmp_path, "clear", world_dir, recipe="clear", max_steps=2, loss_on="prompt+answer"))
+    for name, meta in (("mllmu", mllmu), ("clear", clear)):
+        saved = json.loads((tmp_path / name / FINETUNE_META).read_text())
+        assert saved["recipe"] == json.loads(json.dumps(meta["recipe"])) and saved["steps"] == 2
+        assert len(saved["loss_curve"]) == 2 and saved["output"] == "checkpoint"
+        assert saved["versions"]["torch"] == torch.__version__ and saved["config_hash"]
+        assert saved["data"]["items"] > 0 and saved["data"]["hash"]
+    recipe = json.loads((tmp_path / "mllmu" / FINETUNE_META).read_text())["recipe"]
+    assert (recipe["lr"], recipe["epochs"], recipe["batch_size"], recipe["grad_accumulation"]) == (2e-5, 5, 4, 1)
+    assert (recipe["lora"]["r"], recipe["lora"]["alpha"], recipe["lora"]["dropout"]) == (16, 16, 0.05)
+    assert recipe["schedule"] == "linear" and recipe["warmup_ratio"] == 0 and recipe["loss_on"] == "answer"
+    recipe = json.loads((tmp_path / "clear" / FINETUNE_META).read_text())["recipe"]
+    assert (recipe["lr"], recipe["epochs"], recipe["batch_size"], recipe["grad_accumulation"]) == (1e-5, 3, 4, 2)
+    assert (recipe["lora"]["r"], recipe["lora"]["alpha"], recipe["lora"]["dropout"]) == (8, 32, 0.0)
+    assert recipe["weight_decay"] == 0.01 and recipe["warmup_epochs"] == 1.0 and recipe["loss_on"] == "prompt+answer"
+    # The merged checkpoint loads as an ordinary model, and as one this tool built (a tiny base).
+    assert (tmp_path / "mllmu" / "injection.json").is_file()
+    load_vlm(tmp_path / "mllmu", "cpu")
+    # The builtin recipe records the injection curriculum it ran.
+    builtin = resolve_recipe(FinetuneConfig(recipe="builtin", injection=TINY_INJECTION))
+    assert builtin.injection == TINY_INJECTION and builtin.lr == TINY_INJECTION.lr
+
+
+def test_builtin_recipe_from_a_fresh_tiny_base_equals_the_knowledge_injection(tmp_path):
+    """`finetune` (no --model) on the built-in world is today's injection: the same weights and
+    figures as building the tiny model and running the curriculum directly, as runs did."""
+    from mllm_unlearn.pipeline import RunConfig, benchmark_texts, prepare_benchmark
+    from mllm_unlearn.models.tiny import build_tiny_vlm, words_of
+    from mllm_unlearn.training.inject import _builtin_curriculum, injection_texts
+    from mllm_unlearn.utils import seed_everything
+
+    cfg = RunConfig(world=SMALL_WORLD, size=SMALL_SIZE, injection=TINY_INJECTION, cache_dir=str(tmp_path / "cache"),
+                    device="cpu", progress=False)
+    benchmark, _ = prepare_benchmark(cfg)
+    seed_everything(cfg.seed)  # the old pipeline path, step by step
+    old = build_tiny_vlm("llava", words_of(benchmark_texts(benchmark) + injection_texts(TINY_INJECTION)), SMALL_SIZE,
+                         seed=TINY_INJECTION.seed, device="cpu")
+    old_history = _builtin_curriculum(old, benchmark, TINY_INJECTION, progress=False)
+
+    meta = run_finetune(job(tmp_path, "vanilla", recipe="builtin", injection=TINY_INJECTION))
+    new = load_vlm(tmp_path / "vanilla", "cpu")
+    assert weights_hash(new.model) == weights_hash(old.model)
+    assert json.loads(json.dumps(meta["history"])) == json.loads(json.dumps(old_history))
+    saved = json.loads((tmp_path / "vanilla" / "injection.json").read_text())
+    assert saved["injection"] == TINY_INJECTION.to_dict() and saved["benchmark"].startswith("synthetic:")
+
+
+def test_retain_only_gold_model_knows_the_retain_people_but_not_the_forget_people(tmp_path, world_dir, benchmark):
+    injection = InjectionConfig(skill_people=4, skill_max_steps=200, skill_check_every=50, pretrain_epochs=0,
+                                finetune_epochs=30, learned_target=None, pretrain_forms={"qa": 1},
+                                finetune_forms={"qa": 1, "mcq": 2})
+    meta = run_finetune(job(tmp_path, "gold", world_dir, recipe="builtin", retain_only=True, injection=injection))
+    assert meta["retain_only"] and meta["forget_ids"] == sorted(benchmark.forget_ids)
+    gold = load_vlm(tmp_path / "gold", "cpu")
+    results = Evaluator(gold, EvalConfig(tasks=("mcq",), progress=False)).evaluate(benchmark)
+    forget = knowledge_check(results, "mllmu", ("vqa", "qa"))
+    retain = knowledge_check({"figures": {"forget": results["figures"]["retain"]}}, "mllmu", ("vqa", "qa"))
+    assert forget["passed"] is False and all(c["accuracy"] <= 30 for c in forget["modalities"].values())
+    assert retain["passed"] is True, retain
+
+
+@pytest.mark.parametrize("recipe", ["mllmu", "clear"])
+def test_an_interrupted_and_resumed_finetune_equals_an_uninterrupted_one(tmp_path, world_dir, recipe):
+    """mllmu: LoRA dropout draws from the RNG; clear: gradient accumulation and warmup epochs."""
+    options = dict(recipe=recipe, epochs=2, batch_size=32, lr=1e-3)
+    whole = run_finetune(job(tmp_path, "whole", world_dir, **options))
+    steps = whole["steps"]
+    per_epoch = steps // 2
+    for stop in (3, per_epoch):  # within the first epoch, and at its end
+        out = f"resumed-{stop}"
+        with pytest.raises(TrainingPaused, match=f"paused after {stop} of {steps} steps"):
+            run_finetune(job(tmp_path, out, world_dir, save_every=2, stop_after=stop, **options))
+        assert not (tmp_path / out).exists() and state_dir_of(tmp_path / out).is_dir()
+        resumed = run_finetune(job(tmp_path, out, world_dir, save_every=2, resume=True, **options))
+        assert resumed["loss_curve"] == whole["loss_curve"] and resumed["config_hash"] == whole["config_hash"]
+        assert weights_hash(load_vlm(tmp_path / out, "cpu").model) == weights_hash(load_vlm(tmp_path / "whole", "cpu").model)
+        assert not state_dir_of(tmp_path / out).exists()  # removed once the fine-tune is finished
+
+
+def test_cli_finetune_pauses_resumes_and_names_bad_input(tmp_path, world_dir):
+    common = ["--benchmark", str(world_dir), "--cache-dir", str(tmp_path / "cache"), "--device", "cpu", "--quiet",
+              "--recipe", "clear", "--epochs", "1", "--batch-size", "32"]
+    out = tmp_path / "ckpt"
+    result = CliRunner().invoke(app, ["finetune", "--out", str(out), *common, "--stop-after", "2"])
+    assert result.exit_code == 0 and "paused after 2 of" in result.output and "--resume" in result.output
+    result = CliRunner().invoke(app, ["finetune", "--out", str(out), *common])
+    assert result.exit_code == 2 and "continue it with --resume" in result.output
+    result = CliRunner().invoke(app, ["finetune", "--out", str(out), *common, "--resume", "--lr", "1e-3"])
+    assert result.exit_code == 2 and "other settings" in result.output
+    result = CliRunner().invoke(app, ["finetune", "--out", str(out), *common, "--resume"])
+    assert result.exit_code == 0, result.output
+    assert (out / FINETUNE_META).is_file() and "recipe clear" in result.output
+    result = CliRunner().invoke(app, ["finetune", "--out", str(out), *common])
+    assert result.exit_code == 2 and "already holds a finished fine-tune" in result.output
+
+    bad = {("--recipe", "nope"): "--recipe 'nope' is unknown",
+           ("--benchmark", str(tmp_path / "missing")): "does not exist",
+           ("--model", str(tmp_path)): "not a checkpoint folder",
+           ("--resume",): "no saved state",
+           ("--loss-on", "everything"): "--loss-on 'everything'",
+           ("--full", "--keep-adapter"): "--keep-adapter writes the LoRA adapters",
+           ("--recipe", "builtin"): "--recipe builtin: --epochs is for the mllmu and clear recipes",
+           ("--recipe", "mllmu", "--inject-epochs", "2"): "--recipe mllmu takes --epochs",
+           ("--shard", "fsdp"): "--shard fsdp is for full fine-tuning (--full)",
+           ("--full", "--shard", "fsdp", "--save-every", "2"): "not supported with --shard fsdp"}
+    for options, message in bad.items():
+        result = CliRunner().invoke(app, ["finetune", "--out", str(tmp_path / "other"), *common, *options])
+        assert result.exit_code == 2 and message in result.output, (options, result.output)
+    with pytest.raises(ValueError, match="--recipe builtin trains in several stages"):
+        resolve_recipe(FinetuneConfig(recipe="builtin", save_every=5))
+    (tmp_path / "other").mkdir()
+    result = CliRunner().invoke(app, ["finetune", "--out", str(tmp_path / "other"), *common])
+    assert result.exit_code == 2 and "is not a finished fine-tune" in result.output
+
+
+def test_keep_adapter_writes_a_peft_adapter_equal_to_the_merged_model(tmp_path, world_dir, tiny_vlm):
+    from peft import PeftModel
+
+    base = tmp_path / "base"
+    tiny_vlm("llava").save(base)
+    options = dict(recipe="mllmu", max_steps=3, lr=1e-2)
+    run_finetune(replace(job(tmp_path, "merged", world_dir, **options), model=str(base)))
+    meta = run_finetune(replace(job(tmp_path, "adapter", world_dir, keep_adapter=True, **options), model=str(base)))
+    assert meta["output"] == "peft-adapter" and (tmp_path / "adapter" / "adapter_config.json").is_file()
+    assert (tmp_path / "adapter" / FINETUNE_META).is_file() and not (tmp_path / "adapter" / "config.json").exists()
+    merged = load_vlm(tmp_path / "merged", "cpu").model
+    adapted = PeftModel.from_pretrained(load_vlm(base, "cpu").model, str(tmp_path / "adapter")).merge_and_unload()
+    for name, weight in merged.state_dict().items():
+        torch.testing.assert_close(adapted.state_dict()[name], weight, rtol=1e-5, atol=1e-6)
+    changed = [n for n, w in merged.state_dict().items() if not torch.equal(w, load_vlm(base, "cpu").model.state_dict()[n])]
+    assert changed and all("language_model" in n for n in changed)  # MLLMU-Bench: the language model's layers
+
+
+def test_gradient_accumulation_averages_micro_batches_like_one_large_batch(tiny_vlm, benchmark):
+    """Two accumulated micro-batches of 8 make the same update as one batch of 16 (identical
+    examples, so every batch's token mean is the same whatever the draw)."""
+    from mllm_unlearn.training.finetune import _collate, _token_mean_loss
+    from mllm_unlearn.training.loop import TrainConfig, train
+
+    items = [benchmark.finetune_train[0]] * 16
+
+    models = []
+    for batch_size, accumulation in ((16, 1), (8, 2)):
+        vlm = tiny_vlm()
+        train(vlm.model, items, _collate(vlm, "answer"), _token_mean_loss,
+              TrainConfig(lr=1e-2, epochs=1, batch_size=batch_size, grad_accumulation=accumulation, progress=False,
+                          warmup_ratio=0.0, schedule="constant"))
+        models.append(vlm.model.state_dict())
+    for name, weight in models[0].items():
+        torch.testing.assert_close(models[1][name], weight, rtol=1e-4, atol=1e-6)
