@@ -21,6 +21,7 @@ from .conftest import SMALL_SIZE, SMALL_WORLD
 def small_run(tmp_path, cache: str, name: str = "r") -> RunConfig:
     return RunConfig(
         name=name, world=SMALL_WORLD, size=SMALL_SIZE, runs_dir=str(tmp_path / "runs"), cache_dir=str(tmp_path / cache),
+        method="ga",  # the fastest; the default (MLLMEraser) runs through the pipeline in test_mllmeraser_runs_*
         injection=InjectionConfig(pretrain_epochs=2, finetune_epochs=3, skill_max_steps=10), device="cpu",
         method_cfg=MethodConfig(max_steps=3, batch_size=8, progress=False),
         eval=EvalConfig(max_items_per_group=6, max_new_tokens=6, progress=False), progress=False,
@@ -271,6 +272,9 @@ def test_cli_task_formats_sets_the_injection_forms(tmp_path, monkeypatch):
     CliRunner().invoke(app, args)
     assert seen[0].injection.qa_task_forms == {"generation": 0.25, "cloze": 0.25}
     assert seen[1].injection.qa_task_forms == {}  # off by default
+    from mllm_unlearn.methods.defaults import DEFAULT_METHOD
+
+    assert seen[1].method == DEFAULT_METHOD == RunConfig().method  # the sweep-chosen default, CLI and API alike
     result = CliRunner().invoke(app, args + ["--task-formats", "0.7"])
     assert result.exit_code == 2 and "task-formats" in result.output
 

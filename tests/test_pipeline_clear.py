@@ -20,7 +20,7 @@ TASKS = {"forget", "forget_facerec", "retain", "retain_facerec", "real_faces", "
 
 def clear_run(tmp_path, family: str, name: str) -> RunConfig:
     return RunConfig(
-        name=name, family=family, benchmark="clear", world=SMALL_WORLD, size=SMALL_SIZE,
+        name=name, family=family, benchmark="clear", world=SMALL_WORLD, size=SMALL_SIZE, method="ga",
         runs_dir=str(tmp_path / "runs"), cache_dir=str(tmp_path / "cache"), device="cpu",
         injection=InjectionConfig(pretrain_epochs=2, finetune_epochs=3),
         method_cfg=MethodConfig(max_steps=3, batch_size=8, progress=False),
@@ -67,7 +67,7 @@ def test_clear_pipeline_end_to_end_with_cached_gold_model(tmp_path, family):
 
 
 def test_cli_runs_clear_builtin_and_detects_a_clear_directory(tmp_path):
-    common = ["--people", "20", "--real-people", "4", "--max-steps", "2", "--tasks", "mcq",
+    common = ["--people", "20", "--real-people", "4", "--method", "ga", "--max-steps", "2", "--tasks", "mcq",
               "--runs-dir", str(tmp_path / "runs"), "--cache-dir", str(tmp_path / "cache"), "--quiet", "--allow-unknown"]
     result = CliRunner().invoke(app, ["run", "--benchmark", "clear", "--name", "builtin", "--inject-epochs", "1",
                                       "--pretrain-epochs", "1", *common])

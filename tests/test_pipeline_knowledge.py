@@ -50,7 +50,7 @@ def test_run_stops_on_a_model_that_does_not_know_the_forget_people_and_allow_unk
     tiny_vlm("llava").save(checkpoint)  # never trained: knows nobody
     common = ["run", "--model", str(checkpoint), "--benchmark", str(world_dir), "--runs-dir", str(tmp_path / "runs"),
               "--cache-dir", str(tmp_path / "cache"), "--device", "cpu", "--quiet", "--tasks", "mcq", "--no-mia",
-              "--no-relearn", "--max-steps", "1"]
+              "--no-relearn", "--method", "ga", "--max-steps", "1"]
     result = CliRunner().invoke(app, [*common, "--name", "refused"])
     assert result.exit_code == 2, result.output
     assert "knowledge check: the vanilla model does not know the forget people" in result.output
@@ -83,7 +83,7 @@ def test_clear_on_a_users_model_uses_the_gold_model_made_by_finetune_retain_only
 
     vanilla, gold = make("vanilla", False), make("gold", True)
     common = ["run", "--benchmark", "clear", "--model", vanilla, "--people", str(SMALL_WORLD.fictitious),
-              "--real-people", str(SMALL_WORLD.real_world), "--max-steps", "2", "--tasks", "mcq", "--no-mia",
+              "--real-people", str(SMALL_WORLD.real_world), "--method", "ga", "--max-steps", "2", "--tasks", "mcq", "--no-mia",
               "--no-relearn", "--device", "cpu", "--runs-dir", str(tmp_path / "runs"),
               "--cache-dir", str(tmp_path / "cache"), "--quiet", "--allow-unknown"]
     result = CliRunner().invoke(app, [*common, "--name", "gold", "--gold-model", gold])

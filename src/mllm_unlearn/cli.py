@@ -58,7 +58,8 @@ def run(
     gold_model: Optional[Path] = typer.Option(
         None, help="CLEAR: checkpoint fine-tuned on the retain split only, for forget quality (`mllm-unlearn finetune "
                    "--retain-only` makes one; default: trained here for tiny models)."),
-    method: Optional[str] = typer.Option(None, help="Unlearning method name (default ga, or the preset's)."),
+    method: Optional[str] = typer.Option(None, help="Unlearning method name (default mllmeraser, chosen from the validation sweeps "
+                                                        "(methods/defaults.py), or the preset's)."),
     preset: Optional[Path] = typer.Option(
         None, help="A preset file (e.g. the preset.json `mllm-unlearn sweep` writes): its values override the "
                    "method's defaults; options given here override the preset. Recorded in results.json."),
@@ -164,7 +165,9 @@ def run(
             from .methods.search_spaces import apply_values
 
             apply_values(MethodConfig(), preset_file["values"], source=f"--preset {preset}")  # bad names fail now
-        method = method or "ga"
+        from .methods.defaults import DEFAULT_METHOD
+
+        method = method or DEFAULT_METHOD
         world = WorldConfig(fictitious=people or 100, real_world=real_people or 30, seed=seed)
         injection = InjectionConfig(seed=seed)
         if inject_epochs is not None:

@@ -26,6 +26,7 @@ from .eval.tradeoff import tradeoff
 from .interventions import CompositeEdit, Edit, WeightDelta, load_edit
 from .methods import MethodConfig, get_method
 from .methods.base import UnlearningDiverged
+from .methods.defaults import DEFAULT_METHOD
 from .models import VLM, TinySize, load_vlm
 from .models.tiny import build_tiny_vlm, words_of
 from .report import render_html, render_markdown
@@ -48,7 +49,7 @@ class RunConfig:
     clear_tofu: bool = False  # CLEAR: train on the ``+tofu`` configs (captions + TOFU text QA)
     gold_model: str | None = None  # CLEAR: a checkpoint fine-tuned on the retain split (else trained here)
     forget_percent: int = 10
-    method: str = "ga"
+    method: str = DEFAULT_METHOD  # methods.defaults: chosen from the validation sweeps
     # A saved edit (a run's ``edit`` folder) or an unlearned checkpoint of ``model``: evaluated
     # (and attacked) in place of unlearning, so ``method``/``method_cfg`` are not used.
     edit: str | None = None

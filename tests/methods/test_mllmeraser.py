@@ -82,6 +82,11 @@ def test_prompt_forms_are_the_open_question_its_generation_prompt_and_fresh_mult
     choices = prompts[6:]
     assert len(choices) == 6 and all(p.task == "mcq" and len(p.options) == 4 for p in choices)
     assert [c.options for c in choices[:3]] != [c.options for c in choices[3:]]  # each rendering draws afresh
+    from mllm_unlearn.data.synthetic import CLOZE_INSTRUCTION
+
+    cloze = MLLMEraser.inference_prompts(items, ["cloze"], renderer)
+    assert len(cloze) == 3 and all(p.question.endswith(CLOZE_INSTRUCTION) and "[Blank]" in p.question for p in cloze)
+    assert [p.answer for p in cloze] == [i.meta["Value"] for i in items]
 
 
 def test_unknown_and_bad_options_are_rejected_clearly(benchmark, tiny_vlm):
@@ -92,7 +97,7 @@ def test_unknown_and_bad_options_are_rejected_clearly(benchmark, tiny_vlm):
     with pytest.raises(ValueError, match="layers must be"):
         method.unlearn(vlm, benchmark.forget_train, benchmark.retain_train, MethodConfig(extra={"layers": "0,5"}))
     with pytest.raises(ValueError, match="forms must be"):
-        method.unlearn(vlm, benchmark.forget_train, benchmark.retain_train, MethodConfig(extra={"forms": "cloze"}))
+        method.unlearn(vlm, benchmark.forget_train, benchmark.retain_train, MethodConfig(extra={"forms": "fill-in"}))
     with pytest.raises(ValueError, match="retain_forms must be"):
         method.unlearn(vlm, benchmark.forget_train, benchmark.retain_train, MethodConfig(extra={"retain_forms": ""}))
     with pytest.raises(ValueError, match="decode must be true or false"):

@@ -1,12 +1,13 @@
 """RMU: the forget term at the entity's positions, layer as a fraction of depth, and that it forgets."""
+import copy
 from dataclasses import replace
 
 import pytest
 import torch
 
 from mllm_unlearn.data.collate import IGNORE, Encoder
-from mllm_unlearn.methods import get_method
-from mllm_unlearn.methods.defaults import method_defaults
+from mllm_unlearn.methods import MethodConfig, get_method
+from mllm_unlearn.methods.defaults import TINY_DEFAULTS
 from mllm_unlearn.methods.rmu import entity_token_ids, forget_positions, resolve_layer, template_prefix_length
 from mllm_unlearn.training.losses import model_inputs
 
@@ -78,8 +79,11 @@ def knowing_model(benchmark, words):
     world = replace(benchmark, forget_train=forget, retain_train=retain, finetune_train=forget + retain,
                     pretrain_train=[])
     vlm = build_tiny_vlm("llava", words, SMALL_SIZE, seed=0)
+    # Every epoch runs (no early stop at the probe's 90%): the test wants every fact known.
     inject_knowledge(vlm, world, InjectionConfig(skill_people=0, pretrain_epochs=0, finetune_epochs=25, lr=5e-3,
-                                                 warmup_ratio=0.0, finetune_forms={"qa": 1}), progress=False)
+                                                 warmup_ratio=0.0, finetune_forms={"qa": 1}, learned_target=None,
+                                                 modality_weights={"vqa": 1, "qa": 1}),
+                     progress=False)
     return vlm, forget, retain
 
 
@@ -101,9 +105,10 @@ def _answers_known(vlm, items, edit=None) -> float:
 def test_rmu_forgets_the_forget_people_and_keeps_the_retain_people(knowing_model):
     vlm, forget, retain = knowing_model
     assert _answers_known(vlm, forget) >= 0.9 and _answers_known(vlm, retain) >= 0.9
-    # The tiny defaults (8 epochs of a 400-item forget set) are ~200 steps; this forget set has 20 items.
-    cfg = replace(method_defaults("rmu"), epochs=20, progress=False)
+    # The hand-tuned tiny point (lr 2e-3, alpha 3, c 2; TINY_DEFAULTS, before the validation sweep's
+    # values go over it): 8 epochs of a 400-item forget set are ~200 steps; this forget set has 20 items.
+    cfg = replace(MethodConfig(**copy.deepcopy(TINY_DEFAULTS["rmu"])), epochs=20, progress=False)
     edit = get_method("rmu").unlearn(vlm, forget, retain, cfg)
     forgotten, kept = _answers_known(vlm, forget, edit), _answers_known(vlm, retain, edit)
     assert forgotten <= 0.3, f"forget answers still known: {forgotten:.2f}"
-    assert kept >= 0.9, f"retain answers lost: {kept:.2f}"
+    assert kept >= 0.9 - 1e-6, f"retain answers lost: {kept:.2f}"  # float32 share: 18/20 is 0.8999999

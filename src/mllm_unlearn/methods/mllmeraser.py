@@ -27,7 +27,10 @@ opens on, ``retain_forms``, by default the same, for the retain prompts it must 
 (the question rendered as a four-option multiple choice with distractors drawn from the same
 attribute's values, for items that carry ``Attribute``/``Value`` metadata), so the gate sees
 the classification prompts' format as MLLMEraser's extractor did (it formats options too),
-and "generation" (the open question with MLLMU-Bench's generation instruction appended).
+"generation" (the open question with MLLMU-Bench's generation instruction appended) and "cloze"
+(the answer sentence with its value blanked, with the fill-in-the-blank instruction; items whose
+answer holds their ``Value``). A form left out of ``retain_forms`` is one the gate never learns to
+stay shut on: retained people's prompts in it get steered too.
 ``renderings`` (default 4) multiple-choice versions of each item are taken, fresh options each:
 one draw leaves the gate open to the option texts' variation on new prompts.
 Per-task strength (``task_strengths``, e.g. cloze=0.3 as the released evaluation) is applied
@@ -79,7 +82,7 @@ from ..training.losses import model_inputs, sequence_nll
 from ..utils import process_rank_and_count
 from .base import Method, MethodConfig, _to, register_method
 
-FORMS = ("qa", "mcq", "generation")
+FORMS = ("qa", "mcq", "generation", "cloze")
 
 
 def null_space_projector(second_moment: torch.Tensor, energy: float | None = None,
@@ -470,8 +473,8 @@ class MLLMEraser(Method):
         for form in forms:
             if form == "qa":
                 prompts += list(items)
-            elif form == "generation":  # the open question with MLLMU-Bench's generation instruction
-                prompts += [prompt for prompt in (as_task_prompt(item, "generation") for item in items) if prompt]
+            elif form in ("generation", "cloze"):  # MLLMU-Bench's generation / fill-in-the-blank prompts
+                prompts += [prompt for prompt in (as_task_prompt(item, form) for item in items) if prompt]
             else:
                 prompts += [renderer(item) for _ in range(renderings) for item in items if renderer.renderable(item)]
         return prompts

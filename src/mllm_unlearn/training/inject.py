@@ -71,9 +71,11 @@ class InjectionConfig:
     # the steps go to the groups still being learned (image multiple choice, mostly). 1.0 = fixed
     # proportions. Needs ``batch_by_form`` and ``learned_target``.
     learned_rehearsal: float = 0.25
-    # Copies per modality, on top of the form weights (identity from a portrait is learned
-    # more slowly than from a name).
-    modality_weights: dict[str, int] = field(default_factory=lambda: {"vqa": 1, "qa": 1})
+    # Copies per modality, on top of the form weights: identity from a portrait is learned more
+    # slowly than from a name. On the default world (with validation people), vqa 1 -> 2 took
+    # VQA classification forget/retain/real-world from 74/78.9/82 to 84/85.8/92.7 (fixed
+    # proportions) and, with ``learned_rehearsal`` 0.25, to 92/87.6/88 (README, "Knowledge injection").
+    modality_weights: dict[str, int] = field(default_factory=lambda: {"vqa": 2, "qa": 1})
     # "Who is the person in this image?" -> name, copies per person with a portrait and a known
     # name (0 = off). It ties a portrait to the name, through which the text facts are reached.
     identity_copies: int = 0
