@@ -76,6 +76,17 @@ def atomic_directory(path: str | Path) -> Iterator[Path]:
         raise
 
 
+@contextmanager
+def cpu_threads(count: int) -> Iterator[None]:
+    """torch's intra-op CPU threads set to ``count`` for the block, then restored."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(count)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
 def resolve_device(device: str = "auto") -> torch.device:
     if device == "auto":
         if not torch.cuda.is_available():

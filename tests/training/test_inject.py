@@ -243,3 +243,24 @@ def test_learned_probe_counts_an_answer_only_when_greedy_decoding_gives_it_exact
                                    replace(InjectionConfig(), learned_target=1.0), random.Random(0),
                                    learned_groups=learned_groups)
     assert not check(1) and scores == [(1, {"qa/qa": 0.0})] and learned_groups == set()
+
+
+def test_injection_gives_the_same_model_on_any_number_of_cpu_threads(benchmark, tiny_vlm):
+    """The cached vanilla model is keyed by its configuration alone, so the core count must not
+    change it: the curriculum runs on one intra-op thread and restores the caller's setting."""
+    import torch
+
+    cfg = InjectionConfig(skill_people=0, pretrain_epochs=1, finetune_epochs=1, learned_target=None)
+    before = torch.get_num_threads()
+    weights = []
+    try:
+        for threads in (1, 2):
+            torch.set_num_threads(threads)
+            vlm = tiny_vlm()
+            inject_knowledge(vlm, benchmark, cfg, progress=False)
+            assert torch.get_num_threads() == threads  # restored
+            weights.append({k: v.clone() for k, v in vlm.model.state_dict().items()})
+    finally:
+        torch.set_num_threads(before)
+    assert weights[0].keys() == weights[1].keys()
+    assert all(torch.equal(weights[0][k], weights[1][k]) for k in weights[0])

@@ -18,7 +18,7 @@ from ..data.collate import Encoder
 from ..data.collate import collate as collate_examples
 from ..data.items import OPTION_KEYS, Benchmark, Item
 from ..models.base import VLM
-from ..utils import process_rank_and_count
+from ..utils import cpu_threads, process_rank_and_count
 from .loop import LoraOptions, TrainConfig, train
 from .losses import sequence_nll
 
@@ -196,8 +196,22 @@ def inject_knowledge(vlm: VLM, benchmark: Benchmark, cfg: InjectionConfig | None
                                                    progress=progress))["history"]
 
 
+# On a CPU the curriculum runs on one intra-op thread, whatever the machine has: the injected
+# model is a cache entry keyed by its configuration alone, and float sums split over a different
+# number of threads round differently, which 12k steps amplify into another model (different
+# figures from the same seed). A tiny model gains little from a second thread.
+INJECTION_CPU_THREADS = 1
+
+
 def _builtin_curriculum(vlm: VLM, benchmark: Benchmark, cfg: InjectionConfig, progress: bool = True) -> dict[str, Any]:
     """The knowledge-injection curriculum: the skill stage, then the two knowledge stages."""
+    if vlm.device.type == "cpu":
+        with cpu_threads(INJECTION_CPU_THREADS):
+            return _curriculum(vlm, benchmark, cfg, progress)
+    return _curriculum(vlm, benchmark, cfg, progress)
+
+
+def _curriculum(vlm: VLM, benchmark: Benchmark, cfg: InjectionConfig, progress: bool) -> dict[str, Any]:
     encoder = Encoder(vlm)
 
     names = benchmark.meta.get("names", {}) if cfg.identity_copies else {}
