@@ -53,7 +53,7 @@ def main() -> None:
         if chosen is None:
             print(f"{method}: no finished trial", flush=True)
             continue
-        searched = {k: v for k, v in chosen["values"].items()}
+        searched = chosen["values"]
         presets[method] = {
             "values": searched,
             "chosen_by": {"command": f"benchmarks/derive_presets.py --methods {method} --trials {args.trials} "

@@ -4,9 +4,12 @@ from __future__ import annotations
 import json
 from dataclasses import replace
 from pathlib import Path
-from typing import Optional
+from typing import TYPE_CHECKING, Optional
 
 import typer
+
+if TYPE_CHECKING:
+    from .training import InjectionConfig
 
 app = typer.Typer(add_completion=False, help="Make a multimodal LLM forget chosen knowledge, and measure it.")
 
@@ -43,6 +46,21 @@ def parse_relearn_lora(text: str | None) -> object:
     if rank < 1:
         raise ValueError(f"--relearn-lora {text!r}: expected a LoRA rank (a positive integer), 'off' or 'auto'")
     return LoraOptions(r=rank, alpha=rank)
+
+
+def _injection_config(seed: int, inject_epochs: int | None, pretrain_epochs: int | None,
+                      task_formats: float = 0.0) -> InjectionConfig:
+    """The knowledge-injection settings of `run` and `finetune --recipe builtin` from their options."""
+    from .training import InjectionConfig
+
+    injection = InjectionConfig(seed=seed)
+    if inject_epochs is not None:
+        injection = replace(injection, finetune_epochs=inject_epochs)
+    if pretrain_epochs is not None:
+        injection = replace(injection, pretrain_epochs=pretrain_epochs)
+    if task_formats:
+        injection = replace(injection, qa_task_forms={"generation": task_formats, "cloze": task_formats})
+    return injection
 
 
 @app.command()
@@ -141,7 +159,7 @@ def run(
     from .eval.relearn import RelearnConfig
     from .methods.base import UnlearningDiverged
     from .pipeline import RunConfig, run_pipeline
-    from .training import InjectionConfig, LoraOptions
+    from .training import LoraOptions
 
     training_options = {"--preset": preset, "--method": method, "--lr": lr, "--epochs": epochs, "--max-steps": max_steps,
                         "--batch-size": batch_size, "--lora": lora or None, "--option": option or None,
@@ -169,13 +187,7 @@ def run(
 
         method = method or DEFAULT_METHOD
         world = WorldConfig(fictitious=people or 100, real_world=real_people or 30, seed=seed)
-        injection = InjectionConfig(seed=seed)
-        if inject_epochs is not None:
-            injection = replace(injection, finetune_epochs=inject_epochs)
-        if pretrain_epochs is not None:
-            injection = replace(injection, pretrain_epochs=pretrain_epochs)
-        if task_formats:
-            injection = replace(injection, qa_task_forms={"generation": task_formats, "cloze": task_formats})
+        injection = _injection_config(seed, inject_epochs, pretrain_epochs, task_formats)
         # The preset (tiny or the papers', by model) is looked up by the run, a --preset file's values
         # go on top of it, and explicit options on top of those.
         overrides = {k: v for k, v in {"lr": lr, "epochs": epochs, "max_steps": max_steps,
@@ -268,18 +280,13 @@ def finetune(
     """Fine-tune a base model on a benchmark's people (the vanilla model; with --retain-only the
     gold model) with a benchmark's recipe; writes a checkpoint and finetune.json."""
     from .data import WorldConfig
-    from .training import InjectionConfig
     from .training.finetune import FinetuneConfig, FinetuneJob, run_finetune
     from .training.loop import TrainingPaused
 
     try:
         injection = None
         if recipe == "builtin":
-            injection = InjectionConfig(seed=seed)
-            if inject_epochs is not None:
-                injection = replace(injection, finetune_epochs=inject_epochs)
-            if pretrain_epochs is not None:
-                injection = replace(injection, pretrain_epochs=pretrain_epochs)
+            injection = _injection_config(seed, inject_epochs, pretrain_epochs)
         elif inject_epochs is not None or pretrain_epochs is not None:
             raise ValueError("--inject-epochs and --pretrain-epochs set the builtin recipe's curriculum; "
                              f"--recipe {recipe} takes --epochs")

@@ -32,7 +32,8 @@ from .models.tiny import build_tiny_vlm, words_of
 from .report import render_html, render_markdown
 from .sweep import preset_record
 from .training.finetune import FINETUNE_META
-from .training.inject import INJECTION_META, InjectionConfig, injection_cache_key, injection_meta_text, injection_texts
+from .training.inject import (INJECTION_META, InjectionConfig, inject_knowledge, injection_cache_key, injection_meta_text,
+                              injection_texts)
 from .utils import (atomic_write_text, dtype_name, init_distributed, is_main_process, peak_memory_mb, process_rank_and_count,
                     resolve_device, seed_everything, stable_hash, wait_for_everyone)
 
@@ -178,13 +179,10 @@ def _injected_tiny_model(cfg: RunConfig, vocabulary_of: Benchmark, trained_on: B
     """The cached model at ``path``, or a tiny model whose tokenizer spells ``vocabulary_of``
     trained on ``trained_on`` with the knowledge-injection curriculum (the fine-tuning
     trainer's ``builtin`` recipe), then cached there."""
-    from .training.finetune import FinetuneConfig, finetune
-
     if (path / INJECTION_META).is_file():
         return load_vlm(path, cfg.device, cfg.dtype, cfg.max_pixels), False
     vlm = build_tiny_base(cfg, vocabulary_of)
-    history = finetune(vlm, trained_on, FinetuneConfig(recipe="builtin", injection=cfg.injection, seed=cfg.injection.seed,
-                                                       progress=cfg.progress))["history"]
+    history = inject_knowledge(vlm, trained_on, cfg.injection, progress=cfg.progress)
     if is_main_process():  # every process holds the same weights (DDP); one writes them
         # injection.json marks a finished cache entry: it appears together with the weights.
         vlm.save(path, extra_files={INJECTION_META: injection_meta_text(
@@ -487,7 +485,7 @@ def run_pipeline(cfg: RunConfig) -> dict[str, Any]:
         vanilla = evaluator.evaluate(benchmark)
     timings["evaluate vanilla"] = time.perf_counter() - start
     # Before any unlearning: a model that never knew the forget people has nothing to forget.
-    targeted = getattr(method, "target_modalities", ("vqa", "qa")) if cfg.edit is None else ("vqa", "qa")
+    targeted = method.target_modalities if cfg.edit is None else ("vqa", "qa")
     knowledge = knowledge_check(vanilla, benchmark.protocol, targeted, cfg.min_knowledge, cfg.allow_unknown)
     if knowledge.get("passed") is False:
         if not cfg.allow_unknown:

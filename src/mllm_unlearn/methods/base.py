@@ -53,6 +53,8 @@ class Method(ABC):
     # True: the pipeline appends the benchmark's prior-knowledge items (real-world people,
     # split "pretrain") to the retain items it passes, for methods that must leave them alone too.
     uses_prior_knowledge: ClassVar[bool] = False
+    # The modalities whose forget-split knowledge the run checks before unlearning (eval/knowledge.py).
+    target_modalities: ClassVar[tuple[str, ...]] = ("vqa", "qa")
     option_names: ClassVar[tuple[str, ...]] = ()  # keys this method reads from ``MethodConfig.extra``
 
     def check_options(self, cfg: MethodConfig) -> None:

@@ -181,17 +181,6 @@ def swept_tiny_values() -> dict[str, dict[str, Any]]:
     return {name: entry["values"] for name, entry in json.loads(TINY_PRESETS_FILE.read_text()).items()}
 
 
-def _laid_over(base: dict[str, Any], values: dict[str, Any]) -> dict[str, Any]:
-    """``base`` with ``values`` on top: fields replaced, ``extra`` merged key by key."""
-    out = copy.deepcopy(base)
-    for key, value in values.items():
-        if key == "extra":
-            out["extra"] = {**out.get("extra", {}), **copy.deepcopy(value)}
-        else:
-            out[key] = value
-    return out
-
-
 def preset_name_for(model_built_here: bool) -> str:
     """``tiny`` for a model this tool built (its checkpoint holds injection.json), else ``paper``."""
     return TINY if model_built_here else PAPER
@@ -205,9 +194,9 @@ def method_preset(name: str, preset: str, seed: int = 0) -> MethodConfig:
         raise ValueError(f"unknown preset {preset!r}; known: {', '.join(PRESETS)}")
     values = PRESETS[preset].get(name, {})
     values = values() if callable(values) else values
-    if preset == TINY:
-        values = _laid_over(values, swept_tiny_values().get(name, {}))
-    return MethodConfig(seed=seed, **copy.deepcopy(values))
+    cfg = MethodConfig(seed=seed, **copy.deepcopy(values))
+    # The sweep-chosen values go over the structural ones as a user's options would.
+    return apply_overrides(cfg, swept_tiny_values().get(name, {})) if preset == TINY else cfg
 
 
 def method_defaults(name: str, seed: int = 0) -> MethodConfig:

@@ -247,10 +247,7 @@ class RMU(GradientMethod):
         if positions == "content":
             self.prefix = template_prefix_length(encoder, forget)
         if positions == "entity":
-            config = vlm.model.config
-            image = getattr(config, "image_token_id", None)
-            image = getattr(config, "image_token_index", None) if image is None else image
-            self.entity_ids = entity_token_ids(encoder, forget, retain, [] if image is None else [int(image)])
+            self.entity_ids = entity_token_ids(encoder, forget, retain, sorted(vlm.adapter.visual_token_ids(vlm.model)))
         self.steer.start(vlm, layer, coeff, forget, encoder, cfg.batch_size, cfg.seed, positions=self.mask)
 
     def mask(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:

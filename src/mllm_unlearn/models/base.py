@@ -49,6 +49,8 @@ class ModelAdapter:
     # Benchmarks whose own evaluation code writes this family's prompts (e.g. "mllmu": MLLMU-Bench's
     # eval.py writes LLaVA-1.5's); under that benchmark's protocol they replace the chat template.
     benchmark_prompts: ClassVar[tuple[str, ...]] = ()
+    # Config attributes holding the ids of the tokens that stand for visual content in a prompt.
+    visual_token_config_keys: ClassVar[tuple[str, ...]] = ("image_token_id",)
 
     # --- tiny models -----------------------------------------------------------------
     def special_tokens(self) -> list[str]:
@@ -114,6 +116,13 @@ class ModelAdapter:
         root group. Not the vision blocks on their own: a batch without images skips the vision
         tower, and a group that one process runs and another skips deadlocks the collectives."""
         return list(self.lm_layers(model))
+
+    def visual_token_ids(self, model: nn.Module) -> set[int]:
+        """Ids of the prompt tokens that stand for image (or video) content: never loss targets, and
+        where a portrait is in a prompt."""
+        config = model.config
+        return {int(value) for key in self.visual_token_config_keys
+                if isinstance(value := getattr(config, key, None), int)}
 
     def read_vision_blocks(self, model: nn.Module) -> int:
         """How many vision blocks, counted from the first, feed the model's output (default: all)."""

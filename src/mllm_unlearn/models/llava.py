@@ -24,6 +24,7 @@ class LlavaAdapter(ModelAdapter):
     model_types = ("llava",)
     image_placeholder = "<image>"
     benchmark_prompts = ("mllmu",)  # MLLMU-Bench's eval.py prompts LLaVA itself (data/mllmu_protocol.py)
+    visual_token_config_keys = ("image_token_id", "image_token_index")  # transformers 5 / the older name
     # transformers >= 4.52 first, then the older layout (language_model = LlamaForCausalLM, and
     # vision_tower = CLIPVisionModel wrapping vision_model).
     lm_layer_paths = ("model.language_model.layers", "language_model.model.layers")

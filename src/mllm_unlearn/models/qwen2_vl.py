@@ -32,6 +32,7 @@ class Qwen2VLAdapter(ModelAdapter):
     family = "qwen2-vl"
     model_types = ("qwen2_vl",)
     image_placeholder = "<|image_pad|>"
+    visual_token_config_keys = ("image_token_id", "video_token_id")
     # transformers >= 4.52 first (model = {visual, language_model}), then the older layout
     # (visual beside model = the language model). The vision tower holds the merger (projector).
     lm_layer_paths = ("model.language_model.layers", "model.layers")

@@ -161,13 +161,6 @@ def data_hash(items: Sequence[Item]) -> str:
     return stable_hash([(i.person_id, i.modality, i.question, i.answer, i.image_key) for i in items])
 
 
-def image_token_ids(vlm: VLM) -> set[int]:
-    """Token ids that stand for image content (never loss targets)."""
-    config = vlm.model.config
-    return {int(v) for name in ("image_token_id", "image_token_index", "video_token_id")
-            if isinstance(v := getattr(config, name, None), int)}
-
-
 def finetune(vlm: VLM, benchmark: Benchmark, cfg: FinetuneConfig | None = None,
              checkpoint_dir: str | Path | None = None, merge_lora: bool = True) -> dict[str, Any]:
     """Fine-tune ``vlm`` in place on ``benchmark``'s training data (retain split only with
@@ -213,7 +206,7 @@ def _train_config(recipe: FinetuneRecipe, cfg: FinetuneConfig, checkpoint_dir: s
 
 def _collate(vlm: VLM, loss_on: str) -> Any:
     encoder = Encoder(vlm)
-    images = image_token_ids(vlm)
+    images = vlm.adapter.visual_token_ids(vlm.model)
 
     def collate(batch: list[Item]) -> dict[str, torch.Tensor]:
         examples = [encoder.training_example(item, prompt) for item, prompt in zip(batch, encoder.prompts(batch))]
@@ -281,14 +274,13 @@ def run_finetune(job: FinetuneJob) -> dict[str, Any]:
     """Load ``job.model`` (or build a tiny model), fine-tune it on the benchmark, save it at
     ``job.out`` (LoRA merged; with ``keep_adapter`` a peft adapter folder) with finetune.json
     written last. Returns finetune.json's content."""
-    from ..models import TinySize, load_vlm
-    from ..pipeline import (RunConfig, build_tiny_base, injection_meta_for, prepare_benchmark, versions)
-    from ..utils import atomic_write_text, is_main_process, seed_everything, stable_hash, wait_for_everyone
     from ..data import WorldConfig
-    from .inject import INJECTION_META, injection_meta_text
-
-    from ..utils import init_distributed, resolve_device
+    from ..models import TinySize, load_vlm
+    from ..pipeline import RunConfig, build_tiny_base, injection_meta_for, prepare_benchmark, versions
+    from ..utils import (atomic_write_text, init_distributed, is_main_process, resolve_device, seed_everything,
+                         stable_hash, wait_for_everyone)
     from . import sharding
+    from .inject import INJECTION_META, injection_meta_text
 
     # As a run: before accelerate's state exists, DeepSpeed refused and `accelerate launch --use_fsdp` claimed.
     sharding.refuse_deepspeed("mllm-unlearn finetune")
