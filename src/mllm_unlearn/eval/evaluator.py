@@ -11,7 +11,7 @@ import random
 from collections import defaultdict
 from contextlib import nullcontext
 from dataclasses import asdict, dataclass
-from typing import Any, Iterable, Sequence
+from typing import Any, Callable, Iterable, Sequence, Union
 
 import torch
 
@@ -23,6 +23,9 @@ from .metrics import bleu, cloze_correct, parse_letter, rouge_l_f
 
 TASKS = ("mcq", "cloze", "generation")
 PROTOCOLS = ("ours", mllmu_protocol.PROTOCOL)
+# Demonstrations shown before every question, or a function giving each item its own (the
+# attack battery's in-context attack: the same person's other facts).
+Demos = Union[Sequence[Item], Callable[[Item], Sequence[Item]]]
 
 
 @dataclass
@@ -78,9 +81,11 @@ def _batches(items: Sequence[Item], size: int) -> Iterable[Sequence[Item]]:
 
 
 class Evaluator:
-    def __init__(self, vlm: VLM, cfg: EvalConfig | None = None):
+    def __init__(self, vlm: VLM, cfg: EvalConfig | None = None, encoder: Encoder | None = None):
+        """``encoder``: prompts from this encoder (e.g. the prompt attack's, which pre-fills the
+        answer); default the model's chat template under ``cfg.protocol``."""
         self.vlm = vlm
-        self.encoder = Encoder(vlm)
+        self.encoder = encoder or Encoder(vlm, protocol=(cfg or EvalConfig()).protocol)
         self.letter_ids = option_letter_ids(self.encoder)
         self.cfg = cfg or EvalConfig()
         self._demonstrations: dict[tuple[str, ...], tuple[Any, list[Item]]] = {}
@@ -97,18 +102,37 @@ class Evaluator:
             self.encoder = Encoder(self.vlm, protocol=cfg.protocol)
             self.letter_ids = option_letter_ids(self.encoder)
 
-    def _inputs(self, items: Sequence[Item], demos: Sequence[Item]) -> dict[str, torch.Tensor]:
-        return {k: v.to(self.vlm.device) for k, v in self.encoder.batch(items, train=False, demos=demos).items()}
+    def _inputs(self, items: Sequence[Item], demos: Demos) -> dict[str, torch.Tensor]:
+        if callable(demos):  # each item with demonstrations of its own
+            from ..data.collate import collate
+
+            batch = collate(self._prompts(items, demos), self.encoder.pad_id)
+        else:
+            batch = self.encoder.batch(items, train=False, demos=demos)
+        return {k: v.to(self.vlm.device) for k, v in batch.items()}
+
+    def model_inputs(self, items: Sequence[Item], demos: Demos = ()) -> dict[str, torch.Tensor]:
+        """The batch the scorers feed the model for ``items`` (left-padded, on the model's device)."""
+        return self._inputs(items, demos)
+
+    def length_order(self, items: Sequence[Item], demos: Demos = ()) -> list[int]:
+        """Item indices by prompt length (the batching order of ``score_group``)."""
+        return self._by_length(items, demos)
+
+    def _prompts(self, items: Sequence[Item], demos: Demos) -> list[dict[str, torch.Tensor]]:
+        if callable(demos):
+            return [self.encoder.prompts([item], demos(item))[0] for item in items]
+        return self.encoder.prompts(items, demos)
 
     @torch.no_grad()
-    def letter_scores(self, items: Sequence[Item], demos: Sequence[Item] = ()) -> list[dict[str, float]]:
+    def letter_scores(self, items: Sequence[Item], demos: Demos = ()) -> list[dict[str, float]]:
         """Log-probability of each option letter as the answer's first token: one forward pass per batch."""
         logits = self.vlm.model(**self._inputs(items, demos), logits_to_keep=1).logits[:, -1].float()
         logprobs = torch.log_softmax(logits, dim=-1)
         return [{k: float(row[i]) for k, i in self.letter_ids.items()} for row in logprobs]
 
     @torch.no_grad()
-    def generate(self, items: Sequence[Item], demos: Sequence[Item] = (), max_new_tokens: int | None = None) -> list[str]:
+    def generate(self, items: Sequence[Item], demos: Demos = (), max_new_tokens: int | None = None) -> list[str]:
         inputs = self._inputs(items, demos)
         tokenizer = self.vlm.tokenizer
         length = max_new_tokens or self.cfg.max_new_tokens or mllmu_protocol.MAX_NEW_TOKENS
@@ -117,21 +141,21 @@ class Evaluator:
         new_tokens = output[:, inputs["input_ids"].shape[1]:]
         return [t.strip() for t in tokenizer.batch_decode(new_tokens, skip_special_tokens=True)]
 
-    def score_group(self, items: Sequence[Item], task: str, demos: Sequence[Item] = ()) -> list[dict[str, Any]]:
+    def score_group(self, items: Sequence[Item], task: str, demos: Demos = ()) -> list[dict[str, Any]]:
         """One record per item; under ``accelerate launch`` the items are shared out over the processes."""
         from ..utils import shard_and_gather
 
         return shard_and_gather(list(items), lambda mine: self._score_items(mine, task, demos))
 
-    def _by_length(self, items: Sequence[Item], demos: Sequence[Item]) -> list[int]:
+    def _by_length(self, items: Sequence[Item], demos: Demos) -> list[int]:
         """Item indices ordered by prompt length, so a batch holds prompts of (nearly) one length
         and less padding is computed."""
         lengths = []
         for start in range(0, len(items), 256):  # encodes (and caches) the prompts in big processor calls
-            lengths += [p["input_ids"].shape[1] for p in self.encoder.prompts(items[start:start + 256], demos)]
+            lengths += [p["input_ids"].shape[1] for p in self._prompts(items[start:start + 256], demos)]
         return sorted(range(len(items)), key=lambda k: lengths[k])
 
-    def _score_items(self, items: Sequence[Item], task: str, demos: Sequence[Item]) -> list[dict[str, Any]]:
+    def _score_items(self, items: Sequence[Item], task: str, demos: Demos) -> list[dict[str, Any]]:
         if self.cfg.batch_size > 1 and len(items) > 1:
             order = self._by_length(items, demos)
             records = self._score_in_order([items[k] for k in order], task, demos)
@@ -141,7 +165,7 @@ class Evaluator:
             return restored
         return self._score_in_order(items, task, demos)
 
-    def _score_in_order(self, items: Sequence[Item], task: str, demos: Sequence[Item]) -> list[dict[str, Any]]:
+    def _score_in_order(self, items: Sequence[Item], task: str, demos: Demos) -> list[dict[str, Any]]:
         records = []
         for batch in _batches(items, self.cfg.batch_size):
             if task == "mcq" and self.cfg.scorer == "likelihood":

@@ -24,8 +24,9 @@ from __future__ import annotations
 
 import dataclasses
 import random
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass
-from typing import Any, Sequence
+from typing import Any, Iterator, Sequence
 
 import torch
 
@@ -136,8 +137,9 @@ def _eval_items(items: Sequence[Item], people: set[str] | None, task: str, limit
 
 
 def _parameters_baked_by(edit: Any, model: torch.nn.Module) -> list[torch.nn.Parameter]:
-    """The parameters ``edit.bake`` writes: a weight edit's named tensors, a neuron mask's down
-    projections, the union for a composite edit; every parameter for a kind not known here."""
+    """The parameters ``edit.bake`` writes: a weight edit's named tensors (stored whole or as rows
+    or columns), a neuron mask's down projections, a LoRA edit's adapted weights, the union for a
+    composite edit; every parameter for a kind not known here."""
     from ..interventions.neuron_mask import NeuronMask, _site_modules
 
     if hasattr(edit, "parts"):
@@ -145,10 +147,64 @@ def _parameters_baked_by(edit: Any, model: torch.nn.Module) -> list[torch.nn.Par
         return list(found.values())
     if isinstance(edit, NeuronMask):
         return [module.weight for module in _site_modules(model, list(edit.indices)).values()]
+    from ..interventions.low_rank import LowRankDelta
+
+    if isinstance(edit, LowRankDelta):
+        modules = dict(model.named_modules())
+        return [modules[path].weight for path in edit.factors if path in modules]
     if isinstance(edit, WeightDelta):
         params = dict(model.named_parameters())
-        return [params[name] for name in edit.tensors if name in params]
+        return [params[name] for name in edit.names if name in params]  # whole tensors and row/column slices
     return list(model.parameters())
+
+
+@contextmanager
+def attacked_model(vlm: VLM, edit: Any, full_finetune: bool) -> Iterator[None]:
+    """``edit`` on ``vlm`` in place for an attack that fine-tunes it, undone afterwards: the
+    caller's model comes back bitwise unchanged, also when the attack fails.
+
+    The edit is baked into the weights, as an attacker holding the released weights has it (so
+    pruned neurons can regrow), or hooked on for a test-time edit (the attacker fine-tunes the
+    deployed, steered model and is measured with the steering on). What the attack
+    (``full_finetune``: every weight; LoRA: none) or the baking changes is kept on CPU first and
+    copied back at the end."""
+    hooks = None
+    if full_finetune:  # full fine-tuning moves every weight
+        saved = list(vlm.model.parameters())
+    else:  # LoRA leaves the weights alone: only those the edit bakes into
+        saved = _parameters_baked_by(edit, vlm.model) if edit is not None and edit.bakeable else []
+    snapshot = [(param, param.detach().to("cpu", copy=True)) for param in saved]
+    try:
+        if edit is not None and edit.bakeable:
+            edit.bake(vlm)
+        elif edit is not None:
+            hooks = edit.apply(vlm)
+        yield
+    finally:
+        with torch.no_grad():
+            for param, value in snapshot:
+                param.copy_(value)
+        del snapshot
+        if hooks is not None:
+            hooks.remove()
+
+
+def fine_tune(vlm: VLM, train_items: Sequence[Item], cfg: RelearnConfig, description: str, stop_check: Any = None,
+              check_every: int | None = None) -> Any:
+    """``cfg.steps`` steps of answer NLL on ``train_items`` (constant lr ``cfg.lr``, LoRA adapters
+    removed unmerged afterwards when ``cfg.lora``): the relearning attacks' training. ``cfg`` resolved."""
+    encoder = Encoder(vlm)
+
+    def collate(batch: list[Item]) -> dict[str, torch.Tensor]:
+        return {k: v.to(vlm.device) for k, v in encoder.batch(batch, train=True).items()}
+
+    # peft injects the adapters into the model's own modules, so evaluators on ``vlm`` see them.
+    train_cfg = TrainConfig(lr=cfg.lr, max_steps=cfg.steps, batch_size=cfg.batch_size, schedule="constant",
+                            warmup_ratio=0.0, seed=cfg.seed, lora=cfg.lora, progress=cfg.progress,
+                            gradient_checkpointing=bool(cfg.gradient_checkpointing))
+    kwargs = {"stop_check": stop_check, "check_every": check_every} if stop_check is not None else {}
+    return train(vlm.model, list(train_items), collate, lambda model, batch: sequence_nll(model, batch).mean(),
+                 train_cfg, description=description, device=vlm.device, merge_lora=False, **kwargs)
 
 
 def relearn_attack(vlm: VLM, benchmark: Benchmark, edit: Any, cfg: RelearnConfig | None = None) -> dict[str, Any]:
@@ -174,21 +230,7 @@ def relearn_attack(vlm: VLM, benchmark: Benchmark, edit: Any, cfg: RelearnConfig
     eval_cfg = EvalConfig(scorer="likelihood", batch_size=32, progress=False, seed=cfg.seed)
 
     vanilla = _accuracy(Evaluator(vlm, eval_cfg), forget_items, cfg.task)
-    # The edit goes onto the caller's model in place: baked into the weights, as an attacker holding
-    # the released weights has it (so pruned neurons can regrow), or as hooks for a test-time edit
-    # (the attacker fine-tunes the deployed, steered model and is measured with the steering on).
-    # What the attack or the baking changes is kept on CPU first and copied back at the end.
-    hooks = None
-    if cfg.lora is None:  # full fine-tuning moves every weight
-        saved = list(vlm.model.parameters())
-    else:  # LoRA leaves the weights alone: only those the edit bakes into
-        saved = _parameters_baked_by(edit, vlm.model) if edit is not None and edit.bakeable else []
-    snapshot = [(param, param.detach().to("cpu", copy=True)) for param in saved]
-    try:
-        if edit is not None and edit.bakeable:
-            edit.bake(vlm)
-        elif edit is not None:
-            hooks = edit.apply(vlm)
+    with attacked_model(vlm, edit, full_finetune=cfg.lora is None):
         evaluator = Evaluator(vlm, eval_cfg)
         steps: list[int] = [0]
         forget_curve = [_accuracy(evaluator, forget_items, cfg.task)]
@@ -204,27 +246,9 @@ def relearn_attack(vlm: VLM, benchmark: Benchmark, edit: Any, cfg: RelearnConfig
                 shown_curve.append(_accuracy(evaluator, shown_items, cfg.task))
             return False
 
-        encoder = Encoder(vlm)
-
-        def collate(batch: list[Item]) -> dict[str, torch.Tensor]:
-            return {k: v.to(vlm.device) for k, v in encoder.batch(batch, train=True).items()}
-
-        # peft injects the adapters into the model's own modules, so ``evaluator`` (on ``vlm``) sees them.
-        train_cfg = TrainConfig(lr=cfg.lr, max_steps=cfg.steps, batch_size=cfg.batch_size, schedule="constant",
-                                warmup_ratio=0.0, seed=cfg.seed, lora=cfg.lora, progress=cfg.progress,
-                                gradient_checkpointing=bool(cfg.gradient_checkpointing))
-        result = train(vlm.model, train_items, collate, lambda model, batch: sequence_nll(model, batch).mean(),
-                       train_cfg, description="relearning attack", device=vlm.device, stop_check=record,
-                       check_every=cfg.eval_every, merge_lora=False)
+        result = fine_tune(vlm, train_items, cfg, "relearning attack", stop_check=record, check_every=cfg.eval_every)
         if steps[-1] != result.steps:
             record(result.steps)
-    finally:
-        with torch.no_grad():
-            for param, value in snapshot:
-                param.copy_(value)
-        del snapshot
-        if hooks is not None:
-            hooks.remove()
     before, after = forget_curve[0], forget_curve[-1]
     recovered = {m: (after[m] - before[m]) / (vanilla[m] - before[m]) if vanilla[m] - before[m] > 1e-9 else None
                  for m in vanilla}

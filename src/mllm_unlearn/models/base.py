@@ -101,6 +101,25 @@ class ModelAdapter:
     def language_model(self, model: nn.Module) -> nn.Module:
         return _find_module(model, self.language_model_paths)
 
+    # The language model's final norm, by leaf name inside it (Llama and Qwen2: "norm").
+    final_norm_name: ClassVar[str] = "norm"
+
+    def final_norm(self, model: nn.Module) -> nn.Module:
+        """The norm applied to the last decoder layer's output before the output head."""
+        return self.language_model(model).get_submodule(self.final_norm_name)
+
+    def output_head(self, model: nn.Module) -> nn.Module:
+        """The output head (hidden state -> vocabulary logits)."""
+        head = model.get_output_embeddings()
+        if head is None:
+            raise AttributeError(f"{type(model).__name__} has no output head (get_output_embeddings() is None)")
+        return head
+
+    @staticmethod
+    def layer_hidden(output: Any) -> torch.Tensor:
+        """A decoder layer's output hidden states (a tensor, or the first element of a tuple)."""
+        return output[0] if isinstance(output, (tuple, list)) else output
+
     def vision_tower(self, model: nn.Module) -> nn.Module:
         return _find_module(model, self.vision_tower_paths)
 
