@@ -48,6 +48,16 @@ def parse_relearn_lora(text: str | None) -> object:
     return LoraOptions(r=rank, alpha=rank)
 
 
+def attack_options(attacks: str, quant_group_size: int, margin: float, seed: int, quiet: bool) -> object:
+    """The battery's settings from ``--attacks`` and its options; None for ``--attacks none``."""
+    from .eval.attacks import AttackConfig, parse_attacks
+
+    names = parse_attacks(attacks)
+    if not names:
+        return None
+    return AttackConfig(attacks=names, quant_group_size=quant_group_size, margin=margin, seed=seed, progress=not quiet)
+
+
 def _injection_config(seed: int, inject_epochs: int | None, pretrain_epochs: int | None,
                       task_formats: float = 0.0) -> InjectionConfig:
     """The knowledge-injection settings of `run` and `finetune --recipe builtin` from their options."""
@@ -137,6 +147,12 @@ def run(
     relearn_lora: Optional[str] = typer.Option(
         None, help="Relearning attack through LoRA adapters of this rank (e.g. 16), or 'off' for full fine-tuning "
                    "(snapshot on CPU). Default: full on models this tool built, rank 16 on any other model."),
+    attacks: str = typer.Option(
+        "all", help="Attack battery and forgetting certificate (certificate.json): 'all', 'none', or a comma list of "
+                    "quantization, logit_lens, prompt, cross_modal, benign_relearn."),
+    quant_group_size: int = typer.Option(128, min=1, help="Quantization attack: weights per group of each output row."),
+    certificate_margin: float = typer.Option(
+        10.0, min=0.0, help="Certificate: a probe still recalls a person above chance + this many points (and p <= 0.05)."),
     seed: int = typer.Option(0, help="Seed for everything."),
     device: str = typer.Option("auto", help="auto, cpu, cuda or cuda:N."),
     dtype: str = typer.Option(
@@ -200,6 +216,7 @@ def run(
         if shard is not None:
             overrides["shard"] = shard
         relearn_mode = parse_relearn_lora(relearn_lora)
+        battery = attack_options(attacks, quant_group_size, certificate_margin, seed, quiet)
         eval_cfg = EvalConfig(protocol=protocol, scorer=scorer, few_shot=few_shot, max_new_tokens=max_new_tokens,
                               tasks=tuple(t.strip() for t in tasks.split(",") if t.strip()), seed=seed, progress=not quiet)
         cfg = RunConfig(name=name, family=family, model=str(model) if model else None,
@@ -211,7 +228,7 @@ def run(
                         mia=MIAConfig() if mia else None,
                         relearn=RelearnConfig(steps=relearn_steps, eval_every=max(1, relearn_steps // 4), seed=seed,
                                               lr=relearn_lr, lora=relearn_mode) if relearn else None,
-                        preset=preset_file, min_knowledge=min_knowledge, allow_unknown=allow_unknown)
+                        attacks=battery, preset=preset_file, min_knowledge=min_knowledge, allow_unknown=allow_unknown)
         results = run_pipeline(cfg)
     except (ValueError, FileNotFoundError, FloatingPointError, UnlearningDiverged) as error:
         typer.secho(f"error: {error}", fg=typer.colors.RED, err=True)
@@ -435,6 +452,36 @@ def export(
         typer.secho(f"error: {error}", fg=typer.colors.RED, err=True)
         raise typer.Exit(code=2)
     typer.echo(f"Wrote the unlearned checkpoint {out} ({edit.kind} edit of {base} baked in)")
+
+
+@app.command()
+def attack(
+    run_dir: Path = typer.Argument(..., help="A run folder (holding results.json and edit/)."),
+    attacks: str = typer.Option("all", help="'all' or a comma list of quantization, logit_lens, prompt, cross_modal, "
+                                            "benign_relearn."),
+    edit: Optional[Path] = typer.Option(
+        None, help="Attack this instead of the run's edit: a saved edit or an unlearned checkpoint of the run's model."),
+    quant_group_size: int = typer.Option(128, min=1, help="Quantization attack: weights per group of each output row."),
+    certificate_margin: float = typer.Option(
+        10.0, min=0.0, help="Certificate: a probe still recalls a person above chance + this many points (and p <= 0.05)."),
+    device: str = typer.Option("auto", help="auto, cpu, cuda or cuda:N."),
+    quiet: bool = typer.Option(False, help="No progress bars."),
+) -> None:
+    """Run the attack battery on a finished run (its model and edit, or --edit): updates RUN_DIR's
+    results.json, report.md, report.html and writes certificate.json."""
+    from .pipeline import CERTIFICATE_FILE, attack_existing_run
+
+    try:
+        cfg = attack_options(attacks, quant_group_size, certificate_margin, 0, quiet)
+        if cfg is None:
+            raise ValueError("--attacks none: nothing to run")
+        attack_existing_run(run_dir, cfg, edit, device)
+    except (ValueError, FileNotFoundError) as error:
+        typer.secho(f"error: {error}", fg=typer.colors.RED, err=True)
+        raise typer.Exit(code=2)
+    typer.echo((run_dir / "report.md").read_text())
+    typer.echo(f"Wrote {run_dir / 'results.json'}, {run_dir / 'report.md'}, {run_dir / 'report.html'}"
+               + (f" and {run_dir / CERTIFICATE_FILE}" if (run_dir / CERTIFICATE_FILE).is_file() else ""))
 
 
 @app.command()

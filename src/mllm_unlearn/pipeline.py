@@ -17,6 +17,7 @@ from .data.mllmu import HOLDOUT_CONFIG, BenchmarkFormatError
 from .data.synthetic import add_holdout, all_template_texts, clear_template_texts
 from .data.text_forms import text_only_forms
 from .eval import EvalConfig, Evaluator
+from .eval.attacks import AttackConfig, run_battery
 from .eval.clear import ClearEvalConfig, ClearEvaluator
 from .eval.generalisation import generalisation_breakdown
 from .eval.knowledge import DEFAULT_MIN_KNOWLEDGE, KnowledgeCheckFailed, failure_message, knowledge_check
@@ -73,6 +74,8 @@ class RunConfig:
     # resolve by who built the model: eval.relearn.resolve_relearn).
     mia: MIAConfig | None = field(default_factory=MIAConfig)
     relearn: RelearnConfig | None = field(default_factory=RelearnConfig)
+    # The attack battery and forgetting certificate (eval/attacks; None: off, ``--attacks none``).
+    attacks: AttackConfig | None = field(default_factory=AttackConfig)
     progress: bool = True
     # A preset file's content (``sweep.load_preset``): recorded in results.json; a preset chosen on
     # a carved-out validation split takes those people out of the reported splits.
@@ -561,6 +564,7 @@ def run_pipeline(cfg: RunConfig) -> dict[str, Any]:
         "model_built_here": built_here, "preset": preset,
         "method_config": cfg.method_cfg.to_dict() if cfg.edit is None else edit.meta.get("config"), "eval": asdict(cfg.eval),
         "mia": asdict(cfg.mia) if cfg.mia else None, "relearn": asdict(relearn_cfg) if relearn_cfg else None,
+        "attacks": asdict(attack_config(cfg, built_here)) if cfg.attacks else None,
         "versions": versions(),
         # a --preset file (e.g. a sweep's choice) applied on top of the preset above
         "preset_file": preset_record(cfg.preset) if cfg.preset is not None else None,
@@ -601,7 +605,93 @@ def run_pipeline(cfg: RunConfig) -> dict[str, Any]:
         _write_outputs(run_dir, results)
 
     run_robustness(replace(cfg, relearn=relearn_cfg), vlm, benchmark, edit, timings, on_stage=stage_done)
+    run_attacks(attack_config(cfg, built_here), vlm, benchmark, edit, results, run_dir)
     wait_for_everyone()
+    return results
+
+
+CERTIFICATE_FILE = "certificate.json"
+
+
+def attack_config(cfg: RunConfig, built_here: bool) -> AttackConfig | None:
+    """The run's battery settings with its seed, progress and who built the model (benign
+    relearning's LoRA "auto" resolves as the relearning attack's)."""
+    if cfg.attacks is None:
+        return None
+    return replace(cfg.attacks, seed=cfg.seed, progress=cfg.progress, model_built_here=built_here)
+
+
+def run_attacks(cfg: AttackConfig | None, vlm: VLM, benchmark: Benchmark, edit: Any, results: dict[str, Any],
+                run_dir: Path) -> None:
+    """The attack battery as robustness stages (``results["robustness"]["attacks"]``): results.json
+    and the reports rewritten after each attack, ``certificate.json`` after the certificate; each
+    attack's seconds in ``results["cost"]["wall_time_s"]`` ("attack: <name>")."""
+    from .eval.attacks import parse_attacks
+
+    if cfg is None:
+        results["robustness"]["attacks"] = {"skipped": "switched off (--attacks none)"}
+        _write_outputs(run_dir, results)
+        return
+    names = parse_attacks(cfg.attacks)
+    if not names:
+        results["robustness"]["attacks"] = {"skipped": "switched off (--attacks none)"}
+        _write_outputs(run_dir, results)
+        return
+    stages = results["robustness"]["attacks"] = {name: {"pending": STAGE_PENDING} for name in names}
+    stages["certificate"] = {"pending": STAGE_PENDING}
+    _write_outputs(run_dir, results)
+    timings = results["cost"].setdefault("wall_time_s", {})
+
+    def attack_done(stage: str, outcome: dict[str, Any]) -> None:
+        stages[stage] = outcome
+        if "failed" in outcome:
+            results["failures"].append(outcome["failed"])
+        results["cost"]["peak_memory_mb"] = peak_memory_mb(vlm.device)
+        _write_outputs(run_dir, results)
+        if stage == "certificate" and is_main_process() and "skipped" not in outcome:
+            atomic_write_text(run_dir / CERTIFICATE_FILE, json.dumps(outcome, indent=2, default=str))
+
+    run_battery(vlm, benchmark, edit, cfg, on_stage=attack_done, timings=timings)
+
+
+def attack_existing_run(run_dir: str | Path, cfg: AttackConfig, edit_path: str | Path | None = None,
+                        device: str = "auto") -> dict[str, Any]:
+    """``mllm-unlearn attack RUN_DIR``: the battery on a finished run's model and edit (or
+    ``edit_path``: a saved edit or an unlearned checkpoint of the run's model), its results.json,
+    reports and certificate.json updated in place. Returns the updated results."""
+    from .report import load_results
+    from .sweep import exclude_validation_people
+
+    run_dir = Path(run_dir)
+    results = load_results(run_dir)
+    config = results["config"]
+    if results.get("protocol") == "clear":
+        raise ValueError(f"{run_dir} is a CLEAR run: the attack battery probes MLLMU-Bench's classification questions, "
+                         "which CLEAR has none of")
+    root = (config.get("benchmark") or {}).get("root")
+    if not root or not Path(root).is_dir():
+        raise FileNotFoundError(f"{run_dir / 'results.json'}: the run's benchmark folder {root!r} is not there")
+    benchmark = load_mllmu(root, config["forget_percent"], seed=config["seed"])
+    if config.get("preset_file"):
+        benchmark = exclude_validation_people(benchmark, config["preset_file"])
+    model_path = config.get("model_path")
+    if not model_path or not Path(model_path).is_dir():
+        raise FileNotFoundError(f"{run_dir / 'results.json'}: the run's model {model_path!r} is not there")
+    edit_source = Path(edit_path) if edit_path is not None else run_dir / "edit"
+    given_edit_kind(edit_source)  # a clear error before the model loads
+    vlm = load_vlm(model_path, device, config.get("dtype_option") or "auto", config.get("max_pixels"))
+    edit = load_given_edit(edit_source, vlm)
+    edit.apply(vlm).remove()  # an edit of another model fails here
+    cfg = replace(cfg, seed=config["seed"], model_built_here=bool(config.get("model_built_here", True)))
+    results["config"]["attacks"] = asdict(cfg)
+    results["config"]["attacks_edit"] = str(edit_source)
+    results.setdefault("failures", [])
+    results.setdefault("cost", {}).setdefault("wall_time_s", {})
+    for key in [k for k in results["cost"]["wall_time_s"] if k.startswith("attack: ")]:
+        del results["cost"]["wall_time_s"][key]  # this battery's seconds replace an earlier one's
+    results["failures"] = [f for f in results["failures"] if not str(f.get("stage", "")).endswith(" attack")
+                           or f.get("stage") == "relearning attack"]
+    run_attacks(cfg, vlm, benchmark, edit, results, run_dir)
     return results
 
 

@@ -287,6 +287,12 @@ def summary_rows(runs: Sequence[dict[str, Any]], metric: str) -> tuple[list[str]
                      f"{_fmt(before)} → {_fmt(after)}" if after is not None else "–",
                      _fmt(sum(cost.get("wall_time_s", {}).values()) or None), _fmt(cost.get("peak_memory_mb"), 0),
                      still_known_cell(r, "unlearned")])
+    from .attacks import battery, summary_cells
+
+    if any(battery(r) for r in runs):  # the attack battery's columns (vanilla row: none)
+        header = header + summary_cells(runs[0])[0]
+        rows = [row + (["–"] * len(summary_cells(runs[0])[0]) if k == 0 else summary_cells(runs[k - 1])[1])
+                for k, row in enumerate(rows)]
     return header, rows
 
 
@@ -466,6 +472,9 @@ def render_html(runs: Sequence[dict[str, Any]], title: str | None = None) -> str
                  "".join(f"<p class='skipped'>{html.escape(run_label(r))}: "
                          f"{html.escape(stage_note(r.get('robustness', {}).get('relearn', {})) or 'not run')}</p>"
                          for r in runs))
+    from .attacks import attacks_html
+
+    parts += attacks_html(runs)
     parts += ["<h2>Cost</h2>", _figure_html(cost_plot(runs), "Wall time per pipeline step and the process's peak "
                                             "memory", "cost"),
               _table(["run", "step", "wall time (s)"],

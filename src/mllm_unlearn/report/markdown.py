@@ -5,6 +5,7 @@ from typing import Any
 
 from ..eval.knowledge import knowledge_markdown
 from ..eval.metrics import STILL_KNOWN, people_still_known, per_person_accuracy
+from .attacks import attacks_markdown, cost_line
 
 SPLIT_LABELS = {"forget": "Forget", "test": "Test (paraphrased, transformed images)", "retain": "Retain",
                 "real_world": "Real-world"}
@@ -125,6 +126,7 @@ def render_markdown(results: dict[str, Any]) -> str:
         lines += [f"- {key.replace('_vqa_mcq_accuracy', '')}: {value:.1f}%" for key, value in diagnostics.items()]
     lines += per_person_markdown(results)
     lines += robustness_markdown(results)
+    lines += attacks_markdown(results)
     lines += _data_notes(config)
     lines += _cost_lines(results)
     return "\n".join(lines) + "\n"
@@ -222,6 +224,7 @@ def _cost_lines(results: dict[str, Any]) -> list[str]:
     lines += [f"| {step} | {seconds:.1f} |" for step, seconds in cost.get("wall_time_s", {}).items()]
     lines += ["", f"Peak memory: {cost.get('peak_memory_mb', 0):.0f} MB; parameters changed by the edit: "
               f"{cost.get('changed_parameters', 0):,}"]
+    lines += ["", *cost_line(results)] if cost_line(results) else []
     return lines
 
 

@@ -11,6 +11,8 @@ from __future__ import annotations
 import time
 from typing import Any, Callable, Sequence
 
+import torch
+
 from . import benign_relearn, cross_modal, logit_lens, prompt, quantization  # noqa: F401  (registration)
 from .base import (ATTACKS, Attack, AttackConfig, AttackNotApplicable, AttackResult, accuracy_table, attack_evaluator,
                    edited, person_names, probe_sets, score_mcq, stages)
@@ -72,27 +74,29 @@ def run_battery(vlm: Any, benchmark: Any, edit: Any, cfg: AttackConfig,
         if on_stage is not None:
             on_stage(key, outcome)
 
-    start = time.perf_counter()
-    try:
-        finish(BASELINE, baseline(vlm, benchmark, edit, cfg))
-    except AttackNotApplicable as error:
-        for name in names:
-            finish(name, {"skipped": str(error)})
-        finish("certificate", {"skipped": str(error)})
-        return out
-    timings[f"attack: {BASELINE}"] = time.perf_counter() - start
-    for name in names:
+    def attempt(name: str, work: Callable[[], dict[str, Any]]) -> dict[str, Any]:
         start = time.perf_counter()
         try:
-            outcome = ATTACKS[name].run(vlm, benchmark, edit, cfg).to_dict()
+            outcome = work()
         except AttackNotApplicable as error:
             outcome = {"skipped": str(error)}
         except Exception as error:  # noqa: BLE001 - any failure (OOM included) is recorded, the battery goes on
             print(f"warning: the {name} attack failed ({type(error).__name__}: {error}); recorded in results.json, "
                   "the run goes on", file=sys.stderr)
+            if torch.cuda.is_available():
+                torch.cuda.empty_cache()  # an out-of-memory error leaves cached blocks the next attack needs
             outcome = {"failed": stage_failure(f"{name} attack", error)}
         timings[f"attack: {name}"] = time.perf_counter() - start
         finish(name, outcome)
+        return outcome
+
+    first = attempt(BASELINE, lambda: baseline(vlm, benchmark, edit, cfg))
+    if "skipped" in first:  # the benchmark cannot support the battery
+        for key in (*names, "certificate"):
+            finish(key, {"skipped": first["skipped"]})
+        return out
+    for name in names:
+        attempt(name, lambda name=name: ATTACKS[name].run(vlm, benchmark, edit, cfg).to_dict())
     records = [r for key, outcome in out.items() for r in outcome.get("records", [])]
     finish("certificate", build_certificate(records, cfg, benchmark.forget_ids, person_names(benchmark),
                                             [n for n in names if "records" in out.get(n, {})]))

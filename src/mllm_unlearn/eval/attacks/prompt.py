@@ -60,13 +60,18 @@ class PrefilledEncoder(Encoder):
         return self.tokenizer(f" {answer}", add_special_tokens=False)["input_ids"][0]
 
     def unknown_prefix_words(self) -> list[str]:
-        """The prefix's tokens the tokenizer reads as unknown."""
+        """The prefix's words the tokenizer reads as unknown."""
         unk = self.tokenizer.unk_token_id
         if unk is None or not self.prefix:
             return []
-        ids = self.tokenizer(self.prefix, add_special_tokens=False)["input_ids"]
-        pieces = self.prefix.split()
-        return [pieces[k] if len(ids) == len(pieces) else "<unk>" for k, i in enumerate(ids) if i == unk]
+        try:
+            encoded = self.tokenizer(self.prefix, add_special_tokens=False, return_offsets_mapping=True)
+        except (NotImplementedError, TypeError, ValueError):  # a slow tokenizer: no offsets
+            encoded = None
+        if encoded is None or "offset_mapping" not in encoded:
+            ids = self.tokenizer(self.prefix, add_special_tokens=False)["input_ids"]
+            return ["<unk>"] * ids.count(unk)
+        return [self.prefix[a:b] for i, (a, b) in zip(encoded["input_ids"], encoded["offset_mapping"]) if i == unk]
 
 
 def same_person_demos(items: Sequence[Item]) -> Any:
