@@ -26,6 +26,7 @@ def small_run(tmp_path, cache: str, name: str = "r") -> RunConfig:
         method_cfg=MethodConfig(max_steps=3, batch_size=8, progress=False),
         eval=EvalConfig(max_items_per_group=6, max_new_tokens=6, progress=False), progress=False,
         mia=MIAConfig(max_items=24), relearn=RelearnConfig(steps=2, eval_every=1, batch_size=4, max_eval_items=4),
+        attacks=None,  # the attack battery has its own pipeline test (test_pipeline_attacks.py)
         allow_unknown=True,  # a few injection epochs: the model need not know the forget people yet
     )
 

@@ -639,7 +639,8 @@ def run_attacks(cfg: AttackConfig | None, vlm: VLM, benchmark: Benchmark, edit: 
         return
     stages = results["robustness"]["attacks"] = {name: {"pending": STAGE_PENDING} for name in names}
     stages["certificate"] = {"pending": STAGE_PENDING}
-    _write_outputs(run_dir, results)
+    if is_main_process():
+        atomic_write_text(run_dir / "results.json", json.dumps(results, indent=2, default=str))
     timings = results["cost"].setdefault("wall_time_s", {})
 
     def attack_done(stage: str, outcome: dict[str, Any]) -> None:
@@ -647,8 +648,14 @@ def run_attacks(cfg: AttackConfig | None, vlm: VLM, benchmark: Benchmark, edit: 
         if "failed" in outcome:
             results["failures"].append(outcome["failed"])
         results["cost"]["peak_memory_mb"] = peak_memory_mb(vlm.device)
+        if stage != "certificate":
+            # results.json after each attack; the reports (their plots take seconds) once, at the end
+            # (`mllm-unlearn report RUN_DIR` renders them from a results.json a crash left behind).
+            if is_main_process():
+                atomic_write_text(run_dir / "results.json", json.dumps(results, indent=2, default=str))
+            return
         _write_outputs(run_dir, results)
-        if stage == "certificate" and is_main_process() and "skipped" not in outcome:
+        if is_main_process() and "skipped" not in outcome:
             atomic_write_text(run_dir / CERTIFICATE_FILE, json.dumps(outcome, indent=2, default=str))
 
     run_battery(vlm, benchmark, edit, cfg, on_stage=attack_done, timings=timings)

@@ -9,9 +9,10 @@ cut into groups of ``group_size`` input weights (a row shorter than that is one 
 group quantized to ``bits`` and back ("fake quantization": the values a quantized checkpoint
 computes with, stored in the model's dtype). Two schemes:
 
-- ``asymmetric`` (default; AWQ's RTN, the paper's): scale = (max − min) / (2^bits − 1), zero
-  point = round(−min / scale), q = clamp(round(w / scale) + zero, 0, 2^bits − 1),
-  ŵ = (q − zero) · scale;
+- ``asymmetric`` (default; min-max with a zero point, as GPTQ's and AWQ's round-to-nearest
+  baselines): with min = min(group, 0) and max = max(group, 0) (the range holds zero, as in
+  GPTQ's quantizer, so nothing is clipped), scale = (max − min) / (2^bits − 1), zero point
+  = round(−min / scale), q = clamp(round(w / scale) + zero, 0, 2^bits − 1), ŵ = (q − zero) · scale;
 - ``symmetric``: scale = max|w| / (2^(bits−1) − 1), q = clamp(round(w / scale), −2^(bits−1),
   2^(bits−1) − 1), ŵ = q · scale.
 
@@ -55,7 +56,9 @@ def rtn_quantize(weight: torch.Tensor, bits: int, group_size: int = 128, scheme:
     groups = w.reshape(rows, -1, size)
     if scheme == "asymmetric":
         top = 2 ** bits - 1
-        low, high = groups.amin(dim=-1, keepdim=True), groups.amax(dim=-1, keepdim=True)
+        # As GPTQ's quantizer, the range always holds zero: an all-positive group is not clipped.
+        low = groups.amin(dim=-1, keepdim=True).clamp(max=0)
+        high = groups.amax(dim=-1, keepdim=True).clamp(min=0)
         scale = ((high - low) / top).clamp(min=1e-8)
         zero = torch.round(-low / scale).clamp(0, top)
         quantized = (torch.clamp(torch.round(groups / scale) + zero, 0, top) - zero) * scale
