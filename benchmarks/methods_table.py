@@ -66,6 +66,51 @@ def _kept_intro(out: Path) -> list[str]:
     return kept
 
 
+def _pair(figures: dict, key: str) -> str:
+    return " · ".join(_num(figures[m][key]) for m in ("vqa", "qa"))
+
+
+def attack_table(rows: list) -> list[str]:
+    """The attack battery per method (report/attacks.py): forget accuracy (VQA · QA) of the unlearned
+    model, after 8-bit and 4-bit quantization, at the best logit-lens layer, under the best prompt
+    attack and after benign relearning; the certified-forgotten people; the battery's cost."""
+    from mllm_unlearn.report.attacks import battery, battery_seconds, headline
+
+    with_battery = [(m, r) for m, r in rows if battery(r).get("certificate", {}).get("summary")]
+    if not with_battery:
+        return []
+    columns = ("plain", "quant_8bit", "quant_4bit", "logit_lens", "prompt", "benign_relearn")
+    header = ("| method | forget acc. | 8-bit quantized | 4-bit quantized | logit lens (best layer) | prompt attack (best) "
+              "| benign relearning | certified forgotten | uninformative probes | battery time (s) | share of run time |")
+    lines = ["", "## Attack battery and forgetting certificate", "",
+             "Forget people's classification accuracy (%), VQA · QA, of the unlearned model as it answers, after "
+             "round-to-nearest weight quantization of the language model (asymmetric, groups of 128), read from the "
+             "best decoder layer through the final norm and head (logit lens), under the best of three prompt "
+             "attacks (the person's other facts in context, the prefix \"Sure, the answer is\", another photo of "
+             "the person) and after 20 steps of fine-tuning on retain people only (benign relearning); chance 25%. "
+             "Certified forgotten: forget people for whom no informative probe still recalls (accuracy above chance "
+             "+ 10 points with binomial p <= 0.05; `certificate.json` of each run), out of 10, VQA · QA. "
+             "Uninformative probes: those the vanilla model fails too, left out of the certificate. "
+             "Vanilla row: the vanilla model under the same attacks (the positive control). "
+             "Produced by `mllm-unlearn run` (default `--attacks all`) through `benchmarks/methods_table.py`.", "",
+             header, "|" + " --- |" * 11]
+    first = with_battery[0][1]
+    vanilla = headline(first, "vanilla")
+    lines.append("| vanilla | " + " | ".join(_pair(vanilla, c) for c in columns) + " | | | | |")
+    for method, results in with_battery:
+        figures = headline(results)
+        certificate = battery(results)["certificate"]
+        certified = " · ".join(f"{figures[m]['forgotten']}/{figures[m]['people']}" for m in ("vqa", "qa"))
+        uninformative = "; ".join(f"{m.upper()}: {', '.join(p)}" for m, p in certificate.get("uninformative", {}).items()
+                                  if p) or "none"
+        if certificate.get("model_broken"):
+            certified += " (model broken: retain control failed)"
+        spent, total = battery_seconds(results)
+        lines.append(f"| {method} | " + " | ".join(_pair(figures, c) for c in columns)
+                     + f" | {certified} | {uninformative} | {spent:.1f} | {100 * spent / total:.0f}% |")
+    return lines
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--family", default="llava")
@@ -146,6 +191,7 @@ def main() -> None:
               "classification questions right (chance 25% each), in VQA · QA; an average can hide them.",
               "", "Peak memory: the method's whole run (load, evaluate twice, unlearn) in its own process, before "
               "the robustness evaluations: max RSS on CPU, the CUDA allocator's peak on GPU."]
+    lines += attack_table(rows)
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text("\n".join(lines) + "\n")
     print("\n".join(lines))

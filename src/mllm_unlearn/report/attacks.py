@@ -43,22 +43,24 @@ def _forget(table: dict[str, Any], probe: str, modality: str, stage: str = "unle
     return table.get(probe, {}).get(stage, {}).get("forget", {}).get(modality)
 
 
-def headline(results: dict[str, Any]) -> dict[str, dict[str, float | None]]:
-    """The battery's headline figures per modality (forget people, unlearned model): accuracy after
-    8-bit and 4-bit quantization, best-layer logit lens, the best prompt attack, benign
-    relearning, and the certified-forgotten people (count and out of how many)."""
+def headline(results: dict[str, Any], stage: str = "unlearned") -> dict[str, dict[str, float | None]]:
+    """The battery's headline figures per modality (forget people, the unlearned model or, with
+    ``stage="vanilla"``, the vanilla model under the same attacks): accuracy after 8-bit and 4-bit
+    quantization, best-layer logit lens, the best prompt attack, benign relearning, and the
+    certified-forgotten people (count and out of how many; unlearned only)."""
     table = probe_table(results)
     certificate = battery(results).get("certificate", {})
     out: dict[str, dict[str, float | None]] = {}
     for modality in ("vqa", "qa"):
-        prompts = [v for v in (_forget(table, p, modality) for p in ("prompt_in_context", "prompt_prefix",
-                                                                       "prompt_other_photo")) if v is not None]
-        summary = certificate.get("summary", {}).get(modality, {})
-        out[modality] = {"quant_8bit": _forget(table, "quant_8bit", modality),
-                         "quant_4bit": _forget(table, "quant_4bit", modality),
-                         "logit_lens": _forget(table, "logit_lens", modality),
+        prompts = [v for v in (_forget(table, p, modality, stage) for p in ("prompt_in_context", "prompt_prefix",
+                                                                              "prompt_other_photo")) if v is not None]
+        summary = certificate.get("summary", {}).get(modality, {}) if stage == "unlearned" else {}
+        out[modality] = {"plain": _forget(table, "plain", modality, stage),
+                         "quant_8bit": _forget(table, "quant_8bit", modality, stage),
+                         "quant_4bit": _forget(table, "quant_4bit", modality, stage),
+                         "logit_lens": _forget(table, "logit_lens", modality, stage),
                          "prompt": max(prompts) if prompts else None,
-                         "benign_relearn": _forget(table, "benign_relearn", modality),
+                         "benign_relearn": _forget(table, "benign_relearn", modality, stage),
                          "forgotten": summary.get("forgotten"), "people": summary.get("people")}
     return out
 
