@@ -51,6 +51,17 @@ def test_rtn_groups_rows_and_a_short_last_group():
     assert recovered_share(40.0, 90.0, 90.0) is None
 
 
+def test_bitsandbytes_is_skipped_with_the_reason_without_cuda(tiny_vlm, benchmark):
+    from mllm_unlearn.eval.attacks.quantization import bitsandbytes_available
+
+    if bitsandbytes_available() is None:
+        pytest.skip("CUDA and bitsandbytes are present: the NF4 variant runs (no skip to check)")
+    vlm = tiny_vlm("llava")
+    result = ATTACKS["quantization"].run(vlm, benchmark, None, replace(FAST, quant_bits=(4,), quant_bitsandbytes=True))
+    assert result.figures["bitsandbytes_skipped"] == bitsandbytes_available()
+    assert set(result.figures["variants"]) == {"quant_4bit"} and {r["stage"] for r in result.records} == {"unlearned"}
+
+
 def test_parse_attacks():
     assert parse_attacks("all") == ATTACK_ORDER and parse_attacks("none") == ()
     assert parse_attacks("prompt, quantization") == ("quantization", "prompt")  # the battery's own order

@@ -9,7 +9,6 @@ PROBE_LABELS = {
     "quant_8bit": "quantization, 8-bit RTN",
     "quant_4bit": "quantization, 4-bit RTN",
     "quant_bnb_nf4": "quantization, bitsandbytes NF4",
-    "quant_bnb_int8": "quantization, bitsandbytes int8",
     "logit_lens": "logit lens, best layer",
     "prompt_in_context": "prompt: the person's other facts in context",
     "prompt_prefix": "prompt: pre-committing answer prefix",

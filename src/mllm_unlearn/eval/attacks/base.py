@@ -39,7 +39,7 @@ class AttackConfig:
     quant_group_size: int = 128  # per output row, groups of this many input weights (a shorter row: one group)
     quant_scheme: str = "asymmetric"  # asymmetric (min-max with zero point, AWQ's RTN) or symmetric (absmax)
     quant_towers: bool = False  # also the vision tower and projector
-    quant_bitsandbytes: bool = False  # also bitsandbytes NF4 / int8 where CUDA and bitsandbytes are present
+    quant_bitsandbytes: bool = False  # also bitsandbytes NF4 where CUDA and bitsandbytes are present
     # prompt attacks
     prefix: str = "Sure, the answer is"
     # benign relearning: fine-tuning on retain people only (eval/relearn.py's settings when None)

@@ -98,16 +98,14 @@ def bitsandbytes_available() -> str | None:
     return None
 
 
-def bnb_quantize(weight: torch.Tensor, kind: str) -> torch.Tensor:
-    """bitsandbytes' NF4 (blocks of 64) or int8 (per output row, absmax) round trip of ``weight``."""
+def bnb_quantize(weight: torch.Tensor) -> torch.Tensor:
+    """bitsandbytes' NF4 round trip of ``weight`` (blocks of 64, on the GPU), back in its dtype and device.
+    (bitsandbytes' int8 is row-wise absmax: ``rtn_quantize(w, 8, w.shape[1], "symmetric")`` in plain torch.)"""
     import bitsandbytes.functional as F
 
     w = weight.detach().to("cuda")
-    if kind == "nf4":
-        packed, state = F.quantize_4bit(w.to(torch.float16 if w.dtype == torch.float32 else w.dtype), quant_type="nf4")
-        return F.dequantize_4bit(packed, state).to(weight.dtype).to(weight.device)
-    absmax = w.float().abs().amax(dim=1, keepdim=True).clamp(min=1e-8)  # LLM.int8's row-wise absmax
-    return (torch.round(w.float() / absmax * 127).clamp(-127, 127) * absmax / 127).to(weight.dtype).to(weight.device)
+    packed, state = F.quantize_4bit(w.to(torch.float16) if w.dtype == torch.float32 else w, quant_type="nf4")
+    return F.dequantize_4bit(packed, state).to(weight.dtype).to(weight.device)
 
 
 @contextmanager
@@ -162,7 +160,7 @@ class Quantization(Attack):
         out = [(f"quant_{bits}bit", lambda w, b=bits: rtn_quantize(w, b, cfg.quant_group_size, cfg.quant_scheme))
                for bits in cfg.quant_bits]
         if cfg.quant_bitsandbytes and bitsandbytes_available() is None:
-            out += [("quant_bnb_nf4", lambda w: bnb_quantize(w, "nf4")), ("quant_bnb_int8", lambda w: bnb_quantize(w, "int8"))]
+            out.append(("quant_bnb_nf4", bnb_quantize))
         return out
 
     def run(self, vlm: VLM, benchmark: Benchmark, edit: Any, cfg: AttackConfig) -> AttackResult:
