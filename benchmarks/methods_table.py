@@ -81,7 +81,8 @@ def attack_table(rows: list) -> list[str]:
         return []
     columns = ("plain", "quant_8bit", "quant_4bit", "logit_lens", "prompt", "benign_relearn")
     header = ("| method | forget acc. | 8-bit quantized | 4-bit quantized | logit lens (best layer) | prompt attack (best) "
-              "| benign relearning | certified forgotten | uninformative probes | battery time (s) | share of run time |")
+              "| benign relearning | certified forgotten | retain control | uninformative probes | battery time (s) "
+              "| share of run time |")
     lines = ["", "## Attack battery and forgetting certificate", "",
              "Forget people's classification accuracy (%), VQA · QA, of the unlearned model as it answers, after "
              "round-to-nearest weight quantization of the language model (asymmetric, groups of 128), read from the "
@@ -90,24 +91,33 @@ def attack_table(rows: list) -> list[str]:
              "the person) and after 20 steps of fine-tuning on retain people only (benign relearning); chance 25%. "
              "Certified forgotten: forget people for whom no informative probe still recalls (accuracy above chance "
              "+ 10 points with binomial p <= 0.05; `certificate.json` of each run), out of 10, VQA · QA. "
+             "Retain control: of the 10 control retain people the vanilla model recalls (same rule), how many the "
+             "unlearned model still recalls, VQA · QA; below half, the certificate calls that modality's model broken "
+             "rather than unlearned (marked *broken*). "
              "Uninformative probes: those the vanilla model fails too, left out of the certificate. "
              "Vanilla row: the vanilla model under the same attacks (the positive control). "
-             "Produced by `mllm-unlearn run` (default `--attacks all`) through `benchmarks/methods_table.py`.", "",
-             header, "|" + " --- |" * 11]
+             "Battery time and its share of the run's wall time: these runs evaluate classification only "
+             "(`--tasks mcq`), so the share is larger than on a default run (see the README). "
+             "Produced by `mllm-unlearn run` (default `--attacks all`) through `benchmarks/methods_table.py`. "
+             "What the figures show (positive controls, which attacks bring knowledge back): README, \"Attack "
+             "battery and forgetting certificate\".", "",
+             header, "|" + " --- |" * 12]
     first = with_battery[0][1]
     vanilla = headline(first, "vanilla")
-    lines.append("| vanilla | " + " | ".join(_pair(vanilla, c) for c in columns) + " | | | | |")
+    lines.append("| vanilla | " + " | ".join(_pair(vanilla, c) for c in columns) + " | | | | | |")
     for method, results in with_battery:
         figures = headline(results)
         certificate = battery(results)["certificate"]
         certified = " · ".join(f"{figures[m]['forgotten']}/{figures[m]['people']}" for m in ("vqa", "qa"))
         uninformative = "; ".join(f"{m.upper()}: {', '.join(p)}" for m, p in certificate.get("uninformative", {}).items()
                                   if p) or "none"
-        if certificate.get("model_broken"):
-            certified += " (model broken: retain control failed)"
+        control = certificate.get("control", {}).get("modalities", {})
+        kept = " · ".join(f"{c['still_recalled']}/{c['recalled_by_vanilla']}" + (" *broken*" if c["passed"] is False else "")
+                          for c in (control.get(m, {"still_recalled": "–", "recalled_by_vanilla": "–", "passed": None})
+                                    for m in ("vqa", "qa")))
         spent, total = battery_seconds(results)
         lines.append(f"| {method} | " + " | ".join(_pair(figures, c) for c in columns)
-                     + f" | {certified} | {uninformative} | {spent:.1f} | {100 * spent / total:.0f}% |")
+                     + f" | {certified} | {kept} | {uninformative} | {spent:.1f} | {100 * spent / total:.0f}% |")
     return lines
 
 

@@ -48,14 +48,18 @@ def parse_relearn_lora(text: str | None) -> object:
     return LoraOptions(r=rank, alpha=rank)
 
 
-def attack_options(attacks: str, quant_group_size: int, margin: float, seed: int, quiet: bool) -> object:
-    """The battery's settings from ``--attacks`` and its options; None for ``--attacks none``."""
+def attack_options(attacks: str, quant_group_size: int, margin: float, seed: int, quiet: bool,
+                   relearn: dict | None = None) -> object:
+    """The battery's settings from ``--attacks`` and its options; None for ``--attacks none``.
+    ``relearn``: benign relearning's steps, lr and lora (the relearning attack's options)."""
     from .eval.attacks import AttackConfig, parse_attacks
 
     names = parse_attacks(attacks)
     if not names:
         return None
-    return AttackConfig(attacks=names, quant_group_size=quant_group_size, margin=margin, seed=seed, progress=not quiet)
+    benign = {f"benign_{k}": v for k, v in (relearn or {}).items()}
+    return AttackConfig(attacks=names, quant_group_size=quant_group_size, margin=margin, seed=seed, progress=not quiet,
+                        **benign)
 
 
 def _injection_config(seed: int, inject_epochs: int | None, pretrain_epochs: int | None,
@@ -216,7 +220,8 @@ def run(
         if shard is not None:
             overrides["shard"] = shard
         relearn_mode = parse_relearn_lora(relearn_lora)
-        battery = attack_options(attacks, quant_group_size, certificate_margin, seed, quiet)
+        battery = attack_options(attacks, quant_group_size, certificate_margin, seed, quiet,
+                                 {"steps": relearn_steps, "lr": relearn_lr, "lora": relearn_mode})
         eval_cfg = EvalConfig(protocol=protocol, scorer=scorer, few_shot=few_shot, max_new_tokens=max_new_tokens,
                               tasks=tuple(t.strip() for t in tasks.split(",") if t.strip()), seed=seed, progress=not quiet)
         cfg = RunConfig(name=name, family=family, model=str(model) if model else None,
@@ -468,11 +473,19 @@ def attack(
     quiet: bool = typer.Option(False, help="No progress bars."),
 ) -> None:
     """Run the attack battery on a finished run (its model and edit, or --edit): updates RUN_DIR's
-    results.json, report.md, report.html and writes certificate.json."""
+    results.json, report.md, report.html and writes certificate.json. Benign relearning takes the
+    run's relearning settings (steps, lr, LoRA or full)."""
     from .pipeline import CERTIFICATE_FILE, attack_existing_run
 
     try:
-        cfg = attack_options(attacks, quant_group_size, certificate_margin, 0, quiet)
+        from .report import load_results
+        from .training import LoraOptions
+
+        recorded = (load_results(run_dir).get("config") or {}).get("relearn") or {}
+        lora = recorded.get("lora", "auto")
+        relearn = {"steps": recorded.get("steps", 20), "lr": recorded.get("lr"),
+                   "lora": LoraOptions(**lora) if isinstance(lora, dict) else lora}  # the run's relearning settings
+        cfg = attack_options(attacks, quant_group_size, certificate_margin, 0, quiet, relearn)
         if cfg is None:
             raise ValueError("--attacks none: nothing to run")
         attack_existing_run(run_dir, cfg, edit, device)

@@ -232,6 +232,9 @@ def lens_plot(runs: Sequence[dict[str, Any]]) -> str | None:
                 if points and (stage == "unlearned" or r is with_curve[0]):
                     ax.plot(range(len(points)), [p.get(modality) for p in points], style, marker="o",
                             label=run_label(r) if stage == "unlearned" else "vanilla")
+        layers = max(len(battery(r)["logit_lens"]["figures"]["curve"].get("unlearned", {}).get("forget", []))
+                     for r in with_curve)
+        ax.set_xticks(range(layers))
         ax.axhline(25.0, color="grey", linestyle=":", linewidth=1)
         ax.set_title(f"forget {modality.upper()}")
         ax.set_xlabel("decoder layer")
