@@ -177,6 +177,11 @@ def test_a_failing_attack_is_recorded_and_the_battery_goes_on(tiny_vlm, benchmar
     assert seen == ["plain", "quantization", "logit_lens", "cross_modal", "certificate"]
     assert out["logit_lens"]["failed"]["error"] == "OutOfMemoryError"
     assert "records" in out["quantization"] and "records" in out["cross_modal"]
+    candidates = out["cross_modal"]["figures"]["candidates"]
+    named = [r for r in out["cross_modal"]["records"] if r["probe"] in ("portrait_to_name", "facts_to_name")]
+    assert named and all(1 <= r["rank"] <= candidates for r in named)
+    assert all(r["rank"] == 1 for r in named if r["correct"])  # a hit: the own name scored highest
+    assert set(out["cross_modal"]["figures"]["mean_rank"]) == {"portrait_to_name", "facts_to_name"}
     assert out["certificate"]["attacks"] == ["quantization", "cross_modal"]
     assert set(timings) == {f"attack: {k}" for k in ("plain", "quantization", "logit_lens", "cross_modal")}
     assert weights_hash(vlm.model) == weights

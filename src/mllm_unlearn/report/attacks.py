@@ -146,6 +146,13 @@ def notes(results: dict[str, Any]) -> list[str]:
                        f"{', '.join(figures['unknown_prefix_words'])} (read as unknown tokens).")
         elif name == "cross_modal" and figures.get("skipped"):
             out.append(f"Cross-modal name probes: {figures['skipped']}.")
+        elif name == "cross_modal" and figures.get("mean_rank"):
+            ranks = figures["mean_rank"]
+            out.append(f"Cross-modal name probes: the person's own name's mean rank among {figures.get('candidates')} "
+                       f"candidates (chance {(figures.get('candidates', 0) + 1) / 2:g}; {figures.get('candidates')} = "
+                       "singled out, their name scored lowest), forget people unlearned / vanilla: "
+                       + "; ".join(f"{probe.replace('_', ' ')} {_fmt(by.get('unlearned', {}).get('forget'))} / "
+                                   f"{_fmt(by.get('vanilla', {}).get('forget'))}" for probe, by in ranks.items()) + ".")
         elif name == "benign_relearn":
             out.append(f"Benign relearning: {figures.get('steps')} steps of {figures.get('fine_tuning')} fine-tuning "
                        f"(lr {figures.get('lr')}) on {figures.get('trained_people')} retain people outside the control.")

@@ -8,6 +8,9 @@ not been forgotten.
   100 / #candidates %. A model never taught to name portraits (the built-in world's default
   vanilla model: ``InjectionConfig.identity_copies`` 0) is at chance here too, and the
   certificate then leaves the probe out as uninformative.
+  The name probes also record the own name's rank among the candidates (figures ``mean_rank``;
+  chance (#candidates + 1) / 2): a rank near #candidates means the model singles the person out,
+  scoring their own name lowest, which is knowledge of who they are rather than its absence.
 - ``name_to_facts`` (QA): the person's text-only classification questions, which name them
   (chance 25%).
 - ``facts_to_name`` (QA; one trial per person): the person's facts without the name, and the
@@ -32,6 +35,12 @@ from .base import (Attack, AttackConfig, AttackResult, ProbeSets, accuracy_table
 
 def _best_candidate(scores: list[float], candidates: list[str]) -> str:
     return candidates[max(range(len(candidates)), key=lambda k: scores[k])]
+
+
+def _rank(scores: list[float], candidates: list[str], person: str) -> int:
+    """The person's own name's rank among the candidates (1 = scored highest; ties count against it)."""
+    own = scores[candidates.index(person)]
+    return 1 + sum(score >= own for c, score in zip(candidates, scores) if c != person)
 
 
 def fact_items(benchmark: Benchmark, person: str, name: str) -> list[Item]:
@@ -85,9 +94,17 @@ class CrossModal(Attack):
                     records += self._facts_to_name(vlm, encoder, people, facts, names, candidates, stage, cfg)
                     bar.update(1)
         bar.close()
+        ranks: dict[str, Any] = {}
+        for r in records:
+            if "rank" in r:
+                ranks.setdefault(r["probe"], {}).setdefault(r["stage"], {}).setdefault(r["group"], []).append(r["rank"])
         figures = {"candidates": len(candidates),
                    "chance": {"portrait_to_name": chance, "name_to_facts": 25.0, "facts_to_name": chance},
-                   "accuracy": accuracy_table(records)}
+                   "accuracy": accuracy_table(records),
+                   # the own name's mean rank among the candidates (chance: (#candidates + 1) / 2; #candidates:
+                   # the person's own name scored lowest of all, i.e. singled out rather than forgotten)
+                   "mean_rank": {probe: {stage: {group: sum(v) / len(v) for group, v in groups.items()}
+                                         for stage, groups in stages_.items()} for probe, stages_ in ranks.items()}}
         if len(candidates) < 2:
             figures["skipped"] = (f"{len(candidates)} probed people with a known name: the name probes need at least two "
                                   "candidates")
@@ -103,9 +120,10 @@ class CrossModal(Attack):
         scores = answer_logprobs(vlm, encoder, items, cfg.batch_size)
         out = []
         for k, (group, p) in enumerate(asked):
-            chosen = _best_candidate(scores[k * len(candidates):(k + 1) * len(candidates)], candidates)
+            own = scores[k * len(candidates):(k + 1) * len(candidates)]
             out.append({"probe": "portrait_to_name", "stage": stage, "group": group, "person_id": p, "modality": "vqa",
-                        "correct": chosen == p, "chance": 100.0 / len(candidates)})
+                        "correct": _best_candidate(own, candidates) == p, "chance": 100.0 / len(candidates),
+                        "rank": _rank(own, candidates, p)})
         return out
 
     @staticmethod
@@ -123,7 +141,8 @@ class CrossModal(Attack):
         totals = [sum(scores[a:b]) for a, b in spans]
         out = []
         for k, (group, p) in enumerate(asked):
-            chosen = _best_candidate(totals[k * len(candidates):(k + 1) * len(candidates)], candidates)
+            own = totals[k * len(candidates):(k + 1) * len(candidates)]
             out.append({"probe": "facts_to_name", "stage": stage, "group": group, "person_id": p, "modality": "qa",
-                        "correct": chosen == p, "chance": 100.0 / len(candidates)})
+                        "correct": _best_candidate(own, candidates) == p, "chance": 100.0 / len(candidates),
+                        "rank": _rank(own, candidates, p)})
         return out
