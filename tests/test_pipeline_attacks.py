@@ -8,7 +8,7 @@ from typer.testing import CliRunner
 
 from mllm_unlearn.cli import app
 from mllm_unlearn.eval.attacks import ATTACK_ORDER, AttackConfig
-from mllm_unlearn.pipeline import run_pipeline
+from mllm_unlearn.pipeline import attack_existing_run, run_pipeline
 from mllm_unlearn.report import compare_markdown, load_results
 
 from .test_pipeline import small_run
@@ -38,7 +38,14 @@ def test_a_run_attacks_its_edit_writes_the_certificate_and_attack_reruns_it(tmp_
     table = compare_markdown([load_results(run_dir)])
     assert "forget acc. 4-bit quantized (VQA · QA)" in table and "certified forgotten (VQA · QA)" in table
 
-    # The battery again on the finished run: two attacks only, the run's edit given explicitly.
+    # One attack again on the same edit and settings: the others' outcomes are kept and certified with it.
+    merged = attack_existing_run(run_dir, replace(battery, attacks=("logit_lens",)), device="cpu")
+    assert set(merged["robustness"]["attacks"]) == set(stages)
+    assert merged["robustness"]["attacks"]["prompt"] == stages["prompt"]
+    assert merged["robustness"]["attacks"]["certificate"]["attacks"] == list(ATTACK_ORDER)
+    assert merged["robustness"]["attacks"]["certificate"] == json.loads((run_dir / "certificate.json").read_text())
+
+    # The battery again on the finished run: two attacks only, the run's edit given explicitly (a fresh battery).
     (run_dir / "certificate.json").unlink()
     result = CliRunner().invoke(app, ["attack", str(run_dir), "--attacks", "logit_lens,quantization", "--edit",
                                       str(run_dir / "edit"), "--device", "cpu", "--quiet"])

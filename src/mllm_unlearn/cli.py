@@ -481,10 +481,13 @@ def attack(
         from .report import load_results
         from .training import LoraOptions
 
-        recorded = (load_results(run_dir).get("config") or {}).get("relearn") or {}
-        lora = recorded.get("lora", "auto")
-        relearn = {"steps": recorded.get("steps", 20), "lr": recorded.get("lr"),
-                   "lora": LoraOptions(**lora) if isinstance(lora, dict) else lora}  # the run's relearning settings
+        config = load_results(run_dir).get("config") or {}
+        battery, recorded = config.get("attacks") or {}, config.get("relearn") or {}
+        # Benign relearning as the run's battery had it, else as the run's relearning attack.
+        settings = ({k: battery.get(f"benign_{k}") for k in ("steps", "lr", "lora")} if battery else
+                    {"steps": recorded.get("steps", 20), "lr": recorded.get("lr"), "lora": recorded.get("lora", "auto")})
+        lora = settings["lora"]
+        relearn = {**settings, "lora": LoraOptions(**lora) if isinstance(lora, dict) else lora}
         cfg = attack_options(attacks, quant_group_size, certificate_margin, 0, quiet, relearn)
         if cfg is None:
             raise ValueError("--attacks none: nothing to run")

@@ -622,10 +622,11 @@ def attack_config(cfg: RunConfig, built_here: bool) -> AttackConfig | None:
 
 
 def run_attacks(cfg: AttackConfig | None, vlm: VLM, benchmark: Benchmark, edit: Any, results: dict[str, Any],
-                run_dir: Path) -> None:
+                run_dir: Path, previous: dict[str, Any] | None = None) -> None:
     """The attack battery as robustness stages (``results["robustness"]["attacks"]``): results.json
     and the reports rewritten after each attack, ``certificate.json`` after the certificate; each
-    attack's seconds in ``results["cost"]["wall_time_s"]`` ("attack: <name>")."""
+    attack's seconds in ``results["cost"]["wall_time_s"]`` ("attack: <name>"). ``previous``: an
+    earlier battery's outcomes on the same edit, kept for the attacks not run now (run_battery)."""
     from .eval.attacks import parse_attacks
 
     if cfg is None:
@@ -637,7 +638,8 @@ def run_attacks(cfg: AttackConfig | None, vlm: VLM, benchmark: Benchmark, edit: 
         results["robustness"]["attacks"] = {"skipped": "switched off (--attacks none)"}
         _write_outputs(run_dir, results)
         return
-    stages = results["robustness"]["attacks"] = {name: {"pending": STAGE_PENDING} for name in names}
+    kept = {k: v for k, v in (previous or {}).items() if k not in names and isinstance(v, dict) and "records" in v}
+    stages = results["robustness"]["attacks"] = {**kept, **{name: {"pending": STAGE_PENDING} for name in names}}
     stages["certificate"] = {"pending": STAGE_PENDING}
     if is_main_process():
         atomic_write_text(run_dir / "results.json", json.dumps(results, indent=2, default=str))
@@ -658,7 +660,7 @@ def run_attacks(cfg: AttackConfig | None, vlm: VLM, benchmark: Benchmark, edit: 
         if is_main_process() and "skipped" not in outcome:
             atomic_write_text(run_dir / CERTIFICATE_FILE, json.dumps(outcome, indent=2, default=str))
 
-    run_battery(vlm, benchmark, edit, cfg, on_stage=attack_done, timings=timings)
+    run_battery(vlm, benchmark, edit, cfg, on_stage=attack_done, timings=timings, previous=kept)
 
 
 def attack_existing_run(run_dir: str | Path, cfg: AttackConfig, edit_path: str | Path | None = None,
@@ -666,6 +668,7 @@ def attack_existing_run(run_dir: str | Path, cfg: AttackConfig, edit_path: str |
     """``mllm-unlearn attack RUN_DIR``: the battery on a finished run's model and edit (or
     ``edit_path``: a saved edit or an unlearned checkpoint of the run's model), its results.json,
     reports and certificate.json updated in place. Returns the updated results."""
+    from .eval.attacks import BASELINE, parse_attacks
     from .report import load_results
     from .sweep import exclude_validation_people
 
@@ -690,15 +693,25 @@ def attack_existing_run(run_dir: str | Path, cfg: AttackConfig, edit_path: str |
     edit = load_given_edit(edit_source, vlm)
     edit.apply(vlm).remove()  # an edit of another model fails here
     cfg = replace(cfg, seed=config["seed"], model_built_here=bool(config.get("model_built_here", True)))
+    earlier = results.get("robustness", {}).get("attacks")
+    # An earlier battery's other attacks are kept when this one attacks the same edit with the same
+    # settings (their records then join the certificate); otherwise the battery starts afresh.
+    same = (isinstance(earlier, dict) and edit_path is None and not config.get("attacks_edit")
+            and {k: v for k, v in (config.get("attacks") or {}).items() if k not in ("attacks", "progress")}
+            == {k: v for k, v in json.loads(json.dumps(asdict(cfg), default=str)).items()
+                if k not in ("attacks", "progress")})
+    previous = earlier if same else None
     results["config"]["attacks"] = asdict(cfg)
-    results["config"]["attacks_edit"] = str(edit_source)
+    results["config"]["attacks_edit"] = str(edit_source) if edit_path is not None else None
     results.setdefault("failures", [])
     results.setdefault("cost", {}).setdefault("wall_time_s", {})
+    rerun = set(parse_attacks(cfg.attacks)) | {BASELINE}
     for key in [k for k in results["cost"]["wall_time_s"] if k.startswith("attack: ")]:
-        del results["cost"]["wall_time_s"][key]  # this battery's seconds replace an earlier one's
+        if previous is None or key.removeprefix("attack: ") in rerun:
+            del results["cost"]["wall_time_s"][key]  # this battery's seconds replace an earlier one's
     results["failures"] = [f for f in results["failures"] if not str(f.get("stage", "")).endswith(" attack")
                            or f.get("stage") == "relearning attack"]
-    run_attacks(cfg, vlm, benchmark, edit, results, run_dir)
+    run_attacks(cfg, vlm, benchmark, edit, results, run_dir, previous)
     return results
 
 

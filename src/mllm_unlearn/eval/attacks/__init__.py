@@ -54,13 +54,15 @@ def baseline(vlm: Any, benchmark: Any, edit: Any, cfg: AttackConfig) -> dict[str
 
 def run_battery(vlm: Any, benchmark: Any, edit: Any, cfg: AttackConfig,
                 on_stage: Callable[[str, dict[str, Any]], None] | None = None,
-                timings: dict[str, float] | None = None) -> dict[str, Any]:
+                timings: dict[str, float] | None = None, previous: dict[str, Any] | None = None) -> dict[str, Any]:
     """Every attack of ``cfg.attacks`` in ``ATTACK_ORDER``, then the certificate.
 
     Returns ``{"baseline", <attack>..., "certificate"}``; each attack's outcome is
     ``{"figures", "records"}``, ``{"skipped": why}`` or ``{"failed": {...}}`` (an attack that
     raises is recorded and the next one runs: a failed attack never loses earlier figures).
-    ``on_stage(key, outcome)`` is called after each; ``timings`` gains "attack: <name>" seconds."""
+    ``on_stage(key, outcome)`` is called after each; ``timings`` gains "attack: <name>" seconds.
+    ``previous``: outcomes of an earlier battery on the same model, edit and settings; those of
+    attacks not run now are kept (returned, and pooled into the certificate)."""
     import sys
 
     from ...pipeline import stage_failure
@@ -97,7 +99,10 @@ def run_battery(vlm: Any, benchmark: Any, edit: Any, cfg: AttackConfig,
         return out
     for name in names:
         attempt(name, lambda name=name: ATTACKS[name].run(vlm, benchmark, edit, cfg).to_dict())
+    kept = {name: outcome for name, outcome in (previous or {}).items()
+            if name in ATTACKS and name not in names and "records" in outcome}
+    out.update(kept)
     records = [r for key, outcome in out.items() for r in outcome.get("records", [])]
     finish("certificate", build_certificate(records, cfg, benchmark.forget_ids, person_names(benchmark),
-                                            [n for n in names if "records" in out.get(n, {})]))
+                                            [n for n in ATTACK_ORDER if "records" in out.get(n, {})]))
     return out
