@@ -229,3 +229,45 @@ def test_certificate_verdicts_on_synthetic_records():
     # A looser rule (no significance test) flags 2 and 3 of 5 right (40%, 60% > chance + 10).
     loose = build_certificate(records + _control(5), replace(cfg, alpha=1.0), ["f1", "f2", "f3"])
     assert loose["people"]["f3"]["modalities"]["vqa"]["still_recalls"] == ["plain", "quant_4bit"]
+
+
+def test_quantization_undoes_an_edit_that_stays_inside_its_rounding_bins(tiny_vlm, benchmark):
+    """Positive control of the quantization attack: an edit that moves every quantized weight less than half a
+    4-bit step (what gradient ascent at a tiny learning rate does) changes the model's answers, and 4-bit
+    quantization snaps it back onto the vanilla model's grid: the quantized unlearned model answers exactly as
+    the quantized vanilla one."""
+    vlm = tiny_vlm("llava")
+    cfg = replace(FAST, quant_bits=(4,), quant_scheme="symmetric")
+
+    def quantize(weight):
+        return rtn_quantize(weight, 4, cfg.quant_group_size, "symmetric")
+
+    def inside_the_bin(weight):
+        """Each weight moved to the far side of its rounding bin (0.45 of a step from its grid value, away from
+        it), each row's largest magnitude (which sets the step) left alone: every weight rounds as before."""
+        w = weight.detach()
+        grid = quantize(w)
+        step = w.abs().amax(dim=1, keepdim=True) / 7  # one group per row here (rows narrower than 128)
+        side = torch.where(w >= grid, 1.0, -1.0)
+        moved = grid + 0.45 * step * side
+        return torch.where(w.abs() == w.abs().amax(dim=1, keepdim=True), w, moved)
+
+    names = {id(p): n for n, p in vlm.model.named_parameters()}
+    edit = WeightDelta({names[id(m.weight)]: inside_the_bin(m.weight) for m in quantized_linears(vlm, False).values()})
+    items = [i for i in benchmark.eval_splits["forget"] if i.task == "mcq"]
+    vanilla = _logits(vlm, items)
+    with edit.applied(vlm):
+        unlearned = _logits(vlm, items)
+    evaluator = attack_evaluator(vlm, cfg)
+    plain = [r["prediction"] for r in evaluator.score_group(items, "mcq")]
+    with edit.applied(vlm):
+        edited = [r["prediction"] for r in evaluator.score_group(items, "mcq")]
+    assert plain != edited and (vanilla - unlearned).abs().max() > 0.05  # the edit changes the model's answers
+    with quantized(vlm, edit, quantize, towers=False):
+        unlearned_q = _logits(vlm, items)
+    with quantized(vlm, None, quantize, towers=False):
+        vanilla_q = _logits(vlm, items)
+    assert torch.allclose(unlearned_q, vanilla_q, atol=1e-4)  # quantization undid it
+    records = ATTACKS["quantization"].run(vlm, benchmark, edit, cfg).records
+    answers = {stage: [r["correct"] for r in records if r["stage"] == stage] for stage in ("unlearned", "vanilla")}
+    assert answers["unlearned"] == answers["vanilla"] and len(answers["vanilla"]) > 10
