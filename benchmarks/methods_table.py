@@ -6,7 +6,9 @@ Uses the cached vanilla model of `make run` (trains it first if missing). Per me
 classification accuracy (likelihood scorer) on forget / test / retain / real-world in VQA and
 QA, membership-inference AUC (forget vs held-out people; LOSS and Min-20% attacks), the
 relearning attack's forget accuracy (on forget people the attack never shows: after unlearning
--> after the attack), the unlearning wall time and the peak memory. Each method's full results
+-> after the attack), the unlearning wall time and the peak memory; then the attack battery's table
+(forget accuracy under quantization, logit lens, prompt attacks and benign relearning, certified-
+forgotten people, retain control, the battery's time: report/attacks.py). Each method's full results
 stay in runs/table-<method>/ (and report.html there); `mllm-unlearn compare runs/table-*`
 draws them together.
 """
