@@ -235,6 +235,21 @@ def test_cli_sequence_undo_report_compare_and_export(tmp_path, saved_model, worl
     stored = json.loads((run / "results.json").read_text())
     assert stored["sequence"]["undo"][0]["figures"]["undone"]["vqa"]["mcq_count"] == 5
 
+    # Exact undo for a weight method: the later requests run again without request 1 ...
+    result = runner.invoke(app, ["sequence", str(run), "--undo", "1", "--replay"])
+    assert result.exit_code == 0, result.output
+    replayed = tmp_path / "runs" / "ga-without-request-1"
+    assert [r["people"] for r in json.loads((replayed / "results.json").read_text())["sequence"]["requests"]] == [[b], [c]]
+    # ... which is the sequence that never had it.
+    requests.write_text(f"{b}\n{c}\n")
+    result = runner.invoke(app, ["sequence", "--name", "bc", "--method", "ga", "--lr", "1e-3", "--max-steps", "1",
+                                 "--batch-size", "8", "--requests", str(requests), *common])
+    assert result.exit_code == 0, result.output
+    for ours, theirs in zip(load_edit(replayed / "edit").parts, load_edit(tmp_path / "runs" / "bc" / "edit").parts):
+        assert ours.names == theirs.names
+        assert all(torch.equal(ours.tensors[n], theirs.tensors[n]) for n in ours.tensors)
+        assert all(torch.equal(ours.sparse[n].values, theirs.sparse[n].values) for n in ours.sparse)
+
     assert runner.invoke(app, ["report", str(run)]).exit_code == 0
     result = runner.invoke(app, ["compare", str(run), str(run), "--out", str(tmp_path / "cmp")])
     assert result.exit_code == 0, result.output

@@ -444,6 +444,8 @@ def sequence(
                                                          "RUN_DIR/edit-without-request-N and scores it."),
     approximate: bool = typer.Option(False, help="--undo of a request later weight changes were trained on top of: "
                                                  "subtract its weight change from theirs (task arithmetic)."),
+    replay: bool = typer.Option(False, help="--undo exactly for any method: run the later requests again without it "
+                                            "(into RUNS_DIR/NAME-without-request-N; earlier parts reused)."),
     name: str = typer.Option("sequence", help="Run name: results go to RUNS_DIR/NAME/."),
     requests: Optional[Path] = typer.Option(
         None, help="Person-ID groups, one request per line (IDs separated by commas or spaces) or a JSON list of "
@@ -489,6 +491,16 @@ def sequence(
             if undo is None or run_dir is None:
                 raise ValueError("--undo N takes the sequence run folder as its argument: "
                                  "mllm-unlearn sequence RUN_DIR --undo N")
+            if replay and approximate:
+                raise ValueError("--replay (exact, recomputes the later requests) and --approximate exclude each other")
+            if replay:
+                from .sequence import replay_without
+
+                record = replay_without(run_dir, undo)
+                typer.echo((Path(record["replayed_into"]) / "report.md").read_text())
+                typer.echo(f"Removed request {undo} ({', '.join(record['people'])}) exactly by running the "
+                           f"{record['recomputed_requests']} later request(s) again; wrote {record['replayed_into']}")
+                return
             record = undo_request(run_dir, undo, approximate=approximate)
             typer.echo((run_dir / "report.md").read_text())
             typer.echo(f"Removed request {undo} ({', '.join(record['people'])}) "

@@ -69,6 +69,9 @@ class SequenceConfig:
     tasks: tuple[str, ...] = ("mcq",)  # evaluation tasks after each request
     retain_items: int = 60  # retain questions per modality and task in the evaluation subset (0: all)
     real_world_items: int = 60  # real-world questions per modality and task (0: all)
+    # Parts to take as the first requests' edits instead of computing them again (``replay``: an
+    # earlier run's parts before the removed request, which the same inputs would recompute bit for bit).
+    reuse_parts: list[Edit] | None = None
 
 
 # --- requests ------------------------------------------------------------------------------
@@ -301,9 +304,12 @@ def run_sequence(cfg: RunConfig, seq: SequenceConfig) -> dict[str, Any]:
                                  "for these people")
             applied = context_parts(parts, seq.context)
             start = time.perf_counter()
-            # The run's settings for every request, its seed too (a part does not depend on its
-            # position); epochs count passes over the request's own forget items.
-            part = unlearn_request(vlm, method, method_config, forget, retain, parts, applied, cfg.seed)
+            if seq.reuse_parts is not None and k < len(seq.reuse_parts):
+                part = seq.reuse_parts[k]
+            else:
+                # The run's settings for every request, its seed too (a part does not depend on its
+                # position); epochs count passes over the request's own forget items.
+                part = unlearn_request(vlm, method, method_config, forget, retain, parts, applied, cfg.seed)
             unlearn_s = time.perf_counter() - start
             parts.append(part)
             records.append({"index": k, "people": list(people), "depends_on": list(applied),
@@ -325,7 +331,8 @@ def run_sequence(cfg: RunConfig, seq: SequenceConfig) -> dict[str, Any]:
             raise
         results["sequence"]["requests"].append({
             "index": k, "people": list(people), "figures": figures, "edit": {**edit_record(part), **records[-1]},
-            "seconds": {"unlearn": unlearn_s, "evaluate": evaluate_s}})
+            "seconds": {"unlearn": unlearn_s, "evaluate": evaluate_s},
+            **({"reused": True} if seq.reuse_parts is not None and k < len(seq.reuse_parts) else {})})
         results["edit"] = {"kind": edit.kind, "path": str(run_dir / "edit"), "parts": len(parts),
                            "exact_undo": [edit.exact_undo(j) for j in range(len(parts))]}
         timings[f"request {k + 1}"] = unlearn_s + evaluate_s
@@ -407,3 +414,51 @@ def undo_request(run_dir: str | Path, request: int, approximate: bool = False, o
     atomic_write_text(run_dir / "report.html", render_sequence_html([results]))
     return record
 
+
+def replay_without(run_dir: str | Path, request: int, name: str | None = None) -> dict[str, Any]:
+    """The exact undo for any method: the sequence of ``run_dir`` run again without request
+    ``request`` (1-based), into a new run folder (default ``<name>-without-request-N`` beside it).
+
+    The parts of the requests before it are taken from the run (recomputing them from the same
+    model, data, settings and seed gives the same edits); the later requests are unlearned again
+    on the model without it, so the result is the model as if it had never been requested."""
+    from .methods.base import MethodConfig
+    from .report import load_results
+    from .training.loop import LoraOptions
+
+    run_dir = Path(run_dir)
+    results = load_results(run_dir)
+    if results.get("kind") != "sequence":
+        raise ValueError(f"{run_dir} is not a sequence run (its results.json has no sequence requests)")
+    edit = load_edit(run_dir / "edit")
+    done = results["sequence"]["requests"]
+    if not isinstance(edit, SequentialEdit) or len(edit.parts) != len(done):
+        raise ValueError(f"{run_dir / 'edit'} does not hold one part per finished request")
+    if not 1 <= request <= len(done):
+        raise ValueError(f"--undo {request}: the run holds requests 1 to {len(done)}")
+    config = results["config"]
+    method_values = dict(config["method_config"])
+    if method_values.get("lora"):
+        method_values["lora"] = LoraOptions(**method_values["lora"])
+    cfg = replace(run_config_from(results, run_dir), name=name or f"{config['name']}-without-request-{request}",
+                  method_cfg=MethodConfig(**method_values), method_overrides={},
+                  eval=EvalConfig(tasks=tuple(results["sequence"]["tasks"]), seed=config["seed"], progress=False))
+    requests = [row["people"] for row in done]
+    caps = results["sequence"].get("subset_caps", {})
+    seq = SequenceConfig(requests=requests[:request - 1] + requests[request:],
+                         requests_source=f"{run_dir} without request {request}", context=config.get("context", "auto"),
+                         tasks=tuple(results["sequence"]["tasks"]), retain_items=caps.get("retain", 60),
+                         real_world_items=caps.get("real_world", 60), reuse_parts=edit.parts[:request - 1])
+    replayed = run_sequence(cfg, seq)
+    record = {"request": request, "people": requests[request - 1], "exact": True, "replayed_into": str(
+        Path(cfg.runs_dir) / cfg.name), "edit_path": str(Path(cfg.runs_dir) / cfg.name / "edit"),
+        "recomputed_requests": len(requests) - request}
+    last = replayed["sequence"]["requests"][-1]["figures"] if replayed["sequence"]["requests"] else {}
+    record["figures"] = {**last, "undone": last.get("pending", {})}
+    from .report.sequence import render_sequence_html, render_sequence_markdown
+
+    results["sequence"].setdefault("undo", []).append(record)
+    atomic_write_text(run_dir / "results.json", json.dumps(results, indent=2, default=str))
+    atomic_write_text(run_dir / "report.md", render_sequence_markdown(results))
+    atomic_write_text(run_dir / "report.html", render_sequence_html([results]))
+    return record

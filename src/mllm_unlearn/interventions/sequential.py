@@ -13,7 +13,7 @@ for bit the same forward passes as the sequence without j). A weight change trai
 (GA, GradDiff, MIP-Editor's retrained columns, ...) depends on j through its gradients: it can
 only be undone approximately here (``approximate=True``: j's own weight change is subtracted from
 the later parts' values of the same parameters, task arithmetic), or exactly by running the
-sequence again without j.
+later requests again without j (``sequence.replay_without``, ``--undo N --replay``).
 """
 from __future__ import annotations
 
@@ -102,8 +102,8 @@ class SequentialEdit(CompositeEdit):
                 raise UndoNotExact(
                     f"request {request + 1}'s part cannot be removed exactly: the parts of requests {numbers} were "
                     "computed on the model with it applied (trained on top of it). Remove it approximately "
-                    "(approximate=True / --approximate: its weight change is subtracted from theirs), or run the "
-                    "sequence again without it for the exact model")
+                    "(approximate=True / --approximate: its weight change is subtracted from theirs), or exactly by "
+                    "running the later requests again without it (--replay)")
             if vlm is None:
                 raise ValueError("an approximate undo needs the unedited model (vlm) to read the removed request's "
                                  "weight change")

@@ -82,7 +82,8 @@ def request_rows(results: dict[str, Any], metric: str) -> tuple[list[str], list[
         rows.append([str(row["index"] + 1), ", ".join(row["people"])]
                     + [_fmt(_value(row["figures"], g, m, metric), metric) for g, _ in TABLE_GROUPS for m in mods]
                     + [" + ".join(edit.get("leaf_kinds", [edit.get("kind", "?")])),
-                       f"{row['seconds']['unlearn']:.1f}", f"{row['seconds']['evaluate']:.1f}"])
+                       "reused" if row.get("reused") else f"{row['seconds']['unlearn']:.1f}",
+                       f"{row['seconds']['evaluate']:.1f}"])
     return header, rows
 
 
@@ -109,12 +110,14 @@ def undo_lines(results: dict[str, Any], metric: str) -> list[str]:
         lines += ["", "## Undo", "",
                   f"Requests whose part can be removed exactly (no later part was computed with it applied): "
                   f"{', '.join(exact_ids) or 'none'} (of {len(exact)} requests). `mllm-unlearn sequence RUN_DIR "
-                  "--undo N` writes the edit without request N (`--approximate` for the others: task arithmetic)."]
+                  "--undo N` writes the edit without request N (for the others: `--replay` runs the later requests again "
+                  "without it, exact; `--approximate` subtracts its weight change, task arithmetic)."]
     for record in results["sequence"].get("undo", []):
         lines.append("")
-        lines.append(f"- Request {record['request']} ({', '.join(record['people'])}) removed "
-                     f"{'exactly' if record['exact'] else 'approximately (' + str(record.get('approximation')) + ')'}"
-                     f": `{record['edit_path']}`.")
+        how = ("exactly, the later requests run again (`" + record["replayed_into"] + "`)" if record.get("replayed_into")
+               else "exactly" if record["exact"] else f"approximately ({record.get('approximation')})")
+        lines.append(f"- Request {record['request']} ({', '.join(record['people'])}) removed {how}: "
+                     f"`{record['edit_path']}`.")
         figures = record.get("figures")
         if figures:
             cells = []
@@ -196,6 +199,8 @@ def curves_plot(results: dict[str, Any], metric: str) -> str | None:
                        label="vanilla, forget people")
         if metric == "mcq_accuracy":
             ax.axhline(25, color="#bbbbbb", linewidth=0.8, label="chance (25%)")
+        if metric.endswith("_accuracy"):
+            ax.set_ylim(-2, 102)  # the same scale in every panel and report
         ax.set_title(MODALITY_LABELS.get(modality, modality))
         ax.set_xlabel("requests done (0: vanilla)")
         ax.set_ylabel(METRIC_LABELS.get(metric, metric))
@@ -244,6 +249,8 @@ def compare_plot(runs: Sequence[dict[str, Any]], modality: str, metric: str) -> 
                 ax.plot(xs, ys, marker="o", markersize=3, color=COLORS[k % len(COLORS)], label=label(run))
         if metric == "mcq_accuracy":
             ax.axhline(25, color="#bbbbbb", linewidth=0.8)
+        if metric.endswith("_accuracy"):
+            ax.set_ylim(-2, 102)
         ax.set_title(name, fontsize=9)
         ax.set_xlabel("requests done")
         ax.grid(alpha=0.3)
