@@ -231,6 +231,8 @@ def compare_plot(runs: Sequence[dict[str, Any]], modality: str, metric: str) -> 
     """One figure for ``modality``: a panel per group of people, a line per run."""
     if not any(r["sequence"]["requests"] for r in runs):
         return None
+    from matplotlib.ticker import MaxNLocator
+
     groups = [(g, name) for g, name, _ in CURVES]
     fig, axes = _figure(3.3 * len(groups), 3.4, len(groups))
     for ax, (group, name) in zip(axes, groups):
@@ -253,6 +255,7 @@ def compare_plot(runs: Sequence[dict[str, Any]], modality: str, metric: str) -> 
             ax.set_ylim(-2, 102)
         ax.set_title(name, fontsize=9)
         ax.set_xlabel("requests done")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.grid(alpha=0.3)
     axes[0].set_ylabel(f"{MODALITY_LABELS.get(modality, modality)}\n{METRIC_LABELS.get(metric, metric)}")
     axes[-1].legend(fontsize=7, loc="center left", bbox_to_anchor=(1.02, 0.5), frameon=False)
