@@ -72,6 +72,8 @@ class SequenceConfig:
     # Parts to take as the first requests' edits instead of computing them again (``replay``: an
     # earlier run's parts before the removed request, which the same inputs would recompute bit for bit).
     reuse_parts: list[Edit] | None = None
+    # People of a removed request (``replay``): scored as their own group ("undone"), not as pending.
+    undone: tuple[str, ...] = ()
 
 
 # --- requests ------------------------------------------------------------------------------
@@ -319,9 +321,11 @@ def run_sequence(cfg: RunConfig, seq: SequenceConfig) -> dict[str, Any]:
             edit.save(run_dir / "edit")
             start = time.perf_counter()
             earlier = {p for group in requests[:k] for p in group}
-            figures = evaluate_groups(evaluator, benchmark, subsets, {
-                "current": set(people), "earlier": earlier,
-                "pending": set(benchmark.forget_ids) - earlier - set(people)}, edit)
+            groups = {"current": set(people), "earlier": earlier,
+                      "pending": set(benchmark.forget_ids) - earlier - set(people) - set(seq.undone)}
+            if seq.undone:
+                groups["undone"] = set(seq.undone)
+            figures = evaluate_groups(evaluator, benchmark, subsets, groups, edit)
             evaluate_s = time.perf_counter() - start
         except Exception as error:  # recorded with every earlier row, then raised
             failure = stage_failure(f"request {k + 1}", error)
@@ -448,13 +452,17 @@ def replay_without(run_dir: str | Path, request: int, name: str | None = None) -
     seq = SequenceConfig(requests=requests[:request - 1] + requests[request:],
                          requests_source=f"{run_dir} without request {request}", context=config.get("context", "auto"),
                          tasks=tuple(results["sequence"]["tasks"]), retain_items=caps.get("retain", 60),
-                         real_world_items=caps.get("real_world", 60), reuse_parts=edit.parts[:request - 1])
+                         real_world_items=caps.get("real_world", 60), reuse_parts=edit.parts[:request - 1],
+                         undone=tuple(requests[request - 1]))
     replayed = run_sequence(cfg, seq)
     record = {"request": request, "people": requests[request - 1], "exact": True, "replayed_into": str(
         Path(cfg.runs_dir) / cfg.name), "edit_path": str(Path(cfg.runs_dir) / cfg.name / "edit"),
         "recomputed_requests": len(requests) - request}
     last = replayed["sequence"]["requests"][-1]["figures"] if replayed["sequence"]["requests"] else {}
-    record["figures"] = {**last, "undone": last.get("pending", {})}
+    # As an in-place undo records them: every kept request's people together as "earlier".
+    record["figures"] = {group: last[group] for group in ("undone", "pending", "retain", "real_world") if group in last}
+    if "forgotten" in last:
+        record["figures"]["earlier"] = last["forgotten"]
     from .report.sequence import render_sequence_html, render_sequence_markdown
 
     results["sequence"].setdefault("undo", []).append(record)

@@ -19,9 +19,17 @@ CURVES = (("forgotten", "forgotten so far (this + earlier requests)", "-"),
           ("retain", "retain", "-"),
           ("real_world", "real-world", "-."))
 CURVE_COLORS = {"forgotten": "#c44e52", "earlier": "#dd8452", "pending": "#8172b3", "retain": "#4c72b0",
-                "real_world": "#55a868"}
+                "real_world": "#55a868", "undone": "#444444"}
+UNDONE_CURVE = ("undone", "undone request (replayed without it)", ":")
 TABLE_GROUPS = (("current", "this request"), ("earlier", "earlier requests"), ("forgotten", "forgotten so far"),
                 ("pending", "not yet requested"), ("retain", "retain"), ("real_world", "real-world"))
+UNDONE_GROUP = ("undone", "undone request")  # a replay's removed request, a column of its own
+
+
+def table_groups(results: dict[str, Any]) -> tuple[tuple[str, str], ...]:
+    if any("undone" in row["figures"] for row in results["sequence"]["requests"]):
+        return TABLE_GROUPS + (UNDONE_GROUP,)
+    return TABLE_GROUPS
 RETAIN_FLOOR = 0.9  # "retain accuracy first below 90% of vanilla"
 
 
@@ -72,15 +80,16 @@ def modalities(results: dict[str, Any]) -> list[str]:
 # --- markdown ------------------------------------------------------------------------------
 def request_rows(results: dict[str, Any], metric: str) -> tuple[list[str], list[list[str]]]:
     mods = modalities(results)
-    header = ["request", "people"] + [f"{name} {m.upper()}" for _, name in TABLE_GROUPS for m in mods] + [
+    groups = table_groups(results)
+    header = ["request", "people"] + [f"{name} {m.upper()}" for _, name in groups for m in mods] + [
         "edit", "unlearn (s)", "evaluate (s)"]
     vanilla = results["sequence"]["vanilla"]["figures"]
-    rows = [["vanilla", "–"] + [_fmt(_value(vanilla, g, m, metric), metric) for g, _ in TABLE_GROUPS for m in mods]
+    rows = [["vanilla", "–"] + [_fmt(_value(vanilla, g, m, metric), metric) for g, _ in groups for m in mods]
             + ["–", "–", "–"]]
     for row in results["sequence"]["requests"]:
         edit = row.get("edit", {})
         rows.append([str(row["index"] + 1), ", ".join(row["people"])]
-                    + [_fmt(_value(row["figures"], g, m, metric), metric) for g, _ in TABLE_GROUPS for m in mods]
+                    + [_fmt(_value(row["figures"], g, m, metric), metric) for g, _ in groups for m in mods]
                     + [" + ".join(edit.get("leaf_kinds", [edit.get("kind", "?")])),
                        "reused" if row.get("reused") else f"{row['seconds']['unlearn']:.1f}",
                        f"{row['seconds']['evaluate']:.1f}"])
@@ -180,8 +189,9 @@ def curves_plot(results: dict[str, Any], metric: str) -> str | None:
         return None
     fig, axes = _figure(5.2 * len(mods), 3.8, len(mods))
     vanilla = results["sequence"]["vanilla"]["figures"]
+    curves = CURVES + ((UNDONE_CURVE,) if any("undone" in row["figures"] for row in rows) else ())
     for ax, modality in zip(axes, mods):
-        for group, name, style in CURVES:
+        for group, name, style in curves:
             xs, ys = [], []
             start = _value(vanilla, "pending" if group in ("forgotten", "earlier") else group, modality, metric)
             if group in ("retain", "real_world", "pending") and start is not None:
