@@ -48,7 +48,7 @@ from .methods.base import Method, MethodConfig
 from .models import VLM
 from .pipeline import (BUILTIN_CLEAR, RunConfig, model_built_here, prepare_benchmark, prepare_vanilla,
                        resolve_method_config, stage_failure, versions)
-from .utils import atomic_write_text, dtype_name, peak_memory_mb, seed_everything
+from .utils import atomic_write_text, dtype_name, peak_memory_mb, process_rank_and_count, seed_everything
 
 CONTEXTS = ("auto", "all")
 # Evaluation groups after each request, in report order.
@@ -227,6 +227,8 @@ def run_sequence(cfg: RunConfig, seq: SequenceConfig) -> dict[str, Any]:
 
     if seq.context not in CONTEXTS:
         raise ValueError(f"--context must be one of {', '.join(CONTEXTS)}, got {seq.context!r}")
+    if process_rank_and_count()[1] > 1:
+        raise ValueError("mllm-unlearn sequence runs in one process (not under accelerate launch / torchrun)")
     if cfg.benchmark == BUILTIN_CLEAR or (cfg.benchmark and is_clear_layout(cfg.benchmark)):
         raise ValueError("mllm-unlearn sequence evaluates MLLMU-Bench's splits; a CLEAR benchmark is not supported")
     if not seq.tasks or set(seq.tasks) - {"mcq", "cloze", "generation"}:
