@@ -258,3 +258,27 @@ def test_cli_sequence_undo_report_compare_and_export(tmp_path, saved_model, worl
     result = runner.invoke(app, ["export", str(run), "--out", str(tmp_path / "exported")])
     assert result.exit_code == 0, result.output
     assert json.loads((tmp_path / "exported" / "unlearning.json").read_text())["edit_kind"] == "sequential"
+
+
+def test_context_all_stacks_mask_parts_and_then_only_the_last_undo_is_exact(tiny_vlm, three_forget):
+    vlm = tiny_vlm("llava")
+    stacked = sequential_parts(vlm, three_forget, "manu", [[p] for p in three_forget.forget_ids], context="all")
+    assert [r["depends_on"] for r in stacked.requests] == [[], [0], [0, 1]]
+    assert [stacked.exact_undo(j) for j in range(3)] == [False, False, True]
+    with pytest.raises(UndoNotExact):
+        stacked.without(0)
+    with pytest.raises(ValueError, match="context must be one of"):
+        context_parts(stacked.parts, "weights")
+
+
+def test_forgotten_so_far_is_the_question_weighted_mean_of_this_and_earlier_requests():
+    from mllm_unlearn.sequence import with_forgotten
+
+    figures = {"current": {"vqa": {"mcq_accuracy": 20.0, "mcq_count": 5, "cloze_accuracy": 0.0, "cloze_count": 5,
+                                   "rougeL_f": 0.2, "bleu": 0.1, "generation_count": 5}},
+               "earlier": {"vqa": {"mcq_accuracy": 50.0, "mcq_count": 15, "cloze_accuracy": 40.0, "cloze_count": 15,
+                                   "rougeL_f": 0.6, "bleu": 0.3, "generation_count": 15}}}
+    forgotten = with_forgotten(figures)["forgotten"]["vqa"]
+    assert forgotten["mcq_accuracy"] == pytest.approx(42.5) and forgotten["mcq_count"] == 20
+    assert forgotten["cloze_accuracy"] == pytest.approx(30.0) and forgotten["rougeL_f"] == pytest.approx(0.5)
+    assert "forgotten" not in with_forgotten({"retain": {"vqa": {"mcq_accuracy": 90.0, "mcq_count": 4}}})
