@@ -7,8 +7,7 @@ Per method, `mllm-unlearn sequence --method M --name sequence-M`: the 10 people 
 single-person requests in the split's order, on the cached default vanilla tiny LLaVA (the model
 `make run` trains and caches), each method with its tiny preset applied per request (the same
 epochs over the request's own forget items: one person is 1/10 of the forget set, so a request
-takes 1/10 of the one-shot run's steps and the ten requests together as many as the one-shot
-run). The section holds classification accuracy after requests 1, 5 and 10 on this request's
+takes about 1/10 of the one-shot run's steps, batches rounding up). The section holds classification accuracy after requests 1, 5 and 10 on this request's
 people, all earlier requests' people, retain and real-world people (VQA and QA), where retain
 accuracy first falls below 90% of vanilla, and the wall time per request. Each run's folder
 (runs/sequence-M: results.json, report.md, report.html with the curves) stays; `mllm-unlearn compare
@@ -62,8 +61,8 @@ def section(runs: list[tuple[str, dict]], command: str) -> list[str]:
              "request on the model the earlier ones left (weight-changing methods train on the sequential model; "
              "MANU's masks and MLLMEraser's steering are computed on the unedited model, so each part can be "
              "undone exactly; README \"Sequential deletion requests\"). Tiny preset per request: the same epochs "
-             "over the request's own forget items (one person, 40 training items: 1/10 of the one-shot run's "
-             "steps per request, as many in all). Classification accuracy (%, likelihood scorer) VQA / QA after "
+             "over the request's own forget items (one person, 40 training items: about 1/10 of the one-shot run's "
+             "steps per request, batches rounding up: GA 6 steps a request, 60 in all against 50 in one shot). Classification accuracy (%, likelihood scorer) VQA / QA after "
              "requests 1, 5 and 10, on the vanilla tiny LLaVA `make run` caches. Evaluation subsets: every "
              "classification question of the forget people (5 per person and modality), 60 retain and 60 "
              "real-world questions per modality (seeded, the same after every request). Produced by "
