@@ -205,7 +205,10 @@ def main() -> None:
               "the robustness evaluations: max RSS on CPU, the CUDA allocator's peak on GPU."]
     lines += attack_table(rows)
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text("\n".join(lines) + "\n")
+    # Sections other scripts write between their markers (benchmarks/sequence_table.py) are kept.
+    old = Path(args.out).read_text() if Path(args.out).is_file() else ""
+    kept = old[old.index("<!-- sequence-table:start -->"):] if "<!-- sequence-table:start -->" in old else ""
+    Path(args.out).write_text("\n".join(lines) + "\n" + (f"\n{kept.rstrip()}\n" if kept else ""))
     print("\n".join(lines))
 
 

@@ -501,6 +501,113 @@ def attack(
 
 
 @app.command()
+def sequence(
+    run_dir: Optional[Path] = typer.Argument(None, help="With --undo: the sequence run folder to undo a request of."),
+    undo: Optional[int] = typer.Option(None, min=1, help="Remove request N (1-based) from RUN_DIR's edit: writes "
+                                                         "RUN_DIR/edit-without-request-N and scores it."),
+    approximate: bool = typer.Option(False, help="--undo of a request later weight changes were trained on top of: "
+                                                 "subtract its weight change from theirs (task arithmetic)."),
+    replay: bool = typer.Option(False, help="--undo exactly for any method: run the later requests again without it "
+                                            "(into RUNS_DIR/NAME-without-request-N; earlier parts reused)."),
+    name: str = typer.Option("sequence", help="Run name: results go to RUNS_DIR/NAME/."),
+    requests: Optional[Path] = typer.Option(
+        None, help="Person-ID groups, one request per line (IDs separated by commas or spaces) or a JSON list of "
+                   "lists; default: one request per forget person, in the forget split's order."),
+    method: Optional[str] = typer.Option(None, help="Unlearning method (default mllmeraser, or the preset's)."),
+    preset: Optional[Path] = typer.Option(None, help="A preset file (as `run --preset`)."),
+    lr: Optional[float] = typer.Option(None, help="Unlearning learning rate (method default if unset)."),
+    epochs: Optional[int] = typer.Option(None, help="Unlearning epochs over each request's forget items."),
+    max_steps: Optional[int] = typer.Option(None, help="Stop each request's unlearning after this many steps."),
+    batch_size: Optional[int] = typer.Option(None, help="Unlearning batch size (method default if unset)."),
+    option: list[str] = typer.Option([], "--option", "-o", help="Method-specific option KEY=VALUE, repeatable."),
+    context: str = typer.Option("auto", help="What each request is computed on: auto (the sequential model for "
+                                             "weight-changing methods, the unedited model for mask and steering "
+                                             "methods: exact undo) or all (the sequential model for every method)."),
+    tasks: str = typer.Option("mcq", help="Tasks evaluated after each request (mcq,cloze,generation)."),
+    retain_items: int = typer.Option(60, min=0, help="Retain questions per modality and task in the evaluation "
+                                                     "subset (0: all)."),
+    real_world_items: int = typer.Option(60, min=0, help="Real-world questions per modality and task (0: all)."),
+    max_new_tokens: Optional[int] = typer.Option(None, help="Greedy generation length (cloze, generation)."),
+    model: Optional[Path] = typer.Option(None, help="Local checkpoint of a supported family (skips injection)."),
+    benchmark: Optional[str] = typer.Option(None, help="A directory in MLLMU-Bench's layout; default: the built-in "
+                                                       "world."),
+    forget: int = typer.Option(10, help="Forget split percentage: whose people the requests name."),
+    family: str = typer.Option("llava", help="Tiny model family (built-in world)."),
+    seed: int = typer.Option(0, help="Seed for everything."),
+    device: str = typer.Option("auto", help="auto, cpu, cuda or cuda:N."),
+    dtype: str = typer.Option("auto", help="auto, float32, bfloat16 or float16 (as `run`)."),
+    runs_dir: Path = typer.Option(Path("runs"), help="Where run folders are written."),
+    cache_dir: Path = typer.Option(Path(".cache/mllm_unlearn"), help="Cache of generated benchmarks and vanilla models."),
+    quiet: bool = typer.Option(False, help="No progress bars."),
+) -> None:
+    """Deletion requests one after another: the forget people in K requests, each unlearned on the
+    model the earlier ones left and verified; one composite edit; --undo removes a request."""
+    from .data import WorldConfig
+    from .data.mllmu import BenchmarkFormatError
+    from .eval import EvalConfig
+    from .methods.base import UnlearningDiverged
+    from .pipeline import RunConfig
+    from .sequence import SequenceConfig, run_sequence, undo_request
+
+    try:
+        if undo is not None or run_dir is not None:
+            if undo is None or run_dir is None:
+                raise ValueError("--undo N takes the sequence run folder as its argument: "
+                                 "mllm-unlearn sequence RUN_DIR --undo N")
+            if replay and approximate:
+                raise ValueError("--replay (exact, recomputes the later requests) and --approximate exclude each other")
+            if replay:
+                from .sequence import replay_without
+
+                record = replay_without(run_dir, undo)
+                typer.echo((Path(record["replayed_into"]) / "report.md").read_text())
+                typer.echo(f"Removed request {undo} ({', '.join(record['people'])}) exactly by running the "
+                           f"{record['recomputed_requests']} later request(s) again; wrote {record['replayed_into']}")
+                return
+            record = undo_request(run_dir, undo, approximate=approximate)
+            typer.echo((run_dir / "report.md").read_text())
+            typer.echo(f"Removed request {undo} ({', '.join(record['people'])}) "
+                       f"{'exactly' if record['exact'] else 'approximately'}; wrote {record['edit_path']}")
+            return
+        preset_file = None
+        if preset is not None:
+            from .sweep import load_preset
+
+            preset_file = load_preset(preset)
+            if method is not None and method != preset_file["method"]:
+                raise ValueError(f"--method {method} differs from the preset's method {preset_file['method']!r} "
+                                 f"({preset})")
+            method = preset_file["method"]
+        from .methods.defaults import DEFAULT_METHOD
+
+        overrides = {k: v for k, v in {"lr": lr, "epochs": epochs, "max_steps": max_steps,
+                                       "batch_size": batch_size}.items() if v is not None}
+        overrides.update(progress=not quiet, extra=parse_options(option))
+        task_list = tuple(t.strip() for t in tasks.split(",") if t.strip())
+        cfg = RunConfig(name=name, family=family, model=str(model) if model else None, benchmark=benchmark or None,
+                        forget_percent=forget, method=method or DEFAULT_METHOD, method_cfg=None,
+                        method_overrides=overrides, seed=seed, device=device, dtype=dtype, runs_dir=str(runs_dir),
+                        cache_dir=str(cache_dir), world=WorldConfig(seed=seed),
+                        injection=_injection_config(seed, None, None),
+                        eval=EvalConfig(tasks=task_list, max_new_tokens=max_new_tokens, seed=seed, progress=not quiet),
+                        progress=not quiet, preset=preset_file, mia=None, relearn=None)
+        seq = SequenceConfig(requests_source=str(requests) if requests else None, context=context, tasks=task_list,
+                             retain_items=retain_items, real_world_items=real_world_items)
+        if requests is not None:
+            from .pipeline import prepare_benchmark
+            from .sequence import read_requests
+
+            seq.requests = read_requests(requests, prepare_benchmark(cfg)[0])  # before any model work
+        run_sequence(cfg, seq)
+    except (ValueError, FileNotFoundError, FloatingPointError, UnlearningDiverged, BenchmarkFormatError) as error:
+        typer.secho(f"error: {error}", fg=typer.colors.RED, err=True)
+        raise typer.Exit(code=2)
+    out = runs_dir / name
+    typer.echo((out / "report.md").read_text())
+    typer.echo(f"Wrote {out / 'results.json'}, {out / 'report.md'}, {out / 'report.html'} and the edit {out / 'edit'}")
+
+
+@app.command()
 def methods() -> None:
     """List the registered unlearning methods."""
     from .methods import available_methods
@@ -520,9 +627,12 @@ def report(run_dir: Path) -> None:
     except (ValueError, FileNotFoundError) as error:
         typer.secho(f"error: {error}", fg=typer.colors.RED, err=True)
         raise typer.Exit(code=2)
-    text = render_markdown(results)
+    from .report.sequence import is_sequence, render_sequence_html, render_sequence_markdown
+
+    sequence_run = is_sequence(results)  # a `mllm-unlearn sequence` run has reports of its own
+    text = (render_sequence_markdown if sequence_run else render_markdown)(results)
     atomic_write_text(run_dir / "report.md", text)
-    atomic_write_text(run_dir / "report.html", render_html([results]))
+    atomic_write_text(run_dir / "report.html", (render_sequence_html if sequence_run else render_html)([results]))
     typer.echo(text)
 
 
@@ -541,10 +651,18 @@ def compare(
     except (ValueError, FileNotFoundError) as error:
         typer.secho(f"error: {error}", fg=typer.colors.RED, err=True)
         raise typer.Exit(code=2)
+    from .report.sequence import is_sequence, render_sequence_html, sequence_compare_markdown
+
     base = out.with_suffix("") if out.suffix in (".html", ".md") else out
     html_path, md_path = base.parent / f"{base.name}.html", base.parent / f"{base.name}.md"
-    text = compare_markdown(results, title)
-    atomic_write_text(html_path, render_html(results, title))
+    kinds = {is_sequence(r) for r in results}
+    if len(kinds) > 1:
+        typer.secho("error: compare takes either sequence runs (mllm-unlearn sequence) or ordinary runs, not both",
+                    fg=typer.colors.RED, err=True)
+        raise typer.Exit(code=2)
+    sequence_runs = kinds == {True}  # their curves overlaid: one figure per modality, one line per run
+    text = (sequence_compare_markdown if sequence_runs else compare_markdown)(results, title)
+    atomic_write_text(html_path, (render_sequence_html if sequence_runs else render_html)(results, title))
     atomic_write_text(md_path, text)
     typer.echo(text)
     typer.echo(f"Wrote {html_path} and {md_path}")
