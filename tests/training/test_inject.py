@@ -264,19 +264,3 @@ def test_injection_gives_the_same_model_on_any_number_of_cpu_threads(benchmark, 
         torch.set_num_threads(before)
     assert weights[0].keys() == weights[1].keys()
     assert all(torch.equal(weights[0][k], weights[1][k]) for k in weights[0])
-
-
-def test_question_noise_replaces_question_words_only_and_leaves_the_option_draws_alone(benchmark):
-    items = [i for i in benchmark.finetune_train if "Attribute" in i.meta]
-    plain, noisy = McqRenderer(items, seed=3), McqRenderer(items, seed=3, question_noise=0.5)
-    words = set(noisy.words)
-    changed = 0
-    for item in items[:40]:
-        a, b = plain(item), noisy(item)
-        assert (a.options, a.answer, a.image_key) == (b.options, b.answer, b.image_key)  # same option draws
-        assert len(b.question.split()) == len(a.question.split()) and set(b.question.split()) <= words
-        changed += a.question != b.question
-    assert changed > 20  # about half the words of every question are replaced
-    assert McqRenderer(items, seed=3, question_noise=0.0).noisy("What is this?") == "What is this?"
-    with pytest.raises(ValueError, match="mcq_question_noise"):
-        McqRenderer(items, seed=3, question_noise=1.0)

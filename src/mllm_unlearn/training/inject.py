@@ -87,11 +87,6 @@ class InjectionConfig:
     # Measured before the forms existed, with 60 stage-2 epochs: 0.25 each made generation and
     # cloze work but VQA classification fell to 90 / 81.6 / 73.3 on forget / retain / real-world.
     qa_task_forms: dict[str, float] = field(default_factory=dict)
-    # Probability that each word of a multiple-choice rendering's question is replaced by a random
-    # word of the training texts (0 = off). The test split asks paraphrases whose new words a tiny
-    # model trained from scratch has never learned; replaced words teach it to answer from the
-    # portrait or name and the options when the question's wording is unfamiliar.
-    mcq_question_noise: float = 0.0
     replay_fraction: float = 0.25  # share of stage-2 samples drawn from stage-1 data
     warmup_ratio: float = 0.05
     seed: int = 0
@@ -113,19 +108,13 @@ class McqRenderer:
     rendering would be memorised (question + option order -> letter) instead of the fact.
     """
 
-    def __init__(self, items: Sequence[Item], seed: int, question_noise: float = 0.0):
+    def __init__(self, items: Sequence[Item], seed: int):
         self.rng = random.Random(seed)
         self.pools: dict[str, list[str]] = {}
         for item in items:
             if "Attribute" in item.meta:
                 self.pools.setdefault(item.meta["Attribute"], set()).add(item.meta["Value"])  # type: ignore[arg-type]
         self.pools = {k: sorted(v) for k, v in self.pools.items()}
-        if not 0.0 <= question_noise < 1.0:
-            raise ValueError(f"mcq_question_noise must lie in [0, 1), got {question_noise}")
-        self.question_noise = question_noise
-        # Its own stream: switching the noise on leaves the options' draws unchanged.
-        self.noise_rng = random.Random(seed + 61)
-        self.words = sorted({w for item in items for w in f"{item.question} {item.answer}".split()})
 
     def renderable(self, item: Item) -> bool:
         return len(self.pools.get(item.meta.get("Attribute", ""), ())) >= 4
@@ -135,18 +124,9 @@ class McqRenderer:
         others = [v for v in self.pools[item.meta["Attribute"]] if v != value]
         options = [value] + self.rng.sample(others, 3)
         self.rng.shuffle(options)
-        question = self.noisy(item.question)
-        question = f"{item.answer} {question}" if with_context else question
+        question = f"{item.answer} {item.question}" if with_context else item.question
         return Item(item.person_id, item.split, item.modality, "mcq", question, OPTION_KEYS[options.index(value)],
                     item.image, dict(zip(OPTION_KEYS, options)), item.image_key, dict(item.meta))
-
-
-    def noisy(self, question: str) -> str:
-        """``question`` with each word replaced by a random training word at ``question_noise``."""
-        if not self.question_noise:
-            return question
-        return " ".join(self.noise_rng.choice(self.words) if self.noise_rng.random() < self.question_noise else word
-                        for word in question.split())
 
 
 QA_TASK_FORMS = ("generation", "cloze")
@@ -237,7 +217,7 @@ def _curriculum(vlm: VLM, benchmark: Benchmark, cfg: InjectionConfig, progress: 
     names = benchmark.meta.get("names", {}) if cfg.identity_copies else {}
     pretrain_items = list(benchmark.pretrain_train) + identity_items(benchmark.pretrain_train, names, cfg.identity_copies)
     finetune_items = list(benchmark.finetune_train) + identity_items(benchmark.finetune_train, names, cfg.identity_copies)
-    renderer = McqRenderer(pretrain_items + finetune_items, cfg.seed, cfg.mcq_question_noise)
+    renderer = McqRenderer(pretrain_items + finetune_items, cfg.seed)
     augment_rng = random.Random(cfg.seed + 13)
     unknown = set(cfg.qa_task_forms) - set(QA_TASK_FORMS)
     if unknown or sum(cfg.qa_task_forms.values()) > 1 or any(p < 0 for p in cfg.qa_task_forms.values()):
@@ -450,7 +430,7 @@ def injection_cache_key(family: str, size: dict[str, Any], benchmark_key: str, c
     settings = cfg.to_dict()
     # Options added later are left out of the key while off, so models trained before they
     # existed (identically) stay valid cache entries.
-    for option in ("identity_copies", "image_augment", "qa_task_forms", "mcq_question_noise"):
+    for option in ("identity_copies", "image_augment", "qa_task_forms"):
         if not settings[option]:
             del settings[option]
     return stable_hash({"family": family, "size": size, "benchmark": benchmark_key, "injection": settings, "format": 1})
