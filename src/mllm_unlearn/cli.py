@@ -77,6 +77,22 @@ def _injection_config(seed: int, inject_epochs: int | None, pretrain_epochs: int
     return injection
 
 
+def _preset_and_method(preset: Optional[Path], method: Optional[str]) -> tuple[Optional[dict], Optional[str]]:
+    """A ``--preset`` file loaded and checked before any work (its method against ``--method``, its
+    values' names), and the method it names; ``(None, method)`` without one."""
+    if preset is None:
+        return None, method
+    from .methods import MethodConfig
+    from .methods.search_spaces import apply_values
+    from .sweep import load_preset
+
+    preset_file = load_preset(preset)
+    if method is not None and method != preset_file["method"]:
+        raise ValueError(f"--method {method} differs from the preset's method {preset_file['method']!r} ({preset})")
+    apply_values(MethodConfig(), preset_file["values"], source=f"--preset {preset}")  # bad names fail now
+    return preset_file, preset_file["method"]
+
+
 @app.command()
 def run(
     name: str = typer.Option("default", help="Run name: results go to RUNS_DIR/NAME/."),
@@ -190,19 +206,7 @@ def run(
                     fg=typer.colors.RED, err=True)
         raise typer.Exit(code=2)
     try:
-        preset_file = None
-        if preset is not None:
-            from .sweep import load_preset
-
-            preset_file = load_preset(preset)
-            if method is not None and method != preset_file["method"]:
-                raise ValueError(f"--method {method} differs from the preset's method {preset_file['method']!r} "
-                                 f"({preset})")
-            method = preset_file["method"]
-            from .methods import MethodConfig
-            from .methods.search_spaces import apply_values
-
-            apply_values(MethodConfig(), preset_file["values"], source=f"--preset {preset}")  # bad names fail now
+        preset_file, method = _preset_and_method(preset, method)
         from .methods.defaults import DEFAULT_METHOD
 
         method = method or DEFAULT_METHOD
@@ -569,15 +573,7 @@ def sequence(
             typer.echo(f"Removed request {undo} ({', '.join(record['people'])}) "
                        f"{'exactly' if record['exact'] else 'approximately'}; wrote {record['edit_path']}")
             return
-        preset_file = None
-        if preset is not None:
-            from .sweep import load_preset
-
-            preset_file = load_preset(preset)
-            if method is not None and method != preset_file["method"]:
-                raise ValueError(f"--method {method} differs from the preset's method {preset_file['method']!r} "
-                                 f"({preset})")
-            method = preset_file["method"]
+        preset_file, method = _preset_and_method(preset, method)
         from .methods.defaults import DEFAULT_METHOD
 
         overrides = {k: v for k, v in {"lr": lr, "epochs": epochs, "max_steps": max_steps,

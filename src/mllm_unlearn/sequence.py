@@ -46,8 +46,8 @@ from .interventions.sequential import changes_weights, leaves
 from .methods import get_method
 from .methods.base import Method, MethodConfig
 from .models import VLM
-from .pipeline import (BUILTIN_CLEAR, RunConfig, model_built_here, prepare_benchmark, prepare_vanilla,
-                       resolve_method_config, stage_failure, versions)
+from .pipeline import (BUILTIN_CLEAR, RunConfig, model_built_here, prepare_reported_benchmark,
+                       prepare_vanilla, resolve_method_config, stage_failure, versions)
 from .utils import atomic_write_text, dtype_name, peak_memory_mb, process_rank_and_count, seed_everything
 
 CONTEXTS = ("auto", "all")
@@ -242,11 +242,7 @@ def run_sequence(cfg: RunConfig, seq: SequenceConfig) -> dict[str, Any]:
     timings: dict[str, float] = {}
 
     start = time.perf_counter()
-    benchmark, benchmark_key = prepare_benchmark(cfg)
-    if cfg.preset is not None:
-        from .sweep import exclude_validation_people
-
-        benchmark = exclude_validation_people(benchmark, cfg.preset, benchmark_key)
+    benchmark, benchmark_key = prepare_reported_benchmark(cfg)
     requests = seq.requests if seq.requests is not None else default_requests(benchmark)
     if seq.requests is not None:  # given through the Python API: the same checks as a file's
         requests = validate_requests([(f"request {k + 1}", list(g)) for k, g in enumerate(requests)], benchmark,
@@ -390,11 +386,7 @@ def undo_request(run_dir: str | Path, request: int, approximate: bool = False, o
     needs_model = evaluate or not exact
     vlm = benchmark = None
     if needs_model:
-        benchmark, benchmark_key = prepare_benchmark(cfg)
-        if cfg.preset is not None:
-            from .sweep import exclude_validation_people
-
-            benchmark = exclude_validation_people(benchmark, cfg.preset, benchmark_key)
+        benchmark, benchmark_key = prepare_reported_benchmark(cfg)
         vlm, _, _ = prepare_vanilla(cfg, benchmark, benchmark_key)
     undone = edit.without(request - 1, vlm=vlm, approximate=approximate)
     out = Path(out) if out is not None else run_dir / f"edit-without-request-{request}"
