@@ -62,6 +62,19 @@ def _renamed(item: Item, name: str, candidate: str) -> Item:
                 item.answer.replace(name, candidate), None, None, None, dict(item.meta))
 
 
+def _identification_records(asked: list[tuple[str, str]], scores: list[float], candidates: list[str], probe: str,
+                            modality: str, stage: str) -> list[dict[str, Any]]:
+    """One record per asked (group, person): ``scores`` holds each person's score of every candidate
+    name in turn; right when the person's own name scores best (chance 1 / candidates)."""
+    out = []
+    for k, (group, p) in enumerate(asked):
+        own = scores[k * len(candidates):(k + 1) * len(candidates)]
+        out.append({"probe": probe, "stage": stage, "group": group, "person_id": p, "modality": modality,
+                    "correct": _best_candidate(own, candidates) == p, "chance": 100.0 / len(candidates),
+                    "rank": _rank(own, candidates, p)})
+    return out
+
+
 @register_attack
 class CrossModal(Attack):
     name = "cross_modal"
@@ -117,14 +130,8 @@ class CrossModal(Attack):
         asked = [(group, p) for group, members in people.items() for p in members if p in portraits and p in names]
         items = [Item(p, "attack", "vqa", "train", IDENTITY_QUESTION, f"This is {names[c]}.", portraits[p].image, None,
                       portraits[p].image_key) for _, p in asked for c in candidates]
-        scores = answer_logprobs(vlm, encoder, items, cfg.batch_size)
-        out = []
-        for k, (group, p) in enumerate(asked):
-            own = scores[k * len(candidates):(k + 1) * len(candidates)]
-            out.append({"probe": "portrait_to_name", "stage": stage, "group": group, "person_id": p, "modality": "vqa",
-                        "correct": _best_candidate(own, candidates) == p, "chance": 100.0 / len(candidates),
-                        "rank": _rank(own, candidates, p)})
-        return out
+        return _identification_records(asked, answer_logprobs(vlm, encoder, items, cfg.batch_size), candidates,
+                                       "portrait_to_name", "vqa", stage)
 
     @staticmethod
     def _facts_to_name(vlm: VLM, encoder: Encoder, people: dict[str, list[str]], facts: dict[str, list[Item]],
@@ -139,10 +146,4 @@ class CrossModal(Attack):
                 spans.append((start, len(items)))
         scores = answer_logprobs(vlm, encoder, items, cfg.batch_size)
         totals = [sum(scores[a:b]) for a, b in spans]
-        out = []
-        for k, (group, p) in enumerate(asked):
-            own = totals[k * len(candidates):(k + 1) * len(candidates)]
-            out.append({"probe": "facts_to_name", "stage": stage, "group": group, "person_id": p, "modality": "qa",
-                        "correct": _best_candidate(own, candidates) == p, "chance": 100.0 / len(candidates),
-                        "rank": _rank(own, candidates, p)})
-        return out
+        return _identification_records(asked, totals, candidates, "facts_to_name", "qa", stage)
