@@ -282,3 +282,28 @@ def test_forgotten_so_far_is_the_question_weighted_mean_of_this_and_earlier_requ
     assert forgotten["mcq_accuracy"] == pytest.approx(42.5) and forgotten["mcq_count"] == 20
     assert forgotten["cloze_accuracy"] == pytest.approx(30.0) and forgotten["rougeL_f"] == pytest.approx(0.5)
     assert "forgotten" not in with_forgotten({"retain": {"vqa": {"mcq_accuracy": 90.0, "mcq_count": 4}}})
+
+
+def test_attacks_on_the_final_model_probe_the_requested_people_only(tmp_path, saved_model, world_dir, three_forget):
+    """`sequence --attacks`: the battery on the model after the last request, its certificate over
+    the requested people (here two of the three forget people), written like a run's."""
+    from mllm_unlearn.eval.attacks import AttackConfig
+
+    cfg, seq = small_sequence_run(tmp_path, saved_model, world_dir, name="attacked")
+    requested = [[p] for p in three_forget.forget_ids[:2]]
+    seq.requests = requested
+    seq.attacks = AttackConfig(attacks=("quantization", "logit_lens"), control_people=2, batch_size=16, progress=False)
+    results = run_sequence(cfg, seq)
+    run_dir = tmp_path / "runs" / "attacked"
+    stages = results["robustness"]["attacks"]
+    assert {"plain", "quantization", "logit_lens", "certificate"} <= set(stages)
+    certificate = json.loads((run_dir / "certificate.json").read_text())
+    assert sorted(certificate["people"]) == sorted(p for group in requested for p in group)
+    assert {r["person_id"] for r in stages["plain"]["records"] if r["group"] == "forget"} == set(certificate["people"])
+    assert any(k.startswith("attack: ") for k in results["cost"]["wall_time_s"])
+    stored = json.loads((run_dir / "results.json").read_text())
+    assert stored["config"]["attacks"]["attacks"] == ["quantization", "logit_lens"]
+    assert "## Forgetting certificate" in (run_dir / "report.md").read_text()
+    assert "Attack battery" in (run_dir / "report.html").read_text()
+    # Off by default: a sequence without --attacks has no battery.
+    assert small_sequence_run(tmp_path, saved_model, world_dir)[1].attacks is None

@@ -542,6 +542,9 @@ def sequence(
     dtype: str = typer.Option("auto", help="auto, float32, bfloat16 or float16 (as `run`)."),
     runs_dir: Path = typer.Option(Path("runs"), help="Where run folders are written."),
     cache_dir: Path = typer.Option(Path(".cache/mllm_unlearn"), help="Cache of generated benchmarks and vanilla models."),
+    attacks: str = typer.Option(
+        "none", help="The attack battery and forgetting certificate on the model after the last request, probing "
+                     "every requested person: 'none' (default), 'all', or a comma list (as `run --attacks`)."),
     quiet: bool = typer.Option(False, help="No progress bars."),
 ) -> None:
     """Deletion requests one after another: the forget people in K requests, each unlearned on the
@@ -588,7 +591,8 @@ def sequence(
                         eval=EvalConfig(tasks=task_list, max_new_tokens=max_new_tokens, seed=seed, progress=not quiet),
                         progress=not quiet, preset=preset_file, mia=None, relearn=None)
         seq = SequenceConfig(requests_source=str(requests) if requests else None, context=context, tasks=task_list,
-                             retain_items=retain_items, real_world_items=real_world_items)
+                             retain_items=retain_items, real_world_items=real_world_items,
+                             attacks=attack_options(attacks, 128, 10.0, seed, quiet))
         if requests is not None:
             from .pipeline import prepare_benchmark
             from .sequence import read_requests

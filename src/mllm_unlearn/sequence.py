@@ -41,12 +41,13 @@ from .data import Benchmark, WorldConfig
 from .data.clear import is_clear_layout
 from .data.items import Item
 from .eval import EvalConfig, Evaluator
+from .eval.attacks import AttackConfig, parse_attacks
 from .interventions import CompositeEdit, Edit, SequentialEdit, load_edit
 from .interventions.sequential import changes_weights, leaves
 from .methods import get_method
 from .methods.base import Method, MethodConfig
 from .models import VLM
-from .pipeline import (BUILTIN_CLEAR, RunConfig, model_built_here, prepare_reported_benchmark,
+from .pipeline import (BUILTIN_CLEAR, CERTIFICATE_FILE, RunConfig, model_built_here, prepare_reported_benchmark,
                        prepare_vanilla, resolve_method_config, stage_failure, versions)
 from .utils import atomic_write_text, dtype_name, peak_memory_mb, process_rank_and_count, seed_everything
 
@@ -74,6 +75,8 @@ class SequenceConfig:
     reuse_parts: list[Edit] | None = None
     # People of a removed request (``replay``): scored as their own group ("undone"), not as pending.
     undone: tuple[str, ...] = ()
+    # The attack battery on the model after the last request (``--attacks``; None: not run).
+    attacks: AttackConfig | None = None
 
 
 # --- requests ------------------------------------------------------------------------------
@@ -342,7 +345,42 @@ def run_sequence(cfg: RunConfig, seq: SequenceConfig) -> dict[str, Any]:
         if cfg.progress:
             print(f"request {k + 1}/{len(requests)} ({', '.join(people)}): unlearned in {unlearn_s:.1f} s, "
                   f"evaluated in {evaluate_s:.1f} s", file=sys.stderr)
+    if seq.attacks is not None and parse_attacks(seq.attacks.attacks):
+        attack_final_model(cfg, seq.attacks, vlm, requested_view(benchmark, requested_ids), edit, results, run_dir, write)
     return results
+
+
+def requested_view(benchmark: Benchmark, requested: Sequence[str]) -> Benchmark:
+    """``benchmark`` whose forget people are the requested ones only (what the battery probes)."""
+    people = set(requested)
+    if people == set(benchmark.forget_ids):
+        return benchmark
+    splits = {**benchmark.eval_splits,
+              "forget": [i for i in benchmark.eval_splits.get("forget", []) if i.person_id in people]}
+    return replace(benchmark, eval_splits=splits, forget_ids=[p for p in benchmark.forget_ids if p in people])
+
+
+def attack_final_model(cfg: RunConfig, attacks: AttackConfig, vlm: VLM, benchmark: Benchmark, edit: Edit,
+                       results: dict[str, Any], run_dir: Path, write: Any) -> None:
+    """The attack battery (``sequence --attacks``) on the model after the last request, with the whole
+    sequential edit applied, probing every requested person: ``results["robustness"]["attacks"]``
+    (as a run's), ``certificate.json``, each attack's seconds in the cost table; results.json and
+    the reports rewritten after each attack, a failed attack recorded and the next one run."""
+    from .eval.attacks import run_battery
+
+    attack_cfg = replace(attacks, seed=cfg.seed, progress=cfg.progress, model_built_here=model_built_here(cfg))
+    results["config"]["attacks"] = asdict(attack_cfg)
+    stages = results.setdefault("robustness", {})["attacks"] = {}
+
+    def done(stage: str, outcome: dict[str, Any]) -> None:
+        stages[stage] = outcome
+        if "failed" in outcome:
+            results["failures"].append(outcome["failed"])
+        write()
+        if stage == "certificate" and "skipped" not in outcome:
+            atomic_write_text(run_dir / CERTIFICATE_FILE, json.dumps(outcome, indent=2, default=str))
+
+    run_battery(vlm, benchmark, edit, attack_cfg, on_stage=done, timings=results["cost"]["wall_time_s"])
 
 
 # --- undo ----------------------------------------------------------------------------------

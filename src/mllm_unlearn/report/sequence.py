@@ -138,7 +138,7 @@ def undo_lines(results: dict[str, Any], metric: str) -> list[str]:
     return lines
 
 
-def render_sequence_markdown(results: dict[str, Any]) -> str:
+def render_sequence_markdown(results: dict[str, Any], with_attacks: bool = True) -> str:
     config, seq = results["config"], results["sequence"]
     metric = sequence_metric(results)
     done, planned = len(seq["requests"]), len(seq["planned"])
@@ -177,6 +177,10 @@ def render_sequence_markdown(results: dict[str, Any]) -> str:
         lines += ["", f"Cost: {total:.1f} s for {done} requests ({total / done:.1f} s per request: unlearning and "
                       "evaluation; the table has each)."]
     lines += undo_lines(results, metric)
+    if with_attacks:  # `sequence --attacks`: the battery on the model after the last request
+        from .attacks import attacks_markdown
+
+        lines += attacks_markdown(results)
     return "\n".join(lines) + "\n"
 
 
@@ -284,7 +288,7 @@ def render_sequence_html(runs: Sequence[dict[str, Any]], title: str | None = Non
              f"<style>{STYLE}</style></head><body>", f"<h1>{html.escape(title)}</h1>"]
     if len(runs) == 1:
         results = runs[0]
-        text = render_sequence_markdown(results)
+        text = render_sequence_markdown(results, with_attacks=False)
         notes = [line[2:] for line in text.splitlines() if line.startswith("- ")]
         parts += [f"<p class='note'>{html.escape(n)}</p>" for n in notes]
         parts += ["<h2>Curves over requests</h2>",
@@ -298,6 +302,9 @@ def render_sequence_html(runs: Sequence[dict[str, Any]], title: str | None = Non
         if undo:
             parts += ["<h2>Undo</h2>"] + [f"<p class='note'>{html.escape(line.lstrip('- ').strip())}</p>"
                                           for line in undo if line.strip() and not line.startswith("#")]
+        from .attacks import attacks_html
+
+        parts += attacks_html(runs)
     else:
         header = ["run", "requests"] + [f"retain {m.upper()} < 90% of vanilla after" for m in ("vqa", "qa")]
         rows = [[label(r), str(len(r["sequence"]["requests"]))]
