@@ -29,7 +29,7 @@ full-precision accuracies as reference (None where nothing was forgotten).
 """
 from __future__ import annotations
 
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from typing import Any, Iterator
 
 import torch
@@ -110,38 +110,26 @@ def bnb_quantize(weight: torch.Tensor) -> torch.Tensor:
 
 @contextmanager
 def quantized(vlm: VLM, edit: Any, quantize: Any, towers: bool) -> Iterator[None]:
-    """The model with ``edit`` on (baked if it can be, else hooked) and the chosen linear weights
-    replaced by ``quantize(weight)``; everything written is restored exactly afterwards."""
-    from ..relearn import _parameters_baked_by
+    """The model with ``edit`` on (baked if it can be, else hooked: ``relearn.attacked_model``) and
+    the chosen linear weights replaced by ``quantize(weight)``; everything written is restored
+    exactly afterwards."""
+    from ..relearn import attacked_model
 
     modules = quantized_linears(vlm, towers)
-    written = {id(m.weight): m.weight for m in modules.values()}
-    bake = edit is not None and edit.bakeable
-    if bake:
-        written.update({id(p): p for p in _parameters_baked_by(edit, vlm.model)})
-    snapshot = [(p, p.detach().to("cpu", copy=True)) for p in written.values()]
-    handle = None
-    try:
-        with torch.no_grad():
-            if bake:
-                edit.bake(vlm)
-            elif edit is not None:
-                handle = edit.apply(vlm)
-            for module in modules.values():
-                module.weight.copy_(quantize(module.weight))
-        with edit.for_task("mcq") if edit is not None else _nothing():
-            yield
-    finally:
-        with torch.no_grad():
-            for param, value in snapshot:
-                param.copy_(value)
-        if handle is not None:
-            handle.remove()
-
-
-@contextmanager
-def _nothing() -> Iterator[None]:
-    yield
+    with attacked_model(vlm, edit, full_finetune=False):
+        # After the bake: the quantized weights come back to the edited values here, and the
+        # baked ones to the originals when attacked_model ends.
+        snapshot = [(m.weight, m.weight.detach().to("cpu", copy=True)) for m in modules.values()]
+        try:
+            with torch.no_grad():
+                for module in modules.values():
+                    module.weight.copy_(quantize(module.weight))
+            with edit.for_task("mcq") if edit is not None else nullcontext():
+                yield
+        finally:
+            with torch.no_grad():
+                for param, value in snapshot:
+                    param.copy_(value)
 
 
 def recovered_share(quantized_acc: float | None, unlearned: float | None, vanilla: float | None) -> float | None:
