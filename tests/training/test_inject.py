@@ -62,6 +62,51 @@ def test_identity_items_name_each_portrait_and_render_as_multiple_choice(benchma
     assert identity_items(benchmark.finetune_train, names, copies=0) == []
 
 
+def test_question_noise_keeps_the_subject_and_answer_leads_precede_the_letter(benchmark):
+    names = benchmark.meta["names"]
+    items = [i for i in benchmark.finetune_train if "Attribute" in i.meta][:120]
+    plain = McqRenderer(benchmark.finetune_train, seed=0)
+    varied = McqRenderer(benchmark.finetune_train, seed=0, question_noise=1.0, lead_share=0.5,
+                         leads=("Sure, the answer is",), names=names)
+    changed = leads = 0
+    for item in items:
+        reference, mcq = plain(item), varied(item)
+        # Noise and leads draw from their own streams: the options are those of the plain renderer.
+        assert mcq.options == reference.options
+        letter = mcq.answer.split()[-1]
+        assert letter == reference.answer and mcq.options[letter] == item.meta["Value"]
+        if mcq.answer != letter:
+            assert mcq.answer == f"Sure, the answer is {letter}"
+            leads += 1
+        words, original = mcq.question.split(), item.question.split()
+        assert len(words) == len(original)
+        subject = names[item.person_id].split() if item.modality == "qa" else ["this", "person"]
+        for word, before in zip(words, original):
+            stem = before.split("'")[0].rstrip("?.,")
+            if stem in subject or stem in ("This",):
+                assert word == before  # the subject is never replaced
+            else:  # a replacement never names or points at anybody
+                assert not any(word.split("'")[0].rstrip("?.,") == part for name in names.values()
+                               for part in name.split())
+        changed += words != original
+    assert changed > len(items) // 4 and 0 < leads < len(items)
+    probe = varied(items[0], vary=False)  # the learned probe's rendering: plain question, bare letter
+    assert probe.question == items[0].question and probe.answer in OPTION_KEYS
+    with pytest.raises(ValueError, match="mcq_question_noise"):
+        McqRenderer(items, seed=0, question_noise=1.5)
+
+
+def test_answer_leads_and_identity_words_join_the_tiny_vocabulary_and_the_cache_key():
+    from mllm_unlearn.training.inject import IDENTITY_QUESTION, injection_cache_key, injection_texts
+
+    assert injection_texts(InjectionConfig(identity_copies=0, answer_lead_share=0.0)) == []
+    texts = injection_texts(InjectionConfig(identity_copies=2, answer_lead_share=0.1))
+    assert IDENTITY_QUESTION in texts and "Sure, the answer is" in texts
+    key = lambda cfg: injection_cache_key("llava", {}, "bench", cfg)
+    assert key(InjectionConfig(answer_lead_share=0.1)) != key(InjectionConfig(answer_lead_share=0.2))
+    assert key(InjectionConfig(mcq_question_noise=0.3)) != key(InjectionConfig(mcq_question_noise=0.0))
+
+
 def test_augmented_portraits_keep_size_and_differ(benchmark):
     import random
 
@@ -229,7 +274,7 @@ def test_learned_probe_counts_an_answer_only_when_greedy_decoding_gives_it_exact
     train(vlm.model, [items[0]] * 4, collate, lambda m, b: sequence_nll(m, b).mean(),
           TrainConfig(lr=3e-3, max_steps=60, batch_size=4, progress=False))
     learned_groups: set[str] = set()
-    check, scores = _learned_check(vlm, encoder, [("qa", items[0])], lambda form, item: item,
+    check, scores = _learned_check(vlm, encoder, [("qa", items[0])], lambda form, item, vary=True: item,
                                    replace(InjectionConfig(), learned_target=1.0), random.Random(0),
                                    learned_groups=learned_groups)
     assert check(1) and scores == [(1, {"qa/qa": 1.0})] and learned_groups == {"qa/qa"}  # rehearsed from now on
@@ -239,7 +284,7 @@ def test_learned_probe_counts_an_answer_only_when_greedy_decoding_gives_it_exact
     prompt_length = encoder.prompts([items[0]])[0]["input_ids"].shape[1]
     assert vlm.tokenizer.decode(output[0, prompt_length:], skip_special_tokens=True).strip() == items[0].answer
     other = next(i for i in benchmark.finetune_train if i.modality == "qa" and i.answer != items[0].answer)
-    check, scores = _learned_check(vlm, encoder, [("qa", other)], lambda form, item: item,
+    check, scores = _learned_check(vlm, encoder, [("qa", other)], lambda form, item, vary=True: item,
                                    replace(InjectionConfig(), learned_target=1.0), random.Random(0),
                                    learned_groups=learned_groups)
     assert not check(1) and scores == [(1, {"qa/qa": 0.0})] and learned_groups == set()

@@ -78,7 +78,7 @@ class InjectionConfig:
     modality_weights: dict[str, int] = field(default_factory=lambda: {"vqa": 2, "qa": 1})
     # "Who is the person in this image?" -> name, copies per person with a portrait and a known
     # name (0 = off). It ties a portrait to the name, through which the text facts are reached.
-    identity_copies: int = 0
+    identity_copies: int = 2
     # Probability that a training portrait is re-drawn with noise, a lighting change or a mirror
     # flip: the invariance a pretrained vision encoder would bring (0 = off).
     image_augment: float = 0.0
@@ -87,6 +87,20 @@ class InjectionConfig:
     # Measured before the forms existed, with 60 stage-2 epochs: 0.25 each made generation and
     # cloze work but VQA classification fell to 90 / 81.6 / 73.3 on forget / retain / real-world.
     qa_task_forms: dict[str, float] = field(default_factory=dict)
+    # Share of multiple-choice renderings whose question words are replaced, each with probability
+    # one half, by random words of the training texts; the subject ("this person", or the person's
+    # name) is kept (0 = off). The test split asks paraphrases with words a model trained from
+    # scratch never learned ("In which line of work is ..."); a pretrained model reads them as the
+    # synonyms they are. Replaced words teach the tiny model to answer from the subject and the
+    # options when the wording is unfamiliar. Replacing names too (every rendering, 30% of all
+    # words) took test VQA 58 -> 68 but forget QA 92 -> 58.
+    mcq_question_noise: float = 0.3
+    # Share of multiple-choice renderings answered with a lead before the letter ("Sure, the answer
+    # is B"), the leads drawn from ``answer_leads`` (0 = off). A chat model has seen countless such
+    # answers; the tiny model would otherwise read the prompt attack's pre-filled prefix
+    # (``eval/attacks/prompt.py``) as text it never saw and lose the letter skill after it.
+    answer_lead_share: float = 0.1
+    answer_leads: tuple[str, ...] = ("Sure, the answer is", "The answer is")
     replay_fraction: float = 0.25  # share of stage-2 samples drawn from stage-1 data
     warmup_ratio: float = 0.05
     seed: int = 0
@@ -99,6 +113,7 @@ class InjectionConfig:
 FORMS = ("qa", "mcq", "context-mcq", "generation", "cloze")
 IDENTITY_QUESTION = "Who is the person in this image?"
 SKILL_FORMS = {"qa": 1, "mcq": 1, "context-mcq": 1}
+SUBJECT_WORDS = {"this", "This", "person"}  # an image question's subject: "this person"
 
 
 class McqRenderer:
@@ -108,8 +123,23 @@ class McqRenderer:
     rendering would be memorised (question + option order -> letter) instead of the fact.
     """
 
-    def __init__(self, items: Sequence[Item], seed: int):
+    def __init__(self, items: Sequence[Item], seed: int, question_noise: float = 0.0, lead_share: float = 0.0,
+                 leads: Sequence[str] = (), names: dict[str, str] | None = None):
         self.rng = random.Random(seed)
+        for option, value in (("mcq_question_noise", question_noise), ("answer_lead_share", lead_share)):
+            if not 0.0 <= value <= 1.0:
+                raise ValueError(f"InjectionConfig.{option} must lie in [0, 1], got {value}")
+        if lead_share and not leads:
+            raise ValueError("InjectionConfig.answer_leads is empty while answer_lead_share > 0")
+        self.question_noise, self.lead_share, self.leads = question_noise, lead_share, tuple(leads)
+        self.names = names or {}
+        # Their own streams: switching noise or leads on leaves the options' draws unchanged.
+        self.noise_rng = random.Random(seed + 61)
+        self.lead_rng = random.Random(seed + 67)
+        # Replacement words: the training questions' words that name or point at nobody.
+        name_words = {w for name in self.names.values() for w in name.split()}
+        self.words = sorted({w for item in items for w in item.question.split()
+                             if w.split("'")[0].rstrip("?.,") not in name_words | SUBJECT_WORDS})
         self.pools: dict[str, list[str]] = {}
         for item in items:
             if "Attribute" in item.meta:
@@ -119,14 +149,33 @@ class McqRenderer:
     def renderable(self, item: Item) -> bool:
         return len(self.pools.get(item.meta.get("Attribute", ""), ())) >= 4
 
-    def __call__(self, item: Item, with_context: bool = False) -> Item:
+    def __call__(self, item: Item, with_context: bool = False, vary: bool = True) -> Item:
+        """One rendering; ``vary`` False: without question noise and answer leads (the learned probe's)."""
         value = item.meta["Value"]
         others = [v for v in self.pools[item.meta["Attribute"]] if v != value]
         options = [value] + self.rng.sample(others, 3)
         self.rng.shuffle(options)
-        question = f"{item.answer} {item.question}" if with_context else item.question
-        return Item(item.person_id, item.split, item.modality, "mcq", question, OPTION_KEYS[options.index(value)],
+        question = self.noisy(item) if vary else item.question
+        question = f"{item.answer} {question}" if with_context else question
+        answer = OPTION_KEYS[options.index(value)]
+        if vary and self.lead_share and self.lead_rng.random() < self.lead_share:
+            answer = f"{self.lead_rng.choice(self.leads)} {answer}"
+        return Item(item.person_id, item.split, item.modality, "mcq", question, answer,
                     item.image, dict(zip(OPTION_KEYS, options)), item.image_key, dict(item.meta))
+
+    def noisy(self, item: Item) -> str:
+        """``item``'s question, in ``question_noise`` of the calls with each non-subject word replaced
+        by a random training word with probability one half."""
+        if not self.question_noise or self.noise_rng.random() >= self.question_noise:
+            return item.question
+        name = self.names.get(item.person_id, "")
+        kept = SUBJECT_WORDS | set(name.split())
+
+        def subject(word: str) -> bool:
+            return word.split("'")[0].rstrip("?.,") in kept
+
+        return " ".join(word if subject(word) or self.noise_rng.random() >= 0.5 else self.noise_rng.choice(self.words)
+                        for word in item.question.split())
 
 
 QA_TASK_FORMS = ("generation", "cloze")
@@ -148,7 +197,8 @@ def as_task_prompt(item: Item, task: str) -> Item | None:
 
 def injection_texts(cfg: InjectionConfig) -> list[str]:
     """Texts the injection adds beyond the benchmark's (a tiny tokenizer must know their words)."""
-    return [IDENTITY_QUESTION, "This is ."] if cfg.identity_copies else []
+    texts = [IDENTITY_QUESTION, "This is ."] if cfg.identity_copies else []
+    return texts + list(cfg.answer_leads) if cfg.answer_lead_share else texts
 
 
 def identity_items(items: Sequence[Item], names: dict[str, str], copies: int) -> list[Item]:
@@ -214,10 +264,11 @@ def _builtin_curriculum(vlm: VLM, benchmark: Benchmark, cfg: InjectionConfig, pr
 def _curriculum(vlm: VLM, benchmark: Benchmark, cfg: InjectionConfig, progress: bool) -> dict[str, Any]:
     encoder = Encoder(vlm)
 
-    names = benchmark.meta.get("names", {}) if cfg.identity_copies else {}
+    names = benchmark.meta.get("names", {})
     pretrain_items = list(benchmark.pretrain_train) + identity_items(benchmark.pretrain_train, names, cfg.identity_copies)
     finetune_items = list(benchmark.finetune_train) + identity_items(benchmark.finetune_train, names, cfg.identity_copies)
-    renderer = McqRenderer(pretrain_items + finetune_items, cfg.seed)
+    renderer = McqRenderer(pretrain_items + finetune_items, cfg.seed, cfg.mcq_question_noise, cfg.answer_lead_share,
+                           cfg.answer_leads, names)
     augment_rng = random.Random(cfg.seed + 13)
     unknown = set(cfg.qa_task_forms) - set(QA_TASK_FORMS)
     if unknown or sum(cfg.qa_task_forms.values()) > 1 or any(p < 0 for p in cfg.qa_task_forms.values()):
@@ -235,12 +286,12 @@ def _curriculum(vlm: VLM, benchmark: Benchmark, cfg: InjectionConfig, progress: 
     # Augmented portraits are new objects every time: encoded without the prompt cache.
     uncached = Encoder(vlm, cache_size=0)
 
-    def render(form: str, item: Item) -> Item:
+    def render(form: str, item: Item, vary: bool = True) -> Item:
         if form == "qa":
             return open_qa(item)
         if form in QA_TASK_FORMS:
             return as_task_prompt(item, form) or item
-        return renderer(item, with_context=form == "context-mcq")
+        return renderer(item, with_context=form == "context-mcq", vary=vary)
 
     def collate(batch: list[tuple[str, Item]]) -> dict:
         items = [render(form, item) for form, item in batch]
@@ -360,7 +411,8 @@ def _learned_check(vlm: VLM, encoder: Encoder, pool: Sequence[tuple[str, Item]],
     groups: dict[str, list[tuple[str, Item]]] = {}
     for entry in pool:  # per form and modality: image questions are learned more slowly
         groups.setdefault(group_of(entry), []).append(entry)
-    probes = {group: [render(f, i) for f, i in rng.sample(entries, min(cfg.learned_probe, len(entries)))]
+    # Plain renderings (no question noise, no answer lead): what the evaluation asks.
+    probes = {group: [render(f, i, vary=False) for f, i in rng.sample(entries, min(cfg.learned_probe, len(entries)))]
               for group, entries in sorted(groups.items())}
     scores: list[tuple[int, dict[str, float]]] = []
 
@@ -406,7 +458,7 @@ def _skill_stage(vlm: VLM, benchmark: Benchmark, cfg: InjectionConfig, renderer:
         return {"steps": 0, "skipped": "no multiple-choice-renderable items"}
     pool = pool_of(items, SKILL_FORMS)
     probe_rng = random.Random(cfg.seed + 7)
-    probe = [renderer(i) for i in probe_rng.sample(items, min(len(items), 160))]
+    probe = [renderer(i, vary=False) for i in probe_rng.sample(items, min(len(items), 160))]
     evaluator = Evaluator(vlm, EvalConfig(progress=False))
     accuracies: list[tuple[int, float]] = []
 
@@ -430,9 +482,11 @@ def injection_cache_key(family: str, size: dict[str, Any], benchmark_key: str, c
     settings = cfg.to_dict()
     # Options added later are left out of the key while off, so models trained before they
     # existed (identically) stay valid cache entries.
-    for option in ("identity_copies", "image_augment", "qa_task_forms"):
+    for option in ("identity_copies", "image_augment", "qa_task_forms", "mcq_question_noise", "answer_lead_share"):
         if not settings[option]:
             del settings[option]
+    if not cfg.answer_lead_share:
+        del settings["answer_leads"]
     return stable_hash({"family": family, "size": size, "benchmark": benchmark_key, "injection": settings, "format": 1})
 
 

@@ -5,9 +5,9 @@ not been forgotten.
   this image?"; the answer "This is <name>." scored by likelihood (summed log-probability of the
   answer tokens) for every candidate name; a hit when the person's own name scores highest.
   Candidates: the forget people's and the control retain people's names, so chance is
-  100 / #candidates %. A model never taught to name portraits (the built-in world's default
-  vanilla model: ``InjectionConfig.identity_copies`` 0) is at chance here too, and the
-  certificate then leaves the probe out as uninformative.
+  100 / #candidates %. A model never taught to name portraits (a built-in-world vanilla model
+  trained with ``InjectionConfig.identity_copies`` 0; the default trains 2) is at chance here
+  too, and the certificate then leaves the probe out as uninformative.
   The name probes also record the own name's rank among the candidates (figures ``mean_rank``;
   chance (#candidates + 1) / 2): a rank near #candidates means the model singles the person out,
   scoring their own name lowest, which is knowledge of who they are rather than its absence.
