@@ -24,7 +24,7 @@ def test_two_process_cli_run_matches_one_process(benchmark, words, tmp_path):
     common = ["run", "--model", str(tmp_path / "vanilla"), "--people", str(SMALL_WORLD.fictitious),
               "--real-people", str(SMALL_WORLD.real_world), "--method", "graddiff", "--max-steps", "3", "--tasks", "mcq",
               "--device", "cpu", "--runs-dir", str(tmp_path / "runs"), "--cache-dir", str(tmp_path / "cache"), "--quiet",
-              "--allow-unknown"]
+              "--allow-unknown", "--attacks", "none"]  # the battery has its own tests (test_pipeline_attacks.py)
     subprocess.run([sys.executable, "-m", "mllm_unlearn", *common, "--name", "one", "--batch-size", "8"],
                    check=True, env=env, stdout=subprocess.DEVNULL)
     subprocess.run([accelerate, "launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",

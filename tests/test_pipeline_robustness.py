@@ -95,7 +95,8 @@ def test_a_model_this_tool_did_not_build_gets_the_paper_presets_and_a_lora_attac
     tiny_vlm("llava").save(checkpoint)  # no injection.json: not built by this tool
     common = ["run", "--model", str(checkpoint), "--benchmark", str(world_dir), "--runs-dir", str(tmp_path / "runs"),
               "--cache-dir", str(tmp_path / "cache"), "--device", "cpu", "--quiet", "--tasks", "mcq", "--no-mia",
-              "--relearn-steps", "2", "--max-steps", "1", "--allow-unknown"]  # a random model knows nobody
+              "--relearn-steps", "2", "--max-steps", "1", "--allow-unknown",  # a random model knows nobody
+              "--attacks", "none"]  # the battery has its own tests (test_pipeline_attacks.py)
     result = CliRunner().invoke(app, [*common, "--name", "ga", "--method", "ga", "--lr", "3e-5"])
     assert result.exit_code == 0, result.output
     saved = json.loads((tmp_path / "runs" / "ga" / "results.json").read_text())

@@ -82,7 +82,7 @@ def knowing_model(benchmark, words):
     # Every epoch runs (no early stop at the probe's 90%): the test wants every fact known.
     inject_knowledge(vlm, world, InjectionConfig(skill_people=0, pretrain_epochs=0, finetune_epochs=25, lr=5e-3,
                                                  warmup_ratio=0.0, finetune_forms={"qa": 1}, learned_target=None,
-                                                 modality_weights={"vqa": 1, "qa": 1}),
+                                                 modality_weights={"vqa": 1, "qa": 1}, identity_copies=0),
                      progress=False)
     return vlm, forget, retain
 

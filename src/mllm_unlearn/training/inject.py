@@ -100,7 +100,7 @@ class InjectionConfig:
     # answers; the tiny model would otherwise read the prompt attack's pre-filled prefix
     # (``eval/attacks/prompt.py``) as text it never saw and lose the letter skill after it.
     answer_lead_share: float = 0.1
-    answer_leads: tuple[str, ...] = ("Sure, the answer is", "The answer is")
+    answer_leads: list[str] = field(default_factory=lambda: ["Sure, the answer is", "The answer is"])
     replay_fraction: float = 0.25  # share of stage-2 samples drawn from stage-1 data
     warmup_ratio: float = 0.05
     seed: int = 0
