@@ -113,7 +113,11 @@ class InjectionConfig:
 FORMS = ("qa", "mcq", "context-mcq", "generation", "cloze")
 IDENTITY_QUESTION = "Who is the person in this image?"
 SKILL_FORMS = {"qa": 1, "mcq": 1, "context-mcq": 1}
-SUBJECT_WORDS = {"this", "This", "person"}  # an image question's subject: "this person"
+
+
+def _bare(word: str) -> str:
+    """A question word without its possessive and trailing punctuation ("person's" -> "person")."""
+    return word.split("'")[0].rstrip("?.,")
 
 
 class McqRenderer:
@@ -136,10 +140,14 @@ class McqRenderer:
         # Their own streams: switching noise or leads on leaves the options' draws unchanged.
         self.noise_rng = random.Random(seed + 61)
         self.lead_rng = random.Random(seed + 67)
+        from ..data.synthetic import subject_forms
+
+        # An image question's subject ("this person"), as the built-in world words it.
+        self.subject_words = {_bare(w) for form in subject_forms(None).values() for w in form.split()}
         # Replacement words: the training questions' words that name or point at nobody.
         name_words = {w for name in self.names.values() for w in name.split()}
         self.words = sorted({w for item in items for w in item.question.split()
-                             if w.split("'")[0].rstrip("?.,") not in name_words | SUBJECT_WORDS})
+                             if _bare(w) not in name_words | self.subject_words})
         self.pools: dict[str, list[str]] = {}
         for item in items:
             if "Attribute" in item.meta:
@@ -168,13 +176,8 @@ class McqRenderer:
         by a random training word with probability one half."""
         if not self.question_noise or self.noise_rng.random() >= self.question_noise:
             return item.question
-        name = self.names.get(item.person_id, "")
-        kept = SUBJECT_WORDS | set(name.split())
-
-        def subject(word: str) -> bool:
-            return word.split("'")[0].rstrip("?.,") in kept
-
-        return " ".join(word if subject(word) or self.noise_rng.random() >= 0.5 else self.noise_rng.choice(self.words)
+        kept = self.subject_words | set(self.names.get(item.person_id, "").split())
+        return " ".join(word if _bare(word) in kept or self.noise_rng.random() >= 0.5 else self.noise_rng.choice(self.words)
                         for word in item.question.split())
 
 
