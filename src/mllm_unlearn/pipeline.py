@@ -201,7 +201,7 @@ def _injected_tiny_model(cfg: RunConfig, vocabulary_of: Benchmark, trained_on: B
         # injection.json marks a finished cache entry: it appears together with the weights.
         vlm.save(path, extra_files={INJECTION_META: injection_meta_text(
             {"family": cfg.family, "injection": cfg.injection.to_dict(), "size": asdict(cfg.size),
-             "history": history, **meta})})
+             "processes": process_rank_and_count()[1], "history": history, **meta})})
     wait_for_everyone()
     # Reload through the public loading path, exactly as a user's checkpoint would be.
     return load_vlm(path, cfg.device, cfg.dtype, cfg.max_pixels), True

@@ -18,8 +18,8 @@ from ..data.collate import Encoder
 from ..data.collate import collate as collate_examples
 from ..data.items import OPTION_KEYS, Benchmark, Item
 from ..models.base import VLM
-from ..utils import cpu_threads, process_rank_and_count
-from .loop import LoraOptions, TrainConfig, train
+from ..utils import cpu_threads, process_rank_and_count, shard_and_gather
+from .loop import LoraOptions, TrainConfig, batch_share, train
 from .losses import sequence_nll
 
 
@@ -103,6 +103,10 @@ class InjectionConfig:
     answer_leads: list[str] = field(default_factory=lambda: ["Sure, the answer is", "The answer is"])
     replay_fraction: float = 0.25  # share of stage-2 samples drawn from stage-1 data
     warmup_ratio: float = 0.05
+    # torch's fused AdamW (``TrainConfig.fused_optimizer``): the tiny model's optimizer step falls
+    # from ~8 to ~3 ms (of a ~75 ms step). Off by default: it rounds differently, which over 13k
+    # steps is another model than the cached default.
+    fused_optimizer: bool = False
     seed: int = 0
     lora: LoraOptions | None = None
 
@@ -304,13 +308,19 @@ def _curriculum(vlm: VLM, benchmark: Benchmark, cfg: InjectionConfig, progress: 
             if fresh:
                 items[k] = replace(item, image=augment_portrait(item.image, augment_rng))
             augmented.append(fresh)
+        # Several processes: every one renders the whole global batch (the draws stay those of one
+        # process) and encodes its share only (``TrainConfig.shared_batches``).
+        share, weight = batch_share(range(len(items)))
         # Each group's prompts are encoded in one processor call, then put back in batch order.
-        fresh = [k for k, augment in enumerate(augmented) if augment]
-        kept = [k for k, augment in enumerate(augmented) if not augment]
+        fresh = [k for k in share if augmented[k]]
+        kept = [k for k in share if not augmented[k]]
         prompts = dict(zip(fresh, uncached.prompts([items[k] for k in fresh])))
         prompts.update(zip(kept, encoder.prompts([items[k] for k in kept])))
-        examples = [encoder.training_example(item, prompts[k]) for k, item in enumerate(items)]
-        return {k: v.to(vlm.device) for k, v in collate_examples(examples, encoder.pad_id).items()}
+        examples = [encoder.training_example(items[k], prompts[k]) for k in share]
+        batch = {k: v.to(vlm.device) for k, v in collate_examples(examples, encoder.pad_id).items()}
+        if process_rank_and_count()[1] > 1:
+            batch[SHARE_WEIGHT] = weight
+        return batch
 
     def pool_of(items: Sequence[Item], forms: dict[str, int]) -> list[tuple[str, Item]]:
         unknown = set(forms) - set(FORMS)
@@ -328,7 +338,9 @@ def _curriculum(vlm: VLM, benchmark: Benchmark, cfg: InjectionConfig, progress: 
         return pool
 
     def loss(model: Any, batch: dict) -> Any:
-        return sequence_nll(model, batch).mean()
+        weight = batch.pop(SHARE_WEIGHT, None)  # this process's share of the global batch (several processes)
+        value = sequence_nll(model, batch).mean()
+        return value if weight is None else value * weight
 
     history: dict[str, Any] = {}
     if cfg.skill_people > 0 and (cfg.pretrain_forms.get("mcq") or cfg.finetune_forms.get("mcq")):
@@ -357,14 +369,14 @@ def _curriculum(vlm: VLM, benchmark: Benchmark, cfg: InjectionConfig, progress: 
         batch_size = cfg.batch_size
         learned_groups: set[str] = set()
         if cfg.batch_by_form:
-            # Each process draws its own batches (the loop shards the form labels over processes).
-            rank = process_rank_and_count()[0]
+            # Every process draws the same batches (shared_batches) and trains its share of each.
             examples, stage_collate, samples = _form_batches(pool, collate, cfg.batch_size, samples,
-                                                             random.Random(cfg.seed + 41 + index + 1000 * rank),
+                                                             random.Random(cfg.seed + 41 + index),
                                                              learned_groups, cfg.learned_rehearsal)
             batch_size = 1
         train_cfg = TrainConfig(lr=cfg.lr, epochs=epochs, samples_per_epoch=samples, batch_size=batch_size,
-                                warmup_ratio=cfg.warmup_ratio, seed=cfg.seed + index, lora=cfg.lora, progress=progress)
+                                warmup_ratio=cfg.warmup_ratio, seed=cfg.seed + index, lora=cfg.lora, progress=progress,
+                                fused_optimizer=cfg.fused_optimizer, shared_batches=True)
         stop_check, learned = None, []
         if cfg.learned_target is not None:
             stop_check, learned = _learned_check(vlm, encoder, pool, render, cfg, random.Random(cfg.seed + 53 + index),
@@ -374,6 +386,9 @@ def _curriculum(vlm: VLM, benchmark: Benchmark, cfg: InjectionConfig, progress: 
         history[name] = {"steps": result.steps, "first_loss": result.losses[0], "last_loss": result.losses[-1],
                          "stopped_when_learned": result.stopped_early, "learned": learned, "losses": result.losses}
     return history
+
+
+SHARE_WEIGHT = "share_weight"  # key of a collated batch: its process's factor from ``batch_share``
 
 
 def group_of(entry: tuple[str, Item]) -> str:
@@ -420,7 +435,11 @@ def _learned_check(vlm: VLM, encoder: Encoder, pool: Sequence[tuple[str, Item]],
     scores: list[tuple[int, dict[str, float]]] = []
 
     def exact(items: list[Item]) -> int:
-        right = 0
+        return sum(shard_and_gather(items, exact_flags))
+
+    def exact_flags(items: list[Item]) -> list[bool]:
+        """Per item: answered exactly (several processes score a share each)."""
+        flags: list[bool] = []
         for start in range(0, len(items), 32):
             chunk = items[start:start + 32]
             examples = [encoder.training_example(i, p) for i, p in zip(chunk, encoder.prompts(chunk))]
@@ -429,8 +448,8 @@ def _learned_check(vlm: VLM, encoder: Encoder, pool: Sequence[tuple[str, Item]],
                 logits = vlm.model(**model_inputs(batch)).logits
             labels = batch["labels"][:, 1:]
             hits = (logits[:, :-1].argmax(-1) == labels) | (labels == -100)
-            right += int(hits.all(dim=1).sum())
-        return right
+            flags += hits.all(dim=1).tolist()
+        return flags
 
     def check(step: int) -> bool:
         figures = {group: exact(items) / len(items) for group, items in probes.items()}
@@ -472,7 +491,8 @@ def _skill_stage(vlm: VLM, benchmark: Benchmark, cfg: InjectionConfig, renderer:
         return accuracies[-1][1] >= cfg.skill_target
 
     train_cfg = TrainConfig(lr=cfg.lr, max_steps=cfg.skill_max_steps, batch_size=cfg.batch_size, schedule="constant",
-                            warmup_ratio=cfg.warmup_ratio, seed=cfg.seed + 100, lora=cfg.lora, progress=progress)
+                            warmup_ratio=cfg.warmup_ratio, seed=cfg.seed + 100, lora=cfg.lora, progress=progress,
+                            fused_optimizer=cfg.fused_optimizer, shared_batches=True)
     result = train(vlm.model, pool, collate, loss, train_cfg, description="inject: multiple-choice skill",
                    stop_check=reached, check_every=cfg.skill_check_every)
     return {"steps": result.steps, "people": len(people), "first_loss": result.losses[0],
@@ -485,12 +505,19 @@ def injection_cache_key(family: str, size: dict[str, Any], benchmark_key: str, c
     settings = cfg.to_dict()
     # Options added later are left out of the key while off, so models trained before they
     # existed (identically) stay valid cache entries.
-    for option in ("identity_copies", "image_augment", "qa_task_forms", "mcq_question_noise", "answer_lead_share"):
+    for option in ("identity_copies", "image_augment", "qa_task_forms", "mcq_question_noise", "answer_lead_share",
+                   "fused_optimizer"):
         if not settings[option]:
             del settings[option]
     if not cfg.answer_lead_share:
         del settings["answer_leads"]
-    return stable_hash({"family": family, "size": size, "benchmark": benchmark_key, "injection": settings, "format": 1})
+    key = {"family": family, "size": size, "benchmark": benchmark_key, "injection": settings, "format": 1}
+    # Several processes train the same batches, but their gradient sums round differently (as a
+    # second thread's would): over 13k steps another model, cached apart from one process's.
+    processes = process_rank_and_count()[1]
+    if processes > 1:
+        key["processes"] = processes
+    return stable_hash(key)
 
 
 INJECTION_META = "injection.json"  # beside a vanilla model's weights: how it was trained, and on what
