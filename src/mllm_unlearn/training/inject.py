@@ -104,8 +104,8 @@ class InjectionConfig:
     replay_fraction: float = 0.25  # share of stage-2 samples drawn from stage-1 data
     warmup_ratio: float = 0.05
     # torch's fused AdamW (``TrainConfig.fused_optimizer``): the tiny model's optimizer step falls
-    # from ~8 to ~3 ms (of a ~75 ms step). Off by default: it rounds differently, which over 13k
-    # steps is another model than the cached default.
+    # from ~5 to ~2 ms of a ~60 ms step (benchmarks/injection_step_time.py). Off by default: it
+    # rounds differently, which over 13k steps is another model than the cached default.
     fused_optimizer: bool = False
     seed: int = 0
     lora: LoraOptions | None = None

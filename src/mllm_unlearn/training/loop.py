@@ -64,10 +64,10 @@ class TrainConfig:
     stop_after: int | None = None
     # torch's fused AdamW kernel: the same update rule in one kernel over all parameters. Many
     # small tensors (a tiny model) spend most of the optimizer step in per-tensor dispatch: on a
-    # CPU the fused step of the 0.95M-parameter tiny model is ~3x faster. Refused with ``shard``.
+    # CPU the fused step of the 0.95M-parameter tiny model is ~2.5x faster. Refused with ``shard``.
     fused_optimizer: bool = False
     # Every process draws the same (global) batches and its collate keeps the process's share
-    # (``share_of``): N processes train exactly the batches one process would, in the same
+    # (``batch_share``): N processes train exactly the batches one process would, in the same
     # number of steps, so the recipe does not change with N (the default shares whole batches
     # out: N processes take N batches per step). Not with ``shard``.
     shared_batches: bool = False
