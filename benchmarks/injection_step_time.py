@@ -38,11 +38,12 @@ def main() -> None:
     renderer = McqRenderer(items, seed=0)
     groups = {"mcq/vqa": [i for i in items if i.modality == "vqa" and renderer.renderable(i)],
               "qa/qa": [i for i in items if i.modality == "qa"]}
+    words = words_of(benchmark_texts(benchmark))
     print("| batch | form | encode | forward + loss | backward | AdamW | fused AdamW | step (default AdamW) |")
     print("| --- | --- | --- | --- | --- | --- | --- | --- |")
     for batch_size in (int(b) for b in args.batch_sizes.split(",")):
         for group, pool in groups.items():
-            vlm = build_tiny_vlm("llava", words_of(benchmark_texts(benchmark)), cfg.size, seed=0)
+            vlm = build_tiny_vlm("llava", words, cfg.size, seed=0)
             encoder = Encoder(vlm, cache_size=0)  # rendered prompts are new every time
             rng = random.Random(0)
             optimizers = {fused: torch.optim.AdamW(vlm.model.parameters(), lr=1e-4, fused=fused) for fused in (False, True)}

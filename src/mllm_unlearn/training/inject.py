@@ -318,9 +318,7 @@ def _curriculum(vlm: VLM, benchmark: Benchmark, cfg: InjectionConfig, progress: 
         prompts.update(zip(kept, encoder.prompts([items[k] for k in kept])))
         examples = [encoder.training_example(items[k], prompts[k]) for k in share]
         batch = {k: v.to(vlm.device) for k, v in collate_examples(examples, encoder.pad_id).items()}
-        if process_rank_and_count()[1] > 1:
-            batch[SHARE_WEIGHT] = weight
-        return batch
+        return {**batch, SHARE_WEIGHT: weight}
 
     def pool_of(items: Sequence[Item], forms: dict[str, int]) -> list[tuple[str, Item]]:
         unknown = set(forms) - set(FORMS)
@@ -338,9 +336,8 @@ def _curriculum(vlm: VLM, benchmark: Benchmark, cfg: InjectionConfig, progress: 
         return pool
 
     def loss(model: Any, batch: dict) -> Any:
-        weight = batch.pop(SHARE_WEIGHT, None)  # this process's share of the global batch (several processes)
-        value = sequence_nll(model, batch).mean()
-        return value if weight is None else value * weight
+        weight = batch.pop(SHARE_WEIGHT)  # this process's share of the global batch (1.0: one process)
+        return sequence_nll(model, batch).mean() * weight
 
     history: dict[str, Any] = {}
     if cfg.skill_people > 0 and (cfg.pretrain_forms.get("mcq") or cfg.finetune_forms.get("mcq")):
