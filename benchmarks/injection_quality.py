@@ -33,7 +33,8 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
 
-    cfg = RunConfig(family=args.family, cache_dir=args.cache_dir, seed=args.seed)
+    # Never the shipped vanilla model (mllm_unlearn/shipped.py): this script measures the injection.
+    cfg = RunConfig(family=args.family, cache_dir=args.cache_dir, seed=args.seed, shipped_vanilla=False)
     cfg.injection = replace(InjectionConfig(seed=args.seed), **json.loads(args.set))
     benchmark, key = prepare_benchmark(cfg)
     start = time.perf_counter()

@@ -29,8 +29,10 @@ def main() -> None:
     parser.add_argument("--batch-sizes", default="8,16,32")
     parser.add_argument("--steps", type=int, default=40)
     parser.add_argument("--cache-dir", default=".cache/mllm_unlearn")
+    parser.add_argument("--threads", type=int, default=1,
+                        help="torch intra-op threads (the curriculum's own count: training/inject.py)")
     args = parser.parse_args()
-    torch.set_num_threads(1)  # as the curriculum runs on a CPU (training/inject.py)
+    torch.set_num_threads(args.threads)
 
     cfg = RunConfig(cache_dir=args.cache_dir, progress=False)
     benchmark, _ = prepare_benchmark(cfg)

@@ -185,6 +185,10 @@ def run(
                    "memory. Refused for LLaVA, whose images have one fixed size."),
     runs_dir: Path = typer.Option(Path("runs"), help="Where run folders are written."),
     cache_dir: Path = typer.Option(Path(".cache/mllm_unlearn"), help="Cache of generated benchmarks and vanilla models."),
+    shipped_vanilla: bool = typer.Option(
+        True, "--shipped-vanilla/--no-shipped-vanilla",
+        help="Start from the vanilla model shipped with mllm-unlearn when it is the one this run would train (the "
+             "default world and recipe) and the cache lacks it; --no-shipped-vanilla trains it here (~15 min on 2 cores)."),
     quiet: bool = typer.Option(False, help="No progress bars."),
 ) -> None:
     """Build or load the vanilla model, evaluate, unlearn the forget split (or take a given --edit),
@@ -232,7 +236,7 @@ def run(
                         benchmark=benchmark or None, clear_tofu=tofu, gold_model=str(gold_model) if gold_model else None,
                         forget_percent=forget, method=method, method_cfg=None, method_overrides=overrides,
                         edit=str(edit) if edit else None, seed=seed,
-                        device=device, dtype=dtype, max_pixels=max_pixels, runs_dir=str(runs_dir), cache_dir=str(cache_dir), world=world,
+                        device=device, dtype=dtype, max_pixels=max_pixels, runs_dir=str(runs_dir), cache_dir=str(cache_dir), shipped_vanilla=shipped_vanilla, world=world,
                         injection=injection, eval=eval_cfg, progress=not quiet,
                         mia=MIAConfig() if mia else None,
                         relearn=RelearnConfig(steps=relearn_steps, eval_every=max(1, relearn_steps // 4), seed=seed,
@@ -373,6 +377,10 @@ def sweep(
     dtype: str = typer.Option("float32", help="float32, bfloat16 or float16."),
     runs_dir: Path = typer.Option(Path("runs"), help="Where the default output folder goes."),
     cache_dir: Path = typer.Option(Path(".cache/mllm_unlearn"), help="Cache of generated benchmarks and vanilla models."),
+    shipped_vanilla: bool = typer.Option(
+        True, "--shipped-vanilla/--no-shipped-vanilla",
+        help="Start from the vanilla model shipped with mllm-unlearn when it is the one this run would train (the "
+             "default world and recipe) and the cache lacks it; --no-shipped-vanilla trains it here (~15 min on 2 cores)."),
     quiet: bool = typer.Option(False, help="No progress lines."),
 ) -> None:
     """Search a method's hyperparameters on the validation split (chance-corrected forget efficacy vs
@@ -395,7 +403,7 @@ def sweep(
     try:
         cfg = RunConfig(name=f"sweep-{method}", family=family, model=str(model) if model else None,
                         benchmark=benchmark or None, forget_percent=forget, method=method, seed=seed, device=device,
-                        dtype=dtype, runs_dir=str(runs_dir), cache_dir=str(cache_dir),
+                        dtype=dtype, runs_dir=str(runs_dir), cache_dir=str(cache_dir), shipped_vanilla=shipped_vanilla,
                         world=WorldConfig(fictitious=people or 100, real_world=real_people or 30, seed=seed),
                         injection=InjectionConfig(seed=seed), method_cfg=MethodConfig(seed=seed),
                         eval=EvalConfig(tasks=("mcq",), seed=seed, progress=False), progress=not quiet)
@@ -542,6 +550,10 @@ def sequence(
     dtype: str = typer.Option("auto", help="auto, float32, bfloat16 or float16 (as `run`)."),
     runs_dir: Path = typer.Option(Path("runs"), help="Where run folders are written."),
     cache_dir: Path = typer.Option(Path(".cache/mllm_unlearn"), help="Cache of generated benchmarks and vanilla models."),
+    shipped_vanilla: bool = typer.Option(
+        True, "--shipped-vanilla/--no-shipped-vanilla",
+        help="Start from the vanilla model shipped with mllm-unlearn when it is the one this run would train (the "
+             "default world and recipe) and the cache lacks it; --no-shipped-vanilla trains it here (~15 min on 2 cores)."),
     attacks: str = typer.Option(
         "none", help="The attack battery and forgetting certificate on the model after the last request, probing "
                      "every requested person: 'none' (default), 'all', or a comma list (as `run --attacks`)."),
@@ -586,7 +598,7 @@ def sequence(
         cfg = RunConfig(name=name, family=family, model=str(model) if model else None, benchmark=benchmark or None,
                         forget_percent=forget, method=method or DEFAULT_METHOD, method_cfg=None,
                         method_overrides=overrides, seed=seed, device=device, dtype=dtype, runs_dir=str(runs_dir),
-                        cache_dir=str(cache_dir), world=WorldConfig(seed=seed),
+                        cache_dir=str(cache_dir), shipped_vanilla=shipped_vanilla, world=WorldConfig(seed=seed),
                         injection=_injection_config(seed, None, None),
                         eval=EvalConfig(tasks=task_list, max_new_tokens=max_new_tokens, seed=seed, progress=not quiet),
                         progress=not quiet, preset=preset_file, mia=None, relearn=None)

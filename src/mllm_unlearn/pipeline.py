@@ -31,6 +31,8 @@ from .methods.defaults import DEFAULT_METHOD
 from .models import VLM, TinySize, load_vlm
 from .models.tiny import build_tiny_vlm, words_of
 from .report import render_html, render_markdown
+from .shipped import MANIFEST as SHIPPED_MANIFEST
+from .shipped import install_shipped
 from .sweep import preset_record
 from .training.finetune import FINETUNE_META
 from .training.inject import (INJECTION_META, InjectionConfig, inject_knowledge, injection_cache_key, injection_meta_text,
@@ -77,6 +79,9 @@ class RunConfig:
     # The attack battery and forgetting certificate (eval/attacks; None: off, ``--attacks none``).
     attacks: AttackConfig | None = field(default_factory=AttackConfig)
     progress: bool = True
+    # Start from the vanilla model shipped with the package when its key is this run's and the cache
+    # lacks it (shipped.py: the default run's, trained by this code; False: train it here).
+    shipped_vanilla: bool = True
     # A preset file's content (``sweep.load_preset``): recorded in results.json; a preset chosen on
     # a carved-out validation split takes those people out of the reported splits.
     preset: dict[str, Any] | None = None
@@ -230,8 +235,23 @@ def prepare_vanilla(cfg: RunConfig, benchmark: Benchmark, benchmark_key: str) ->
         _check_builtin_world_matches(cfg.model, benchmark_key)
         return load_vlm(cfg.model, cfg.device, cfg.dtype, cfg.max_pixels), cfg.model, False
     path = vanilla_location(cfg, benchmark_key)
+    if cfg.shipped_vanilla and not (path / INJECTION_META).is_file():
+        if is_main_process():
+            install_shipped(path.name, path, benchmark)
+        wait_for_everyone()
     vlm, trained = _injected_tiny_model(cfg, benchmark, benchmark, path, {"benchmark": benchmark_key})
     return vlm, str(path), trained
+
+
+def vanilla_source(model_path: str, trained: bool, cfg: RunConfig) -> str:
+    """Where a run's vanilla model came from (results.json, the report)."""
+    if cfg.model:
+        return "given checkpoint"
+    if trained:
+        return "trained here (knowledge injection)"
+    if (Path(model_path) / SHIPPED_MANIFEST).is_file():
+        return "shipped with mllm-unlearn (benchmarks/ship_vanilla.py; --no-shipped-vanilla trains it)"
+    return "cache (trained here earlier)"
 
 
 def prepare_retain_model(cfg: RunConfig, benchmark: Benchmark, benchmark_key: str) -> tuple[VLM | None, str | None, bool]:
@@ -560,7 +580,7 @@ def run_pipeline(cfg: RunConfig) -> dict[str, Any]:
 
     config = {
         "name": cfg.name, "family": vlm.adapter.family, "model_path": model_path, "method": method_name,
-        "edit_source": cfg.edit,
+        "vanilla_source": vanilla_source(model_path, trained, cfg), "edit_source": cfg.edit,
         "benchmark_name": benchmark.name, "benchmark": benchmark.meta, "forget_percent": cfg.forget_percent,
         "seed": cfg.seed, "device": str(vlm.device), "processes": process_rank_and_count()[1],
         "dtype": dtype_name(vlm.dtype), "dtype_option": cfg.dtype, "world": asdict(cfg.world),

@@ -78,6 +78,11 @@ def _protocol_line(eval_cfg: dict[str, Any]) -> str:
     return f"protocol `ours` (chat template), {scorer}, few-shot {eval_cfg['few_shot']}"
 
 
+def _vanilla_source(config: dict[str, Any]) -> list[str]:
+    source = config.get("vanilla_source")
+    return [f"- Vanilla model: {source}"] if source else []
+
+
 def render_markdown(results: dict[str, Any]) -> str:
     if results.get("protocol") == "clear":
         config = results["config"]
@@ -99,6 +104,7 @@ def render_markdown(results: dict[str, Any]) -> str:
         "",
         f"- Method: **{config['method']}** on `{config['benchmark_name']}`, model family **{config['family']}**"
         f" (`{config['model_path']}`)",
+        *_vanilla_source(config),
         *_edit_source(config),
         f"- Seed {config['seed']}; {_protocol_line(config['eval'])}",
         *_preset_line(config),
