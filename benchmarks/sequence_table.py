@@ -5,7 +5,7 @@
 
 Per method, `mllm-unlearn sequence --method M --name sequence-M`: the 10 people of forget_10 as 10
 single-person requests in the split's order, on the cached default vanilla tiny LLaVA (the model
-`make run` trains and caches), each method with its tiny preset applied per request (the same
+`make run` starts from: shipped with the package, or trained and cached), each method with its tiny preset applied per request (the same
 epochs over the request's own forget items: one person is 1/10 of the forget set, so a request
 takes about 1/10 of the one-shot run's steps, batches rounding up). The section holds classification accuracy after requests 1, 5 and 10 on this request's
 people, all earlier requests' people, retain and real-world people (VQA and QA), where retain
