@@ -111,3 +111,29 @@ def test_a_shipped_model_of_other_training_data_is_not_used(shipped_small, tmp_p
     assert any("trained on other data" in str(w.message) and "ship_vanilla.py" in str(w.message) for w in caught)
     assert not (tmp_path / "cache" / name).exists()
     assert load_file(str(root / name / WEIGHTS))  # the good one still loads
+
+
+def test_cli_commands_pass_no_shipped_vanilla(tmp_path, monkeypatch):
+    """run, sweep and sequence take --no-shipped-vanilla (default: the shipped model)."""
+    from typer.testing import CliRunner
+
+    import mllm_unlearn.pipeline as pipeline
+    import mllm_unlearn.sequence as sequence
+    import mllm_unlearn.sweep as sweep
+    from mllm_unlearn.cli import app
+
+    seen = []
+
+    def stop(cfg, *args, **kwargs):  # stop before any work: only the configuration is checked
+        seen.append(cfg)
+        raise ValueError("stopped by the test")
+
+    monkeypatch.setattr(pipeline, "run_pipeline", stop)
+    monkeypatch.setattr(sweep, "run_sweep", stop)
+    monkeypatch.setattr(sequence, "run_sequence", stop)
+    common = ["--runs-dir", str(tmp_path / "runs"), "--cache-dir", str(tmp_path / "cache")]
+    for command in (["run"], ["sweep", "--method", "ga", "--trials", "1"], ["sequence", "--method", "ga"]):
+        for flag, expected in (([], True), (["--no-shipped-vanilla"], False)):
+            result = CliRunner().invoke(app, command + common + flag)
+            assert "stopped by the test" in result.output, (command, result.output)
+            assert seen.pop().shipped_vanilla is expected, command
