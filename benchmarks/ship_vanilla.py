@@ -15,17 +15,15 @@ what every machine then evaluates.
 from __future__ import annotations
 
 import argparse
-import json
 import platform
 import sys
 import tempfile
 import time
-from dataclasses import replace
 from datetime import date
 from pathlib import Path
 
 from mllm_unlearn.pipeline import RunConfig, prepare_benchmark, prepare_vanilla, vanilla_location, versions
-from mllm_unlearn.shipped import SHIPPED_ROOT, WEIGHTS, file_sha256, shipped_model, write_shipped
+from mllm_unlearn.shipped import WEIGHTS, file_sha256, shipped_model, shipped_models, verify_shipped, write_shipped
 
 
 def cpu_name() -> str:
@@ -56,12 +54,11 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="ship-vanilla-") as scratch:
         if args.check:
             cfg = RunConfig(family=args.family, cache_dir=scratch)
-            _, key = prepare_benchmark(replace(cfg, progress=False))
-            folder = shipped_model(vanilla_location(cfg, key).name)
+            name = vanilla_location(cfg, prepare_benchmark(cfg)[1]).name
+            folder = shipped_model(name)
             if folder is None:
-                sys.exit(f"no shipped model for the default {args.family} run ({vanilla_location(cfg, key).name}); "
-                         f"shipped: {sorted(p.name for p in SHIPPED_ROOT.glob('*'))}")
-            expected = json.loads((folder / "shipped.json").read_text())["sha256"]
+                sys.exit(f"no shipped model for the default {args.family} run ({name}); shipped: {shipped_models()}")
+            expected = verify_shipped(folder)["sha256"]
             path, _, seconds = train_default(scratch, args.family)
             found = file_sha256(path / WEIGHTS)
             print(f"retrained {path.name} in {seconds:.0f} s: SHA-256 {found[:16]}..., shipped {expected[:16]}...: "

@@ -90,11 +90,16 @@ def install_shipped(name: str, destination: Path, benchmark: Any, root: Path | N
                       "shipped); training the model here instead. Maintainers: re-ship it with benchmarks/ship_vanilla.py",
                       stacklevel=2)
         return None
-    with atomic_directory(destination) as tmp:
-        for file in manifest["files"]:
-            shutil.copyfile(folder / file, tmp / file)
-        (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")  # the cache entry says where it came from
+    _copy_entry(folder, destination, manifest)  # the cache entry keeps the manifest: it says where it came from
     return manifest
+
+
+def _copy_entry(source: Path, target: Path, manifest: dict[str, Any]) -> None:
+    """``manifest["files"]`` of ``source`` and the manifest itself into ``target``, whole or not at all."""
+    with atomic_directory(target) as tmp:
+        for file in manifest["files"]:
+            shutil.copyfile(source / file, tmp / file)
+        (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")
 
 
 def write_shipped(entry: Path, benchmark: Any, made_by: dict[str, Any], root: Path | None = None) -> Path:
@@ -106,10 +111,6 @@ def write_shipped(entry: Path, benchmark: Any, made_by: dict[str, Any], root: Pa
         if required not in files:
             raise FileNotFoundError(f"{entry} is not a finished vanilla cache entry: {required} is missing")
     target = (root or SHIPPED_ROOT) / entry.name
-    with atomic_directory(target) as tmp:
-        for file in files:
-            shutil.copyfile(entry / file, tmp / file)
-        manifest = {"name": entry.name, "sha256": file_sha256(entry / WEIGHTS), "files": files,
-                    "training_data": training_data_fingerprint(benchmark), "made_by": made_by}
-        (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")
+    _copy_entry(entry, target, {"name": entry.name, "sha256": file_sha256(entry / WEIGHTS), "files": files,
+                                "training_data": training_data_fingerprint(benchmark), "made_by": made_by})
     return target
