@@ -8,6 +8,7 @@ import torch
 from typer.testing import CliRunner
 
 from mllm_unlearn.cli import app
+from mllm_unlearn.data.collate import Encoder
 from mllm_unlearn.eval import EvalConfig, Evaluator
 from mllm_unlearn.eval.knowledge import knowledge_check
 from mllm_unlearn.models import load_vlm
@@ -15,6 +16,7 @@ from mllm_unlearn.training import InjectionConfig
 from mllm_unlearn.training.finetune import (FINETUNE_META, FinetuneConfig, FinetuneJob, resolve_recipe, run_finetune,
                                             state_dir_of)
 from mllm_unlearn.training.loop import TrainingPaused
+from mllm_unlearn.training.losses import sequence_nll
 
 from ..conftest import SMALL_SIZE, SMALL_WORLD, weights_hash
 
@@ -80,16 +82,28 @@ def test_builtin_recipe_from_a_fresh_tiny_base_equals_the_knowledge_injection(tm
 
 def test_retain_only_gold_model_knows_the_retain_people_but_not_the_forget_people(tmp_path, world_dir, benchmark):
     injection = InjectionConfig(skill_people=4, skill_max_steps=200, skill_check_every=50, pretrain_epochs=0,
-                                finetune_epochs=30, learned_target=None, pretrain_forms={"qa": 1},
+                                finetune_epochs=60, learned_target=None, pretrain_forms={"qa": 1},
                                 finetune_forms={"qa": 1, "mcq": 2})
     meta = run_finetune(job(tmp_path, "gold", world_dir, recipe="builtin", retain_only=True, injection=injection))
     assert meta["retain_only"] and meta["forget_ids"] == sorted(benchmark.forget_ids)
     gold = load_vlm(tmp_path / "gold", "cpu")
     results = Evaluator(gold, EvalConfig(tasks=("mcq",), progress=False)).evaluate(benchmark)
-    forget = knowledge_check(results, "mllmu", ("vqa", "qa"))
     retain = knowledge_check({"figures": {"forget": results["figures"]["retain"]}}, "mllmu", ("vqa", "qa"))
-    assert forget["passed"] is False and all(c["accuracy"] <= 30 for c in forget["modalities"].values())
     assert retain["passed"] is True, retain
+    # The forget people were never trained on. Their multiple-choice accuracy is no measure of that here:
+    # 10 questions per modality, all about the small world's one forget person, and priors over attribute
+    # values may match one person's (20-50% seen on two CPU makes, chance 25%). Their answers' likelihood
+    # is: the gold model's generation answers for forget people are far less likely than for retain people.
+    encoder = Encoder(gold)
+
+    def mean_answer_nll(split: str) -> float:
+        items = [i for i in benchmark.eval_splits[split] if i.task == "generation"]
+        with torch.no_grad():
+            return torch.cat([sequence_nll(gold.model, encoder.batch(items[k:k + 32], train=True))
+                              for k in range(0, len(items), 32)]).mean().item()
+
+    forget_nll, retain_nll = mean_answer_nll("forget"), mean_answer_nll("retain")
+    assert forget_nll > retain_nll + 1.0, (forget_nll, retain_nll)  # seen: 3.36 against 1.11 nats per token
 
 
 @pytest.mark.parametrize("recipe", ["mllmu", "clear"])
