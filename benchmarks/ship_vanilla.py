@@ -1,8 +1,8 @@
 """Ship the default run's vanilla model with the package (src/mllm_unlearn/assets/vanilla/), or check
 that retraining reproduces the shipped one bit for bit.
 
-    .venv/bin/python benchmarks/ship_vanilla.py [--from-cache DIR]   # write the asset
-    .venv/bin/python benchmarks/ship_vanilla.py --check              # retrain (~15 min), compare
+    .venv/bin/python benchmarks/ship_vanilla.py [--family F] [--from-cache DIR]   # write the asset
+    .venv/bin/python benchmarks/ship_vanilla.py [--family F] --check              # retrain (~15 min), compare
 
 Writing trains the default world's vanilla model (knowledge injection, one CPU thread) into an
 empty cache, or takes the finished entry of that key from ``--from-cache``, and copies it with a
@@ -73,7 +73,8 @@ def main() -> None:
             if args.from_cache:
                 sys.exit(f"{entry} is not a finished vanilla model: train it first (mllm-unlearn run), or drop --from-cache")
             entry, benchmark, seconds = train_default(cache, args.family)
-        made_by = {"command": "benchmarks/ship_vanilla.py" + (f" --from-cache {args.from_cache}" if args.from_cache else ""),
+        made_by = {"command": "benchmarks/ship_vanilla.py" + (f" --family {args.family}" if args.family != "llava" else "")
+                   + (f" --from-cache {args.from_cache}" if args.from_cache else ""),
                    "date": date.today().isoformat(), "machine": platform.machine(), "processor": cpu_name(),
                    "cpu_threads": 1, "versions": versions(), **({"injection_s": round(seconds)} if seconds else {})}
         target = write_shipped(entry, benchmark, made_by)

@@ -9,6 +9,7 @@ import pytest
 from safetensors.torch import load_file
 
 from mllm_unlearn import shipped
+from mllm_unlearn.models import load_vlm
 from mllm_unlearn.pipeline import RunConfig, prepare_benchmark, prepare_vanilla, run_pipeline, vanilla_location
 from mllm_unlearn.shipped import (MANIFEST, WEIGHTS, file_sha256, install_shipped, shipped_model, training_data_fingerprint,
                                   verify_shipped, write_shipped)
@@ -17,10 +18,12 @@ from mllm_unlearn.training import InjectionConfig
 from .test_pipeline import small_run
 
 
-def test_the_default_run_finds_its_vanilla_model_shipped(tmp_path):
+@pytest.mark.parametrize("family", ["llava", "qwen2.5-vl"])
+def test_the_default_run_finds_its_vanilla_model_shipped(tmp_path, family):
     """The default run's key names a shipped model trained on this world with this recipe: a change
-    of the default recipe or world fails here, not silently in users' first runs."""
-    cfg = RunConfig(cache_dir=str(tmp_path))
+    of the default recipe or world fails here, not silently in users' first runs (the default LLaVA,
+    and Qwen2.5-VL: `--family qwen2.5-vl`)."""
+    cfg = RunConfig(cache_dir=str(tmp_path), family=family)
     benchmark, key = prepare_benchmark(cfg)
     name = vanilla_location(cfg, key).name
     folder = shipped_model(name)
@@ -35,6 +38,10 @@ def test_the_default_run_finds_its_vanilla_model_shipped(tmp_path):
     # Fields added since it was trained are those left out of the cache key at their defaults.
     assert set(recipe) - set(meta["injection"]) <= {"fused_optimizer"} and not cfg.injection.fused_optimizer
     assert set(manifest["files"]) >= {WEIGHTS, "injection.json", "config.json", "tokenizer.json"}
+    # Installed into a cache, it loads as the run loads it (every file the family saves was shipped).
+    install_shipped(name, tmp_path / "entry", benchmark)
+    vlm = load_vlm(tmp_path / "entry", "cpu")
+    assert vlm.adapter.family == family and file_sha256(tmp_path / "entry" / WEIGHTS) == manifest["sha256"]
 
 
 @pytest.fixture(scope="module")

@@ -1,4 +1,5 @@
-"""Vanilla models shipped with the package: the default run's injected tiny model, so that a fresh
+"""Vanilla models shipped with the package: the default run's injected tiny model (LLaVA's, and
+Qwen2.5-VL's for ``--family qwen2.5-vl``), so that a fresh
 clone's first run starts from it instead of spending ~15 minutes of a 2-core CPU on knowledge
 injection, and so that every machine evaluates the very weights ``docs/results.md`` was measured
 on (a retrained model rounds differently on another CPU or torch build, and on this recipe that
@@ -24,9 +25,6 @@ from .utils import atomic_directory, stable_hash
 SHIPPED_ROOT = Path(__file__).parent / "assets" / "vanilla"
 MANIFEST = "shipped.json"
 WEIGHTS = "model.safetensors"
-# What a cache entry holds (``VLM.save`` plus ``injection.json``); nothing else is shipped.
-ENTRY_FILES = ("config.json", "generation_config.json", "chat_template.jinja", "processor_config.json",
-               "tokenizer.json", "tokenizer_config.json", WEIGHTS, "injection.json")
 
 
 def file_sha256(path: Path) -> str:
@@ -106,7 +104,9 @@ def write_shipped(entry: Path, benchmark: Any, made_by: dict[str, Any], root: Pa
     """Ship the cache entry ``entry`` (a vanilla model trained on ``benchmark``): its files and a
     manifest with their weights' SHA-256, the training data's fingerprint and ``made_by``
     (command, versions, machine)."""
-    files = [name for name in ENTRY_FILES if (entry / name).is_file()]
+    # Every file the entry holds (``VLM.save`` plus ``injection.json``): which processor files a model
+    # saves is the family's business (LLaVA's processor_config.json, Qwen's preprocessor_config.json).
+    files = sorted(p.name for p in entry.iterdir() if p.is_file() and not p.name.startswith(".") and p.name != MANIFEST)
     for required in (WEIGHTS, "injection.json", "config.json"):
         if required not in files:
             raise FileNotFoundError(f"{entry} is not a finished vanilla cache entry: {required} is missing")
