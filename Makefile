@@ -40,7 +40,7 @@ run: install
 	$(BIN)/mllm-unlearn run $(RUN_ARGS)
 
 test: install npm-fixtures
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q -n auto --dist loadfile
 
 # Refresh the lock: a fresh venv of the newest versions pyproject.toml allows (torch from TORCH_PIN),
 # frozen with setuptools (torch needs it) but without pip, the project itself and local build tags

@@ -12,8 +12,9 @@ from mllm_unlearn.models import TinySize
 from mllm_unlearn.models.tiny import build_tiny_vlm, words_of
 from mllm_unlearn.pipeline import benchmark_texts
 
-# OMP_NUM_THREADS (set by whoever shares the CPU with other jobs) wins over the default 2.
-torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "2")))
+# OMP_NUM_THREADS (set by whoever shares the CPU with other jobs) wins over the default: 2 threads,
+# or 1 in each of pytest-xdist's workers (make test runs one worker per core).
+torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "1" if os.environ.get("PYTEST_XDIST_WORKER") else "2")))
 # Without validation people (tests/test_sweep.py adds them to its own world): the shared world,
 # its vocabulary and so every tiny model built from it stay as they were.
 SMALL_WORLD = WorldConfig(fictitious=20, real_world=4, seed=0, validation_percent=0)

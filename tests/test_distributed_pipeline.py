@@ -27,7 +27,7 @@ def test_two_process_cli_run_matches_one_process(benchmark, words, tmp_path):
               "--allow-unknown", "--attacks", "none"]  # the battery has its own tests (test_pipeline_attacks.py)
     subprocess.run([sys.executable, "-m", "mllm_unlearn", *common, "--name", "one", "--batch-size", "8"],
                    check=True, env=env, stdout=subprocess.DEVNULL)
-    subprocess.run([accelerate, "launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
+    subprocess.run([accelerate, "launch", "--main_process_port", "0", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
                     "--mixed_precision", "no", "--dynamo_backend", "no", "-m", "mllm_unlearn", *common, "--name", "two",
                     "--batch-size", "4"], check=True, env=env, stdout=subprocess.DEVNULL)
     one = json.loads((tmp_path / "runs" / "one" / "results.json").read_text())

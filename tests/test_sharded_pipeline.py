@@ -17,7 +17,7 @@ def test_accelerate_fsdp_launch_runs_the_cli_sharded_and_writes_the_report(tiny_
     env = {**os.environ, "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false"}
     # --use_fsdp: accelerate's FSDP plugin would refuse this CPU machine; the tool claims the flag
     # and shards with FSDP2 itself (the same as --multi_gpu ... --shard fsdp).
-    subprocess.run([accelerate, "launch", "--use_fsdp", "--num_processes", "2", "--num_machines", "1",
+    subprocess.run([accelerate, "launch", "--main_process_port", "0", "--use_fsdp", "--num_processes", "2", "--num_machines", "1",
                     "--mixed_precision", "no", "--dynamo_backend", "no", "-m", "mllm_unlearn", "run",
                     "--model", str(tmp_path / "vanilla"), "--people", str(SMALL_WORLD.fictitious),
                     "--real-people", str(SMALL_WORLD.real_world), "--method", "graddiff", "--max-steps", "2",
