@@ -3,20 +3,20 @@ the retain-only gold model, resumable fine-tunes, clear errors."""
 import json
 from dataclasses import replace
 
+import numpy as np
 import pytest
 import torch
 from typer.testing import CliRunner
 
 from mllm_unlearn.cli import app
-from mllm_unlearn.data.collate import Encoder
 from mllm_unlearn.eval import EvalConfig, Evaluator
 from mllm_unlearn.eval.knowledge import knowledge_check
+from mllm_unlearn.eval.mia import sample_scores
 from mllm_unlearn.models import load_vlm
 from mllm_unlearn.training import InjectionConfig
 from mllm_unlearn.training.finetune import (FINETUNE_META, FinetuneConfig, FinetuneJob, resolve_recipe, run_finetune,
                                             state_dir_of)
 from mllm_unlearn.training.loop import TrainingPaused
-from mllm_unlearn.training.losses import sequence_nll
 
 from ..conftest import SMALL_SIZE, SMALL_WORLD, weights_hash
 
@@ -91,16 +91,13 @@ def test_retain_only_gold_model_knows_the_retain_people_but_not_the_forget_peopl
     retain = knowledge_check({"figures": {"forget": results["figures"]["retain"]}}, "mllmu", ("vqa", "qa"))
     assert retain["passed"] is True, retain
     # The forget people were never trained on. Their multiple-choice accuracy is no measure of that here:
-    # 10 questions per modality, all about the small world's one forget person, and priors over attribute
-    # values may match one person's (20-50% seen on two CPU makes, chance 25%). Their answers' likelihood
-    # is: the gold model's generation answers for forget people are far less likely than for retain people.
-    encoder = Encoder(gold)
-
+    # 10 questions per modality about the small world's two forget people, and priors over attribute
+    # values may match theirs (20-50% seen on two CPU makes, chance 25%). Their answers' likelihood is:
+    # the gold model's generation answers for forget people are far less likely than for retain people
+    # (the membership-inference loss score: each answer's mean per-token NLL).
     def mean_answer_nll(split: str) -> float:
         items = [i for i in benchmark.eval_splits[split] if i.task == "generation"]
-        with torch.no_grad():
-            return torch.cat([sequence_nll(gold.model, encoder.batch(items[k:k + 32], train=True))
-                              for k in range(0, len(items), 32)]).mean().item()
+        return float(np.mean(sample_scores(gold, items)["loss"]))
 
     forget_nll, retain_nll = mean_answer_nll("forget"), mean_answer_nll("retain")
     assert forget_nll > retain_nll + 1.0, (forget_nll, retain_nll)  # seen: 3.36 against 1.11 nats per token
