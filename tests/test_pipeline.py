@@ -280,6 +280,36 @@ def test_cli_task_formats_sets_the_injection_forms(tmp_path, monkeypatch):
     assert result.exit_code == 2 and "task-formats" in result.output
 
 
+def test_cli_inject_lr_and_target_set_the_curriculum_and_so_another_vanilla_model(tmp_path, monkeypatch):
+    import mllm_unlearn.pipeline as pipeline
+    from mllm_unlearn.training.inject import injection_cache_key
+
+    seen = []
+
+    def fake_run(cfg):  # stop before any work: only the configuration is checked
+        seen.append(cfg)
+        raise ValueError("stopped by the test")
+
+    monkeypatch.setattr(pipeline, "run_pipeline", fake_run)
+    args = ["run", "--runs-dir", str(tmp_path / "runs"), "--cache-dir", str(tmp_path / "cache")]
+    CliRunner().invoke(app, args + ["--inject-lr", "3e-4"])
+    CliRunner().invoke(app, args + ["--inject-lr", "3e-4", "--inject-target", "0.95"])
+    CliRunner().invoke(app, args)
+    assert (seen[0].injection.lr, seen[0].injection.learned_target) == (3e-4, 0.9)
+    assert (seen[1].injection.lr, seen[1].injection.learned_target) == (3e-4, 0.95)
+    default = InjectionConfig()
+    assert (seen[2].injection.lr, seen[2].injection.learned_target) == (default.lr, default.learned_target) == (1e-3, 0.9)
+    keys = {injection_cache_key("llava", {}, "world", cfg.injection) for cfg in seen}
+    assert len(keys) == 3  # a cached model of one setting is never taken for another's
+    for option, bad, message in [("--inject-lr", "0", "--inject-lr must be a positive learning rate"),
+                                 ("--inject-lr", "-1e-4", "--inject-lr must be a positive learning rate"),
+                                 ("--inject-target", "0", "--inject-target must lie in (0, 1]"),
+                                 ("--inject-target", "1.5", "--inject-target must lie in (0, 1]")]:
+        result = CliRunner().invoke(app, args + [option, bad])
+        assert result.exit_code == 2 and message in result.output, (option, bad, result.output)
+    assert len(seen) == 3  # refused before any work
+
+
 def test_benchmark_scripts_resolve_the_default_runs_cache_or_name_what_is_missing(tmp_path):
     from mllm_unlearn.pipeline import default_cached_model, resolve_default_inputs
 

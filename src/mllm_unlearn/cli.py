@@ -63,11 +63,20 @@ def attack_options(attacks: str, quant_group_size: int, margin: float, seed: int
 
 
 def _injection_config(seed: int, inject_epochs: int | None, pretrain_epochs: int | None,
-                      task_formats: float = 0.0) -> InjectionConfig:
+                      task_formats: float = 0.0, inject_lr: float | None = None,
+                      inject_target: float | None = None) -> InjectionConfig:
     """The knowledge-injection settings of `run` and `finetune --recipe builtin` from their options."""
     from .training import InjectionConfig
 
     injection = InjectionConfig(seed=seed)
+    if inject_lr is not None:
+        if not inject_lr > 0:
+            raise ValueError(f"--inject-lr must be a positive learning rate, got {inject_lr}")
+        injection = replace(injection, lr=inject_lr)
+    if inject_target is not None:
+        if not 0 < inject_target <= 1:
+            raise ValueError(f"--inject-target must lie in (0, 1], got {inject_target}")
+        injection = replace(injection, learned_target=inject_target)
     if inject_epochs is not None:
         injection = replace(injection, finetune_epochs=inject_epochs)
     if pretrain_epochs is not None:
@@ -147,6 +156,12 @@ def run(
     real_people: Optional[int] = typer.Option(None, help="Real-world people in the built-in world (default 30)."),
     inject_epochs: Optional[int] = typer.Option(None, help="Knowledge-injection epochs on the benchmark people."),
     pretrain_epochs: Optional[int] = typer.Option(None, help="Knowledge-injection epochs on the real-world people."),
+    inject_lr: Optional[float] = typer.Option(
+        None, help="Knowledge-injection learning rate (default 1e-3). 3e-4 taught the default world as well in "
+                   "half the steps (README, 'Injection time'); another value is another vanilla model."),
+    inject_target: Optional[float] = typer.Option(
+        None, help="Knowledge injection: a stage ends once this share of its probe is answered exactly "
+                   "(default 0.9; 0.95 with --inject-lr 3e-4: README, 'Injection time')."),
     task_formats: float = typer.Option(
         0.0, min=0.0, max=0.5,
         help="Knowledge injection: probability that an open-QA draw is asked with MLLMU-Bench's generation "
@@ -215,7 +230,7 @@ def run(
 
         method = method or DEFAULT_METHOD
         world = WorldConfig(fictitious=people or 100, real_world=real_people or 30, seed=seed)
-        injection = _injection_config(seed, inject_epochs, pretrain_epochs, task_formats)
+        injection = _injection_config(seed, inject_epochs, pretrain_epochs, task_formats, inject_lr, inject_target)
         # The preset (tiny or the papers', by model) is looked up by the run, a --preset file's values
         # go on top of it, and explicit options on top of those.
         overrides = {k: v for k, v in {"lr": lr, "epochs": epochs, "max_steps": max_steps,
@@ -299,6 +314,10 @@ def finetune(
     real_people: Optional[int] = typer.Option(None, help="Built-in world: real-world people (default 30)."),
     inject_epochs: Optional[int] = typer.Option(None, help="--recipe builtin: epochs on the benchmark people."),
     pretrain_epochs: Optional[int] = typer.Option(None, help="--recipe builtin: epochs on the real-world people."),
+    inject_lr: Optional[float] = typer.Option(None, help="--recipe builtin: the curriculum's learning rate "
+                                                         "(default 1e-3; README, 'Injection time')."),
+    inject_target: Optional[float] = typer.Option(None, help="--recipe builtin: the probe share a stage must "
+                                                             "answer exactly to end (default 0.9)."),
     seed: int = typer.Option(0, help="Seed for everything (the built-in world's and the forget split's too)."),
     device: str = typer.Option("auto", help="auto, cpu, cuda or cuda:N."),
     dtype: str = typer.Option("auto", help="auto (the checkpoint's own; float16 loads as bfloat16), float32 or "
@@ -316,9 +335,11 @@ def finetune(
     try:
         injection = None
         if recipe == "builtin":
-            injection = _injection_config(seed, inject_epochs, pretrain_epochs)
-        elif inject_epochs is not None or pretrain_epochs is not None:
-            raise ValueError("--inject-epochs and --pretrain-epochs set the builtin recipe's curriculum; "
+            injection = _injection_config(seed, inject_epochs, pretrain_epochs, inject_lr=inject_lr,
+                                          inject_target=inject_target)
+        elif any(option is not None for option in (inject_epochs, pretrain_epochs, inject_lr, inject_target)):
+            raise ValueError("--inject-epochs, --pretrain-epochs, --inject-lr and --inject-target set the builtin "
+                             "recipe's curriculum; "
                              f"--recipe {recipe} takes --epochs")
         cfg = FinetuneConfig(recipe=recipe, retain_only=retain_only, lora=lora, loss_on=loss_on, epochs=epochs, lr=lr,
                              batch_size=batch_size, max_steps=max_steps, gradient_checkpointing=gradient_checkpointing,

@@ -145,6 +145,8 @@ def test_cli_finetune_pauses_resumes_and_names_bad_input(tmp_path, world_dir):
            ("--full", "--keep-adapter"): "--keep-adapter writes the LoRA adapters",
            ("--recipe", "builtin"): "--recipe builtin: --epochs is for the mllmu and clear recipes",
            ("--recipe", "mllmu", "--inject-epochs", "2"): "--recipe mllmu takes --epochs",
+           ("--recipe", "clear", "--inject-lr", "3e-4"): "--recipe clear takes --epochs",
+           ("--recipe", "clear", "--inject-target", "0.95"): "--recipe clear takes --epochs",
            ("--shard", "fsdp"): "--shard fsdp is for full fine-tuning (--full)",
            ("--full", "--shard", "fsdp", "--save-every", "2"): "not supported with --shard fsdp"}
     for options, message in bad.items():
