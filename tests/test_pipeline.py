@@ -237,6 +237,21 @@ def test_mllmeraser_runs_through_the_pipeline(tmp_path_factory, family):
     assert edit.meta["retain_splits"] == ["finetune", "pretrain"]
 
 
+def stopped_cli_runs(tmp_path, monkeypatch) -> tuple[list[str], list[RunConfig]]:
+    """`run`'s base arguments and the list its RunConfigs land in: the pipeline stops before any
+    work, so only the configuration the options made is checked."""
+    import mllm_unlearn.pipeline as pipeline
+
+    seen: list[RunConfig] = []
+
+    def fake_run(cfg):
+        seen.append(cfg)
+        raise ValueError("stopped by the test")
+
+    monkeypatch.setattr(pipeline, "run_pipeline", fake_run)
+    return ["run", "--runs-dir", str(tmp_path / "runs"), "--cache-dir", str(tmp_path / "cache")], seen
+
+
 def test_cli_max_pixels_reaches_the_run_and_is_refused_for_llava_before_any_work(tmp_path, monkeypatch):
     args = ["run", "--runs-dir", str(tmp_path / "runs"), "--cache-dir", str(tmp_path / "cache")]
     result = CliRunner().invoke(app, args + ["--family", "llava", "--max-pixels", "200704"])
@@ -245,30 +260,13 @@ def test_cli_max_pixels_reaches_the_run_and_is_refused_for_llava_before_any_work
     result = CliRunner().invoke(app, args + ["--family", "qwen2-vl", "--max-pixels", "0"])
     assert result.exit_code == 2 and "--max-pixels must be a positive number" in result.output
 
-    import mllm_unlearn.pipeline as pipeline
-
-    seen = []
-
-    def fake_run(cfg):  # stop before any work: only the configuration is checked
-        seen.append(cfg)
-        raise ValueError("stopped by the test")
-
-    monkeypatch.setattr(pipeline, "run_pipeline", fake_run)
+    args, seen = stopped_cli_runs(tmp_path, monkeypatch)
     CliRunner().invoke(app, args + ["--family", "qwen2.5-vl", "--max-pixels", "200704"])
     assert seen[0].max_pixels == 200704
 
 
 def test_cli_task_formats_sets_the_injection_forms(tmp_path, monkeypatch):
-    import mllm_unlearn.pipeline as pipeline
-
-    seen = []
-
-    def fake_run(cfg):  # stop before any work: only the configuration is checked
-        seen.append(cfg)
-        raise ValueError("stopped by the test")
-
-    monkeypatch.setattr(pipeline, "run_pipeline", fake_run)
-    args = ["run", "--runs-dir", str(tmp_path / "runs"), "--cache-dir", str(tmp_path / "cache")]
+    args, seen = stopped_cli_runs(tmp_path, monkeypatch)
     CliRunner().invoke(app, args + ["--task-formats", "0.25"])
     CliRunner().invoke(app, args)
     assert seen[0].injection.qa_task_forms == {"generation": 0.25, "cloze": 0.25}
@@ -281,17 +279,9 @@ def test_cli_task_formats_sets_the_injection_forms(tmp_path, monkeypatch):
 
 
 def test_cli_inject_lr_and_target_set_the_curriculum_and_so_another_vanilla_model(tmp_path, monkeypatch):
-    import mllm_unlearn.pipeline as pipeline
     from mllm_unlearn.training.inject import injection_cache_key
 
-    seen = []
-
-    def fake_run(cfg):  # stop before any work: only the configuration is checked
-        seen.append(cfg)
-        raise ValueError("stopped by the test")
-
-    monkeypatch.setattr(pipeline, "run_pipeline", fake_run)
-    args = ["run", "--runs-dir", str(tmp_path / "runs"), "--cache-dir", str(tmp_path / "cache")]
+    args, seen = stopped_cli_runs(tmp_path, monkeypatch)
     CliRunner().invoke(app, args + ["--inject-lr", "3e-4"])
     CliRunner().invoke(app, args + ["--inject-lr", "3e-4", "--inject-target", "0.95"])
     CliRunner().invoke(app, args)
