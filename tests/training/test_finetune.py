@@ -193,4 +193,11 @@ def test_gradient_accumulation_averages_micro_batches_like_one_large_batch(tiny_
                           warmup_ratio=0.0, schedule="constant"))
         models.append(vlm.model.state_dict())
     for name, weight in models[0].items():
+        if name.endswith("k_proj.bias"):
+            # Attention ignores a key bias (it adds the same q·b to every logit of a query), so its
+            # exact gradient is 0 and each run's update is Adam scaling rounding noise, lr·g/(|g| + eps)
+            # with |g| ~ 1e-12: it differs by machine (seen 2.7e-6 against 6.6e-7 on an AVX-512 CPU).
+            # Both must stay noise, far below one step of lr 1e-2, from the zero they start at.
+            assert weight.abs().max() < 1e-4 and models[1][name].abs().max() < 1e-4, name
+            continue
         torch.testing.assert_close(models[1][name], weight, rtol=1e-4, atol=1e-6)
