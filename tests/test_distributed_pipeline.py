@@ -43,3 +43,33 @@ def test_two_process_cli_run_matches_one_process(benchmark, words, tmp_path):
         for modality, cell in cells.items():
             assert two["unlearned"]["figures"][split][modality]["mcq_accuracy"] == pytest.approx(
                 cell["mcq_accuracy"], abs=100 / cell["mcq_count"] + 1e-9)  # at most one near-tie item apart
+
+
+LEAVES_GROUP = """
+import atexit, os, pathlib, sys
+import torch
+from mllm_unlearn.utils import init_distributed
+
+# Registered first, so it runs last at exit (atexit is last-in, first-out): after the package's own.
+report = pathlib.Path(sys.argv[1]) / f"rank{os.environ['RANK']}"
+atexit.register(lambda: report.write_text(f"group left: {not torch.distributed.is_initialized()}"))
+init_distributed(cpu=True)
+init_distributed(cpu=True)  # a second call registers nothing more
+total = torch.ones(1)
+torch.distributed.all_reduce(total)
+assert total.item() == 2.0, total
+"""
+
+
+def test_a_launched_process_leaves_its_process_group_before_it_exits(tmp_path):
+    # Left to static destructors, gloo's threads sometimes aborted a finished process (SIGABRT,
+    # "terminate called without an active exception") and the launcher failed the whole run.
+    torchrun = shutil.which("torchrun", path=os.path.dirname(sys.executable)) or shutil.which("torchrun")
+    assert torchrun, "torch's launcher must be installed with torch"
+    script = tmp_path / "leaves_group.py"
+    script.write_text(LEAVES_GROUP)
+    done = subprocess.run([torchrun, "--standalone", "--nproc_per_node", "2", str(script), str(tmp_path)],
+                          capture_output=True, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"}, timeout=300,
+                          check=False)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert [(tmp_path / f"rank{rank}").read_text() for rank in (0, 1)] == ["group left: True"] * 2

@@ -1,6 +1,7 @@
 """Small helpers shared by every layer: seeding, hashing, atomic writes, devices."""
 from __future__ import annotations
 
+import atexit
 import hashlib
 import json
 import os
@@ -134,6 +135,16 @@ def init_distributed(cpu: bool) -> None:
         from accelerate import PartialState
 
         PartialState(cpu=cpu)
+        atexit.unregister(leave_process_group)  # once, however often a process calls this
+        atexit.register(leave_process_group)
+
+
+def leave_process_group() -> None:
+    """Destroy the process group (if any) before the interpreter exits. Left to static destructors,
+    gloo's threads sometimes abort a process whose work is done ("terminate called without an active
+    exception", SIGABRT), and the launcher then reports the whole run as failed."""
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        torch.distributed.destroy_process_group()
 
 
 def process_rank_and_count() -> tuple[int, int]:
