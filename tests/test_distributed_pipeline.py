@@ -54,7 +54,7 @@ from mllm_unlearn.utils import init_distributed
 report = pathlib.Path(sys.argv[1]) / f"rank{os.environ['RANK']}"
 atexit.register(lambda: report.write_text(f"group left: {not torch.distributed.is_initialized()}"))
 init_distributed(cpu=True)
-init_distributed(cpu=True)  # a second call registers nothing more
+init_distributed(cpu=True)  # a second call is harmless
 total = torch.ones(1)
 torch.distributed.all_reduce(total)
 assert total.item() == 2.0, total
