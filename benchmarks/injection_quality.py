@@ -21,10 +21,11 @@ import time
 from dataclasses import fields, replace
 from pathlib import Path
 
+import torch
+
 from mllm_unlearn.eval import EvalConfig, Evaluator
 from mllm_unlearn.pipeline import RunConfig, prepare_benchmark, prepare_vanilla
 from mllm_unlearn.training.inject import INJECTION_META, InjectionConfig
-import torch
 
 FIGURES = {"mcq": "mcq_accuracy", "cloze": "cloze_accuracy", "generation": "rougeL_f"}
 
