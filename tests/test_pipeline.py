@@ -282,13 +282,13 @@ def test_cli_inject_lr_and_target_set_the_curriculum_and_so_another_vanilla_mode
     from mllm_unlearn.training.inject import injection_cache_key
 
     args, seen = stopped_cli_runs(tmp_path, monkeypatch)
-    CliRunner().invoke(app, args + ["--inject-lr", "3e-4"])
-    CliRunner().invoke(app, args + ["--inject-lr", "3e-4", "--inject-target", "0.95"])
+    CliRunner().invoke(app, args + ["--inject-lr", "1e-3"])
+    CliRunner().invoke(app, args + ["--inject-lr", "1e-3", "--inject-target", "0.9"])
     CliRunner().invoke(app, args)
-    assert (seen[0].injection.lr, seen[0].injection.learned_target) == (3e-4, 0.9)
-    assert (seen[1].injection.lr, seen[1].injection.learned_target) == (3e-4, 0.95)
+    assert (seen[0].injection.lr, seen[0].injection.learned_target) == (1e-3, 0.95)
+    assert (seen[1].injection.lr, seen[1].injection.learned_target) == (1e-3, 0.9)
     default = InjectionConfig()
-    assert (seen[2].injection.lr, seen[2].injection.learned_target) == (default.lr, default.learned_target) == (1e-3, 0.9)
+    assert (seen[2].injection.lr, seen[2].injection.learned_target) == (default.lr, default.learned_target) == (3e-4, 0.95)
     keys = {injection_cache_key("llava", {}, "world", cfg.injection) for cfg in seen}
     assert len(keys) == 3  # a cached model of one setting is never taken for another's
     for option, bad, message in [("--inject-lr", "0", "--inject-lr must be a positive learning rate"),

@@ -157,12 +157,11 @@ def run(
     inject_epochs: Optional[int] = typer.Option(None, help="Knowledge-injection epochs on the benchmark people."),
     pretrain_epochs: Optional[int] = typer.Option(None, help="Knowledge-injection epochs on the real-world people."),
     inject_lr: Optional[float] = typer.Option(
-        None, help="Knowledge-injection learning rate (default 1e-3). 3e-4 with --inject-target 0.95 taught the "
-                   "default world better in half the steps (README, 'Injection time'); another value is another "
-                   "vanilla model."),
+        None, help="Knowledge-injection learning rate (default 3e-4; 1e-3 took twice the steps to learn less: "
+                   "README, 'Injection time'). Another value is another vanilla model."),
     inject_target: Optional[float] = typer.Option(
         None, help="Knowledge injection: a stage ends once this share of its probe is answered exactly "
-                   "(default 0.9; 0.95 with --inject-lr 3e-4: README, 'Injection time')."),
+                   "(default 0.95)."),
     task_formats: float = typer.Option(
         0.0, min=0.0, max=0.5,
         help="Knowledge injection: probability that an open-QA draw is asked with MLLMU-Bench's generation "
@@ -316,9 +315,9 @@ def finetune(
     inject_epochs: Optional[int] = typer.Option(None, help="--recipe builtin: epochs on the benchmark people."),
     pretrain_epochs: Optional[int] = typer.Option(None, help="--recipe builtin: epochs on the real-world people."),
     inject_lr: Optional[float] = typer.Option(None, help="--recipe builtin: the curriculum's learning rate "
-                                                         "(default 1e-3; README, 'Injection time')."),
+                                                         "(default 3e-4; README, 'Injection time')."),
     inject_target: Optional[float] = typer.Option(None, help="--recipe builtin: the probe share a stage must "
-                                                             "answer exactly to end (default 0.9)."),
+                                                             "answer exactly to end (default 0.95)."),
     seed: int = typer.Option(0, help="Seed for everything (the built-in world's and the forget split's too)."),
     device: str = typer.Option("auto", help="auto, cpu, cuda or cuda:N."),
     dtype: str = typer.Option("auto", help="auto (the checkpoint's own; float16 loads as bfloat16), float32 or "

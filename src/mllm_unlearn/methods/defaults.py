@@ -21,9 +21,9 @@ PAPER = "paper"
 
 # The method of a run that names none (`make run`): the best validation harmonic mean of forget
 # efficacy and retention among the tiny presets chosen with `benchmarks/derive_presets.py
-# --min-retention 0.8` (RMU 0.9) on the default vanilla model (tiny_presets.json: MLLMEraser 0.954;
-# GradDiff 0.769, RMU 0.733, MIP-Editor 0.713, KL 0.613, NPO 0.472, MMUnlearner 0.404, MANU 0.388,
-# GA 0.303), so a first
+# --min-retention 0.8` (RMU 0.9) on the default vanilla model (tiny_presets.json: MLLMEraser 0.996;
+# RMU 0.967, GradDiff 0.889, MIP-Editor 0.862, KL 0.825, NPO 0.654, GA 0.622, MANU 0.618,
+# MMUnlearner 0.433), so a first
 # report shows forgetting with retained utility. `--method ga` is one flag away.
 DEFAULT_METHOD = "mllmeraser"
 

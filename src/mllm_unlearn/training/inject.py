@@ -25,11 +25,10 @@ from .losses import sequence_nll
 
 @dataclass
 class InjectionConfig:
-    # 3e-4 with learned_target 0.95 taught the default world better in 7,000 steps than 1e-3 did in
-    # 14,080 (README, "Injection time"; CLI --inject-lr, --inject-target). 1e-3 stays the default while
-    # the shipped vanilla models, the tiny presets and docs/results.md are the ones trained and
-    # measured with it (the lr is in the cache key).
-    lr: float = 1e-3
+    # 3e-4 (with learned_target 0.95) taught the default world better in 7,000 steps than 1e-3 did in
+    # 14,080: at 1e-3 the second stage ran to its cap and learned only as the cosine schedule
+    # annealed (README, "Injection time"). The lr is in the vanilla model's cache key.
+    lr: float = 3e-4
     batch_size: int = 16
     # Stage 0: the multiple-choice letter skill, learned on a few people first. Trained from
     # scratch on 30+ people at once, the skill emerges late or not at all (recall and option
@@ -63,7 +62,7 @@ class InjectionConfig:
     # teacher-forced; an entry counts as learned when every answer token (end-of-turn included)
     # is the model's top token, i.e. greedy decoding answers exactly right. The stage stops once
     # every form reaches ``learned_target`` in both modalities (None: run the epoch cap).
-    learned_target: float | None = 0.9
+    learned_target: float | None = 0.95
     learned_check_every: int = 250
     learned_probe: int = 64
     # Each batch holds one form of one modality: the forms' prompts differ in length (open QA ~21
