@@ -7,7 +7,9 @@ modalities) on the built-in world's validation people, with the cached vanilla m
 (trained first if missing). The chosen point (the sweep's rule, among trials keeping at least
 ``--min-retention``) is written to ``src/mllm_unlearn/methods/tiny_presets.json``, which
 ``methods/defaults.py`` lays over its hand-chosen structural options: the tiny preset's searched
-values come from here, never from the splits that `docs/results.md` reports. Each sweep's
+values come from here, never from the splits that `docs/results.md` reports. With ``--family`` other
+than LLaVA the choice is kept under the method's ``families`` entry, which that family's runs use
+instead (``methods/defaults.py: swept_tiny_values``). Each sweep's
 folder (trials, front, report with the front's plot) stays under ``--out``. Prints one line per
 method: chosen values and their validation objectives.
 """
@@ -15,11 +17,12 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 import time
 from pathlib import Path
 
 from mllm_unlearn.methods import available_methods
-from mllm_unlearn.methods.defaults import TINY_PRESETS_FILE
+from mllm_unlearn.methods.defaults import PRESET_FAMILY, TINY_PRESETS_FILE
 from mllm_unlearn.methods.search_spaces import SEARCH_SPACES
 from mllm_unlearn.pipeline import RunConfig
 from mllm_unlearn.sweep import SweepConfig, run_sweep
@@ -54,7 +57,7 @@ def main() -> None:
             print(f"{method}: no finished trial", flush=True)
             continue
         searched = chosen["values"]
-        presets[method] = {
+        choice = {
             "values": searched,
             "chosen_by": {"command": f"benchmarks/derive_presets.py --methods {method} --trials {args.trials} "
                                      f"--min-retention {args.min_retention} --family {args.family} --seed {args.seed}",
@@ -62,6 +65,14 @@ def main() -> None:
                           "objectives": chosen["objectives"], "tradeoff": chosen["tradeoff"],
                           "validation": "the built-in world's validation people (in no reported split)"},
         }
+        if args.family == PRESET_FAMILY:  # the default choice; other families' own choices are kept
+            presets[method] = {**choice, **({"families": presets[method]["families"]}
+                                            if "families" in presets.get(method, {}) else {})}
+        elif method not in presets:
+            sys.exit(f"{target} has no {PRESET_FAMILY} choice for {method}: derive it first "
+                     f"(--family {PRESET_FAMILY}); another family's choice is kept beside it")
+        else:
+            presets[method].setdefault("families", {})[args.family] = choice
         atomic_write_text(target, json.dumps(presets, indent=2, sort_keys=True) + "\n")
         o = chosen["objectives"]
         print(f"{method}: {json.dumps(searched, sort_keys=True)} -> validation forget efficacy "

@@ -55,6 +55,17 @@ def stay_forgotten(requests: list[dict]) -> str:
     return " / ".join(cells)
 
 
+def _step_counts(runs: list[tuple[str, dict]]) -> str:
+    """The optimizer steps of the first training method's requests, from its run (e.g. ": ga 3 steps a
+    request, 30 in all"), so the section's text follows the presets instead of restating them."""
+    for method, results in runs:
+        steps = [(request.get("edit") or {}).get("steps") for request in results["sequence"]["requests"]]
+        if steps and all(isinstance(step, int) for step in steps):
+            each = f"{steps[0]}" if len(set(steps)) == 1 else f"{min(steps)}-{max(steps)}"
+            return f": {method} {each} steps a request, {sum(steps)} in all"
+    return ""
+
+
 def section(runs: list[tuple[str, dict]], command: str) -> list[str]:
     lines = [START, "", "## Sequential deletion requests (forget_10, one person per request)", "",
              "Each method unlearns the 10 forget people one request at a time, in the forget split's order, each "
@@ -62,7 +73,7 @@ def section(runs: list[tuple[str, dict]], command: str) -> list[str]:
              "MANU's masks and MLLMEraser's steering are computed on the unedited model, so each part can be "
              "undone exactly; README \"Sequential deletion requests\"). Tiny preset per request: the same epochs "
              "over the request's own forget items (one person, 40 training items: about 1/10 of the one-shot run's "
-             "steps per request, batches rounding up: GA 6 steps a request, 60 in all against 50 in one shot). Classification accuracy (%, likelihood scorer) VQA / QA after "
+             f"steps per request, batches rounding up{_step_counts(runs)}). Classification accuracy (%, likelihood scorer) VQA / QA after "
              "requests 1, 5 and 10, on the vanilla tiny LLaVA `make run` caches. Evaluation subsets: every "
              "classification question of the forget people (5 per person and modality), 60 retain and 60 "
              "real-world questions per modality (seeded, the same after every request). Produced by "

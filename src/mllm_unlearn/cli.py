@@ -203,7 +203,7 @@ def run(
     shipped_vanilla: bool = typer.Option(
         True, "--shipped-vanilla/--no-shipped-vanilla",
         help="Start from the vanilla model shipped with mllm-unlearn when it is the one this run would train (the "
-             "default world and recipe) and the cache lacks it; --no-shipped-vanilla trains it here (~15 min on 2 cores)."),
+             "default world and recipe) and the cache lacks it; --no-shipped-vanilla trains it here (~6 min on 2 cores)."),
     quiet: bool = typer.Option(False, help="No progress bars."),
 ) -> None:
     """Build or load the vanilla model, evaluate, unlearn the forget split (or take a given --edit),
@@ -401,7 +401,7 @@ def sweep(
     shipped_vanilla: bool = typer.Option(
         True, "--shipped-vanilla/--no-shipped-vanilla",
         help="Start from the vanilla model shipped with mllm-unlearn when it is the one this run would train (the "
-             "default world and recipe) and the cache lacks it; --no-shipped-vanilla trains it here (~15 min on 2 cores)."),
+             "default world and recipe) and the cache lacks it; --no-shipped-vanilla trains it here (~6 min on 2 cores)."),
     quiet: bool = typer.Option(False, help="No progress lines."),
 ) -> None:
     """Search a method's hyperparameters on the validation split (chance-corrected forget efficacy vs
@@ -574,7 +574,7 @@ def sequence(
     shipped_vanilla: bool = typer.Option(
         True, "--shipped-vanilla/--no-shipped-vanilla",
         help="Start from the vanilla model shipped with mllm-unlearn when it is the one this run would train (the "
-             "default world and recipe) and the cache lacks it; --no-shipped-vanilla trains it here (~15 min on 2 cores)."),
+             "default world and recipe) and the cache lacks it; --no-shipped-vanilla trains it here (~6 min on 2 cores)."),
     attacks: str = typer.Option(
         "none", help="The attack battery and forgetting certificate on the model after the last request, probing "
                      "every requested person: 'none' (default), 'all', or a comma list (as `run --attacks`)."),

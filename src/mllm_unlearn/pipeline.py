@@ -409,6 +409,19 @@ def model_built_here(cfg: RunConfig) -> bool:
     return cfg.model is None or (Path(cfg.model) / INJECTION_META).is_file()
 
 
+def model_family_for_presets(cfg: RunConfig) -> str:
+    """The tiny model's family, which picks its own sweep-chosen preset values where derived: the
+    family a checkpoint this tool built recorded (``injection.json``), else the run's ``family``."""
+    if cfg.model is not None:
+        try:
+            recorded = json.loads((Path(cfg.model) / INJECTION_META).read_text()).get("family")
+        except (OSError, ValueError):
+            recorded = None
+        if isinstance(recorded, str):
+            return recorded
+    return cfg.family
+
+
 def resolve_method_config(cfg: RunConfig) -> tuple[MethodConfig, str]:
     """The method's settings and where they came from: ``given`` (``cfg.method_cfg`` set), else
     the preset for the model (``tiny``/``paper``), then a ``--preset`` file's values
@@ -418,7 +431,7 @@ def resolve_method_config(cfg: RunConfig) -> tuple[MethodConfig, str]:
     if cfg.method_cfg is not None:
         return apply_overrides(cfg.method_cfg, cfg.method_overrides), "given"
     preset = preset_name_for(model_built_here(cfg))
-    method_cfg = method_preset(cfg.method, preset, seed=cfg.seed)
+    method_cfg = method_preset(cfg.method, preset, seed=cfg.seed, family=model_family_for_presets(cfg))
     if cfg.preset is not None:  # a preset file's values (a sweep's choice) on top of the model's preset
         from .methods.search_spaces import apply_values
 

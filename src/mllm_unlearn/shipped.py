@@ -1,6 +1,6 @@
 """Vanilla models shipped with the package: the default run's injected tiny model (LLaVA's, and
 Qwen2.5-VL's for ``--family qwen2.5-vl``), so that a fresh
-clone's first run starts from it instead of spending ~15 minutes of a 2-core CPU on knowledge
+clone's first run starts from it instead of spending ~6 minutes of a 2-core CPU on knowledge
 injection, and so that every machine evaluates the very weights ``docs/results.md`` was measured
 on (a retrained model rounds differently on another CPU or torch build, and on this recipe that
 moves figures by up to 25 points: README, "Knowledge injection").
@@ -48,7 +48,7 @@ def training_data_fingerprint(benchmark: Any) -> str:
 
 
 def shipped_model(name: str, root: Path | None = None) -> Path | None:
-    """The shipped model named ``name`` (a cache entry's folder name, ``llava-04e275e5e5e5``), or None."""
+    """The shipped model named ``name`` (a cache entry's folder name, ``llava-2fcaa32a5ad6``), or None."""
     folder = (root or SHIPPED_ROOT) / name
     return folder if (folder / MANIFEST).is_file() else None
 

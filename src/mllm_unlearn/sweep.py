@@ -224,13 +224,14 @@ def run_sweep(cfg: Any, sweep: SweepConfig, space: Space | None = None,
     from .methods import get_method
     from .methods.base import UnlearningDiverged
     from .methods.defaults import method_preset, preset_name_for
-    from .pipeline import model_built_here, prepare_benchmark, prepare_vanilla
+    from .pipeline import model_built_here, model_family_for_presets, prepare_benchmark, prepare_vanilla
     from .utils import seed_everything
 
     space = dict(space if space is not None else search_space(sweep.method))
     fixed = {name: value for name, value in sweep.fixed.items() if name not in space}
     # Values the space does not search: the model's preset (tiny or the papers'), then fixed options.
-    base = method_preset(sweep.method, preset_name_for(model_built_here(cfg)), seed=cfg.seed)
+    base = method_preset(sweep.method, preset_name_for(model_built_here(cfg)), seed=cfg.seed,
+                         family=model_family_for_presets(cfg))
     base_cfg = apply_values(replace(base, progress=False), fixed,
                             source="sweep's fixed options")
     get_method(sweep.method).check_options(base_cfg)

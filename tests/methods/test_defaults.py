@@ -6,6 +6,7 @@ import pytest
 from mllm_unlearn.methods import available_methods, get_method
 from mllm_unlearn.methods import defaults
 from mllm_unlearn.methods.search_spaces import SEARCH_SPACES
+from mllm_unlearn.models import adapter_for_family
 
 
 @pytest.fixture
@@ -30,6 +31,29 @@ def test_swept_values_go_over_the_structural_defaults(presets_file):
     assert defaults.TINY_DEFAULTS["rmu"]["lr"] == 2e-3
 
 
+def test_a_familys_own_choice_goes_over_its_runs_only(presets_file, tmp_path):
+    presets_file.write_text(json.dumps({"mllmeraser": {
+        "values": {"extra": {"strength": 7.0, "retain_penalty": 50.0}}, "chosen_by": {},
+        "families": {"qwen2.5-vl": {"values": {"extra": {"strength": 30.0}}, "chosen_by": {}}}}}))
+    assert defaults.method_preset("mllmeraser", defaults.TINY, family="qwen2.5-vl").extra["strength"] == 30.0
+    for family in (None, "llava", "qwen2-vl"):  # no choice of its own: the default family's
+        assert defaults.method_preset("mllmeraser", defaults.TINY, family=family).extra["strength"] == 7.0
+    # a family's entry replaces the default choice as a whole, not key by key
+    assert (defaults.method_preset("mllmeraser", defaults.TINY, family="qwen2.5-vl").extra["retain_penalty"]
+            == defaults.TINY_DEFAULTS["mllmeraser"]["extra"]["retain_penalty"])
+    # the pipeline picks the family of the run, or the one a checkpoint built here recorded
+    from mllm_unlearn.pipeline import RunConfig, resolve_method_config
+    from mllm_unlearn.training.inject import INJECTION_META
+
+    assert resolve_method_config(RunConfig(method="mllmeraser", method_cfg=None, family="qwen2.5-vl"))[0].extra["strength"] == 30.0
+    assert resolve_method_config(RunConfig(method="mllmeraser", method_cfg=None))[0].extra["strength"] == 7.0
+    checkpoint = tmp_path / "vanilla"
+    checkpoint.mkdir()
+    (checkpoint / INJECTION_META).write_text(json.dumps({"family": "qwen2.5-vl"}))
+    cfg, preset = resolve_method_config(RunConfig(method="mllmeraser", method_cfg=None, model=str(checkpoint)))
+    assert preset == defaults.TINY and cfg.extra["strength"] == 30.0
+
+
 def test_without_a_presets_file_the_structural_defaults_stand(presets_file):
     assert not presets_file.exists()
     assert defaults.method_preset("ga", defaults.TINY).lr == defaults.TINY_DEFAULTS["ga"]["lr"]
@@ -42,12 +66,18 @@ def test_shipped_presets_are_valid_and_record_their_choice():
         pytest.fail(f"{defaults.TINY_PRESETS_FILE} is missing (benchmarks/derive_presets.py writes it)")
     shipped = json.loads(defaults.TINY_PRESETS_FILE.read_text())
     assert set(shipped) <= set(available_methods())
-    for method, entry in shipped.items():
-        flat = set()
-        for key, value in entry["values"].items():
-            flat |= {f"extra.{k}" for k in value} if key == "extra" else {key}
-        assert flat <= set(SEARCH_SPACES[method]), (method, flat)
-        chosen_by = entry["chosen_by"]
-        assert "derive_presets.py" in chosen_by["command"] and chosen_by["trials"] >= 1
-        assert 0.0 <= chosen_by["objectives"]["retention"] <= 1.0
-        get_method(method).check_options(defaults.method_preset(method, defaults.TINY))
+    for method, default_choice in shipped.items():
+        families = default_choice.get("families", {})
+        assert defaults.PRESET_FAMILY not in families, method
+        for family in families:
+            adapter_for_family(family)  # a known model family
+        for family, entry in [(defaults.PRESET_FAMILY, default_choice), *families.items()]:
+            flat = set()
+            for key, value in entry["values"].items():
+                flat |= {f"extra.{k}" for k in value} if key == "extra" else {key}
+            assert flat <= set(SEARCH_SPACES[method]), (method, family, flat)
+            chosen_by = entry["chosen_by"]
+            assert "derive_presets.py" in chosen_by["command"] and chosen_by["trials"] >= 1
+            assert f"--family {family}" in chosen_by["command"], (method, family, chosen_by["command"])
+            assert 0.0 <= chosen_by["objectives"]["retention"] <= 1.0
+            get_method(method).check_options(defaults.method_preset(method, defaults.TINY, family=family))

@@ -177,15 +177,21 @@ PRESETS: dict[str, dict[str, Any]] = {TINY: TINY_DEFAULTS, PAPER: PAPER_DEFAULTS
 # validation people and written by ``benchmarks/derive_presets.py``, with the command, rule and
 # validation objectives of each choice. They go over ``TINY_DEFAULTS`` (whose comments record the
 # hand sweeps behind the structural options), so no tiny default is tuned on a reported split.
+# An entry's ``values`` were chosen on ``PRESET_FAMILY``'s tiny model; ``families`` holds the
+# choices derived on another family's (a steering strength that suits one tiny model's activations
+# need not suit another's), which that family's runs take instead.
 TINY_PRESETS_FILE = Path(__file__).with_name("tiny_presets.json")
+PRESET_FAMILY = "llava"
 
 
-@lru_cache(maxsize=1)
-def swept_tiny_values() -> dict[str, dict[str, Any]]:
-    """Method name -> the sweep-chosen values of ``TINY_PRESETS_FILE`` (nested: ``{"lr": .., "extra": {..}}``)."""
+@lru_cache(maxsize=8)
+def swept_tiny_values(family: str | None = None) -> dict[str, dict[str, Any]]:
+    """Method name -> the sweep-chosen values of ``TINY_PRESETS_FILE`` (nested: ``{"lr": .., "extra": {..}}``):
+    ``family``'s own choice where one was derived on its model, else the one derived on ``PRESET_FAMILY``'s."""
     if not TINY_PRESETS_FILE.is_file():
         return {}
-    return {name: entry["values"] for name, entry in json.loads(TINY_PRESETS_FILE.read_text()).items()}
+    entries = json.loads(TINY_PRESETS_FILE.read_text())
+    return {name: entry.get("families", {}).get(family, entry)["values"] for name, entry in entries.items()}
 
 
 def preset_name_for(model_built_here: bool) -> str:
@@ -193,9 +199,10 @@ def preset_name_for(model_built_here: bool) -> str:
     return TINY if model_built_here else PAPER
 
 
-def method_preset(name: str, preset: str, seed: int = 0) -> MethodConfig:
+def method_preset(name: str, preset: str, seed: int = 0, family: str | None = None) -> MethodConfig:
     """The method's hyperparameters from the named preset (``tiny`` or ``paper``): the one lookup
-    the pipeline uses, so other preset sources (a file) can plug in here."""
+    the pipeline uses, so other preset sources (a file) can plug in here. ``family``: the tiny
+    model's family, whose own sweep-chosen values win where derived (``swept_tiny_values``)."""
     get_method(name)  # a clear error for an unknown name
     if preset not in PRESETS:
         raise ValueError(f"unknown preset {preset!r}; known: {', '.join(PRESETS)}")
@@ -203,7 +210,7 @@ def method_preset(name: str, preset: str, seed: int = 0) -> MethodConfig:
     values = values() if callable(values) else values
     cfg = MethodConfig(seed=seed, **copy.deepcopy(values))
     # The sweep-chosen values go over the structural ones as a user's options would.
-    return apply_overrides(cfg, swept_tiny_values().get(name, {})) if preset == TINY else cfg
+    return apply_overrides(cfg, swept_tiny_values(family).get(name, {})) if preset == TINY else cfg
 
 
 def method_defaults(name: str, seed: int = 0) -> MethodConfig:
