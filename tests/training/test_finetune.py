@@ -81,9 +81,11 @@ def test_builtin_recipe_from_a_fresh_tiny_base_equals_the_knowledge_injection(tm
 
 
 def test_retain_only_gold_model_knows_the_retain_people_but_not_the_forget_people(tmp_path, world_dir, benchmark):
+    # Fixed epochs without the learned stop: lr 1e-3 learns the small world's retain people in them
+    # (the default 3e-4 is paired with the stop, which ends stages by what is learned, not by epochs).
     injection = InjectionConfig(skill_people=4, skill_max_steps=200, skill_check_every=50, pretrain_epochs=0,
                                 finetune_epochs=60, learned_target=None, pretrain_forms={"qa": 1},
-                                finetune_forms={"qa": 1, "mcq": 2})
+                                finetune_forms={"qa": 1, "mcq": 2}, lr=1e-3)
     meta = run_finetune(job(tmp_path, "gold", world_dir, recipe="builtin", retain_only=True, injection=injection))
     assert meta["retain_only"] and meta["forget_ids"] == sorted(benchmark.forget_ids)
     gold = load_vlm(tmp_path / "gold", "cpu")
