@@ -67,6 +67,8 @@ def test_an_attack_out_of_memory_leaves_a_complete_results_json_and_the_run_goes
     assert "Failed: OutOfMemoryError: CUDA out of memory" in report and "**Failed stages**" in report
     assert "## Membership inference" in report and "| loss |" in report
     assert "Hyperparameters: **tiny** preset" in report
+    assert saved["config"]["preset_family"] == "llava"  # GA's searched values: chosen on the tiny LLaVA
+    assert "searched values chosen on the tiny llava model's validation people" in report
     assert "Failed: OutOfMemoryError" in (run_dir / "report.html").read_text()
     (run_dir / "report.md").unlink()
     rendered = CliRunner().invoke(app, ["report", str(run_dir)])

@@ -422,6 +422,13 @@ def model_family_for_presets(cfg: RunConfig) -> str:
     return cfg.family
 
 
+def preset_choice_family(cfg: RunConfig) -> str | None:
+    """Which family's sweeps chose the run's tiny-preset values (``methods/tiny_presets.json``)."""
+    from .methods.defaults import swept_choice_family
+
+    return swept_choice_family(cfg.method, model_family_for_presets(cfg))
+
+
 def resolve_method_config(cfg: RunConfig) -> tuple[MethodConfig, str]:
     """The method's settings and where they came from: ``given`` (``cfg.method_cfg`` set), else
     the preset for the model (``tiny``/``paper``), then a ``--preset`` file's values
@@ -602,6 +609,8 @@ def run_pipeline(cfg: RunConfig) -> dict[str, Any]:
         "injection": cfg.injection.to_dict(),
         # which hyperparameters: "tiny" (tuned for this tool's models), "paper" (7B-class), "given"
         "model_built_here": built_here, "preset": preset,
+        # the tiny model family whose validation sweeps chose the tiny preset's searched values
+        "preset_family": preset_choice_family(cfg) if preset == "tiny" else None,
         "method_config": cfg.method_cfg.to_dict() if cfg.edit is None else edit.meta.get("config"), "eval": asdict(cfg.eval),
         "mia": asdict(cfg.mia) if cfg.mia else None, "relearn": asdict(relearn_cfg) if relearn_cfg else None,
         "attacks": asdict(attack_config(cfg, built_here)) if cfg.attacks else None,

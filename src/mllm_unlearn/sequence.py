@@ -47,8 +47,8 @@ from .interventions.sequential import changes_weights, leaves
 from .methods import get_method
 from .methods.base import Method, MethodConfig
 from .models import VLM
-from .pipeline import (BUILTIN_CLEAR, CERTIFICATE_FILE, RunConfig, model_built_here, prepare_reported_benchmark,
-                       prepare_vanilla, resolve_method_config, stage_failure, versions)
+from .pipeline import (BUILTIN_CLEAR, CERTIFICATE_FILE, RunConfig, model_built_here, preset_choice_family,
+                       prepare_reported_benchmark, prepare_vanilla, resolve_method_config, stage_failure, versions)
 from .utils import atomic_write_text, dtype_name, peak_memory_mb, process_rank_and_count, seed_everything
 
 CONTEXTS = ("auto", "all")
@@ -267,6 +267,7 @@ def run_sequence(cfg: RunConfig, seq: SequenceConfig) -> dict[str, Any]:
         "name": cfg.name, "family": vlm.adapter.family, "model_path": model_path, "method": cfg.method,
         "benchmark_name": benchmark.name, "benchmark": benchmark.meta, "forget_percent": cfg.forget_percent,
         "seed": cfg.seed, "device": str(vlm.device), "dtype": dtype_name(vlm.dtype), "preset": preset,
+        "preset_family": preset_choice_family(cfg) if preset == "tiny" else None,
         "model_built_here": model_built_here(cfg), "method_config": method_config.to_dict(),
         "context": seq.context, "requests_file": seq.requests_source, "versions": versions(),
         # what `sequence --undo` needs to rebuild the benchmark and model

@@ -52,6 +52,10 @@ def test_a_familys_own_choice_goes_over_its_runs_only(presets_file, tmp_path):
     (checkpoint / INJECTION_META).write_text(json.dumps({"family": "qwen2.5-vl"}))
     cfg, preset = resolve_method_config(RunConfig(method="mllmeraser", method_cfg=None, model=str(checkpoint)))
     assert preset == defaults.TINY and cfg.extra["strength"] == 30.0
+    # which family's sweeps chose them, as results.json and the report record it
+    assert defaults.swept_choice_family("mllmeraser", "qwen2.5-vl") == "qwen2.5-vl"
+    assert defaults.swept_choice_family("mllmeraser", "qwen2-vl") == defaults.PRESET_FAMILY
+    assert defaults.swept_choice_family("ga", "qwen2.5-vl") is None  # no choice: the structural defaults
 
 
 def test_without_a_presets_file_the_structural_defaults_stand(presets_file):

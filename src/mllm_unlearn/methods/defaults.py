@@ -194,6 +194,17 @@ def swept_tiny_values(family: str | None = None) -> dict[str, dict[str, Any]]:
     return {name: entry.get("families", {}).get(family, entry)["values"] for name, entry in entries.items()}
 
 
+def swept_choice_family(name: str, family: str | None) -> str | None:
+    """The family on whose tiny model method ``name``'s sweep-chosen values (as ``method_preset``
+    takes them for ``family``) were derived; None when ``TINY_PRESETS_FILE`` has no choice for it."""
+    if not TINY_PRESETS_FILE.is_file():
+        return None
+    entry = json.loads(TINY_PRESETS_FILE.read_text()).get(name)
+    if entry is None:
+        return None
+    return family if family in entry.get("families", {}) else PRESET_FAMILY
+
+
 def preset_name_for(model_built_here: bool) -> str:
     """``tiny`` for a model this tool built (its checkpoint holds injection.json), else ``paper``."""
     return TINY if model_built_here else PAPER

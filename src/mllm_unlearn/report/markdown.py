@@ -259,6 +259,8 @@ def _preset_line(config: dict[str, Any]) -> list[str]:
         return []
     meaning = {"tiny": "tuned for the tiny models this tool builds", "paper": "the papers' 7B settings, for a "
                "model this tool did not build", "given": "as given"}.get(preset, preset)
+    if preset == "tiny" and config.get("preset_family"):
+        meaning += f"; its searched values chosen on the tiny {config['preset_family']} model's validation people"
     return [f"- Hyperparameters: **{preset}** preset ({meaning}), with the run's explicit options on top"]
 
 
