@@ -13,9 +13,9 @@ from mllm_unlearn.models import adapter_for_family
 def presets_file(tmp_path, monkeypatch):
     path = tmp_path / "tiny_presets.json"
     monkeypatch.setattr(defaults, "TINY_PRESETS_FILE", path)
-    defaults.swept_tiny_values.cache_clear()
+    defaults.tiny_preset_entries.cache_clear()
     yield path
-    defaults.swept_tiny_values.cache_clear()
+    defaults.tiny_preset_entries.cache_clear()
 
 
 def test_swept_values_go_over_the_structural_defaults(presets_file):

@@ -184,25 +184,30 @@ TINY_PRESETS_FILE = Path(__file__).with_name("tiny_presets.json")
 PRESET_FAMILY = "llava"
 
 
-@lru_cache(maxsize=8)
-def swept_tiny_values(family: str | None = None) -> dict[str, dict[str, Any]]:
-    """Method name -> the sweep-chosen values of ``TINY_PRESETS_FILE`` (nested: ``{"lr": .., "extra": {..}}``):
+@lru_cache(maxsize=1)
+def tiny_preset_entries() -> dict[str, dict[str, Any]]:
+    """``TINY_PRESETS_FILE`` as written (method name -> its choice, and other families' choices)."""
+    return json.loads(TINY_PRESETS_FILE.read_text()) if TINY_PRESETS_FILE.is_file() else {}
+
+
+def _tiny_choice(entry: dict[str, Any], family: str | None) -> tuple[str, dict[str, Any]]:
+    """(the family whose sweeps chose them, the values) of one method's entry, as ``family``'s runs take them:
     ``family``'s own choice where one was derived on its model, else the one derived on ``PRESET_FAMILY``'s."""
-    if not TINY_PRESETS_FILE.is_file():
-        return {}
-    entries = json.loads(TINY_PRESETS_FILE.read_text())
-    return {name: entry.get("families", {}).get(family, entry)["values"] for name, entry in entries.items()}
+    own = entry.get("families", {}).get(family)
+    return (family, own["values"]) if own is not None else (PRESET_FAMILY, entry["values"])
+
+
+def swept_tiny_values(family: str | None = None) -> dict[str, dict[str, Any]]:
+    """Method name -> the sweep-chosen values of ``TINY_PRESETS_FILE`` (nested: ``{"lr": .., "extra": {..}}``)
+    that ``family``'s runs take."""
+    return {name: _tiny_choice(entry, family)[1] for name, entry in tiny_preset_entries().items()}
 
 
 def swept_choice_family(name: str, family: str | None) -> str | None:
     """The family on whose tiny model method ``name``'s sweep-chosen values (as ``method_preset``
     takes them for ``family``) were derived; None when ``TINY_PRESETS_FILE`` has no choice for it."""
-    if not TINY_PRESETS_FILE.is_file():
-        return None
-    entry = json.loads(TINY_PRESETS_FILE.read_text()).get(name)
-    if entry is None:
-        return None
-    return family if family in entry.get("families", {}) else PRESET_FAMILY
+    entry = tiny_preset_entries().get(name)
+    return None if entry is None else _tiny_choice(entry, family)[0]
 
 
 def preset_name_for(model_built_here: bool) -> str:
