@@ -76,7 +76,7 @@ def attack_table(rows: list) -> list[str]:
     """The attack battery per method (report/attacks.py): forget accuracy (VQA · QA) of the unlearned
     model, after 8-bit and 4-bit quantization, at the best logit-lens layer, under the best prompt
     attack and after benign relearning; the certified-forgotten people; the battery's cost."""
-    from mllm_unlearn.report.attacks import battery, battery_seconds, headline
+    from mllm_unlearn.report.attacks import battery, battery_seconds, headline, lens_curve
 
     with_battery = [(m, r) for m, r in rows if battery(r).get("certificate", {}).get("summary")]
     if not with_battery:
@@ -109,8 +109,7 @@ def attack_table(rows: list) -> list[str]:
     vanilla = headline(first, "vanilla")
     # Each run reads the vanilla model's logit lens at that run's best layer (what its certificate
     # compares); the vanilla row is the positive control, so it shows the vanilla model's own best.
-    curve = (battery(first).get("logit_lens", {}).get("figures", {}).get("curve", {}).get("vanilla", {})
-             .get("forget") or [])
+    curve = lens_curve(first, "vanilla")
     if curve:
         best = max(curve, key=lambda layer: layer["all"])
         for modality in ("vqa", "qa"):

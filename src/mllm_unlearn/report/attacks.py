@@ -30,6 +30,12 @@ def battery(results: dict[str, Any]) -> dict[str, Any]:
     return stages if isinstance(stages, dict) else {}
 
 
+def lens_curve(results: dict[str, Any], stage: str = "unlearned") -> list[dict[str, float]]:
+    """The logit lens's forget accuracy per decoder layer (``{"vqa", "qa", "all"}`` each) of the unlearned
+    or the vanilla model; empty without a logit-lens stage."""
+    return battery(results).get("logit_lens", {}).get("figures", {}).get("curve", {}).get(stage, {}).get("forget", [])
+
+
 def probe_table(results: dict[str, Any]) -> dict[str, Any]:
     """probe -> stage -> group -> modality -> accuracy (%), over every finished attack's records."""
     from ..eval.attacks.base import accuracy_table
@@ -233,14 +239,12 @@ def lens_plot(runs: Sequence[dict[str, Any]]) -> str | None:
     fig, axes = _figure(9, 3.2, 2)
     for ax, modality in zip(axes, ("vqa", "qa")):
         for r in with_curve:
-            curve = battery(r)["logit_lens"]["figures"]["curve"]
             for stage, style in (("unlearned", "-"), ("vanilla", "--")):
-                points = curve.get(stage, {}).get("forget", [])
+                points = lens_curve(r, stage)
                 if points and (stage == "unlearned" or r is with_curve[0]):
                     ax.plot(range(len(points)), [p.get(modality) for p in points], style, marker="o",
                             label=run_label(r) if stage == "unlearned" else "vanilla")
-        layers = max(len(battery(r)["logit_lens"]["figures"]["curve"].get("unlearned", {}).get("forget", []))
-                     for r in with_curve)
+        layers = max(len(lens_curve(r)) for r in with_curve)
         ax.set_xticks(range(layers))
         ax.axhline(25.0, color="grey", linestyle=":", linewidth=1)
         ax.set_title(f"forget {modality.upper()}")
