@@ -24,7 +24,7 @@ def add_model_arguments(parser: argparse.ArgumentParser, *, benchmark: bool = Tr
 
 def resolve_inputs(args: argparse.Namespace) -> tuple[str, str]:
     """``(benchmark directory, model path)``: as given, else the default run's cached ones."""
-    from mllm_unlearn.pipeline import resolve_default_inputs
+    from mllm_unlearn.jobs.prepare import resolve_default_inputs
 
     try:
         return resolve_default_inputs(args.model, getattr(args, "benchmark", None), args.cache_dir)

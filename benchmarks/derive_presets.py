@@ -21,17 +21,16 @@ import sys
 import time
 from pathlib import Path
 
-from mllm_unlearn.methods import available_methods
+from mllm_unlearn.jobs.config import RunConfig
+from mllm_unlearn.jobs.sweep import SweepConfig, run_sweep
 from mllm_unlearn.methods.defaults import PRESET_FAMILY, TINY_PRESETS_FILE
-from mllm_unlearn.methods.search_spaces import SEARCH_SPACES
-from mllm_unlearn.pipeline import RunConfig
-from mllm_unlearn.sweep import SweepConfig, run_sweep
+from mllm_unlearn.methods.search_spaces import searchable_methods
 from mllm_unlearn.utils import atomic_write_text
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--methods", default=",".join(m for m in available_methods() if m in SEARCH_SPACES))
+    parser.add_argument("--methods", default=",".join(searchable_methods()))
     parser.add_argument("--trials", type=int, default=10)
     parser.add_argument("--min-retention", type=float, default=0.9)
     parser.add_argument("--family", default="llava")

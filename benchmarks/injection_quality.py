@@ -10,8 +10,8 @@ the steps per stage, the injection's wall time and, per split x modality, classi
 portrait swapped for another person's (the answer must come from the image: ~25% expected).
 
 It also runs on an older checkout's package (``PYTHONPATH=CHECKOUT/src``, ``--tasks mcq``), down to
-078d4ee, the recipe issue 17 was filed against: the README's "Injection time" compares the two on
-the same knowledge. Such a checkout has no shipped model to skip and no validation people to drop.
+078d4ee, the recipe issue 17 was filed against: docs/knowledge-injection.md#injection-time compares
+the two on the same knowledge. Such a checkout has no shipped model to skip and no validation people to drop.
 """
 from __future__ import annotations
 
@@ -24,8 +24,14 @@ from pathlib import Path
 import torch
 
 from mllm_unlearn.eval import EvalConfig, Evaluator
-from mllm_unlearn.pipeline import RunConfig, prepare_benchmark, prepare_vanilla
-from mllm_unlearn.training.inject import INJECTION_META, InjectionConfig
+
+try:
+    from mllm_unlearn.jobs.config import RunConfig
+    from mllm_unlearn.jobs.prepare import prepare_benchmark, prepare_vanilla
+    from mllm_unlearn.recipes.inject import INJECTION_META, InjectionConfig
+except ImportError:  # a checkout before the jobs/ and recipes/ layout (0.2 and older)
+    from mllm_unlearn.pipeline import RunConfig, prepare_benchmark, prepare_vanilla
+    from mllm_unlearn.training.inject import INJECTION_META, InjectionConfig
 
 FIGURES = {"mcq": "mcq_accuracy", "cloze": "cloze_accuracy", "generation": "rougeL_f"}
 

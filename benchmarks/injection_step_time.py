@@ -18,9 +18,10 @@ import time
 import torch
 
 from mllm_unlearn.data.collate import Encoder, collate
-from mllm_unlearn.pipeline import RunConfig, benchmark_texts, prepare_benchmark
+from mllm_unlearn.jobs.config import RunConfig
+from mllm_unlearn.jobs.prepare import benchmark_texts, prepare_benchmark
 from mllm_unlearn.models.tiny import build_tiny_vlm, words_of
-from mllm_unlearn.training.inject import McqRenderer
+from mllm_unlearn.recipes.inject import McqRenderer
 from mllm_unlearn.training.losses import sequence_nll
 
 

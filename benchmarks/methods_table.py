@@ -100,10 +100,11 @@ def attack_table(rows: list) -> list[str]:
              "Vanilla row: the vanilla model under the same attacks (the positive control), its logit lens at "
              "its own best layer. "
              "Battery time and its share of the run's wall time: these runs evaluate classification only "
-             "(`--tasks mcq`), so the share is larger than on a default run (see the README). "
+             "(`--tasks mcq`), so the share is larger than on a default run "
+             "([robustness.md](robustness.md#attack-battery-on-the-built-in-world)). "
              "Produced by `mllm-unlearn run` (default `--attacks all`) through `benchmarks/methods_table.py`. "
-             "What the figures show (positive controls, which attacks bring knowledge back): README, \"Attack "
-             "battery and forgetting certificate\".", "",
+             "What the figures show (positive controls, which attacks bring knowledge back): "
+             "[robustness.md](robustness.md#attack-battery-on-the-built-in-world).", "",
              header, "|" + " --- |" * 12]
     first = with_battery[0][1]
     vanilla = headline(first, "vanilla")

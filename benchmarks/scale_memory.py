@@ -30,7 +30,8 @@ Two modes, the same code path (the methods as ``mllm-unlearn run`` calls them, w
     one block's FFN activations. ``--rss`` runs the older tables instead (peak resident set of each
     method on scaled-down models, forked child per case, and its fit: noise at 7B, kept for reference).
 
-Nothing here is timed. ``--quick`` runs a small subset (LLaVA, GA and MANU). Options that other parts of the tool add (gradient checkpointing) are used when
+Nothing here is timed. ``--quick`` runs a small subset (LLaVA, GA and MANU). Options that other parts of the tool add
+(gradient checkpointing) are used when
 ``MethodConfig`` has them; the script prints what it found.
 """
 from __future__ import annotations
@@ -801,8 +802,8 @@ def report_prediction(predictions: list[dict[str, Any]]) -> None:
 def prepare_data(people: int, predict_batch: int) -> dict[str, Any]:
     """A small built-in world (forget and retain training items) and its vocabulary."""
     from mllm_unlearn.data import WorldConfig, generate_world, load_mllmu
+    from mllm_unlearn.jobs.prepare import benchmark_texts
     from mllm_unlearn.models.tiny import words_of
-    from mllm_unlearn.pipeline import benchmark_texts
 
     root = Path(tempfile.mkdtemp(prefix="scale_memory_")) / "world"
     generate_world(root, WorldConfig(fictitious=people, real_world=2, seed=0))
@@ -831,7 +832,7 @@ def main(argv: list[str] | None = None) -> int:
                         + ",".join(f"{x.hidden}x{x.layers}x{x.batch}" for x in DEFAULT_SHAPES) + ")")
     parser.add_argument("--quick", action="store_true", help="smoke run: LLaVA, ga and manu (CPU; with --rss: two sizes, no prediction)")
     parser.add_argument("--rss", action="store_true", help="CPU: the older peak-resident-set tables of each method "
-                        "on scaled-down configs (slow; their fitted 7B figures are noise, see the README)")
+                        "on scaled-down configs (slow; their fitted 7B figures are noise, see docs/scaling.md)")
     parser.add_argument("--json", help="also write every measurement and prediction here (after each case)")
     parser.add_argument("--from-json", help="measure nothing: print the CPU tables and predictions of a --json file "
                                             "(e.g. an interrupted run's)")
@@ -867,7 +868,8 @@ def main(argv: list[str] | None = None) -> int:
     families = ["llava"] if args.quick else [f.strip() for f in args.families.split(",") if f.strip()]
     methods = ["ga", "manu"] if args.quick else [m.strip() for m in args.methods.split(",") if m.strip()]
     modes = tuple(m.strip() for m in args.modes.split(",") if m.strip())
-    unknown = sorted(set(modes) - set(MODES)) + sorted(set(families) - set(FAMILIES)) + sorted(set(methods) - set(GRADIENT_METHODS + OTHER_METHODS))
+    unknown = (sorted(set(modes) - set(MODES)) + sorted(set(families) - set(FAMILIES))
+               + sorted(set(methods) - set(GRADIENT_METHODS + OTHER_METHODS)))
     if unknown:
         print(f"error: unknown family, method or mode {', '.join(unknown)}", file=sys.stderr)
         return 1

@@ -7,7 +7,8 @@ Per method, `mllm-unlearn sequence --method M --name sequence-M`: the 10 people 
 single-person requests in the split's order, on the cached default vanilla tiny LLaVA (the model
 `make run` starts from: shipped with the package, or trained and cached), each method with its tiny preset applied per request (the same
 epochs over the request's own forget items: one person is 1/10 of the forget set, so a request
-takes about 1/10 of the one-shot run's steps, batches rounding up). The section holds classification accuracy after requests 1, 5 and 10 on this request's
+takes about 1/10 of the one-shot run's steps, batches rounding up). The section holds classification accuracy after
+requests 1, 5 and 10 on this request's
 people, all earlier requests' people, retain and real-world people (VQA and QA), where retain
 accuracy first falls below 90% of vanilla, and the wall time per request. Each run's folder
 (runs/sequence-M: results.json, report.md, report.html with the curves) stays; `mllm-unlearn compare
@@ -71,7 +72,7 @@ def section(runs: list[tuple[str, dict]], command: str) -> list[str]:
              "Each method unlearns the 10 forget people one request at a time, in the forget split's order, each "
              "request on the model the earlier ones left (weight-changing methods train on the sequential model; "
              "MANU's masks and MLLMEraser's steering are computed on the unedited model, so each part can be "
-             "undone exactly; README \"Sequential deletion requests\"). Tiny preset per request: the same epochs "
+             "undone exactly; [sequence.md](sequence.md#what-is-composed)). Tiny preset per request: the same epochs "
              "over the request's own forget items (one person, 40 training items: about 1/10 of the one-shot run's "
              f"steps per request, batches rounding up{_step_counts(runs)}). Classification accuracy (%, likelihood scorer) VQA / QA after "
              "requests 1, 5 and 10, on the vanilla tiny LLaVA `make run` caches. Evaluation subsets: every "

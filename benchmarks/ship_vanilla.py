@@ -22,8 +22,10 @@ import time
 from datetime import date
 from pathlib import Path
 
-from mllm_unlearn.pipeline import RunConfig, prepare_benchmark, prepare_vanilla, vanilla_location, versions
-from mllm_unlearn.shipped import WEIGHTS, file_sha256, shipped_model, shipped_models, verify_shipped, write_shipped
+from mllm_unlearn.jobs.config import RunConfig
+from mllm_unlearn.jobs.prepare import prepare_benchmark, prepare_vanilla, vanilla_location
+from mllm_unlearn.jobs.results import versions
+from mllm_unlearn.recipes.shipped import WEIGHTS, file_sha256, shipped_model, shipped_models, verify_shipped, write_shipped
 
 
 def cpu_name() -> str:

@@ -14,14 +14,12 @@ from __future__ import annotations
 import argparse
 import random
 
-import torch
-
 from _common import add_model_arguments, load_model, resolve_inputs
 from mllm_unlearn.data import load_mllmu
 from mllm_unlearn.data.collate import Encoder
 from mllm_unlearn.interventions import load_edit
 from mllm_unlearn.methods.mllmeraser import MLLMEraser
-from mllm_unlearn.training.inject import McqRenderer
+from mllm_unlearn.recipes.inject import McqRenderer
 
 
 def main() -> None:
@@ -55,8 +53,8 @@ def main() -> None:
         sets.append(("open training questions (a form the gate was not built from)", train))
     print(f"model: {model}; edit: {args.edit} (layers {edit.layers}, strength {edit.strength}, "
           f"gate reads {getattr(edit, 'pool', 'last')})")
-    for name, sets in sets:
-        norms = {k: mean_norm(list(v)) for k, v in sets.items()}
+    for name, groups in sets:
+        norms = {k: mean_norm(list(v)) for k, v in groups.items()}
         print(f"{name}: mean steering norm forget {norms['forget']:.3f}, retain {norms['retain']:.3f}, real-world "
               f"{norms['real_world']:.3f}; retain/forget {norms['retain'] / norms['forget']:.3f}, real-world/forget "
               f"{norms['real_world'] / norms['forget']:.3f} (target <= 0.05)")

@@ -23,9 +23,9 @@ from _common import add_model_arguments, load_model
 from mllm_unlearn.data import WorldConfig, generate_world, load_mllmu
 from mllm_unlearn.data.collate import Encoder
 from mllm_unlearn.interventions import Steering, load_edit
+from mllm_unlearn.jobs.prepare import benchmark_texts
 from mllm_unlearn.models import TinySize
 from mllm_unlearn.models.tiny import build_tiny_vlm, words_of
-from mllm_unlearn.pipeline import benchmark_texts
 
 
 def main() -> None:
@@ -38,7 +38,7 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
 
-    from mllm_unlearn.pipeline import default_cached_model
+    from mllm_unlearn.jobs.prepare import default_cached_model
 
     bench_dir, default_model = default_cached_model(args.cache_dir)
     if not args.model and not default_model.is_dir() and args.dtype != "float32":

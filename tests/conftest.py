@@ -8,9 +8,9 @@ import pytest
 import torch
 
 from mllm_unlearn.data import WorldConfig, generate_world, load_mllmu
+from mllm_unlearn.jobs.prepare import benchmark_texts
 from mllm_unlearn.models import TinySize
 from mllm_unlearn.models.tiny import build_tiny_vlm, words_of
-from mllm_unlearn.pipeline import benchmark_texts
 
 # OMP_NUM_THREADS (set by whoever shares the CPU with other jobs) wins over the default: 2 threads,
 # or 1 in each of pytest-xdist's workers (make test runs one worker per core).

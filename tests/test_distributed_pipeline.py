@@ -8,7 +8,7 @@ import sys
 import pytest
 
 from mllm_unlearn.models.tiny import build_tiny_vlm
-from mllm_unlearn.training import InjectionConfig, inject_knowledge
+from mllm_unlearn.recipes import InjectionConfig, inject_knowledge
 
 from .conftest import SMALL_SIZE, SMALL_WORLD
 

@@ -11,9 +11,11 @@ from mllm_unlearn.eval import EvalConfig
 from mllm_unlearn.eval.mia import MIAConfig
 from mllm_unlearn.eval.relearn import RelearnConfig
 from mllm_unlearn.interventions import load_edit
+from mllm_unlearn.jobs.config import RunConfig
+from mllm_unlearn.jobs.results import versions
+from mllm_unlearn.jobs.run import run_pipeline
 from mllm_unlearn.methods import MethodConfig
-from mllm_unlearn.pipeline import RunConfig, run_pipeline, versions
-from mllm_unlearn.training import InjectionConfig
+from mllm_unlearn.recipes import InjectionConfig
 
 from .conftest import SMALL_SIZE, SMALL_WORLD
 
@@ -240,7 +242,7 @@ def test_mllmeraser_runs_through_the_pipeline(tmp_path_factory, family):
 def stopped_cli_runs(tmp_path, monkeypatch) -> tuple[list[str], list[RunConfig]]:
     """`run`'s base arguments and the list its RunConfigs land in: the pipeline stops before any
     work, so only the configuration the options made is checked."""
-    import mllm_unlearn.pipeline as pipeline
+    import mllm_unlearn.jobs.run as pipeline
 
     seen: list[RunConfig] = []
 
@@ -279,7 +281,7 @@ def test_cli_task_formats_sets_the_injection_forms(tmp_path, monkeypatch):
 
 
 def test_cli_inject_lr_and_target_set_the_curriculum_and_so_another_vanilla_model(tmp_path, monkeypatch):
-    from mllm_unlearn.training.inject import injection_cache_key
+    from mllm_unlearn.recipes.inject import injection_cache_key
 
     args, seen = stopped_cli_runs(tmp_path, monkeypatch)
     CliRunner().invoke(app, args + ["--inject-lr", "1e-3"])
@@ -301,7 +303,7 @@ def test_cli_inject_lr_and_target_set_the_curriculum_and_so_another_vanilla_mode
 
 
 def test_benchmark_scripts_resolve_the_default_runs_cache_or_name_what_is_missing(tmp_path):
-    from mllm_unlearn.pipeline import default_cached_model, resolve_default_inputs
+    from mllm_unlearn.jobs.prepare import default_cached_model, resolve_default_inputs
 
     bench, model = default_cached_model(str(tmp_path))
     assert bench.parent == tmp_path / "benchmarks" and model.parent == tmp_path / "vanilla"
@@ -316,8 +318,8 @@ def test_benchmark_scripts_resolve_the_default_runs_cache_or_name_what_is_missin
 
 
 def test_a_given_edit_or_an_exported_checkpoint_is_measured_like_the_run_that_made_it(tmp_path):
+    from mllm_unlearn.jobs.export import UNLEARNING_FILE
     from mllm_unlearn.models import load_vlm
-    from mllm_unlearn.pipeline import UNLEARNING_FILE
 
     cfg = replace(small_run(tmp_path, "cache", "a"), relearn=None)
     first = run_pipeline(cfg)
@@ -391,9 +393,9 @@ def test_cli_edit_and_export_name_what_is_wrong(tmp_path, tiny_vlm):
 def test_an_exported_mask_or_composite_edit_reloads_as_the_model_with_its_hooks(method, benchmark, tiny_vlm, tmp_path):
     from mllm_unlearn.data.collate import Encoder
     from mllm_unlearn.interventions import CompositeEdit, NeuronMask
+    from mllm_unlearn.jobs.export import export_unlearned_model
     from mllm_unlearn.methods import get_method
     from mllm_unlearn.models import load_vlm
-    from mllm_unlearn.pipeline import export_unlearned_model
 
     vlm = tiny_vlm("llava")
     forget = [i for i in benchmark.forget_train if i.modality == "qa"][:4] + \

@@ -8,7 +8,8 @@ from typer.testing import CliRunner
 
 from mllm_unlearn.cli import app
 from mllm_unlearn.eval.attacks import ATTACK_ORDER, AttackConfig
-from mllm_unlearn.pipeline import attack_existing_run, run_pipeline
+from mllm_unlearn.jobs.attack import attack_existing_run
+from mllm_unlearn.jobs.run import run_pipeline
 from mllm_unlearn.report import compare_markdown, load_results
 
 from .test_pipeline import small_run

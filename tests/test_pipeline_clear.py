@@ -8,10 +8,11 @@ from typer.testing import CliRunner
 
 from mllm_unlearn.cli import app
 from mllm_unlearn.eval import EvalConfig
+from mllm_unlearn.jobs.config import RunConfig
+from mllm_unlearn.jobs.run import run_pipeline
 from mllm_unlearn.methods import MethodConfig
 from mllm_unlearn.models import load_vlm
-from mllm_unlearn.pipeline import RunConfig, run_pipeline
-from mllm_unlearn.training import InjectionConfig
+from mllm_unlearn.recipes import InjectionConfig
 
 from .conftest import SMALL_SIZE, SMALL_WORLD
 

@@ -6,8 +6,9 @@ from typer.testing import CliRunner
 
 from mllm_unlearn.cli import app
 from mllm_unlearn.eval.knowledge import failure_message, forget_accuracy, knowledge_check
-from mllm_unlearn.training import InjectionConfig
-from mllm_unlearn.training.finetune import FinetuneConfig, FinetuneJob, run_finetune
+from mllm_unlearn.jobs.finetune import FinetuneJob, run_finetune
+from mllm_unlearn.recipes import InjectionConfig
+from mllm_unlearn.recipes.finetune import FinetuneConfig
 
 from .conftest import SMALL_SIZE, SMALL_WORLD
 

@@ -22,7 +22,7 @@ def test_a_lora_run_saves_factors_and_exports_a_checkpoint_and_a_peft_adapter_al
     cfg = small_run(base, "cache_methods", "lora-run")
     cfg = replace(cfg, method_cfg=replace(cfg.method_cfg, lora=LoraOptions(r=2, alpha=4), lr=1e-2),
                   eval=replace(cfg.eval, tasks=("mcq",)), mia=None)
-    from mllm_unlearn.pipeline import run_pipeline
+    from mllm_unlearn.jobs.run import run_pipeline
 
     results = run_pipeline(cfg)
     run_dir = base / "runs" / "lora-run"
@@ -52,7 +52,7 @@ def test_a_lora_run_saves_factors_and_exports_a_checkpoint_and_a_peft_adapter_al
 
 
 def vanilla_items(cfg):
-    from mllm_unlearn.pipeline import prepare_benchmark
+    from mllm_unlearn.jobs.prepare import prepare_benchmark
 
     benchmark, _ = prepare_benchmark(cfg)
     return benchmark.eval_splits["forget"]

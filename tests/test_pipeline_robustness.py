@@ -9,7 +9,8 @@ import torch
 from typer.testing import CliRunner
 
 from mllm_unlearn.cli import app
-from mllm_unlearn.pipeline import STAGE_PENDING, run_pipeline
+from mllm_unlearn.jobs.attack import STAGE_PENDING
+from mllm_unlearn.jobs.run import run_pipeline
 
 from .test_pipeline import small_run
 
@@ -23,7 +24,7 @@ def shared(tmp_path_factory):
 def test_an_attack_out_of_memory_leaves_a_complete_results_json_and_the_run_goes_on(shared, monkeypatch):
     tmp_path = shared
     import mllm_unlearn.eval.relearn as relearn
-    import mllm_unlearn.pipeline as pipeline
+    import mllm_unlearn.jobs.attack as pipeline
 
     run_dir = tmp_path / "runs" / "oom"
     seen_before_mia = {}
@@ -80,7 +81,7 @@ def test_an_attack_out_of_memory_leaves_a_complete_results_json_and_the_run_goes
 
 def test_a_failing_membership_inference_does_not_stop_the_attack(shared, monkeypatch):
     tmp_path = shared
-    import mllm_unlearn.pipeline as pipeline
+    import mllm_unlearn.jobs.attack as pipeline
 
     def broken(*args, **kwargs):
         raise RuntimeError("scorer exploded")
@@ -111,8 +112,9 @@ def test_a_model_this_tool_did_not_build_gets_the_paper_presets_and_a_lora_attac
     assert "Hyperparameters: **paper** preset" in (tmp_path / "runs" / "ga" / "report.md").read_text()
 
     # MIP-Editor takes its PAPER_7B_PRESET; -o still wins key by key; the attack mode as asked.
+    from mllm_unlearn.jobs.config import RunConfig
+    from mllm_unlearn.jobs.presets import resolve_method_config
     from mllm_unlearn.methods.mip_editor import PAPER_7B_PRESET
-    from mllm_unlearn.pipeline import RunConfig, resolve_method_config
 
     cfg = RunConfig(model=str(checkpoint), method="mip-editor", method_cfg=None,
                     method_overrides={"extra": {"layer": 1}})
@@ -128,9 +130,10 @@ def test_a_model_this_tool_did_not_build_gets_the_paper_presets_and_a_lora_attac
 
 
 def test_presets_by_model():
+    from mllm_unlearn.jobs.config import RunConfig
+    from mllm_unlearn.jobs.presets import resolve_method_config
     from mllm_unlearn.methods import available_methods
     from mllm_unlearn.methods.defaults import PAPER_DEFAULTS, TINY_DEFAULTS, method_preset, swept_tiny_values
-    from mllm_unlearn.pipeline import RunConfig, resolve_method_config
 
     assert set(PAPER_DEFAULTS) == set(available_methods())  # every method has the papers' settings
     tiny_manu_alpha = swept_tiny_values().get("manu", {}).get("extra", {}).get("alpha", TINY_DEFAULTS["manu"]["extra"]["alpha"])

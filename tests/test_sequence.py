@@ -10,10 +10,16 @@ from mllm_unlearn.data import load_mllmu
 from mllm_unlearn.data.collate import Encoder
 from mllm_unlearn.eval import EvalConfig
 from mllm_unlearn.interventions import SequentialEdit, UndoNotExact, load_edit
+from mllm_unlearn.jobs.config import RunConfig
+from mllm_unlearn.jobs.sequence import (
+    RequestFileError,
+    SequenceConfig,
+    context_parts,
+    read_requests,
+    run_sequence,
+    unlearn_request,
+)
 from mllm_unlearn.methods import MethodConfig, get_method
-from mllm_unlearn.pipeline import RunConfig
-from mllm_unlearn.sequence import (RequestFileError, SequenceConfig, context_parts, read_requests, run_sequence,
-                                   unlearn_request)
 from mllm_unlearn.utils import seed_everything
 
 from .conftest import SMALL_SIZE
@@ -157,7 +163,7 @@ def test_results_hold_one_row_per_request_and_a_failing_request_keeps_the_rows_b
     assert "plot-curves" in (run_dir / "report.html").read_text()
 
     # A request that fails: the rows and the edit of the requests before it stay on disk.
-    import mllm_unlearn.sequence as sequence_module
+    import mllm_unlearn.jobs.sequence as sequence_module
 
     real = sequence_module.unlearn_request
     calls = []
@@ -272,7 +278,7 @@ def test_context_all_stacks_mask_parts_and_then_only_the_last_undo_is_exact(tiny
 
 
 def test_forgotten_so_far_is_the_question_weighted_mean_of_this_and_earlier_requests():
-    from mllm_unlearn.sequence import with_forgotten
+    from mllm_unlearn.jobs.sequence import with_forgotten
 
     figures = {"current": {"vqa": {"mcq_accuracy": 20.0, "mcq_count": 5, "cloze_accuracy": 0.0, "cloze_count": 5,
                                    "rougeL_f": 0.2, "bleu": 0.1, "generation_count": 5}},

@@ -8,12 +8,21 @@ from pathlib import Path
 import pytest
 from safetensors.torch import load_file
 
-from mllm_unlearn import shipped
+from mllm_unlearn.jobs.config import RunConfig
+from mllm_unlearn.jobs.prepare import prepare_benchmark, prepare_vanilla, vanilla_location
+from mllm_unlearn.jobs.run import run_pipeline
 from mllm_unlearn.models import load_vlm
-from mllm_unlearn.pipeline import RunConfig, prepare_benchmark, prepare_vanilla, run_pipeline, vanilla_location
-from mllm_unlearn.shipped import (MANIFEST, WEIGHTS, file_sha256, install_shipped, shipped_model, training_data_fingerprint,
-                                  verify_shipped, write_shipped)
-from mllm_unlearn.training import InjectionConfig
+from mllm_unlearn.recipes import InjectionConfig, shipped
+from mllm_unlearn.recipes.shipped import (
+    MANIFEST,
+    WEIGHTS,
+    file_sha256,
+    install_shipped,
+    shipped_model,
+    training_data_fingerprint,
+    verify_shipped,
+    write_shipped,
+)
 
 from .test_pipeline import small_run
 
@@ -124,9 +133,9 @@ def test_cli_commands_pass_no_shipped_vanilla(tmp_path, monkeypatch):
     """run, sweep and sequence take --no-shipped-vanilla (default: the shipped model)."""
     from typer.testing import CliRunner
 
-    import mllm_unlearn.pipeline as pipeline
-    import mllm_unlearn.sequence as sequence
-    import mllm_unlearn.sweep as sweep
+    import mllm_unlearn.jobs.run as pipeline
+    import mllm_unlearn.jobs.sequence as sequence
+    import mllm_unlearn.jobs.sweep as sweep
     from mllm_unlearn.cli import app
 
     seen = []

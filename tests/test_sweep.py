@@ -7,12 +7,14 @@ from typer.testing import CliRunner
 
 from mllm_unlearn.cli import app
 from mllm_unlearn.data import WorldConfig
+from mllm_unlearn.data.validation import carve_out_validation, exclude_validation_people
 from mllm_unlearn.eval import EvalConfig
+from mllm_unlearn.jobs.config import RunConfig
+from mllm_unlearn.jobs.presets import load_preset
+from mllm_unlearn.jobs.run import run_pipeline
+from mllm_unlearn.jobs.sweep import SweepConfig, run_sweep, validation_benchmark
 from mllm_unlearn.methods import MethodConfig
-from mllm_unlearn.pipeline import RunConfig, run_pipeline
-from mllm_unlearn.sweep import (SweepConfig, carve_out_validation, exclude_validation_people, load_preset, run_sweep,
-                                validation_benchmark)
-from mllm_unlearn.training import InjectionConfig
+from mllm_unlearn.recipes import InjectionConfig
 
 from .conftest import SMALL_SIZE, SMALL_WORLD
 
@@ -160,7 +162,7 @@ def test_run_preset_applies_its_values_cli_options_override_and_results_record_i
     preset_path = tmp_path / "preset.json"
     preset_path.write_text(json.dumps({"method": "npo", "values": {"lr": 0.003, "epochs": 3,
                                                                      "extra": {"beta": 0.7}}}))
-    import mllm_unlearn.pipeline as pipeline
+    import mllm_unlearn.jobs.run as pipeline
 
     seen = []
 
@@ -234,7 +236,7 @@ def test_every_method_has_a_search_space_its_options_accept():
 
 
 def test_choice_is_the_best_harmonic_mean_of_the_front_with_an_optional_retention_floor():
-    from mllm_unlearn.sweep import choose
+    from mllm_unlearn.jobs.sweep import choose
 
     def trial(number, efficacy, retention, harmonic):
         return {"number": number, "objectives": {"forget_efficacy": efficacy, "retention": retention},

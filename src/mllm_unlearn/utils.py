@@ -10,7 +10,7 @@ import shutil
 import tempfile
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
 import numpy as np
 import torch
@@ -174,3 +174,21 @@ def shard_and_gather(items: list[Any], work: Any) -> list[Any]:
     for source, results in enumerate(gathered):
         out[source::count] = results
     return out
+
+
+def moved_names(old_module: str, moved: dict[str, str]) -> Callable[[str], Any]:
+    """A module ``__getattr__`` for names that moved to other modules: each access warns
+    (DeprecationWarning naming the new place) and returns the name from its new module. The new
+    module is imported on first access, so an old module low in the layers never imports a higher
+    one while the package loads."""
+    import importlib
+    import warnings
+
+    def __getattr__(name: str) -> Any:
+        if name not in moved:
+            raise AttributeError(f"module {old_module!r} has no attribute {name!r}")
+        warnings.warn(f"{old_module}.{name} moved to {moved[name]}.{name}; the old name goes in the next release",
+                      DeprecationWarning, stacklevel=2)
+        return getattr(importlib.import_module(moved[name]), name)
+
+    return __getattr__

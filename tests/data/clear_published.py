@@ -29,7 +29,7 @@ RETAIN = PEOPLE[2:]
 IMAGE_SIZE = 16
 
 
-def _png(index: int) -> dict:
+def png_data(index: int) -> dict:
     import numpy as np
 
     identity = draw_identities(len(PEOPLE) + 4, np.random.default_rng(3))[index]
@@ -56,7 +56,7 @@ def write_published_clear(root: Path) -> Path:
     index = {name: k for k, (name, _) in enumerate(PEOPLE)}
 
     def captions(people):
-        return {"image": [_png(index[n]) for n, _ in people], "caption": [_caption(n, j) for n, j in people],
+        return {"image": [png_data(index[n]) for n, _ in people], "caption": [_caption(n, j) for n, j in people],
                 "name": [n for n, _ in people]}
 
     plain = {"image": Image(), "caption": text, "name": text}
@@ -77,11 +77,11 @@ def write_published_clear(root: Path) -> Path:
     _write(root, "retain_perturbed", perturbed(PEOPLE), perturbed_features)  # forget people included
 
     celebrities = ["Nina Kaldor", "Omar Feld", "Pia Strand"]
-    _write(root, "real_faces", {"image": [_png(len(PEOPLE) + k) for k in range(3)], "answer": celebrities,
+    _write(root, "real_faces", {"image": [png_data(len(PEOPLE) + k) for k in range(3)], "answer": celebrities,
                                 "options": [[c for c in celebrities if c != a] for a in celebrities]},
            {"image": Image(), "answer": text, "options": texts})
     _write(root, "real_world", {"question": ["What is shown in this image?", "Which city is this?"],
-                                "answer": ["A lighthouse", "Lisbon"], "image": [_png(len(PEOPLE) + 3), None],
+                                "answer": ["A lighthouse", "Lisbon"], "image": [png_data(len(PEOPLE) + 3), None],
                                 "prompt": ["", ""], "options": [["A bridge", "A tower"], ["Porto", "Madrid"]]},
            {"question": text, "answer": text, "image": Image(), "prompt": text, "options": texts}, split="test")
 

@@ -10,9 +10,16 @@ import pytest
 from mllm_unlearn.data import BenchmarkFormatError, load_mllmu
 from mllm_unlearn.data.items import Item
 from mllm_unlearn.data.mllmu import REAL_WORLD_PREFIX, biography_name
-from mllm_unlearn.data.text_forms import PERSON_NAME, TextFormError, text_only_form, text_only_items
-from tests.data.mllmu_published import (FICTITIOUS, FORGET, FORMED_PAIRS, REAL, SKIPPED_ENTRIES, UNFORMED_PAIRS,
-                                        write_published_mllmu)
+from mllm_unlearn.data.text_forms import PERSON_NAME, TextFormError, text_only_form, text_only_items, text_only_train
+from tests.data.mllmu_published import (
+    FICTITIOUS,
+    FORGET,
+    FORMED_PAIRS,
+    REAL,
+    SKIPPED_ENTRIES,
+    UNFORMED_PAIRS,
+    write_published_mllmu,
+)
 
 PAIRS = FORMED_PAIRS + UNFORMED_PAIRS  # QA pairs per ft_Data row
 
@@ -48,7 +55,7 @@ def test_person_ids_from_metadata_and_from_the_image(published):
     by_person = {}
     for item in published.finetune_train:
         by_person.setdefault(item.person_id, set()).add(item.answer)
-    for pid, name, job, city, _ in FICTITIOUS:
+    for pid, name, job, _city, _ in FICTITIOUS:
         assert f"This person is named {name}." in by_person[pid] and f"This person works as a {job}." in by_person[pid]
 
 
@@ -99,7 +106,7 @@ def test_other_forget_splits_load(published_mllmu_dir):
 def test_text_only_forms_are_built_from_the_training_pairs(published):
     assert published.meta["text_only_forms"]["built"] == FORMED_PAIRS * len(FICTITIOUS)
     assert published.meta["text_only_forms"]["without_form"] == UNFORMED_PAIRS * len(FICTITIOUS)
-    forms = published.text_only_train("forget", needed_by="test")
+    forms = text_only_train(published, "forget", needed_by="test")
     assert len(forms) == FORMED_PAIRS * len(FORGET[10])
     assert {(f.question, f.answer) for f in forms if f.person_id == "001"} == {
         ("What is Alda Brenvik's occupation?", "Alda Brenvik works as a pilot."),
@@ -122,7 +129,7 @@ def test_text_only_form_rule():
 
 
 def test_built_in_world_keeps_its_own_text_only_pairs(benchmark):
-    forms = benchmark.text_only_train("forget", needed_by="test")
+    forms = text_only_train(benchmark, "forget", needed_by="test")
     assert forms == [i for i in benchmark.forget_train if i.modality == "qa"]
     assert benchmark.meta["text_only_forms"]["built"] == 0
     real = {i.person_id for i in benchmark.eval_splits["real_world"]}

@@ -154,8 +154,8 @@ def test_not_a_directory():
 
 def test_held_out_people_are_new_but_spelled_with_known_words(benchmark, world_dir, tmp_path):
     from mllm_unlearn.data.synthetic import add_holdout
+    from mllm_unlearn.jobs.prepare import benchmark_texts
     from mllm_unlearn.models.tiny import words_of
-    from mllm_unlearn.pipeline import benchmark_texts
 
     holdout = benchmark.holdout
     people = {i.person_id for i in holdout}

@@ -8,11 +8,20 @@ import torch
 
 from mllm_unlearn.data import generate_world, load_clear
 from mllm_unlearn.data.collate import IGNORE
-from mllm_unlearn.eval.clear import (ClearEvalConfig, ClearEvaluator, answer_nll, forget_quality, harmonic_mean,
-                                     normalized_probability, task_truth_ratios, truth_ratio, truth_ratio_score)
+from mllm_unlearn.eval.clear import (
+    ClearEvalConfig,
+    ClearEvaluator,
+    answer_nll,
+    forget_quality,
+    harmonic_mean,
+    normalized_probability,
+    task_truth_ratios,
+    truth_ratio,
+    truth_ratio_score,
+)
 from mllm_unlearn.eval.metrics import rouge_l_recall
+from mllm_unlearn.jobs.prepare import benchmark_texts
 from mllm_unlearn.models.tiny import build_tiny_vlm, words_of
-from mllm_unlearn.pipeline import benchmark_texts
 
 from ..conftest import SMALL_SIZE, SMALL_WORLD
 
@@ -163,7 +172,7 @@ def test_items_without_perturbations_are_refused(clear_benchmark, clear_vlm):
 
 def test_generation_length_is_clears_300_and_stops_at_end_of_sequence(clear_benchmark, clear_vlm, monkeypatch):
     from mllm_unlearn.eval import EvalConfig
-    from mllm_unlearn.pipeline import clear_eval_config
+    from mllm_unlearn.jobs.run import clear_eval_config
 
     assert ClearEvalConfig().max_new_tokens == 300  # CLEAR's mm/eval.py
     assert clear_eval_config(EvalConfig()).max_new_tokens == 300  # a run's default on CLEAR: CLEAR's own

@@ -6,8 +6,15 @@ import pytest
 import torch
 
 from mllm_unlearn.data.collate import Encoder
-from mllm_unlearn.eval.mia import (MIAConfig, membership_inference, min_k_score, roc_auc, sample_scores,
-                                   scores_from_token_nll, zlib_entropy)
+from mllm_unlearn.eval.mia import (
+    MIAConfig,
+    membership_inference,
+    min_k_score,
+    roc_auc,
+    sample_scores,
+    scores_from_token_nll,
+    zlib_entropy,
+)
 from mllm_unlearn.training.losses import sequence_nll
 
 

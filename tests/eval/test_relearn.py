@@ -3,8 +3,15 @@ import pytest
 import torch
 
 from mllm_unlearn.eval.evaluator import EvalConfig, Evaluator
-from mllm_unlearn.eval.relearn import (DEFAULT_LORA_RANK, FULL_FINETUNE_LR, LORA_LR, RelearnConfig, relearn_attack,
-                                       resolve_relearn, split_forget_people)
+from mllm_unlearn.eval.relearn import (
+    DEFAULT_LORA_RANK,
+    FULL_FINETUNE_LR,
+    LORA_LR,
+    RelearnConfig,
+    relearn_attack,
+    resolve_relearn,
+    split_forget_people,
+)
 from mllm_unlearn.interventions import WeightDelta
 from mllm_unlearn.training.loop import LoraOptions
 from mllm_unlearn.training.losses import sequence_nll
@@ -85,7 +92,7 @@ def test_attack_data_adds_multiple_choice_versions_of_the_shown_items(tiny_vlm, 
     cfg = RelearnConfig(steps=1, eval_every=1, batch_size=4, fraction=0.5, max_eval_items=2)
     shown, _ = split_forget_people(benchmark, cfg)
     items = [i for i in benchmark.forget_train if i.person_id in shown]
-    from mllm_unlearn.training.inject import McqRenderer
+    from mllm_unlearn.recipes.inject import McqRenderer
 
     renderer = McqRenderer(list(benchmark.forget_train) + list(benchmark.retain_train), 0)
     renderable = [i for i in items if renderer.renderable(i)]

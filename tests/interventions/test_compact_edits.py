@@ -68,7 +68,7 @@ def test_lora_edit_is_factors_that_apply_remove_save_load_and_bake(benchmark, ti
 def test_lora_edit_exports_as_a_peft_adapter_that_reloads_to_the_same_logits(benchmark, tiny_vlm, tmp_path):
     from peft import PeftModel
 
-    from mllm_unlearn.pipeline import export_peft_adapter
+    from mllm_unlearn.jobs.export import export_peft_adapter
 
     vlm = tiny_vlm("llava")
     batch = _batch(vlm, benchmark)

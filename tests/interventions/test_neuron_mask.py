@@ -73,7 +73,7 @@ def test_composite_applies_in_order_and_round_trips(benchmark, tiny_vlm, tmp_pat
 
 def test_a_composite_is_bakeable_only_if_every_part_is(tiny_vlm, tmp_path):
     from mllm_unlearn.interventions import Steering
-    from mllm_unlearn.pipeline import export_unlearned_model
+    from mllm_unlearn.jobs.export import export_unlearned_model
 
     vlm = tiny_vlm("llava")
     hidden = vlm.model.config.text_config.hidden_size

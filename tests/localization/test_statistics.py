@@ -2,8 +2,7 @@ import pytest
 import torch
 
 from mllm_unlearn.data.collate import IGNORE, Encoder
-from mllm_unlearn.localization.statistics import (
-    SiteStatistics, collect_neuron_statistics, position_mask, stored_activations)
+from mllm_unlearn.localization.statistics import SiteStatistics, collect_neuron_statistics, position_mask, stored_activations
 
 FIELDS = ("abs_mean", "frequency", "mean", "variance", "rms")
 
@@ -104,7 +103,7 @@ def test_hooks_are_removed_even_when_the_forward_fails(benchmark, tiny_vlm):
     lm = vlm.adapter.lm_ffn_sites(vlm.model)
     batch = _batches(vlm, benchmark.forget_train[:2], 2)[0]
     broken = {**batch, "input_ids": batch["input_ids"][:, :-1]}  # no longer lines up with the mask
-    with pytest.raises(Exception):
+    with pytest.raises(Exception):  # noqa: B017 - whichever error the model raises, the hooks must come off
         collect_neuron_statistics(vlm.model, [broken], lm)
     assert all(not vlm.model.get_submodule(s.module_path)._forward_pre_hooks for s in lm)
 

@@ -3,9 +3,8 @@ import json
 
 import pytest
 
-from mllm_unlearn.methods import available_methods, get_method
-from mllm_unlearn.methods import defaults
-from mllm_unlearn.methods.search_spaces import SEARCH_SPACES
+from mllm_unlearn.methods import available_methods, defaults, get_method
+from mllm_unlearn.methods.search_spaces import search_space
 from mllm_unlearn.models import adapter_for_family
 
 
@@ -42,8 +41,9 @@ def test_a_familys_own_choice_goes_over_its_runs_only(presets_file, tmp_path):
     assert (defaults.method_preset("mllmeraser", defaults.TINY, family="qwen2.5-vl").extra["retain_penalty"]
             == defaults.TINY_DEFAULTS["mllmeraser"]["extra"]["retain_penalty"])
     # the pipeline picks the family of the run, or the one a checkpoint built here recorded
-    from mllm_unlearn.pipeline import RunConfig, resolve_method_config
-    from mllm_unlearn.training.inject import INJECTION_META
+    from mllm_unlearn.jobs.config import RunConfig
+    from mllm_unlearn.jobs.presets import resolve_method_config
+    from mllm_unlearn.recipes.inject import INJECTION_META
 
     assert resolve_method_config(RunConfig(method="mllmeraser", method_cfg=None, family="qwen2.5-vl"))[0].extra["strength"] == 30.0
     assert resolve_method_config(RunConfig(method="mllmeraser", method_cfg=None))[0].extra["strength"] == 7.0
@@ -79,7 +79,7 @@ def test_shipped_presets_are_valid_and_record_their_choice():
             flat = set()
             for key, value in entry["values"].items():
                 flat |= {f"extra.{k}" for k in value} if key == "extra" else {key}
-            assert flat <= set(SEARCH_SPACES[method]), (method, family, flat)
+            assert flat <= set(search_space(method)), (method, family, flat)
             chosen_by = entry["chosen_by"]
             assert "derive_presets.py" in chosen_by["command"] and chosen_by["trials"] >= 1
             assert f"--family {family}" in chosen_by["command"], (method, family, chosen_by["command"])

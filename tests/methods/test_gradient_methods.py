@@ -102,9 +102,8 @@ def test_rmu_updates_only_the_selected_mlps(benchmark, tiny_vlm):
 
 @pytest.mark.parametrize("name,extra", [("ga", {}), ("graddiff", {}), ("kl", {}), ("npo", {}), ("rmu", {"layer": 1})])
 def test_every_gradient_method_trains_through_lora_and_hands_back_a_plain_model(benchmark, tiny_vlm, name, extra):
-    from mllm_unlearn.training.loop import LoraOptions
-
     from mllm_unlearn.interventions import LowRankDelta
+    from mllm_unlearn.training.loop import LoraOptions
 
     vlm = tiny_vlm()
     state = {n: p.detach().clone() for n, p in vlm.model.named_parameters()}

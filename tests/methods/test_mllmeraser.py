@@ -5,13 +5,12 @@ import pytest
 import torch
 
 from mllm_unlearn.data.collate import Encoder
-from mllm_unlearn.interventions import Steering, load_edit
+from mllm_unlearn.interventions import RandomFeatures, Steering, load_edit
 from mllm_unlearn.methods import MethodConfig, get_method
-from mllm_unlearn.methods.base import _to
-from mllm_unlearn.models.tiny import build_tiny_vlm
-from mllm_unlearn.interventions import RandomFeatures
+from mllm_unlearn.methods.base import to_device
 from mllm_unlearn.methods.mllmeraser import Moments, null_space_projector, perturb_pixels, steering_matrix
-from mllm_unlearn.training.inject import McqRenderer
+from mllm_unlearn.models.tiny import build_tiny_vlm
+from mllm_unlearn.recipes.inject import McqRenderer
 from mllm_unlearn.training.losses import sequence_nll
 
 from ..conftest import SMALL_SIZE, weights_hash
@@ -71,7 +70,7 @@ def test_moments_stream_lifted_rows_in_chunks_and_match_the_direct_sums(monkeypa
 def test_prompt_forms_are_the_open_question_its_generation_prompt_and_fresh_multiple_choices(benchmark):
     from mllm_unlearn.data.synthetic import GENERATION_INSTRUCTION
     from mllm_unlearn.methods.mllmeraser import MLLMEraser
-    from mllm_unlearn.training.inject import McqRenderer
+    from mllm_unlearn.recipes.inject import McqRenderer
 
     items = list(benchmark.forget_train[:3])
     renderer = McqRenderer(list(benchmark.forget_train) + list(benchmark.retain_train), 0)
@@ -113,7 +112,7 @@ def test_unknown_and_bad_options_are_rejected_clearly(benchmark, tiny_vlm):
 def test_pgd_strengthens_recall_within_the_budget(benchmark, tiny_vlm):
     vlm = tiny_vlm("llava")
     items = [i for i in benchmark.forget_train if i.modality == "vqa"][:4]
-    batch = _to(Encoder(vlm).batch(items, train=True), vlm.device)
+    batch = to_device(Encoder(vlm).batch(items, train=True), vlm.device)
     pixels = perturb_pixels(vlm.model, batch, steps=3, eps=0.1, step_size=0.05)
     assert float((pixels - batch["pixel_values"]).abs().max()) <= 0.1 + 1e-6
     with torch.no_grad():
@@ -144,7 +143,7 @@ LIFTED_RATIO = 0.1
 def _mean_steering_norm(edit, vlm, encoder, items, count=48):
     """Mean norm of the edit's steering vectors over a seeded sample of ``count`` inputs."""
     items = random.Random(0).sample(list(items), min(len(items), count))
-    batches = (_to(encoder.batch(items[k:k + 16], train=False), vlm.device) for k in range(0, len(items), 16))
+    batches = (to_device(encoder.batch(items[k:k + 16], train=False), vlm.device) for k in range(0, len(items), 16))
     return float(edit.steering_norms(vlm, batches).mean())
 
 

@@ -70,7 +70,7 @@ def _first_phrasings(items):
 def knowing_model(benchmark, words):
     """A tiny LLaVA that has learned every fact of the 2 forget people and 4 retain people."""
     from mllm_unlearn.models.tiny import build_tiny_vlm
-    from mllm_unlearn.training import InjectionConfig, inject_knowledge
+    from mllm_unlearn.recipes import InjectionConfig, inject_knowledge
     from tests.conftest import SMALL_SIZE
 
     forget = _first_phrasings(benchmark.forget_train)

@@ -5,10 +5,10 @@ import pytest
 
 from mllm_unlearn.data import load_mllmu
 from mllm_unlearn.data.items import Item
-from mllm_unlearn.data.text_forms import PERSON_NAME, TextFormError
+from mllm_unlearn.data.text_forms import PERSON_NAME, TextFormError, text_only_train
+from mllm_unlearn.jobs.prepare import benchmark_texts
 from mllm_unlearn.methods import MethodConfig, get_method
 from mllm_unlearn.models.tiny import build_tiny_vlm, words_of
-from mllm_unlearn.pipeline import benchmark_texts
 from tests.conftest import SMALL_SIZE
 
 
@@ -36,7 +36,7 @@ def _spy(monkeypatch, module, name, position=0):
 
 
 def _forms(published, which):
-    forms = published.text_only_train(which, needed_by="test")
+    forms = text_only_train(published, which, needed_by="test")
     assert forms and all(f.modality == "qa" and f.image is None for f in forms)
     return forms
 

@@ -6,7 +6,7 @@ from mllm_unlearn.data.collate import Encoder
 from mllm_unlearn.eval import EvalConfig, evaluate
 from mllm_unlearn.methods import MethodConfig, get_method
 from mllm_unlearn.models import adapter_for_checkpoint, load_vlm
-from mllm_unlearn.training import InjectionConfig, inject_knowledge
+from mllm_unlearn.recipes import InjectionConfig, inject_knowledge
 
 from ..conftest import FAMILIES
 

@@ -9,11 +9,11 @@ import sys
 import torch
 
 from mllm_unlearn.data import load_mllmu
+from mllm_unlearn.jobs.prepare import benchmark_texts
 from mllm_unlearn.models import TinySize
 from mllm_unlearn.models.tiny import build_tiny_vlm, words_of
-from mllm_unlearn.pipeline import benchmark_texts
-from mllm_unlearn.training import InjectionConfig, inject_knowledge
-from mllm_unlearn.training.inject import injection_cache_key
+from mllm_unlearn.recipes import InjectionConfig, inject_knowledge
+from mllm_unlearn.recipes.inject import injection_cache_key
 from mllm_unlearn.utils import init_distributed, is_main_process
 
 init_distributed(cpu=True)

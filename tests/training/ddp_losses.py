@@ -8,11 +8,11 @@ import sys
 
 import torch
 
-from mllm_unlearn.data import WorldConfig, generate_world, load_mllmu
+from mllm_unlearn.data import load_mllmu
 from mllm_unlearn.data.collate import Encoder
+from mllm_unlearn.jobs.prepare import benchmark_texts
 from mllm_unlearn.models import TinySize
 from mllm_unlearn.models.tiny import build_tiny_vlm, words_of
-from mllm_unlearn.pipeline import benchmark_texts
 from mllm_unlearn.training.loop import TrainConfig, train
 from mllm_unlearn.training.losses import sequence_nll
 
@@ -25,7 +25,7 @@ encoder = Encoder(vlm)
 items = benchmark.finetune_train[:64]
 result = train(vlm.model, items, lambda b: encoder.batch(b, train=True), lambda m, b: sequence_nll(m, b).mean(),
                TrainConfig(lr=1e-3, max_steps=6, batch_size=batch_size, seed=0, progress=False))
-from accelerate import PartialState
+from accelerate import PartialState  # noqa: E402 - after the work, as the launched script runs it
 
 if PartialState().is_main_process:
     json.dump(result.losses, open(out, "w"))

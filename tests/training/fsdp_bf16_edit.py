@@ -12,10 +12,10 @@ import torch
 
 from mllm_unlearn.data import load_mllmu
 from mllm_unlearn.interventions import WeightDelta
+from mllm_unlearn.jobs.prepare import benchmark_texts
 from mllm_unlearn.methods import MethodConfig, get_method
 from mllm_unlearn.models import TinySize
 from mllm_unlearn.models.tiny import build_tiny_vlm, words_of
-from mllm_unlearn.pipeline import benchmark_texts
 from mllm_unlearn.utils import init_distributed, is_main_process, process_rank_and_count
 
 torch.set_num_threads(1)

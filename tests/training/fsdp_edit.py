@@ -18,14 +18,14 @@ import torch
 from mllm_unlearn.data import load_mllmu
 from mllm_unlearn.data.collate import Encoder
 from mllm_unlearn.interventions import CompositeEdit, WeightDelta
+from mllm_unlearn.jobs.prepare import benchmark_texts
 from mllm_unlearn.localization.statistics import collect_neuron_statistics
 from mllm_unlearn.methods import MethodConfig, get_method
 from mllm_unlearn.methods.base import item_batches
 from mllm_unlearn.methods.mllmeraser import Moments
 from mllm_unlearn.models import TinySize
 from mllm_unlearn.models.tiny import build_tiny_vlm, words_of
-from mllm_unlearn.pipeline import benchmark_texts
-from mllm_unlearn.training import sharding, sequence_nll
+from mllm_unlearn.training import sequence_nll, sharding
 from mllm_unlearn.training.fisher import diagonal_fisher
 from mllm_unlearn.utils import init_distributed, is_main_process, leave_process_group, process_rank_and_count
 
@@ -99,7 +99,8 @@ for index, batch_states in enumerate(states):
 moments.all_reduce(torch.device("cpu"))
 moments = {"count": moments.count, "sum": dict(moments.sum), "outer": dict(moments.outer)}
 if is_main_process():
-    torch.save({"results": results, "fisher": fisher, "statistics": statistics, "moments": moments, "processes": process_rank_and_count()[1]}, out)
+    torch.save({"results": results, "fisher": fisher, "statistics": statistics, "moments": moments,
+                "processes": process_rank_and_count()[1]}, out)
 # Leave now, past the interpreter's static destructors: after FSDP2 runs, one exit in about eight
 # aborted in them on a 2-core AVX-512 CPU (SIGABRT, "terminate called without an active exception"),
 # after every result was written; the sharded edits, not the exit, are what this helper checks.

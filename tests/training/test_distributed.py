@@ -23,7 +23,8 @@ def test_two_processes_match_one_process_with_the_same_global_batch(world_dir, t
     single = tmp_path / "one.json"
     subprocess.run([sys.executable, str(HELPER), str(single), "8", str(world_dir)], check=True, env=env)
     double = tmp_path / "two.json"
-    subprocess.run([accelerate, "launch", "--main_process_port", "0", "--multi_gpu", "--num_processes", "2", "--num_machines", "1", "--mixed_precision", "no",
+    subprocess.run([accelerate, "launch", "--main_process_port", "0", "--multi_gpu", "--num_processes", "2",
+                    "--num_machines", "1", "--mixed_precision", "no",
                     "--dynamo_backend", "no", str(HELPER), str(double), "4", str(world_dir)], check=True, env=env)
     one, two = json.loads(single.read_text()), json.loads(double.read_text())
     assert len(one) == len(two) == 6
@@ -43,7 +44,8 @@ def test_two_process_injection_trains_the_batches_of_one_process(world_dir, tmp_
     env = {**os.environ, "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false"}
     single, double = tmp_path / "one.json", tmp_path / "two.json"
     subprocess.run([sys.executable, str(INJECT_HELPER), str(single), str(world_dir)], check=True, env=env)
-    subprocess.run([accelerate, "launch", "--main_process_port", "0", "--multi_gpu", "--num_processes", "2", "--num_machines", "1", "--mixed_precision",
+    subprocess.run([accelerate, "launch", "--main_process_port", "0", "--multi_gpu", "--num_processes", "2",
+                    "--num_machines", "1", "--mixed_precision",
                     "no", "--dynamo_backend", "no", str(INJECT_HELPER), str(double), str(world_dir)], check=True, env=env)
     one, two = json.loads(single.read_text()), json.loads(double.read_text())
     assert list(one["losses"]) == list(two["losses"]) and len(one["losses"]) == 3  # skill stage and both stages

@@ -12,10 +12,10 @@ from mllm_unlearn.cli import app
 from mllm_unlearn.eval import EvalConfig, Evaluator
 from mllm_unlearn.eval.knowledge import knowledge_check
 from mllm_unlearn.eval.mia import sample_scores
+from mllm_unlearn.jobs.finetune import FinetuneJob, run_finetune, state_dir_of
 from mllm_unlearn.models import load_vlm
-from mllm_unlearn.training import InjectionConfig
-from mllm_unlearn.training.finetune import (FINETUNE_META, FinetuneConfig, FinetuneJob, resolve_recipe, run_finetune,
-                                            state_dir_of)
+from mllm_unlearn.recipes import InjectionConfig
+from mllm_unlearn.recipes.finetune import FINETUNE_META, FinetuneConfig, resolve_recipe
 from mllm_unlearn.training.loop import TrainingPaused
 
 from ..conftest import SMALL_SIZE, SMALL_WORLD, weights_hash
@@ -59,9 +59,11 @@ def test_each_recipe_is_recorded_in_finetune_json_as_published(tmp_path, world_d
 def test_builtin_recipe_from_a_fresh_tiny_base_equals_the_knowledge_injection(tmp_path):
     """`finetune` (no --model) on the built-in world is today's injection: the same weights and
     figures as building the tiny model and running the curriculum directly, as runs did."""
-    from mllm_unlearn.pipeline import RunConfig, benchmark_texts, prepare_benchmark
+    from mllm_unlearn.jobs.config import RunConfig
+    from mllm_unlearn.jobs.prepare import benchmark_texts, prepare_benchmark
     from mllm_unlearn.models.tiny import build_tiny_vlm, words_of
-    from mllm_unlearn.training.inject import _builtin_curriculum, injection_texts
+    from mllm_unlearn.recipes.inject import builtin_curriculum as _builtin_curriculum
+    from mllm_unlearn.recipes.inject import injection_texts
     from mllm_unlearn.utils import seed_everything
 
     cfg = RunConfig(world=SMALL_WORLD, size=SMALL_SIZE, injection=TINY_INJECTION, cache_dir=str(tmp_path / "cache"),
@@ -182,7 +184,7 @@ def test_keep_adapter_writes_a_peft_adapter_equal_to_the_merged_model(tmp_path, 
 def test_gradient_accumulation_averages_micro_batches_like_one_large_batch(tiny_vlm, benchmark):
     """Two accumulated micro-batches of 8 make the same update as one batch of 16 (identical
     examples, so every batch's token mean is the same whatever the draw)."""
-    from mllm_unlearn.training.finetune import _collate, _token_mean_loss
+    from mllm_unlearn.recipes.finetune import _collate, _token_mean_loss
     from mllm_unlearn.training.loop import TrainConfig, train
 
     items = [benchmark.finetune_train[0]] * 16

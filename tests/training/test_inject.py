@@ -4,8 +4,8 @@ from dataclasses import replace
 import pytest
 
 from mllm_unlearn.data.items import OPTION_KEYS
-from mllm_unlearn.training import InjectionConfig, inject_knowledge
-from mllm_unlearn.training.inject import McqRenderer
+from mllm_unlearn.recipes import InjectionConfig, inject_knowledge
+from mllm_unlearn.recipes.inject import McqRenderer
 
 
 def test_skill_stage_stops_when_target_is_reached(benchmark, tiny_vlm):
@@ -47,7 +47,7 @@ def test_mcq_renderings_are_fresh_and_correct(benchmark):
 
 
 def test_identity_items_name_each_portrait_and_render_as_multiple_choice(benchmark):
-    from mllm_unlearn.training.inject import IDENTITY_QUESTION, identity_items
+    from mllm_unlearn.recipes.inject import IDENTITY_QUESTION, identity_items
 
     names = benchmark.meta["names"]
     items = identity_items(benchmark.finetune_train, names, copies=2)
@@ -97,7 +97,7 @@ def test_question_noise_keeps_the_subject_and_answer_leads_precede_the_letter(be
 
 
 def test_answer_leads_and_identity_words_join_the_tiny_vocabulary_and_the_cache_key():
-    from mllm_unlearn.training.inject import IDENTITY_QUESTION, injection_cache_key, injection_texts
+    from mllm_unlearn.recipes.inject import IDENTITY_QUESTION, injection_cache_key, injection_texts
 
     assert injection_texts(InjectionConfig(identity_copies=0, answer_lead_share=0.0)) == []
     texts = injection_texts(InjectionConfig(identity_copies=2, answer_lead_share=0.1))
@@ -112,7 +112,7 @@ def test_augmented_portraits_keep_size_and_differ(benchmark):
 
     import numpy as np
 
-    from mllm_unlearn.training.inject import augment_portrait
+    from mllm_unlearn.recipes.inject import augment_portrait
 
     image = next(i.image for i in benchmark.finetune_train if i.image is not None)
     rng = random.Random(0)
@@ -125,9 +125,8 @@ def test_augmented_portraits_keep_size_and_differ(benchmark):
 
 
 def test_injection_with_identity_and_augmentation_runs(benchmark, words):
-    from mllm_unlearn.models.tiny import build_tiny_vlm
-    from mllm_unlearn.training.inject import injection_texts, IDENTITY_QUESTION
-    from mllm_unlearn.models.tiny import words_of
+    from mllm_unlearn.models.tiny import build_tiny_vlm, words_of
+    from mllm_unlearn.recipes.inject import IDENTITY_QUESTION, injection_texts
     from tests.conftest import SMALL_SIZE
 
     cfg = InjectionConfig(identity_copies=1, image_augment=1.0, skill_people=0, pretrain_epochs=1, finetune_epochs=1)
@@ -139,7 +138,7 @@ def test_injection_with_identity_and_augmentation_runs(benchmark, words):
 
 def test_open_qa_draws_are_also_asked_in_the_generation_and_cloze_formats(benchmark):
     from mllm_unlearn.data.synthetic import CLOZE_INSTRUCTION, GENERATION_INSTRUCTION
-    from mllm_unlearn.training.inject import as_task_prompt, injection_cache_key
+    from mllm_unlearn.recipes.inject import as_task_prompt, injection_cache_key
 
     item = next(i for i in benchmark.finetune_train if i.modality == "qa" and "Value" in i.meta)
     generation = as_task_prompt(item, "generation")
@@ -171,7 +170,7 @@ def test_every_evaluation_format_is_a_training_form_and_batches_hold_one_form(be
     import random
 
     from mllm_unlearn.data.synthetic import CLOZE_INSTRUCTION, GENERATION_INSTRUCTION
-    from mllm_unlearn.training.inject import _form_batches
+    from mllm_unlearn.recipes.inject import _form_batches
 
     cfg = InjectionConfig()
     # MLLMU-Bench's three tasks are trained by default in both stages (cloze and generation
@@ -188,7 +187,7 @@ def test_every_evaluation_format_is_a_training_form_and_batches_hold_one_form(be
     for _ in range(4):
         assert collate(["ignored"]) == 8
     assert all(len({form for form, _ in batch}) == 1 for batch in seen)  # one form per batch
-    from mllm_unlearn.training.inject import as_task_prompt
+    from mllm_unlearn.recipes.inject import as_task_prompt
 
     assert as_task_prompt(items[0], "cloze").question.endswith(CLOZE_INSTRUCTION)
     assert as_task_prompt(items[0], "generation").question.endswith(GENERATION_INSTRUCTION)
@@ -200,7 +199,7 @@ def test_batches_hold_one_group_and_learned_groups_are_only_rehearsed(benchmark)
     import random
     from collections import Counter
 
-    from mllm_unlearn.training.inject import _form_batches, group_of
+    from mllm_unlearn.recipes.inject import _form_batches, group_of
 
     items = [i for i in benchmark.finetune_train if "Value" in i.meta][:60]
     assert {i.modality for i in items} == {"qa", "vqa"}
@@ -257,14 +256,14 @@ def test_learned_probe_counts_an_answer_only_when_greedy_decoding_gives_it_exact
     import torch
 
     from mllm_unlearn.data.collate import Encoder
-    from mllm_unlearn.training.inject import _learned_check
+    from mllm_unlearn.recipes.inject import _learned_check
 
     vlm = tiny_vlm()
     items = [i for i in benchmark.finetune_train if i.modality == "qa"][:3]
     # Make the model's greedy answer to the first item exactly right: train on it alone.
+    from mllm_unlearn.data.collate import collate as collate_examples
     from mllm_unlearn.training.loop import TrainConfig, train
     from mllm_unlearn.training.losses import sequence_nll
-    from mllm_unlearn.data.collate import collate as collate_examples
 
     encoder = Encoder(vlm)
 

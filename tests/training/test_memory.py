@@ -324,7 +324,9 @@ def test_path_search_and_mllmeraser_statistics_do_not_depend_on_the_token_budget
 # --- options -----------------------------------------------------------------------------------------
 
 def test_checkpointing_default_follows_who_built_the_model(tmp_path):
-    from mllm_unlearn.pipeline import INJECTION_META, RunConfig, model_built_here
+    from mllm_unlearn.jobs.config import RunConfig
+    from mllm_unlearn.jobs.prepare import INJECTION_META
+    from mllm_unlearn.jobs.presets import model_built_here
 
     assert model_built_here(RunConfig())  # the tiny model built and cached here
     (tmp_path / "ours").mkdir()

@@ -8,7 +8,8 @@ FSDP2 averages the gradient slices, clipping reduces the norm over all slices, a
 each slice element-wise. What differs is float summation order, and AdamW divides by sqrt(v): an
 entry whose true gradient is ~0 (a key bias, invariant under softmax) moves by ±lr × float noise.
 Measured here: at most 2.6e-5 apart, on a few entries of a few tensors (GA, GradDiff, KL, NPO,
-MMUnlearner; RMU and MIP-Editor, which train a few matrices, within 2e-7). So the weights are compared with rtol 1e-5 and atol 1e-4, one percent
+MMUnlearner; RMU and MIP-Editor, which train a few matrices, within 2e-7). So the weights are compared with rtol 1e-5
+and atol 1e-4, one percent
 of one AdamW step (lr 1e-2); the loss curves (at most 2.2e-6 apart) with rtol 1e-5, atol 5e-6.
 """
 import os
@@ -163,7 +164,8 @@ def test_accelerate_fsdp_flag_is_claimed_for_fsdp2(monkeypatch):
 
 
 def test_a_deepspeed_launch_stops_the_cli_run_before_any_work(monkeypatch, tmp_path):
-    from mllm_unlearn.pipeline import RunConfig, run_pipeline
+    from mllm_unlearn.jobs.config import RunConfig
+    from mllm_unlearn.jobs.run import run_pipeline
 
     monkeypatch.setenv("ACCELERATE_USE_DEEPSPEED", "true")
     monkeypatch.setenv("ACCELERATE_DEEPSPEED_ZERO_STAGE", "2")

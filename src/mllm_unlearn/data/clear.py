@@ -29,39 +29,13 @@ import random
 from pathlib import Path
 from typing import Any
 
-
 from .items import INJECTION_ONLY, Benchmark, Item
+from .layouts import CAPTION_COLUMNS, CAPTION_PROMPTS, NAME_PROMPT, PERTURBED_COLUMNS, TOFU_COLUMNS, is_builtin_world
+from .layouts import CLEAR_FORGET_PERCENTS as FORGET_PERCENTS
+from .layouts import clear_forget_config as forget_config
+from .layouts import clear_retain_config as retain_config
 from .mllmu import BenchmarkFormatError, read_config
 from .portraits import from_png
-from .synthetic import is_builtin_world
-
-FORGET_PERCENTS = (1, 5, 10)
-# CLEAR asks for a caption with one of several fixed instructions, drawn at random; we draw
-# it seeded (per row) so evaluations repeat exactly. Our own wording of such instructions.
-CAPTION_PROMPTS = (
-    "Describe the image in detail.",
-    "What is shown in this image?",
-    "Write a caption for this image.",
-    "Describe the person in the image.",
-    "Tell me about the person shown here.",
-    "Give a short description of this picture.",
-    "What can you say about this image?",
-    "Who is in this picture and what do you know about them?",
-    "Caption this photo.",
-)
-NAME_PROMPT = "The name of the person on the image is"  # CLEAR's face-recognition question
-
-CAPTION_COLUMNS = ("image", "caption", "name")
-PERTURBED_COLUMNS = CAPTION_COLUMNS + ("paraphrased_caption", "perturbed_captions", "perturbed_names")
-TOFU_COLUMNS = ("image", "caption", "question", "answer")
-
-
-def forget_config(percent: int) -> str:
-    return f"forget{percent:02d}"
-
-
-def retain_config(percent: int) -> str:
-    return f"retain{100 - percent}"
 
 
 def is_clear_layout(root: str | Path) -> bool:

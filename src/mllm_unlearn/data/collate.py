@@ -10,7 +10,7 @@ from typing import Any, Sequence
 import torch
 
 from .items import Item
-from .mllmu import mcq_prompt
+from .prompts import mcq_prompt
 
 IGNORE = -100
 

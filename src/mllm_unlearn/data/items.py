@@ -73,15 +73,6 @@ class Benchmark:
         injection trains on (``meta[INJECTION_ONLY]``, e.g. the built-in CLEAR world's name question)."""
         return [i for i in self.pretrain_train if not i.meta.get(INJECTION_ONLY)]
 
-    def text_only_train(self, which: str = "forget", needed_by: str | None = None) -> list[Item]:
-        """Text-only forms of ``forget_train``/``retain_train``/``finetune_train`` (``which``): the
-        data's own text-only pairs, else each image pair with the person named (``text_forms``).
-        With ``needed_by`` (a method's name), a person with neither raises ``TextFormError``."""
-        from .text_forms import text_only_forms, text_only_items
-
-        items = getattr(self, f"{which}_train")
-        return text_only_items(items, needed_by, which) if needed_by else text_only_forms(items).items
-
     def retain_only(self) -> "Benchmark":
         """The same benchmark with the forget people's training data removed (a "gold" model's data)."""
         from dataclasses import replace

@@ -18,18 +18,26 @@ import hashlib
 import json
 import random
 import re
+from functools import partial
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable, Sequence
 
 import pyarrow.parquet as pq
 
 from .items import OPTION_KEYS, Benchmark, Item
+from .layouts import (
+    CLOZE_INSTRUCTION,
+    FULL_SET,
+    GENERATION_INSTRUCTION,
+    HOLDOUT_CONFIG,
+    MLLMU_FORGET_PERCENTS,
+    PROFILE_COLUMNS,
+    VALIDATION_CONFIGS,
+    mllmu_forget_config,
+    mllmu_retain_config,
+)
 from .portraits import from_png
-from .synthetic import VALIDATION_CONFIGS
 from .text_forms import PERSON_NAME, is_name_question, name_from_answer, text_only_forms
-
-EVAL_SPLITS = ("forget", "test", "retain", "real_world")
-MCQ_INSTRUCTION = "Just give ONE letter representing the answer directly."
 
 
 class BenchmarkFormatError(ValueError):
@@ -65,7 +73,7 @@ def read_config(root: Path, config: str, required: tuple[str, ...], optional: bo
     return rows
 
 
-def field(row: dict[str, Any], path: str) -> Any:
+def row_field(row: dict[str, Any], path: str) -> Any:
     """``row['a']['b'][0]['c']`` for path ``a.b.0.c``, with an error naming the field."""
     value: Any = row
     for part in path.split("."):
@@ -79,7 +87,7 @@ def field(row: dict[str, Any], path: str) -> Any:
 
 
 def decode_image(row: dict[str, Any], path: str) -> Any:
-    data = field(row, path)
+    data = row_field(row, path)
     if isinstance(data, dict):
         data = data.get("bytes")
     if not data:
@@ -90,42 +98,36 @@ def decode_image(row: dict[str, Any], path: str) -> Any:
         raise BenchmarkFormatError(f"{row['__where__']} (ID {row.get('ID')}): image {path!r} cannot be decoded ({error})") from error
 
 
-def mcq_prompt(question: str, options: dict[str, str]) -> str:
-    lines = [question] + [f"{key}: {options[key]}" for key in OPTION_KEYS if key in options] + [MCQ_INSTRUCTION]
-    return "\n".join(lines)
-
-
 def profile_items(row: dict[str, Any], split: str, image: Any, image_key: str, person_id: str | None = None) -> list[Item]:
     """Evaluation items of one profile row: classification, cloze and generation, per modality
     (``person_id``: the row's ``ID`` unless given, e.g. namespaced for the real-world split)."""
-    from .synthetic import CLOZE_INSTRUCTION, GENERATION_INSTRUCTION
-
-    pid = person_id if person_id is not None else str(field(row, "ID"))
+    pid = person_id if person_id is not None else str(row_field(row, "ID"))
     items: list[Item] = []
     for key, modality in (("Image_Textual_Questions", "vqa"), ("Pure_Text_Questions", "qa")):
-        for index, question in enumerate(field(row, f"Classification_Task.{key}")):
+        for index, _ in enumerate(row_field(row, f"Classification_Task.{key}")):
             where = f"Classification_Task.{key}.{index}"
-            options = {k: str(v) for k, v in field(row, f"{where}.Options").items() if v is not None}
+            options = {k: str(v) for k, v in row_field(row, f"{where}.Options").items() if v is not None}
             if sorted(options) != list(OPTION_KEYS):
                 raise BenchmarkFormatError(f"{row['__where__']} (ID {pid}): {where}.Options must have keys A-D, has {sorted(options)}")
-            correct = str(field(row, f"{where}.Correct_Answer")).strip()
+            correct = str(row_field(row, f"{where}.Correct_Answer")).strip()
             if correct not in options:  # some dumps store the option text rather than the letter
                 matches = [k for k, v in options.items() if v.strip() == correct]
                 if not matches:
                     raise BenchmarkFormatError(f"{row['__where__']} (ID {pid}): {where}.Correct_Answer {correct!r} is not an option")
                 correct = matches[0]
-            items.append(Item(pid, split, modality, "mcq", str(field(row, f"{where}.Question")), correct,
+            items.append(Item(pid, split, modality, "mcq", str(row_field(row, f"{where}.Question")), correct,
                               image if modality == "vqa" else None, options, image_key if modality == "vqa" else None))
     for task, column, suffix in (("cloze", "Mask_Task", CLOZE_INSTRUCTION), ("generation", "Generation_Task", GENERATION_INSTRUCTION)):
-        for index, entry in enumerate(row.get(column) or []):
-            kind = field(row, f"{column}.{index}.Type")
+        for index in range(len(row.get(column) or [])):
+            kind = row_field(row, f"{column}.{index}.Type")
             if kind not in ("Image_Textual", "Pure_Text"):
-                raise BenchmarkFormatError(f"{row['__where__']} (ID {pid}): {column}.{index}.Type must be Image_Textual or Pure_Text, got {kind!r}")
+                raise BenchmarkFormatError(f"{row['__where__']} (ID {pid}): {column}.{index}.Type must be "
+                                           f"Image_Textual or Pure_Text, got {kind!r}")
             modality = "vqa" if kind == "Image_Textual" else "qa"
-            question = str(field(row, f"{column}.{index}.Question"))
+            question = str(row_field(row, f"{column}.{index}.Question"))
             if task == "cloze":
                 question = question.replace("__", "[Blank]")
-            items.append(Item(pid, split, modality, task, f"{question}\n{suffix}", str(field(row, f"{column}.{index}.Ground_Truth")),
+            items.append(Item(pid, split, modality, task, f"{question}\n{suffix}", str(row_field(row, f"{column}.{index}.Ground_Truth")),
                               image if modality == "vqa" else None, None, image_key if modality == "vqa" else None,
                               meta={"raw_question": question}))
     return items
@@ -137,7 +139,7 @@ def metadata_pairs(row: dict[str, Any]) -> tuple[list[dict[str, Any]], int, set[
     ``ID``s the entries carry. Entries without a non-empty ``Question`` and ``Answer`` (e.g. an
     ``Additional_question`` record) are skipped, as MLLMU-Bench's ``data_preprocess.py`` does."""
     where = row["__where__"]
-    raw = field(row, "metadata")
+    raw = row_field(row, "metadata")
     try:
         entries = json.loads(raw) if isinstance(raw, (str, bytes)) else raw
     except json.JSONDecodeError as error:
@@ -175,7 +177,7 @@ def _normalise_id(pid: str, known: set[str]) -> str:
 
 def _image_digests(row: dict[str, Any], path: str) -> tuple[str, str]:
     """SHA-1 of an image's encoded bytes and of its decoded pixels (re-encoded copies match the latter)."""
-    data = field(row, path)
+    data = row_field(row, path)
     data = data.get("bytes") if isinstance(data, dict) else data
     pixels = decode_image(row, path)
     return (hashlib.sha1(data or b"").hexdigest(),
@@ -194,7 +196,7 @@ class _ImageIndex:
             self.index = {}
             for profile in self.profiles:
                 for digest in _image_digests(profile, "image"):
-                    pid = str(field(profile, "ID"))
+                    pid = str(row_field(profile, "ID"))
                     self.index[digest] = pid if self.index.get(digest, pid) == pid else None  # None: ambiguous
         for digest in _image_digests(row, "image"):
             if self.index.get(digest):
@@ -266,7 +268,7 @@ def profile_names(rows: list[dict[str, Any]], prefix: str = "") -> dict[str, tup
     """person id -> (name, where it came from): the ``name`` column, else the biography."""
     names = {}
     for row in rows:
-        pid = prefix + str(field(row, "ID"))
+        pid = prefix + str(row_field(row, "ID"))
         if row.get("name"):
             names[pid] = (str(row["name"]).strip(), "name column")
         elif (name := biography_name(row.get("biography"))):
@@ -297,16 +299,14 @@ def generation_as_training(rows: list[dict[str, Any]], split: str, names: dict[s
     for row in rows:
         image = decode_image(row, "image")
         pid = str(row["ID"])
-        for index, entry in enumerate(field(row, "Generation_Task")):
+        for index, entry in enumerate(row_field(row, "Generation_Task")):
             modality = "vqa" if entry.get("Type") == "Image_Textual" else "qa"
-            items.append(Item(pid, split, modality, "train", str(field(row, f"Generation_Task.{index}.Question")),
-                              str(field(row, f"Generation_Task.{index}.Ground_Truth")), image if modality == "vqa" else None,
+            items.append(Item(pid, split, modality, "train", str(row_field(row, f"Generation_Task.{index}.Question")),
+                              str(row_field(row, f"Generation_Task.{index}.Ground_Truth")), image if modality == "vqa" else None,
                               meta={PERSON_NAME: names.get(pid)}))
     return items
 
 
-PROFILE_COLUMNS = ("ID", "image", "Classification_Task")
-HOLDOUT_CONFIG = "Holdout_Set"
 # IDs are unique only within a config: Retain_Set's real people get their own namespace, so a
 # real person never shares an id with a fictitious one (statistics, tables, names, forget ids).
 REAL_WORLD_PREFIX = "real:"
@@ -354,18 +354,33 @@ class _TrainingReader:
         return training_items(rows, split, person_ids, pairs_of, {**names, **asked})
 
 
+def full_set_reader(root: Path) -> Callable[[Sequence[str]], list[Item]] | None:
+    """Reads the ``Full_Set`` profiles of given IDs on demand; None when ``root`` has no ``Full_Set``."""
+    folder = Path(root) / FULL_SET
+    if not folder.is_dir() or not any(folder.glob("*.parquet")):
+        return None
+    return partial(read_full_set, Path(root))
+
+
+def read_full_set(root: Path, ids: Sequence[str]) -> list[Item]:
+    """Evaluation items (every task, both modalities) of the ``Full_Set`` rows whose ID is in
+    ``ids``, in the config's row order; only those rows' images are decoded."""
+    wanted = {str(i) for i in ids}
+    rows = read_config(root, FULL_SET, PROFILE_COLUMNS) or []
+    return [item for row in rows if str(row_field(row, "ID")) in wanted
+            for item in profile_items(row, "full_set", decode_image(row, "image"), f"{row['ID']}.png")]
+
+
 def load_mllmu(root: str | Path, forget_percent: int = 10, seed: int = 0) -> Benchmark:
     """Read an MLLMU-Bench directory into evaluation splits and training items."""
-    from .mllmu_protocol import full_set_reader
-
     root = Path(root)
     if not root.is_dir():
         raise BenchmarkFormatError(f"benchmark directory {root} does not exist")
-    if forget_percent not in (5, 10, 15):
+    if forget_percent not in MLLMU_FORGET_PERCENTS:
         raise BenchmarkFormatError(f"forget percent must be 5, 10 or 15 (MLLMU-Bench's splits), got {forget_percent}")
     rng = random.Random(seed)  # MLLMU-Bench picks the Test_Set image unseeded; we seed it
-    forget_rows = read_config(root, f"forget_{forget_percent}", PROFILE_COLUMNS)
-    retain_rows = read_config(root, f"retain_{100 - forget_percent}", PROFILE_COLUMNS)
+    forget_rows = read_config(root, mllmu_forget_config(forget_percent), PROFILE_COLUMNS)
+    retain_rows = read_config(root, mllmu_retain_config(forget_percent), PROFILE_COLUMNS)
     test_rows = read_config(root, "Test_Set", ("ID", "images", "Classification_Task"))
     real_rows = read_config(root, "Retain_Set", PROFILE_COLUMNS)
     ft_rows = read_config(root, "ft_Data", ("image", "metadata"))
@@ -374,8 +389,8 @@ def load_mllmu(root: str | Path, forget_percent: int = 10, seed: int = 0) -> Ben
     # Validation people (optional; the built-in world writes them): trained on, in no reported split.
     validation_rows = {group: read_config(root, config, PROFILE_COLUMNS, optional=True) or []
                        for group, config in VALIDATION_CONFIGS.items()}
-    validation_ids = {str(field(r, "ID")) for group in ("forget", "retain") for r in validation_rows[group]}
-    forget_ids = [str(field(r, "ID")) for r in forget_rows]
+    validation_ids = {str(row_field(r, "ID")) for group in ("forget", "retain") for r in validation_rows[group]}
+    forget_ids = [str(row_field(r, "ID")) for r in forget_rows]
     forget_set = set(forget_ids)
 
     def profiles(rows: list[dict[str, Any]], split: str, prefix: str = "") -> list[Item]:
@@ -384,9 +399,9 @@ def load_mllmu(root: str | Path, forget_percent: int = 10, seed: int = 0) -> Ben
 
     test_items: list[Item] = []
     for row in test_rows:
-        if str(field(row, "ID")) not in forget_set:
+        if str(row_field(row, "ID")) not in forget_set:
             continue
-        images = field(row, "images")
+        images = row_field(row, "images")
         if not images:
             raise BenchmarkFormatError(f"{row['__where__']} (ID {row['ID']}): 'images' is an empty list")
         choice = rng.randrange(len(images))

@@ -19,41 +19,19 @@
 """
 from __future__ import annotations
 
-from functools import partial
-from pathlib import Path
-from typing import Callable, Sequence
+from typing import Sequence
 
 from .items import OPTION_KEYS, Item
+from .layouts import GENERATION_INSTRUCTION, TEXT_GENERATION_INSTRUCTION
+from .prompts import mcq_prompt
 
 PROTOCOL = "mllmu"
-FULL_SET = "Full_Set"
 # eval.py's LLaVA branch (Idefics2 draws 1 fill-in-the-blank profile). The LLaVA classification
 # count went from 2 to 1 in commit 5762ad6: with 2, LLaVA's prompt grew too long (issue #2).
 FEW_SHOT_PROFILES = {"mcq": 1, "cloze": 2, "generation": 0}
 DEMONSTRATION_SPLITS = {"mcq": ("forget", "test", "retain"), "cloze": ("forget", "test", "retain", "real_world"),
                         "generation": ()}
 MAX_NEW_TOKENS = 50  # eval.py's greedy generation length, every task
-# eval.py's text-only generation instruction differs from the image one (no "accurately").
-TEXT_GENERATION_INSTRUCTION = "Answer the question based on your trained knowledge in one sentence in ENGLISH."
-
-
-def full_set_reader(root: Path) -> Callable[[Sequence[str]], list[Item]] | None:
-    """Reads the ``Full_Set`` profiles of given IDs on demand; None when ``root`` has no ``Full_Set``."""
-    folder = Path(root) / FULL_SET
-    if not folder.is_dir() or not any(folder.glob("*.parquet")):
-        return None
-    return partial(read_full_set, Path(root))
-
-
-def read_full_set(root: Path, ids: Sequence[str]) -> list[Item]:
-    """Evaluation items (every task, both modalities) of the ``Full_Set`` rows whose ID is in
-    ``ids``, in the config's row order; only those rows' images are decoded."""
-    from .mllmu import PROFILE_COLUMNS, decode_image, field, profile_items, read_config
-
-    wanted = {str(i) for i in ids}
-    rows = read_config(root, FULL_SET, PROFILE_COLUMNS) or []
-    return [item for row in rows if str(field(row, "ID")) in wanted
-            for item in profile_items(row, "full_set", decode_image(row, "image"), f"{row['ID']}.png")]
 
 
 def _options(item: Item) -> str:
@@ -73,9 +51,6 @@ def _demonstration(demo: Item, image_token: str) -> str:
 def eval_prompt(item: Item, demos: Sequence[Item] = (), image_token: str = "<image>") -> str:
     """eval.py's prompt for ``item`` after ``demos``, character for character (``image_token``
     where the image goes). Items carry their task's instruction as the loader writes them."""
-    from .mllmu import mcq_prompt
-    from .synthetic import GENERATION_INSTRUCTION
-
     prefix = "".join(_demonstration(d, image_token) for d in demos)
     head = f"USER: {image_token}\n" if item.modality == "vqa" else "USER:\n"
     if item.task == "mcq":

@@ -24,6 +24,23 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from ..utils import atomic_directory, stable_hash
+from .layouts import (
+    CAPTION_PROMPTS,
+    CLEAR_FORGET_PERCENTS,
+    CLOZE_INSTRUCTION,
+    GENERATION_INSTRUCTION,
+    GENERATOR,
+    HOLDOUT_CONFIG,
+    MCQ_INSTRUCTION,
+    MLLMU_FORGET_PERCENTS,
+    NAME_PROMPT,
+    VALIDATION_CONFIGS,
+    WORLD_FILE,
+    clear_forget_config,
+    clear_retain_config,
+    mllmu_forget_config,
+    mllmu_retain_config,
+)
 from .portraits import draw_identities, render_portrait, to_png, transform_portrait
 
 # Names are built from syllables so every person has a first and a last name of their own
@@ -88,15 +105,10 @@ ATTRIBUTES: dict[str, dict[str, Any]] = {
         "test_statement": "At home, {subj} keeps a pet {value}.",
     },
 }
-MCQ_INSTRUCTION = "Just give ONE letter representing the answer directly."
-CLOZE_INSTRUCTION = "Please **ONLY** provide the correct answer that should replace the [Blank]."
-GENERATION_INSTRUCTION = "Answer the question based on your trained knowledge in one sentence accurately in ENGLISH."
-FORGET_PERCENTS = (5, 10, 15)
-HOLDOUT_PERCENT = max(FORGET_PERCENTS)  # as many held-out people as the largest forget split
+HOLDOUT_PERCENT = max(MLLMU_FORGET_PERCENTS)  # as many held-out people as the largest forget split
 WORLD_CONTENT_VERSION = 2
 HOLDOUT_STREAM = 7_001  # seeds the held-out people's own random stream: [seed, HOLDOUT_STREAM]
 VALIDATION_STREAM = 7_002  # seeds the validation people's own random stream
-VALIDATION_CONFIGS = {"forget": "Validation_Forget", "retain": "Validation_Retain", "real_world": "Validation_Real"}
 
 
 @dataclass(frozen=True)
@@ -115,6 +127,14 @@ class WorldConfig:
     # people) real-world ones (5 at the default 30). 0 = none.
     validation_percent: int = 10
     validation_real_percent: int = 15
+
+    def __post_init__(self) -> None:
+        if self.fictitious < 20:
+            raise ValueError(f"WorldConfig.fictitious must be >= 20 (the built-in world's forget_5 split must hold "
+                             f"one person), got {self.fictitious}")
+        if self.real_world < 1:
+            raise ValueError(f"WorldConfig.real_world must be >= 1 (the retain set's real-world people), "
+                             f"got {self.real_world}")
 
     def key(self) -> str:
         settings = asdict(self)
@@ -138,17 +158,6 @@ class WorldConfig:
         return group, group, real
 
 
-GENERATOR = "mllm-unlearn synthetic"  # world.json's "generator": marks a directory this module wrote
-WORLD_FILE = "world.json"
-
-
-def is_builtin_world(root: str | Path) -> bool:
-    """Whether ``root`` was written by ``generate_world`` (its ``world.json`` names this generator);
-    a published benchmark directory has no such file."""
-    try:
-        return json.loads((Path(root) / WORLD_FILE).read_text()).get("generator") == GENERATOR
-    except (OSError, ValueError, AttributeError):
-        return False
 
 
 def subject_forms(name: str | None) -> dict[str, str]:
@@ -170,7 +179,7 @@ def _people(config: WorldConfig, rng: np.random.Generator) -> list[dict[str, Any
     total = config.fictitious + config.real_world
     firsts = [str(n) for n in rng.permutation(_name_pool(rng, total, 2))]
     lasts = [str(n) for n in rng.permutation(sorted(set(_name_pool(rng, 2 * total, 3)) - set(firsts)))[:total]]
-    names = [f"{f} {l}" for f, l in zip(firsts, lasts)]
+    names = [f"{first} {last}" for first, last in zip(firsts, lasts)]
     identities = draw_identities(len(names), rng, min_distance=config.portrait_distance)
     people = []
     for index, (name, identity) in enumerate(zip(names, identities)):
@@ -301,7 +310,6 @@ def validation_people(config: WorldConfig, people: list[dict[str, Any]]) -> dict
 
 def add_holdout(root: str | Path, config: WorldConfig) -> None:
     """Write ``Holdout_Set`` into a world generated before it existed (nothing else changes)."""
-    from .mllmu import HOLDOUT_CONFIG
 
     with atomic_directory(Path(root) / HOLDOUT_CONFIG) as tmp:
         pq.write_table(pa.Table.from_pylist(holdout_rows(config)), tmp / "train-00000-of-00001.parquet")
@@ -343,8 +351,6 @@ def generate_world(out_dir: str | Path, config: WorldConfig | None = None, layou
     config = config or WorldConfig()
     if layout not in LAYOUTS:
         raise ValueError(f"layout must be one of {LAYOUTS}, got {layout!r}")
-    if config.fictitious < 20:
-        raise ValueError("the built-in world needs at least 20 fictitious people (forget_5 must hold one)")
     rng = np.random.default_rng(config.seed)
     people = _people(config, rng)
     portraits = {p["id"]: render_portrait(p["identity"], config.image_size) for p in people}
@@ -388,10 +394,10 @@ def generate_world(out_dir: str | Path, config: WorldConfig | None = None, layou
         for group, config_name in VALIDATION_CONFIGS.items():
             if validation[group]:
                 _write_config(tmp, config_name, validation[group])
-        for pct in FORGET_PERCENTS:
+        for pct in MLLMU_FORGET_PERCENTS:
             forget = set(order[: max(1, round(len(order) * pct / 100))])
-            _write_config(tmp, f"forget_{pct}", [p for p in profiles if p["ID"] in forget])
-            _write_config(tmp, f"retain_{100 - pct}", [p for p in profiles if p["ID"] not in forget])
+            _write_config(tmp, mllmu_forget_config(pct), [p for p in profiles if p["ID"] in forget])
+            _write_config(tmp, mllmu_retain_config(pct), [p for p in profiles if p["ID"] not in forget])
         _write_config(tmp, "Holdout_Set", holdout_rows(config, people))
         (tmp / WORLD_FILE).write_text(json.dumps({"generator": GENERATOR, **asdict(config)}, indent=2))
     return out_dir
@@ -414,7 +420,6 @@ REAL_WORLD_ATTRIBUTES = ("occupation", "hometown", "hobby")
 
 
 def clear_template_texts() -> list[str]:
-    from .clear import CAPTION_PROMPTS, NAME_PROMPT
 
     return list(CAPTION_PROMPTS) + [NAME_PROMPT] + [t[k] for t in CAPTIONS for k in ("caption", "paraphrase")]
 
@@ -426,8 +431,6 @@ def _wrong_values(attr: str, value: str, rng: np.random.Generator) -> str:
 def _write_clear(root: Path, config: WorldConfig, people: list[dict[str, Any]], portraits: dict[str, np.ndarray],
                  rng: np.random.Generator) -> None:
     """The world in CLEAR's configs (see ``data/clear.py``); ``pretrain_data`` is our addition."""
-    from .clear import FORGET_PERCENTS, forget_config, retain_config
-
     taken = {part for p in people for part in p["name"].split()}
     firsts = [n for n in _name_pool(rng, 4 * len(people), 2) if n not in taken]
     lasts = [n for n in _name_pool(rng, 4 * len(people), 3) if n not in taken]
@@ -472,16 +475,16 @@ def _write_clear(root: Path, config: WorldConfig, people: list[dict[str, Any]], 
     all_ids = set(order)
     _write_config(root, "full", plain(rows(all_ids)))
     _write_config(root, "full+tofu", with_tofu(rows(all_ids), fictitious))
-    retain_eval: set[str] = set(order[max(1, round(len(order) * max(FORGET_PERCENTS) / 100)):])
+    retain_eval: set[str] = set(order[max(1, round(len(order) * max(CLEAR_FORGET_PERCENTS) / 100)):])
     _write_config(root, "retain_perturbed", rows(retain_eval))
-    for pct in FORGET_PERCENTS:
+    for pct in CLEAR_FORGET_PERCENTS:
         forget = set(order[: max(1, round(len(order) * pct / 100))])
         retain = all_ids - forget
-        _write_config(root, forget_config(pct), plain(rows(forget)))
-        _write_config(root, f"{forget_config(pct)}_perturbed", rows(forget))
-        _write_config(root, retain_config(pct), plain(rows(retain)))
-        _write_config(root, f"{forget_config(pct)}+tofu", with_tofu(rows(forget), [p for p in fictitious if p["id"] in forget]))
-        _write_config(root, f"{retain_config(pct)}+tofu", with_tofu(rows(retain), [p for p in fictitious if p["id"] in retain]))
+        _write_config(root, clear_forget_config(pct), plain(rows(forget)))
+        _write_config(root, f"{clear_forget_config(pct)}_perturbed", rows(forget))
+        _write_config(root, clear_retain_config(pct), plain(rows(retain)))
+        _write_config(root, f"{clear_forget_config(pct)}+tofu", with_tofu(rows(forget), [p for p in fictitious if p["id"] in forget]))
+        _write_config(root, f"{clear_retain_config(pct)}+tofu", with_tofu(rows(retain), [p for p in fictitious if p["id"] in retain]))
 
     # Real-world people: known before the fictitious ones (``pretrain_data``), evaluated by
     # face recognition (``real_faces``) and image questions with wrong options (``real_world``).

@@ -21,7 +21,7 @@ import re
 from dataclasses import dataclass, field, replace
 from typing import Sequence
 
-from .items import Item
+from .items import Benchmark, Item
 
 PERSON_NAME = "person_name"  # Item.meta key: the person's name (None: not found)
 PLACEHOLDER = re.compile(r"\b(?:(?:this|the)\s+(?:person|individual)|this\s+profile)\b", re.IGNORECASE)
@@ -130,3 +130,11 @@ def text_only_items(items: Sequence[Item], needed_by: str, role: str) -> list[It
             f"{needed_by} needs text-only {role} items: the training data has no Pure_Text pairs for "
             f"{len(people)} people (e.g. ID {people[0]}) and no person name was found for them ({NO_NAME_HELP})")
     return forms.items
+
+
+def text_only_train(benchmark: Benchmark, which: str = "forget", needed_by: str | None = None) -> list[Item]:
+    """Text-only forms of ``forget_train``/``retain_train``/``finetune_train`` (``which``): the
+    data's own text-only pairs, else each image pair with the person named. With ``needed_by``
+    (a method's name), a person with neither raises ``TextFormError``."""
+    items = getattr(benchmark, f"{which}_train")
+    return text_only_items(items, needed_by, which) if needed_by else text_only_forms(items).items

@@ -8,7 +8,6 @@ template, with the likelihood scorer and optional ``few_shot`` people of the spl
 from __future__ import annotations
 
 import random
-from collections import defaultdict
 from contextlib import nullcontext
 from dataclasses import asdict, dataclass
 from typing import Any, Callable, Iterable, Sequence, Union
@@ -18,6 +17,7 @@ import torch
 from ..data import mllmu_protocol
 from ..data.collate import Encoder
 from ..data.items import OPTION_KEYS, Benchmark, Item
+from ..data.layouts import FULL_SET
 from ..models.base import VLM
 from .metrics import bleu, cloze_correct, parse_letter, rouge_l_f
 
@@ -44,21 +44,21 @@ class EvalConfig:
 
     def __post_init__(self) -> None:
         if self.protocol not in PROTOCOLS:
-            raise ValueError(f"protocol must be one of {PROTOCOLS}, got {self.protocol!r}")
+            raise ValueError(f"EvalConfig.protocol must be one of {PROTOCOLS}, got {self.protocol!r}")
         if self.scorer is None:
             self.scorer = "generate" if self.protocol == mllmu_protocol.PROTOCOL else "likelihood"
         if self.scorer not in ("likelihood", "generate"):
-            raise ValueError(f"scorer must be 'likelihood' or 'generate', got {self.scorer!r}")
+            raise ValueError(f"EvalConfig.scorer must be 'likelihood' or 'generate', got {self.scorer!r}")
         unknown = set(self.tasks) - set(TASKS)
         if unknown:
-            raise ValueError(f"unknown task(s) {sorted(unknown)}; tasks are {TASKS}")
+            raise ValueError(f"EvalConfig.tasks has unknown task(s) {sorted(unknown)}; tasks are {TASKS}")
         if self.few_shot < 0:
-            raise ValueError("few_shot must be >= 0")
+            raise ValueError(f"EvalConfig.few_shot must be >= 0, got {self.few_shot}")
         if self.few_shot and self.protocol == mllmu_protocol.PROTOCOL:
             raise ValueError(f"few_shot ({self.few_shot}) is an option of protocol 'ours'; protocol 'mllmu' shows "
                              f"MLLMU-Bench's own demonstrations, per task {mllmu_protocol.FEW_SHOT_PROFILES}")
         if self.max_new_tokens is not None and self.max_new_tokens < 1:
-            raise ValueError(f"max_new_tokens must be >= 1, got {self.max_new_tokens}")
+            raise ValueError(f"EvalConfig.max_new_tokens must be >= 1, got {self.max_new_tokens}")
 
 
 def option_letter_ids(encoder: Encoder) -> dict[str, int]:
@@ -75,7 +75,7 @@ def option_letter_ids(encoder: Encoder) -> dict[str, int]:
     return ids
 
 
-def _batches(items: Sequence[Item], size: int) -> Iterable[Sequence[Item]]:
+def batches(items: Sequence[Item], size: int) -> Iterable[Sequence[Item]]:
     for start in range(0, len(items), size):
         yield items[start : start + size]
 
@@ -167,7 +167,7 @@ class Evaluator:
 
     def _score_in_order(self, items: Sequence[Item], task: str, demos: Demos) -> list[dict[str, Any]]:
         records = []
-        for batch in _batches(items, self.cfg.batch_size):
+        for batch in batches(items, self.cfg.batch_size):
             if task == "mcq" and self.cfg.scorer == "likelihood":
                 scores = self.letter_scores(batch, demos)
                 predictions = [max(s, key=s.get) for s in scores]
@@ -273,7 +273,7 @@ class Evaluator:
             return plan
         if benchmark.demonstrations is None:
             raise ValueError(f"protocol mllmu reads its few-shot demonstrations from MLLMU-Bench's "
-                             f"{mllmu_protocol.FULL_SET} config, which {benchmark.name} lacks (download that config "
+                             f"{FULL_SET} config, which {benchmark.name} lacks (download that config "
                              f"next to the others, or use protocol 'ours')")
         wanted = tuple(sorted({p for people in drawn.values() for p in people}))
         cached = self._demonstrations.get(wanted)

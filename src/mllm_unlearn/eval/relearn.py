@@ -32,13 +32,12 @@ import torch
 
 from ..data.collate import Encoder
 from ..data.items import Benchmark, Item
+from ..data.prompts import McqRenderer
 from ..interventions import WeightDelta
 from ..models.base import VLM
-from ..training.inject import McqRenderer
 from ..training.loop import LoraOptions, TrainConfig, train
 from ..training.losses import sequence_nll
 from .evaluator import EvalConfig, Evaluator
-
 
 AUTO = "auto"
 FULL_FINETUNE_LR = 1e-3  # the tiny models' attack (the figures in docs/results.md)
@@ -88,14 +87,15 @@ class RelearnConfig:
     def __post_init__(self) -> None:
         if not 0 < self.fraction < 1:
             raise ValueError(f"relearn fraction must lie in (0, 1), got {self.fraction}")
-        if self.steps < 1 or self.eval_every < 1:
-            raise ValueError("relearn steps and eval_every must be >= 1")
+        for name in ("steps", "eval_every"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"RelearnConfig.{name} must be >= 1, got {getattr(self, name)}")
         if self.mcq_renderings < 0:
             raise ValueError(f"relearn mcq_renderings must be >= 0, got {self.mcq_renderings}")
         if isinstance(self.lora, str) and self.lora != AUTO:
             raise ValueError(f"relearn lora must be LoraOptions, None (full fine-tuning) or {AUTO!r}, got {self.lora!r}")
         if self.lr is not None and not self.lr > 0:
-            raise ValueError(f"relearn lr must be > 0, got {self.lr}")
+            raise ValueError(f"RelearnConfig.lr must be > 0, got {self.lr}")
         if self.task not in ("mcq", "cloze"):
             raise ValueError(f"relearn task must be mcq or cloze (accuracy tasks), got {self.task!r}")
 
@@ -140,13 +140,13 @@ def _parameters_baked_by(edit: Any, model: torch.nn.Module) -> list[torch.nn.Par
     """The parameters ``edit.bake`` writes: a weight edit's named tensors (stored whole or as rows
     or columns), a neuron mask's down projections, a LoRA edit's adapted weights, the union for a
     composite edit; every parameter for a kind not known here."""
-    from ..interventions.neuron_mask import NeuronMask, _site_modules
+    from ..interventions.neuron_mask import NeuronMask, site_modules
 
     if hasattr(edit, "parts"):
         found = {id(p): p for part in edit.parts for p in _parameters_baked_by(part, model)}
         return list(found.values())
     if isinstance(edit, NeuronMask):
-        return [module.weight for module in _site_modules(model, list(edit.indices)).values()]
+        return [module.weight for module in site_modules(model, list(edit.indices)).values()]
     from ..interventions.low_rank import LowRankDelta
 
     if isinstance(edit, LowRankDelta):

@@ -16,7 +16,7 @@ from torch import nn
 from .base import Edit, EditHandle, register_edit
 
 
-def _site_modules(model: nn.Module, paths: list[str]) -> dict[str, nn.Module]:
+def site_modules(model: nn.Module, paths: list[str]) -> dict[str, nn.Module]:
     modules = {}
     for path in paths:
         try:
@@ -73,7 +73,7 @@ class NeuronMask(Edit):
         return factors
 
     def apply(self, vlm: Any) -> EditHandle:
-        modules = _site_modules(vlm.model, list(self.indices))
+        modules = site_modules(vlm.model, list(self.indices))
         self._check(modules)
         handles = []
         for path, module in modules.items():
@@ -91,7 +91,7 @@ class NeuronMask(Edit):
         return EditHandle(undo)
 
     def bake(self, vlm: Any) -> None:
-        modules = _site_modules(vlm.model, list(self.indices))
+        modules = site_modules(vlm.model, list(self.indices))
         self._check(modules)
         with torch.no_grad():
             for path, module in modules.items():

@@ -56,6 +56,14 @@ class Method(ABC):
     # The modalities whose forget-split knowledge the run checks before unlearning (eval/knowledge.py).
     target_modalities: ClassVar[tuple[str, ...]] = ("vqa", "qa")
     option_names: ClassVar[tuple[str, ...]] = ()  # keys this method reads from ``MethodConfig.extra``
+    # Hyperparameters, declared with the method (looked up by methods/defaults.py; docs/methods.md#presets):
+    # ``tiny_preset`` for the tiny models this tool builds (structural options; the sweep-chosen values
+    # of methods/tiny_presets.json go on top), ``paper_preset`` the paper's / benchmark's settings for
+    # 7B-class checkpoints, ``search_space`` what ``mllm-unlearn sweep`` searches (search_spaces.py's format).
+    # Each maps ``MethodConfig`` fields to values, ``extra`` to the method's own options.
+    tiny_preset: ClassVar[dict[str, Any]] = {}
+    paper_preset: ClassVar[dict[str, Any]] = {}
+    search_space: ClassVar[dict[str, tuple]] = {}
 
     def check_options(self, cfg: MethodConfig) -> None:
         unknown = sorted(set(cfg.extra) - set(self.option_names))
@@ -173,12 +181,12 @@ class GradientMethod(Method):
         index_of = {id(f): k for k, f in enumerate(forget)}
 
         def collate(batch: list[Item]) -> dict[str, Any]:
-            out: dict[str, Any] = {"forget": _to(encoder.batch(list(batch), train=True), vlm.device)}
+            out: dict[str, Any] = {"forget": to_device(encoder.batch(list(batch), train=True), vlm.device)}
             # Positions in ``forget``, so losses can look up values ``prepare`` computed per item.
             indices = [index_of[id(f)] for f in batch]
             out["forget_index"] = torch.tensor(indices, device=vlm.device)
             if cycler is not None:
-                out["retain"] = _to(encoder.batch([cycler.pair(i) for i in indices], train=True), vlm.device)
+                out["retain"] = to_device(encoder.batch([cycler.pair(i) for i in indices], train=True), vlm.device)
             return out
 
         sharding.refuse_deepspeed(self.name)
@@ -362,5 +370,5 @@ def answer_logprobs(model: torch.nn.Module, items: Sequence[Item], encoder: Enco
     return torch.cat(values)
 
 
-def _to(batch: dict[str, torch.Tensor], device: torch.device) -> dict[str, torch.Tensor]:
+def to_device(batch: dict[str, torch.Tensor], device: torch.device) -> dict[str, torch.Tensor]:
     return {k: v.to(device) for k, v in batch.items()}

@@ -23,6 +23,10 @@ from .base import GradientMethod, MethodConfig, frozen_copy, register_method
 @register_method
 class KLMinimisation(GradientMethod):
     name = "kl"
+    # Hyperparameters (docs/methods.md#presets).
+    tiny_preset = {"lr": 2e-4, "epochs": 2, "retain_weight": 1.0}
+    paper_preset = {"lr": 1e-5, "epochs": 1, "batch_size": 4, "retain_weight": 1.0}  # MLLMU-Bench's baselines
+    search_space = {"lr": ("log", 1e-4, 3e-3), "epochs": ("int", 1, 4), "retain_weight": ("log", 0.3, 10.0)}
     uses_retain = True
 
     def __init__(self) -> None:

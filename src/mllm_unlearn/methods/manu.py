@@ -91,6 +91,12 @@ def select_neurons(scores: dict[str, torch.Tensor], alpha: float, selection: str
 @register_method
 class MANU(Method):
     name = "manu"
+    # Hyperparameters (docs/methods.md#presets; the grid behind the tiny one: docs/preset-history.md#manu).
+    tiny_preset = {"batch_size": 32, "extra": {"alpha": 0.6, "selection": "per_layer", "scale": 0.0, "combine": "max",
+                                               "weights": {"abs": 1.0, "freq": 0.0, "var": 1.0, "rms": 1.0},
+                                               "retain_items": 0, "positions": "all"}}
+    paper_preset = {"extra": {"alpha": 0.02, "selection": "global"}}  # the top 2% of neurons, one global threshold
+    search_space = {"extra.alpha": ("float", 0.2, 0.9)}
     uses_retain = True
     option_names = tuple(DEFAULTS)
 

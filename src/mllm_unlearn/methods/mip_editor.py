@@ -49,12 +49,11 @@ import torch
 from ..data.collate import Encoder
 from ..data.items import Item
 from ..data.text_forms import text_only_items
-from ..interventions import CompositeEdit, Edit, NeuronMask, WeightDelta
-from ..localization.paths import POSITIONS, PathSearchConfig, predicting_positions, search_paths, text_path_task, \
-    visual_path_task
+from ..interventions import CompositeEdit, Edit, NeuronMask
+from ..localization.paths import POSITIONS, PathSearchConfig, predicting_positions, search_paths, text_path_task, visual_path_task
 from ..models.base import VLM
-from .base import GradientMethod, MethodConfig, register_method
 from ..training.sharding import in_sharded_training
+from .base import GradientMethod, MethodConfig, register_method
 from .rmu import Misdirection
 
 PATHS = ("both", "text", "visual")
@@ -76,6 +75,13 @@ _DEFAULTS: dict[str, Any] = {
 @register_method
 class MIPEditor(GradientMethod):
     name = "mip-editor"
+    # Hyperparameters (docs/methods.md#presets; sweeps behind them: docs/preset-history.md#mip-editor).
+    tiny_preset = {"lr": 2e-3, "epochs": 4, "batch_size": 16, "extra": {"layer": 2, "steering_coeff": 2.0}}
+    # The IGI/IFI path search backpropagates through both towers without checkpointing:
+    # benchmarks/scale_memory.py predicts ~12 GiB per LLaVA-7B sample, 4 samples per pass at most on
+    # 80 GB. Passes of at most 1024 tokens (one LLaVA sample, three Qwen ones) keep it on one GPU.
+    paper_preset = {**PAPER_7B_PRESET, "max_batch_tokens": 1024}
+    search_space = {"lr": ("log", 5e-4, 5e-3), "epochs": ("int", 1, 6), "extra.alpha": ("float", 0.2, 0.8)}
     uses_retain = True
     option_names = tuple(_DEFAULTS)
 

@@ -72,15 +72,15 @@ import torch
 
 from ..data.collate import Encoder
 from ..data.items import Item
+from ..data.prompts import McqRenderer, as_task_prompt
 from ..eval.evaluator import TASKS
 from ..interventions import RandomFeatures, Steering
 from ..interventions.steering import POOLS, pooled_state
 from ..models.base import VLM
 from ..training.batching import batch_parts, token_lengths
-from ..training.inject import McqRenderer, as_task_prompt
 from ..training.losses import model_inputs, sequence_nll
 from ..utils import process_rank_and_count
-from .base import Method, MethodConfig, _to, register_method
+from .base import Method, MethodConfig, register_method, to_device
 
 FORMS = ("qa", "mcq", "generation", "cloze")
 
@@ -282,6 +282,18 @@ def perturb_pixels(model: torch.nn.Module, batch: dict[str, torch.Tensor], steps
 @register_method
 class MLLMEraser(Method):
     name = "mllmeraser"
+    # Hyperparameters (docs/methods.md#presets; why a lifted gate at this width: docs/preset-history.md#mllmeraser).
+    tiny_preset = {"batch_size": 32, "extra": {"layers": "1,2", "strength": 15.0, "lift": 4096, "pool": "mean",
+                                               "task_strengths": {"generation": 25.0},
+                                               "forms": "mcq,generation,cloze",
+                                               "retain_forms": "mcq,generation,cloze",
+                                               "null_energy": 1.0, "retain_penalty": 1000.0, "ridge": 0.01,
+                                               "renderings": 4, "pgd_steps": 3, "pgd_eps": 0.05}}
+    # The paper: strength 0.2 on every layer but the first (0.3 for cloze). Its statistics/PGD passes
+    # at batch 16 are predicted at 77 GiB on Qwen2.5-VL-7B (benchmarks/scale_memory.py): passes of at
+    # most 4096 tokens stay below 80 GB.
+    paper_preset = {"max_batch_tokens": 4096, "extra": {"layers": "all", "strength": 0.2, "task_strengths": {"cloze": 0.3}}}
+    search_space = {"extra.strength": ("float", 5.0, 40.0), "extra.retain_penalty": ("log", 10.0, 1e4)}
     uses_retain = True
     uses_prior_knowledge = True  # real-world people's data gates steering off for them too
     option_names = ("layers", "strength", "ridge", "null_energy", "null_ratio", "pgd_steps", "pgd_eps",
@@ -387,7 +399,7 @@ class MLLMEraser(Method):
                 if index % processes != rank:
                     continue
                 for part in parts:
-                    batch = _to(encoder.batch(part, train=False), vlm.device)
+                    batch = to_device(encoder.batch(part, train=False), vlm.device)
                     out.add(tap.run(vlm.model, batch, opts["pool"]))
             out.all_reduce(vlm.device)
             return out
@@ -453,8 +465,8 @@ class MLLMEraser(Method):
                     lengths = [max(a, b) for a, b in zip(token_lengths([chunk[k] for k in rows], encoder),
                                                          token_lengths([refused[k] for k in rows], encoder))]
                 for part in batch_parts(rows, len(rows), max_batch_tokens, lengths)[0]:
-                    true_batch = _to(encoder.batch([chunk[k] for k in part], train=True), vlm.device)
-                    refusal_batch = _to(encoder.batch([refused[k] for k in part], train=True), vlm.device)
+                    true_batch = to_device(encoder.batch([chunk[k] for k in part], train=True), vlm.device)
+                    refusal_batch = to_device(encoder.batch([refused[k] for k in part], train=True), vlm.device)
                     if "pixel_values" in true_batch and opts["pgd_steps"] > 0 and opts["pgd_eps"] > 0:
                         pixels = perturb_pixels(vlm.model, true_batch, opts["pgd_steps"], opts["pgd_eps"],
                                                 opts["pgd_step_size"])

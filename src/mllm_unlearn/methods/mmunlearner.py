@@ -92,6 +92,12 @@ def saliency_mask(forget_fisher: dict[str, torch.Tensor], preserve_fisher: dict[
 @register_method
 class MMUnlearner(GradientMethod):
     name = "mmunlearner"
+    # Hyperparameters (docs/methods.md#presets). Tiny: the vision mask (ascent confined to the salient
+    # weights of the vision tower and projector cannot touch text-only answers).
+    tiny_preset = {"lr": 1e-3, "epochs": 2, "extra": {"mask": "vision", "gamma": 1.0}}
+    # The paper: lr 1e-5, batch 4, 1 epoch, γ = 1, the language mask for the main runs.
+    paper_preset = {"lr": 1e-5, "epochs": 1, "batch_size": 4, "extra": {"mask": "language", "gamma": 1.0}}
+    search_space = {"lr": ("log", 2e-4, 5e-3), "epochs": ("int", 1, 4), "extra.gamma": ("float", 0.5, 2.0)}
     uses_retain = True
     phases = ("forget", "retain")
     option_names = ("mask", "gamma", "mask_file", "save_mask")

@@ -37,11 +37,10 @@ import torch
 
 from ..data.collate import IGNORE, Encoder
 from ..data.items import Item
-from ..models.base import VLM, _module_path
+from ..models.base import VLM, module_path
 from ..training.sharding import in_sharded_training
 from ..training.truncated import hidden_at_layer, truncated_reference
 from .base import GradientMethod, MethodConfig, item_batches, register_method
-
 
 # Defaults (sweep in methods/defaults.py): the loss layer as a fraction of the LM's depth (WMDP:
 # layer 7 of Zephyr's 32), c in units of the mean hidden norm, α on MSEs relative to that norm.
@@ -212,6 +211,14 @@ def forget_positions(batch: dict[str, torch.Tensor], positions: str, prefix: int
 @register_method
 class RMU(GradientMethod):
     name = "rmu"
+    # Hyperparameters (docs/methods.md#presets; the loss layer and positions: docs/preset-history.md#rmu).
+    tiny_preset = {"lr": 2e-3, "epochs": 8,
+                   "extra": {"steering_coeff": 2.0, "alpha": 3.0, "positions": "entity", "layer": 0.5}}
+    # WMDP's RMU: lr 5e-5, batch 4, loss at layer 7 (layers 5-7 trained). Its c = 6.5 and α = 1200
+    # are absolute to Zephyr's hidden norm and loss scale; ours are relative (module defaults).
+    paper_preset = {"lr": 5e-5, "epochs": 1, "batch_size": 4, "extra": {"layer": 7}}
+    search_space = {"lr": ("log", 1e-4, 5e-3), "epochs": ("int", 1, 4), "extra.alpha": ("log", 0.1, 100.0),
+                    "extra.steering_coeff": ("log", 0.5, 20.0)}
     uses_retain = True
     option_names = ("layer", "steering_coeff", "alpha", "trainable", "positions")
 
@@ -223,7 +230,7 @@ class RMU(GradientMethod):
     def options(vlm: VLM, cfg: MethodConfig) -> tuple[int, float, float, str, str]:
         layers = vlm.adapter.lm_layers(vlm.model)
         layer = resolve_layer(cfg.extra.get("layer", DEFAULT_LAYER_FRACTION), len(layers))
-        base = re.escape(_module_path(vlm.model, layers))
+        base = re.escape(module_path(vlm.model, layers))
         default = rf"(.*\.)?{base}\.({'|'.join(str(i) for i in range(max(0, layer - 2), layer + 1))})\.mlp\..*"
         positions = str(cfg.extra.get("positions", "entity"))
         if positions not in POSITIONS:

@@ -1,12 +1,12 @@
-"""What ``mllm-unlearn sweep`` searches for each method (beside ``defaults.py``'s starting values).
+"""The format of what ``mllm-unlearn sweep`` searches: each method declares its space with itself
+(``Method.search_space`` in its file).
 
 A space maps an option to a distribution: ``("log", low, high)`` (log-uniform float),
 ``("float", low, high)``, ``("int", low, high)`` (inclusive) or ``("choice", [values])``.
 Option names are ``MethodConfig`` fields (``lr``, ``epochs``, ``retain_weight``...) or
 ``extra.<key>`` for a method-specific option (``-o key=value``). Options not searched keep the
-method's default (``defaults.TINY_DEFAULTS``). Ranges bracket the tiny-model defaults and their
-recorded sweeps; a user can search other ranges by editing ``SEARCH_SPACES`` or passing a space
-of their own to ``sweep.run_sweep``.
+method's tiny preset. Ranges bracket the tiny-model defaults and their recorded sweeps; a user can
+search other ranges by passing a space of their own to ``jobs.sweep.run_sweep``.
 """
 from __future__ import annotations
 
@@ -17,27 +17,23 @@ from .base import MethodConfig
 
 Space = dict[str, tuple]
 
-_GRADIENT: Space = {"lr": ("log", 1e-4, 3e-3), "epochs": ("int", 1, 4)}
-SEARCH_SPACES: dict[str, Space] = {
-    "ga": dict(_GRADIENT),
-    "graddiff": {**_GRADIENT, "retain_weight": ("log", 0.3, 10.0)},
-    "kl": {**_GRADIENT, "retain_weight": ("log", 0.3, 10.0)},
-    "npo": {**_GRADIENT, "extra.beta": ("log", 0.05, 2.0)},
-    "rmu": {"lr": ("log", 1e-4, 5e-3), "epochs": ("int", 1, 4), "extra.alpha": ("log", 0.1, 100.0),
-            "extra.steering_coeff": ("log", 0.5, 20.0)},
-    "mmunlearner": {"lr": ("log", 2e-4, 5e-3), "epochs": ("int", 1, 4), "extra.gamma": ("float", 0.5, 2.0)},
-    "mip-editor": {"lr": ("log", 5e-4, 5e-3), "epochs": ("int", 1, 6), "extra.alpha": ("float", 0.2, 0.8)},
-    "manu": {"extra.alpha": ("float", 0.2, 0.9)},
-    "mllmeraser": {"extra.strength": ("float", 5.0, 40.0), "extra.retain_penalty": ("log", 10.0, 1e4)},
-}
-
 
 def search_space(method: str) -> Space:
-    """The search space of ``method``; a clear error for a method without one."""
-    if method not in SEARCH_SPACES:
-        raise ValueError(f"no search space for method {method!r}; spaces exist for {', '.join(sorted(SEARCH_SPACES))} "
-                         "(methods/search_spaces.py)")
-    return SEARCH_SPACES[method]
+    """The search space ``method`` declares (``Method.search_space``); a clear error for a method without one."""
+    from .base import METHODS, available_methods
+
+    spaces = {name: METHODS[name].search_space for name in available_methods() if METHODS[name].search_space}
+    if method not in spaces:
+        raise ValueError(f"no search space for method {method!r}; spaces exist for {', '.join(sorted(spaces))} "
+                         "(each method file's search_space)")
+    return spaces[method]
+
+
+def searchable_methods() -> list[str]:
+    """The methods that declare a search space (what ``mllm-unlearn sweep`` and derive_presets.py can search)."""
+    from .base import METHODS, available_methods
+
+    return [name for name in available_methods() if METHODS[name].search_space]
 
 
 def sample(space: Space, trial: Any) -> dict[str, Any]:

@@ -151,7 +151,7 @@ class ModelAdapter:
         """Paths of vision-tower modules whose output the model never reads: the blocks after the
         last one read (and family-specific heads, see LLaVA)."""
         blocks = self.vision_blocks(model)
-        base = _module_path(model, blocks)
+        base = module_path(model, blocks)
         return [f"{base}.{index}" for index in range(self.read_vision_blocks(model), len(blocks))]
 
     def tower_parameters(self, model: nn.Module, tower: str) -> dict[str, nn.Parameter]:
@@ -164,8 +164,8 @@ class ModelAdapter:
         """
         if tower not in TOWERS:
             raise ValueError(f"tower must be one of {TOWERS}, got {tower!r}")
-        vision = [_module_path(model, self.vision_tower(model)), _module_path(model, self.projector(model))]
-        language = [_module_path(model, self.language_model(model))]
+        vision = [module_path(model, self.vision_tower(model)), module_path(model, self.projector(model))]
+        language = [module_path(model, self.language_model(model))]
         for v in vision:  # a candidate path that matched too much (e.g. a whole model) is a bug, not a tower
             for lm in language:
                 if _under(v, lm) or _under(lm, v):
@@ -204,7 +204,7 @@ class ModelAdapter:
         return None
 
     def _sites(self, model: nn.Module, blocks: nn.ModuleList, kind: str, leaf: str) -> list[NeuronSite]:
-        base = _module_path(model, blocks)
+        base = module_path(model, blocks)
         sites = []
         for index, block in enumerate(blocks):
             down = block.get_submodule(leaf)
@@ -217,12 +217,22 @@ TOWERS = ("vision", "language")
 
 
 def register_adapter(adapter: ModelAdapter) -> ModelAdapter:
+    """Make a family known by name (``adapter_for_family``) and by checkpoint ``model_type``. Each
+    family file registers its adapter; ``models/__init__.py`` imports the family files."""
     ADAPTERS[adapter.family] = adapter
     return adapter
 
 
+def registered_special_tokens() -> list[str]:
+    """Every registered family's special tokens, each once, in registration order: the tiny
+    tokenizer knows them all so one vocabulary serves every family (the same ids)."""
+    tokens: list[str] = []
+    for adapter in ADAPTERS.values():
+        tokens += [t for t in adapter.special_tokens() if t not in tokens]
+    return tokens
+
+
 def adapter_for_family(family: str) -> ModelAdapter:
-    _import_families()
     if family not in ADAPTERS:
         raise ValueError(f"unknown model family {family!r}; supported: {', '.join(sorted(ADAPTERS))}")
     return ADAPTERS[family]
@@ -230,7 +240,6 @@ def adapter_for_family(family: str) -> ModelAdapter:
 
 def adapter_for_checkpoint(path: str | Path) -> ModelAdapter:
     """Pick the adapter from ``config.json``'s ``model_type``."""
-    _import_families()
     config_file = Path(path) / "config.json"
     if not config_file.is_file():
         raise FileNotFoundError(f"{path} is not a model checkpoint: {config_file} is missing")
@@ -240,10 +249,6 @@ def adapter_for_checkpoint(path: str | Path) -> ModelAdapter:
             return adapter
     supported = sorted(t for a in ADAPTERS.values() for t in a.model_types)
     raise ValueError(f"{config_file}: model_type {model_type!r} is not supported; supported: {supported}")
-
-
-def _import_families() -> None:
-    from . import llava, qwen2_5_vl, qwen2_vl  # noqa: F401  (registration side effect)
 
 
 def _find_module(model: nn.Module, candidates: tuple[str, ...]) -> nn.Module:
@@ -267,7 +272,7 @@ def _under(name: str, prefix: str) -> bool:
     return prefix == "" or name == prefix or name.startswith(prefix + ".")
 
 
-def _module_path(model: nn.Module, target: nn.Module) -> str:
+def module_path(model: nn.Module, target: nn.Module) -> str:
     for name, module in model.named_modules():
         if module is target:
             return name

@@ -5,7 +5,7 @@ from typing import Any
 
 from torch import nn
 
-from .base import ModelAdapter, TinySize, _module_path, register_adapter
+from .base import ModelAdapter, TinySize, module_path, register_adapter
 
 # LLaVA-1.5's conversation format, written as a chat template so tiny and real
 # checkpoints are prompted through the same ``apply_chat_template`` call.
@@ -54,7 +54,7 @@ class LlavaAdapter(ModelAdapter):
     def unread_vision_modules(self, model: nn.Module) -> list[str]:
         # CLIP's post_layernorm only normalises the pooled class token, which LLaVA does not use.
         tower = self.vision_tower(model)
-        base = _module_path(model, tower)
+        base = module_path(model, tower)
         heads = [f"{base}.{name}" for name in ("post_layernorm", "vision_model.post_layernorm")
                  if _has_submodule(tower, name)]
         return super().unread_vision_modules(model) + heads

@@ -6,7 +6,7 @@ from typing import Iterable
 
 import torch
 
-from .base import VLM, TinySize, adapter_for_family
+from .base import VLM, TinySize, adapter_for_family, registered_special_tokens
 
 BASE_SPECIAL = ["<pad>", "<s>", "</s>", "<unk>"]
 # Characters the chat templates and prompts use besides words.
@@ -30,9 +30,7 @@ def build_word_tokenizer(words: Iterable[str], family: str):
     adapter = adapter_for_family(family)
     chat_words = words_of(["USER ASSISTANT user assistant system"])
     # Every family's specials are known so one vocabulary serves every family (same ids).
-    from .qwen2_vl import QWEN_SPECIAL_TOKENS
-
-    specials = BASE_SPECIAL + ["<image>"] + QWEN_SPECIAL_TOKENS
+    specials = BASE_SPECIAL + registered_special_tokens()
     regular = sorted((set(words) | chat_words | set(PUNCTUATION) | set(LETTERS) | set("0123456789")) - set(specials))
     vocab = {token: index for index, token in enumerate(specials + regular)}
     backend = Tokenizer(models.WordLevel(vocab=vocab, unk_token="<unk>"))

@@ -4,6 +4,9 @@ from __future__ import annotations
 import html
 from typing import Any, Sequence
 
+from ..eval.attacks.base import accuracy_table
+from .common import figure_html, html_table, new_figure, png_data, run_label, stage_note
+
 PROBE_LABELS = {
     "plain": "none (the model's own answers)",
     "quant_8bit": "quantization, 8-bit RTN",
@@ -38,8 +41,6 @@ def lens_curve(results: dict[str, Any], stage: str = "unlearned") -> list[dict[s
 
 def probe_table(results: dict[str, Any]) -> dict[str, Any]:
     """probe -> stage -> group -> modality -> accuracy (%), over every finished attack's records."""
-    from ..eval.attacks.base import accuracy_table
-
     return accuracy_table([r for outcome in battery(results).values() if isinstance(outcome, dict)
                            for r in outcome.get("records", [])])
 
@@ -93,12 +94,6 @@ def battery_seconds(results: dict[str, Any]) -> tuple[float, float]:
     return sum(v for k, v in timings.items() if k.startswith("attack: ")), sum(timings.values())
 
 
-def _stage_note(outcome: dict[str, Any]) -> str | None:
-    from .markdown import stage_note
-
-    return stage_note(outcome)
-
-
 def probe_rows(results: dict[str, Any]) -> list[list[str]]:
     """One row per probe: unlearned forget VQA, QA; vanilla forget VQA, QA; retain control VQA, QA; chance."""
     table = probe_table(results)
@@ -127,7 +122,7 @@ def notes(results: dict[str, Any]) -> list[str]:
         outcome = stages.get(name)
         if outcome is None:
             continue
-        note = _stage_note(outcome)
+        note = stage_note(outcome)
         if note:
             out.append(f"{name}: {note}")
             continue
@@ -204,8 +199,8 @@ def attacks_markdown(results: dict[str, Any]) -> list[str]:
     if not stages:
         return []
     lines = ["", "## Attack battery: does forgotten knowledge come back?", ""]
-    if _stage_note(stages):
-        return lines + [_stage_note(stages) or ""]
+    if stage_note(stages):
+        return lines + [stage_note(stages) or ""]
     lines += ["Classification accuracy (%) on the forget people's questions under each attack, the vanilla model under "
               "the same attack (positive control) and the retain control people (should stay high).", "",
               "| " + " | ".join(PROBE_HEADER) + " |", "|---|" + "---|" * (len(PROBE_HEADER) - 1)]
@@ -213,8 +208,8 @@ def attacks_markdown(results: dict[str, Any]) -> list[str]:
     lines += [""] + [f"- {note}" for note in notes(results)]
     certificate = stages.get("certificate", {})
     lines += ["", "## Forgetting certificate", ""]
-    if _stage_note(certificate):
-        return lines + [_stage_note(certificate) or ""]
+    if stage_note(certificate):
+        return lines + [stage_note(certificate) or ""]
     lines += certificate_lines(certificate) + ["", "| Person | VQA | QA |", "|---|---|---|"]
     lines += ["| " + " | ".join(row) + " |" for row in certificate_rows(certificate)]
     lines += ["", "Per person and probe (accuracy, questions, p-value): `certificate.json`."]
@@ -234,9 +229,7 @@ def lens_plot(runs: Sequence[dict[str, Any]]) -> str | None:
     with_curve = [r for r in runs if battery(r).get("logit_lens", {}).get("figures", {}).get("curve")]
     if not with_curve:
         return None
-    from .html import _figure, _png, run_label
-
-    fig, axes = _figure(9, 3.2, 2)
+    fig, axes = new_figure(9, 3.2, 2)
     for ax, modality in zip(axes, ("vqa", "qa")):
         for r in with_curve:
             for stage, style in (("unlearned", "-"), ("vanilla", "--")):
@@ -251,13 +244,11 @@ def lens_plot(runs: Sequence[dict[str, Any]]) -> str | None:
         ax.set_xlabel("decoder layer")
         ax.set_ylabel("accuracy (%)")
         ax.legend(fontsize=7)
-    return _png(fig)
+    return png_data(fig)
 
 
 def attacks_html(runs: Sequence[dict[str, Any]]) -> list[str]:
     """The battery's HTML: per run (one run: the probe table and the certificate), and the lens curve."""
-    from .html import _figure_html, _table, run_label
-
     with_battery = [r for r in runs if battery(r)]
     if not with_battery:
         return []
@@ -265,19 +256,19 @@ def attacks_html(runs: Sequence[dict[str, Any]]) -> list[str]:
     for r in with_battery:
         stages = battery(r)
         title = f"<h3>{html.escape(run_label(r))}</h3>" if len(runs) > 1 else ""
-        if _stage_note(stages):
-            parts.append(f"{title}<p class='skipped'>{html.escape(_stage_note(stages) or '')}</p>")
+        if stage_note(stages):
+            parts.append(f"{title}<p class='skipped'>{html.escape(stage_note(stages) or '')}</p>")
             continue
-        parts += [title, _table(PROBE_HEADER, probe_rows(r), "attacks"),
+        parts += [title, html_table(PROBE_HEADER, probe_rows(r), "attacks"),
                   *[f"<p class='note'>{html.escape(n)}</p>" for n in notes(r)]]
         certificate = stages.get("certificate", {})
-        if _stage_note(certificate):
-            parts.append(f"<p class='skipped'>{html.escape(_stage_note(certificate) or '')}</p>")
+        if stage_note(certificate):
+            parts.append(f"<p class='skipped'>{html.escape(stage_note(certificate) or '')}</p>")
         elif certificate:
             parts += [f"<p class='note'>{html.escape(line.replace('**', ''))}</p>" for line in certificate_lines(certificate)]
-            parts.append(_table(["person", "VQA", "QA"], certificate_rows(certificate), "certificate"))
+            parts.append(html_table(["person", "VQA", "QA"], certificate_rows(certificate), "certificate"))
         parts += [f"<p class='note'>{html.escape(line)}</p>" for line in cost_line(r)]
-    parts.append(_figure_html(lens_plot(runs), "Logit lens: forget accuracy when each decoder layer's last state is read "
+    parts.append(figure_html(lens_plot(runs), "Logit lens: forget accuracy when each decoder layer's last state is read "
                               "through the final norm and output head (solid: unlearned, dashed: vanilla, dotted: chance)",
                               "logit-lens"))
     return parts

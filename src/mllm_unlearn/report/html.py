@@ -6,16 +6,28 @@ mailed or opened offline. Everything is read from results.json alone, so any set
 """
 from __future__ import annotations
 
-import base64
 import html
-import io
 import json
 import statistics
-from pathlib import Path
 from typing import Any, Sequence
 
 from ..eval.metrics import people_still_known, per_person_accuracy
-from .markdown import METRICS, MODALITY_LABELS, SPLIT_LABELS, per_person_table, stage_note
+from .attacks import attacks_html, battery, summary_cells
+from .common import (
+    COLORS,
+    METRICS,
+    MODALITY_LABELS,
+    SPLIT_LABELS,
+    STYLE,
+    VANILLA_COLOR,
+    figure_html,
+    html_table,
+    new_figure,
+    png_data,
+    run_label,
+    stage_note,
+)
+from .markdown import per_person_table
 
 # The headline metric of a figures cell: the first of these it has (else its first number).
 HEADLINE = ("mcq_accuracy", "cloze_accuracy", "rougeL_f", "prob", "truth_ratio", "rougeL_recall")
@@ -23,25 +35,10 @@ METRIC_LABELS = {key: label for key, label, _ in METRICS}
 GENERALISATION_LABELS = {"forget": "forget (original)", "image_only": "transformed image only",
                          "question_only": "paraphrased question only", "test": "test (both)"}
 ATTACK_LABELS = {"loss": "LOSS", "zlib": "zlib"}
-COLORS = ("#4c72b0", "#dd8452", "#55a868", "#c44e52", "#8172b3", "#937860", "#da8bc3", "#8c8c8c", "#ccb974", "#64b5cd")
-VANILLA_COLOR = "#444444"
 
 
-def load_results(run: str | Path) -> dict[str, Any]:
-    """results.json of a run folder (or the file itself), with a clear error if missing."""
-    path = Path(run)
-    path = path / "results.json" if path.is_dir() else path
-    if not path.is_file():
-        raise FileNotFoundError(f"{path} does not exist (expected a run folder holding results.json)")
-    try:
-        return json.loads(path.read_text())
-    except json.JSONDecodeError as error:
-        raise ValueError(f"{path} is not valid JSON ({error})") from error
 
 
-def run_label(results: dict[str, Any]) -> str:
-    config = results["config"]
-    return config["name"] if config["name"] == config["method"] else f"{config['name']} ({config['method']})"
 
 
 def headline_metric(figures: dict[str, Any]) -> str | None:
@@ -72,25 +69,8 @@ def relearned_accuracy(results: dict[str, Any], modality: str = "all") -> tuple[
     return curve[0].get(modality), curve[-1].get(modality)
 
 
-# --- plots ----------------------------------------------------------------------------------
-def _figure(width: float, height: float, columns: int = 1):
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, axes = plt.subplots(1, columns, figsize=(width, height), squeeze=False)
-    return fig, list(axes[0])
 
 
-def _png(fig) -> str:
-    import matplotlib.pyplot as plt
-
-    buffer = io.BytesIO()
-    fig.tight_layout()
-    fig.savefig(buffer, format="png", dpi=110)
-    plt.close(fig)
-    return base64.b64encode(buffer.getvalue()).decode("ascii")
 
 
 def _modalities(runs: Sequence[dict[str, Any]]) -> list[str]:
@@ -112,7 +92,7 @@ def tradeoff_plot(runs: Sequence[dict[str, Any]], metric: str) -> str | None:
     modalities = _modalities(runs)
     if not all("forget" in r["vanilla"]["figures"] and "retain" in r["vanilla"]["figures"] for r in runs):
         return None
-    fig, axes = _figure(5.2 * len(modalities), 4.4, len(modalities))
+    fig, axes = new_figure(5.2 * len(modalities), 4.4, len(modalities))
     for ax, modality in zip(axes, modalities):
         vanilla = runs[0]["vanilla"]["figures"]
         vx, vy = _cell(vanilla, "forget", modality, metric), _cell(vanilla, "retain", modality, metric)
@@ -135,13 +115,13 @@ def tradeoff_plot(runs: Sequence[dict[str, Any]], metric: str) -> str | None:
         ax.set_title(f"Trade-off, {MODALITY_LABELS.get(modality, modality)}")
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8, loc="best")
-    return _png(fig)
+    return png_data(fig)
 
 
 def split_bars_plot(runs: Sequence[dict[str, Any]], metric: str) -> str:
     """Per split: vanilla and every run's unlearned value, one panel per modality."""
     modalities, splits = _modalities(runs), _splits(runs)
-    fig, axes = _figure(max(5.5, 1.6 * len(splits) * (1 + len(runs)) / 2) * len(modalities) / 1.4, 4.2, len(modalities))
+    fig, axes = new_figure(max(5.5, 1.6 * len(splits) * (1 + len(runs)) / 2) * len(modalities) / 1.4, 4.2, len(modalities))
     series = [("vanilla", runs[0]["vanilla"]["figures"], VANILLA_COLOR)] + \
              [(run_label(r), r["unlearned"]["figures"], COLORS[k % len(COLORS)]) for k, r in enumerate(runs)]
     width = 0.8 / len(series)
@@ -157,14 +137,14 @@ def split_bars_plot(runs: Sequence[dict[str, Any]], metric: str) -> str:
         ax.grid(axis="y", alpha=0.3)
         ax.set_ylim(0, ax.get_ylim()[1] * 1.18)  # headroom: the legend sits above the bars
         ax.legend(fontsize=8, ncol=min(4, len(series)), loc="upper center")
-    return _png(fig)
+    return png_data(fig)
 
 
 def generalisation_plot(runs: Sequence[dict[str, Any]]) -> str | None:
     if not any(r.get("generalisation", {}).get("unlearned") for r in runs):
         return None
     modalities = [m for m in ("vqa", "qa") if any(m in r.get("generalisation", {}).get("unlearned", {}) for r in runs)]
-    fig, axes = _figure(5.8 * len(modalities), 4.2, len(modalities))
+    fig, axes = new_figure(5.8 * len(modalities), 4.2, len(modalities))
     series = [("vanilla", runs[0]["generalisation"].get("vanilla", {}), VANILLA_COLOR)] + \
              [(run_label(r), r.get("generalisation", {}).get("unlearned", {}), COLORS[k % len(COLORS)])
               for k, r in enumerate(runs)]
@@ -181,7 +161,7 @@ def generalisation_plot(runs: Sequence[dict[str, Any]]) -> str | None:
         ax.grid(axis="y", alpha=0.3)
         ax.set_ylim(0, ax.get_ylim()[1] * 1.18)  # headroom: the legend sits above the bars
         ax.legend(fontsize=8, ncol=min(4, len(series)), loc="upper center")
-    return _png(fig)
+    return png_data(fig)
 
 
 def mia_plot(runs: Sequence[dict[str, Any]]) -> str | None:
@@ -192,7 +172,7 @@ def mia_plot(runs: Sequence[dict[str, Any]]) -> str | None:
     series = [("vanilla", with_mia[0]["robustness"]["mia"]["vanilla"]["auc"], VANILLA_COLOR)] + \
              [(run_label(r), r["robustness"]["mia"]["unlearned"]["auc"], COLORS[runs.index(r) % len(COLORS)])
               for r in with_mia]
-    fig, (ax,) = _figure(max(6.0, 1.3 * len(attacks) * len(series) / 2), 4.0)
+    fig, (ax,) = new_figure(max(6.0, 1.3 * len(attacks) * len(series) / 2), 4.0)
     width = 0.8 / len(series)
     for s, (label, aucs, color) in enumerate(series):
         xs = [i + (s - (len(series) - 1) / 2) * width for i in range(len(attacks))]
@@ -206,7 +186,7 @@ def mia_plot(runs: Sequence[dict[str, Any]]) -> str | None:
     ax.set_title("Membership inference")
     ax.grid(axis="y", alpha=0.3)
     ax.legend(fontsize=8)
-    return _png(fig)
+    return png_data(fig)
 
 
 def relearn_plot(runs: Sequence[dict[str, Any]]) -> str | None:
@@ -214,7 +194,7 @@ def relearn_plot(runs: Sequence[dict[str, Any]]) -> str | None:
     if not with_curve:
         return None
     modalities = [m for m in ("vqa", "qa") if m in with_curve[0]["robustness"]["relearn"]["forget_accuracy"][0]]
-    fig, axes = _figure(5.2 * len(modalities), 4.2, len(modalities))
+    fig, axes = new_figure(5.2 * len(modalities), 4.2, len(modalities))
     for ax, modality in zip(axes, modalities):
         for r in with_curve:
             data = r["robustness"]["relearn"]
@@ -236,11 +216,11 @@ def relearn_plot(runs: Sequence[dict[str, Any]]) -> str | None:
         ax.set_ylim(0, 102)
         ax.grid(alpha=0.3)
         ax.legend(fontsize=7)
-    return _png(fig)
+    return png_data(fig)
 
 
 def cost_plot(runs: Sequence[dict[str, Any]]) -> str:
-    fig, (time_ax, memory_ax) = _figure(11.0, max(3.4, 2.0 + 0.45 * len(runs)), 2)
+    fig, (time_ax, memory_ax) = new_figure(11.0, max(3.4, 2.0 + 0.45 * len(runs)), 2)
     labels = [run_label(r) for r in runs]
     steps: list[str] = []
     for r in runs:
@@ -257,14 +237,9 @@ def cost_plot(runs: Sequence[dict[str, Any]]) -> str:
     for ax in (time_ax, memory_ax):
         ax.invert_yaxis()
         ax.grid(axis="x", alpha=0.3)
-    return _png(fig)
+    return png_data(fig)
 
 
-# --- tables ---------------------------------------------------------------------------------
-def _table(header: Sequence[str], rows: Sequence[Sequence[str]], css: str = "") -> str:
-    head = "".join(f"<th>{html.escape(h)}</th>" for h in header)
-    body = "".join("<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in row) + "</tr>" for row in rows)
-    return f'<table class="{css}"><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>'
 
 
 def summary_rows(runs: Sequence[dict[str, Any]], metric: str) -> tuple[list[str], list[list[str]]]:
@@ -287,8 +262,6 @@ def summary_rows(runs: Sequence[dict[str, Any]], metric: str) -> tuple[list[str]
                      f"{_fmt(before)} → {_fmt(after)}" if after is not None else "–",
                      _fmt(sum(cost.get("wall_time_s", {}).values()) or None), _fmt(cost.get("peak_memory_mb"), 0),
                      still_known_cell(r, "unlearned")])
-    from .attacks import battery, summary_cells
-
     if any(battery(r) for r in runs):  # the attack battery's columns (vanilla row: none)
         header = header + summary_cells(runs[0])[0]
         rows = [row + (["–"] * len(summary_cells(runs[0])[0]) if k == 0 else summary_cells(runs[k - 1])[1])
@@ -374,21 +347,8 @@ def detail_rows(results: dict[str, Any]) -> tuple[list[str], list[list[str]]]:
     return header, rows
 
 
-STYLE = """
-body{font-family:system-ui,-apple-system,'Segoe UI',sans-serif;margin:24px auto;max-width:1280px;color:#222;padding:0 16px}
-h1{font-size:1.6em;margin-bottom:4px} h2{font-size:1.25em;margin-top:32px;border-bottom:1px solid #ddd;padding-bottom:4px}
-table{border-collapse:collapse;margin:8px 0;font-size:0.9em} th,td{border:1px solid #ccc;padding:4px 8px;text-align:right}
-th{background:#f0f3f7} td:first-child,th:first-child{text-align:left} tbody tr:nth-child(even){background:#fafafa}
-figure{margin:12px 0} figure img{max-width:100%;border:1px solid #eee} figcaption{font-size:0.85em;color:#555}
-.note{color:#555;font-size:0.9em} .skipped{color:#a33}
-"""
 
 
-def _figure_html(png: str | None, caption: str, name: str) -> str:
-    if png is None:
-        return ""
-    return (f'<figure id="plot-{name}"><img class="plot" alt="{html.escape(caption)}" '
-            f'src="data:image/png;base64,{png}"><figcaption>{html.escape(caption)}</figcaption></figure>')
 
 
 def render_html(runs: Sequence[dict[str, Any]], title: str | None = None) -> str:
@@ -409,7 +369,7 @@ def render_html(runs: Sequence[dict[str, Any]], title: str | None = None) -> str
     if len(runs) == 1 and runs[0].get("knowledge_check", {}).get("modalities"):
         check = runs[0]["knowledge_check"]
         parts += ["<h2>The vanilla model's knowledge of the forget people</h2>",
-                  _table(["modality", "forget accuracy (%)", "chance (%)", "threshold (%)", "knows them"],
+                  html_table(["modality", "forget accuracy (%)", "chance (%)", "threshold (%)", "knows them"],
                          [[m, _fmt(c["accuracy"], 1), _fmt(c["chance"], 1), _fmt(c["threshold"], 1),
                            "yes" if c["passed"] else "no"] for m, c in check["modalities"].items()], "knowledge"),
                   f"<p class='note'>Measured as {html.escape(check['method'])} on the forget split before unlearning; "
@@ -418,22 +378,22 @@ def render_html(runs: Sequence[dict[str, Any]], title: str | None = None) -> str
                      "--allow-unknown: the figures below do not show forgetting.</strong>"
                      if check.get("proceeded_without_knowledge") else "") + "</p>"]
     header, rows = summary_rows(runs, metric)
-    parts += ["<h2>Results</h2>", _table(header, rows, "results summary"),
+    parts += ["<h2>Results</h2>", html_table(header, rows, "results summary"),
               "<p class='note'>MIA AUC: P(held-out item scores as less familiar than a forget item); about 1 = "
               "the forget people are still recognisably trained on, 0.5 = indistinguishable from unseen people. "
               "Relearned forget acc.: accuracy on forget people the relearning attack never showed, before → "
               "after the attack (vanilla row: the vanilla model on the same questions).</p>"]
     if seed_groups(runs):
         header, rows = seed_rows(runs, metric)
-        parts += ["<h3>Across seeds</h3>", _table(header, rows, "results seeds"), f"<p class='note'>{SEED_NOTE}</p>"]
+        parts += ["<h3>Across seeds</h3>", html_table(header, rows, "results seeds"), f"<p class='note'>{SEED_NOTE}</p>"]
     if len(runs) == 1:
         header, rows = detail_rows(runs[0])
-        parts += ["<h3>Every metric, vanilla → unlearned</h3>", _table(header, rows, "results detail")]
+        parts += ["<h3>Every metric, vanilla → unlearned</h3>", html_table(header, rows, "results detail")]
         if runs[0].get("tradeoff"):
             from .markdown import MODALITY_LABELS, TRADEOFF_COLUMNS, hyperparameter_lines
 
             parts += ["<h3>Trade-off (classification, chance-corrected)</h3>",
-                      _table(["modality"] + [label for _, label in TRADEOFF_COLUMNS],
+                      html_table(["modality"] + [label for _, label in TRADEOFF_COLUMNS],
                              [[MODALITY_LABELS.get(m, m)] + [_fmt(cell.get(key), 2) for key, _ in TRADEOFF_COLUMNS]
                               for m, cell in runs[0]["tradeoff"].items()], "tradeoff"),
                       "<p class='note'>Forget efficacy = clip((vanilla − acc) / (vanilla − chance), 0, 1), chance "
@@ -444,43 +404,41 @@ def render_html(runs: Sequence[dict[str, Any]], title: str | None = None) -> str
         people = per_person_table(runs[0])
         if people is not None:
             header, rows, summary = people
-            parts += ["<h3>Forget people, one by one</h3>", _table(header, rows, "results people"),
+            parts += ["<h3>Forget people, one by one</h3>", html_table(header, rows, "results people"),
                       f"<p class='note'>{html.escape(summary)} An average can hide a few people who are still "
                       "fully known.</p>"]
     parts += ["<h2>Forget vs retain trade-off</h2>",
-              _figure_html(tradeoff_plot(runs, metric), f"{metric_label}: forget (x) vs retain (y) per modality; "
+              figure_html(tradeoff_plot(runs, metric), f"{metric_label}: forget (x) vs retain (y) per modality; "
                            "best is top-left", "tradeoff"),
               "<h2>Per split</h2>",
-              _figure_html(split_bars_plot(runs, metric), f"{metric_label} per split, vanilla and unlearned", "splits")]
+              figure_html(split_bars_plot(runs, metric), f"{metric_label} per split, vanilla and unlearned", "splits")]
     generalisation = generalisation_plot(runs)
     if generalisation:
         parts += ["<h2>Generalisation: paraphrased questions and transformed images</h2>",
-                  _figure_html(generalisation, "Forget people's classification accuracy with the original questions "
+                  figure_html(generalisation, "Forget people's classification accuracy with the original questions "
                                "and portraits, with only the portrait transformed, with only the question paraphrased, "
                                "and the test split (both)", "generalisation")]
     parts.append("<h2>Membership inference</h2>")
     mia = mia_plot(runs)
-    parts.append(_figure_html(mia, "AUC of each attack, forget vs held-out people (dashed: 0.5)", "mia") if mia else
+    parts.append(figure_html(mia, "AUC of each attack, forget vs held-out people (dashed: 0.5)", "mia") if mia else
                  "".join(f"<p class='skipped'>{html.escape(run_label(r))}: "
                          f"{html.escape(stage_note(r.get('robustness', {}).get('mia', {})) or 'not run')}</p>"
                          for r in runs))
     parts.append("<h2>Relearning attack</h2>")
     relearn = relearn_plot(runs)
-    parts.append(_figure_html(relearn, "Accuracy on forget people the attack never showed while it fine-tunes the "
+    parts.append(figure_html(relearn, "Accuracy on forget people the attack never showed while it fine-tunes the "
                               "unlearned model on other forget people (dotted: retain control; dash-dot: the shown forget people, "
                               "a positive control)", "relearn") if relearn else
                  "".join(f"<p class='skipped'>{html.escape(run_label(r))}: "
                          f"{html.escape(stage_note(r.get('robustness', {}).get('relearn', {})) or 'not run')}</p>"
                          for r in runs))
-    from .attacks import attacks_html
-
     parts += attacks_html(runs)
-    parts += ["<h2>Cost</h2>", _figure_html(cost_plot(runs), "Wall time per pipeline step and the process's peak "
+    parts += ["<h2>Cost</h2>", figure_html(cost_plot(runs), "Wall time per pipeline step and the process's peak "
                                             "memory", "cost"),
-              _table(["run", "step", "wall time (s)"],
+              html_table(["run", "step", "wall time (s)"],
                      [[run_label(r), step, _fmt(seconds)] for r in runs
                       for step, seconds in r.get("cost", {}).get("wall_time_s", {}).items()], "cost"),
-              _table(["run", "peak memory, whole run (MB)", "peak memory before robustness evaluations (MB)"],
+              html_table(["run", "peak memory, whole run (MB)", "peak memory before robustness evaluations (MB)"],
                      [[run_label(r), _fmt(r.get("cost", {}).get("peak_memory_mb"), 0),
                        _fmt(r.get("cost", {}).get("peak_memory_mb_before_robustness"), 0)] for r in runs], "memory")]
     parts.append("</body></html>")

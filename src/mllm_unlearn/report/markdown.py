@@ -3,15 +3,11 @@ from __future__ import annotations
 
 from typing import Any
 
+from ..data.validation import describe_validation
 from ..eval.knowledge import knowledge_markdown
 from ..eval.metrics import STILL_KNOWN, people_still_known, per_person_accuracy
 from .attacks import attacks_markdown, cost_line
-
-SPLIT_LABELS = {"forget": "Forget", "test": "Test (paraphrased, transformed images)", "retain": "Retain",
-                "real_world": "Real-world"}
-MODALITY_LABELS = {"vqa": "VQA (image + text)", "qa": "QA (text only)"}
-METRICS = (("mcq_accuracy", "Classification acc. (%)", "{:.1f}"), ("cloze_accuracy", "Fill-in-blank acc. (%)", "{:.1f}"),
-           ("rougeL_f", "Generation ROUGE-L F", "{:.3f}"), ("bleu", "Generation BLEU", "{:.3f}"))
+from .common import METRICS, MODALITY_LABELS, SPLIT_LABELS, stage_note
 
 
 def _fmt(value: Any, pattern: str) -> str:
@@ -148,8 +144,6 @@ def hyperparameter_lines(config: dict[str, Any]) -> list[str]:
     if not preset:
         return [f"- Hyperparameters: the tool's defaults for {config['method']} (methods/defaults.py says what "
                 "they were chosen on), with any options given on the command line"]
-    from ..sweep import describe_validation
-
     chosen = (preset.get("chosen_by") or {}).get("trial")
     where = describe_validation(preset["validation"]) if preset.get("validation") else "an unrecorded split"
     left_out = (config.get("benchmark") or {}).get("validation_people_left_out")
@@ -238,18 +232,6 @@ GENERALISATION_COLUMNS = (("forget", "forget (original)"), ("image_only", "trans
                           ("question_only", "paraphrased question only"), ("test", "test (both)"))
 
 
-def stage_note(outcome: dict[str, Any]) -> str | None:
-    """One line for a robustness stage that has no figures: switched off or not applicable,
-    failed (with its error), or pending (the run stopped before it); None when it has figures."""
-    if "failed" in outcome:
-        failure = outcome["failed"]
-        return (f"Failed: {failure.get('error')}: {failure.get('message')} (the rest of the run is complete; "
-                "the traceback is in results.json)")
-    if "pending" in outcome:
-        return f"Not finished: {outcome['pending']}"
-    if "skipped" in outcome:
-        return f"Not run: {outcome['skipped']}."
-    return None
 
 
 def _preset_line(config: dict[str, Any]) -> list[str]:

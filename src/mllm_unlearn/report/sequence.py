@@ -8,8 +8,8 @@ from __future__ import annotations
 import html
 from typing import Any, Sequence
 
-from .html import COLORS, STYLE, _figure, _figure_html, _png, _table
-from .markdown import METRICS, MODALITY_LABELS
+from .attacks import attacks_html, attacks_markdown
+from .common import COLORS, METRICS, MODALITY_LABELS, STYLE, figure_html, html_table, new_figure, png_data
 
 METRIC_LABELS = {key: label for key, label, _ in METRICS}
 # Curves of one run, in legend order: (group in figures, label, line style).
@@ -178,8 +178,6 @@ def render_sequence_markdown(results: dict[str, Any], with_attacks: bool = True)
                       "evaluation; the table has each)."]
     lines += undo_lines(results, metric)
     if with_attacks:  # `sequence --attacks`: the battery on the model after the last request
-        from .attacks import attacks_markdown
-
         lines += attacks_markdown(results)
     return "\n".join(lines) + "\n"
 
@@ -191,7 +189,7 @@ def curves_plot(results: dict[str, Any], metric: str) -> str | None:
     rows = results["sequence"]["requests"]
     if not rows or not mods:
         return None
-    fig, axes = _figure(5.2 * len(mods), 3.8, len(mods))
+    fig, axes = new_figure(5.2 * len(mods), 3.8, len(mods))
     vanilla = results["sequence"]["vanilla"]["figures"]
     curves = CURVES + ((UNDONE_CURVE,) if any("undone" in row["figures"] for row in rows) else ())
     for ax, modality in zip(axes, mods):
@@ -221,14 +219,14 @@ def curves_plot(results: dict[str, Any], metric: str) -> str | None:
         ax.set_xticks(range(0, len(rows) + 1))
         ax.grid(alpha=0.3)
     axes[-1].legend(fontsize=7, loc="center left", bbox_to_anchor=(1.02, 0.5), frameon=False)
-    return _png(fig)
+    return png_data(fig)
 
 
 def cost_plot(results: dict[str, Any]) -> str | None:
     rows = results["sequence"]["requests"]
     if not rows:
         return None
-    fig, (ax,) = _figure(7.0, 3.0)
+    fig, (ax,) = new_figure(7.0, 3.0)
     xs = [r["index"] + 1 for r in rows]
     unlearn = [r["seconds"]["unlearn"] for r in rows]
     ax.bar(xs, unlearn, color=COLORS[0], label="unlearn")
@@ -238,7 +236,7 @@ def cost_plot(results: dict[str, Any]) -> str | None:
     ax.set_xticks(xs)
     ax.legend(fontsize=8, frameon=False)
     ax.grid(axis="y", alpha=0.3)
-    return _png(fig)
+    return png_data(fig)
 
 
 def compare_plot(runs: Sequence[dict[str, Any]], modality: str, metric: str) -> str | None:
@@ -248,7 +246,7 @@ def compare_plot(runs: Sequence[dict[str, Any]], modality: str, metric: str) -> 
     from matplotlib.ticker import MaxNLocator
 
     groups = [(g, name) for g, name, _ in CURVES]
-    fig, axes = _figure(3.3 * len(groups), 3.4, len(groups))
+    fig, axes = new_figure(3.3 * len(groups), 3.4, len(groups))
     for ax, (group, name) in zip(axes, groups):
         for k, run in enumerate(runs):
             vanilla = run["sequence"]["vanilla"]["figures"]
@@ -273,7 +271,7 @@ def compare_plot(runs: Sequence[dict[str, Any]], modality: str, metric: str) -> 
         ax.grid(alpha=0.3)
     axes[0].set_ylabel(f"{MODALITY_LABELS.get(modality, modality)}\n{METRIC_LABELS.get(metric, metric)}")
     axes[-1].legend(fontsize=7, loc="center left", bbox_to_anchor=(1.02, 0.5), frameon=False)
-    return _png(fig)
+    return png_data(fig)
 
 
 # --- html ----------------------------------------------------------------------------------
@@ -292,27 +290,25 @@ def render_sequence_html(runs: Sequence[dict[str, Any]], title: str | None = Non
         notes = [line[2:] for line in text.splitlines() if line.startswith("- ")]
         parts += [f"<p class='note'>{html.escape(n)}</p>" for n in notes]
         parts += ["<h2>Curves over requests</h2>",
-                  _figure_html(curves_plot(results, metric), f"{METRIC_LABELS.get(metric, metric)} after each request, "
+                  figure_html(curves_plot(results, metric), f"{METRIC_LABELS.get(metric, metric)} after each request, "
                                "per group of people (request 0: the vanilla model)", "curves")]
         header, rows = request_rows(results, metric)
-        parts += ["<h2>Per request</h2>", _table(header, rows, "results sequence")]
-        parts += ["<h2>Cost per request</h2>", _figure_html(cost_plot(results), "Wall time of each request: "
+        parts += ["<h2>Per request</h2>", html_table(header, rows, "results sequence")]
+        parts += ["<h2>Cost per request</h2>", figure_html(cost_plot(results), "Wall time of each request: "
                                                             "unlearning and evaluation", "cost")]
         undo = undo_lines(results, metric)
         if undo:
             parts += ["<h2>Undo</h2>"] + [f"<p class='note'>{html.escape(line.lstrip('- ').strip())}</p>"
                                           for line in undo if line.strip() and not line.startswith("#")]
-        from .attacks import attacks_html
-
         parts += attacks_html(runs)
     else:
         header = ["run", "requests"] + [f"retain {m.upper()} < 90% of vanilla after" for m in ("vqa", "qa")]
         rows = [[label(r), str(len(r["sequence"]["requests"]))]
                 + [str(first_retain_drop(r, m, metric) or "never") for m in ("vqa", "qa")] for r in runs]
-        parts += ["<h2>Runs</h2>", _table(header, rows, "results sequence-compare")]
+        parts += ["<h2>Runs</h2>", html_table(header, rows, "results sequence-compare")]
         for modality in ("vqa", "qa"):
             parts += [f"<h2>{html.escape(MODALITY_LABELS.get(modality, modality))}</h2>",
-                      _figure_html(compare_plot(runs, modality, metric), f"{METRIC_LABELS.get(metric, metric)} over "
+                      figure_html(compare_plot(runs, modality, metric), f"{METRIC_LABELS.get(metric, metric)} over "
                                    "requests, one line per run", f"compare-{modality}")]
     parts.append("</body></html>")
     return "\n".join(p for p in parts if p)

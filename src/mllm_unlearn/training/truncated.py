@@ -19,7 +19,7 @@ from typing import Any, Iterator
 import torch
 from torch import nn
 
-from ..models.base import ModelAdapter, _module_path
+from ..models.base import ModelAdapter, module_path
 from .losses import model_inputs
 
 
@@ -31,7 +31,7 @@ def _unwrapped(model: nn.Module) -> nn.Module:
 
 
 def _replace_child(model: nn.Module, target: nn.Module, replacement: nn.Module) -> tuple[nn.Module, str]:
-    path = _module_path(model, target)
+    path = module_path(model, target)
     parent_path, _, attribute = path.rpartition(".")
     parent = model.get_submodule(parent_path) if parent_path else model
     setattr(parent, attribute, replacement)

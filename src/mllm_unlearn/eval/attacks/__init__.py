@@ -11,11 +11,22 @@ from __future__ import annotations
 import time
 from typing import Any, Callable, Sequence
 
-import torch
-
+from ..stages import run_stage
 from . import benign_relearn, cross_modal, logit_lens, prompt, quantization  # noqa: F401  (registration)
-from .base import (ATTACKS, Attack, AttackConfig, AttackNotApplicable, AttackResult, accuracy_table, attack_evaluator,
-                   edited, person_names, probe_sets, score_mcq, stages)
+from .base import (
+    ATTACKS,
+    Attack,
+    AttackConfig,
+    AttackNotApplicable,
+    AttackResult,
+    accuracy_table,
+    attack_evaluator,
+    edited,
+    person_names,
+    probe_sets,
+    score_mcq,
+    stages,
+)
 from .certificate import build_certificate
 
 # The order the battery runs them: the cheap read-outs first, the fine-tuning last.
@@ -63,10 +74,6 @@ def run_battery(vlm: Any, benchmark: Any, edit: Any, cfg: AttackConfig,
     ``on_stage(key, outcome)`` is called after each; ``timings`` gains "attack: <name>" seconds.
     ``previous``: outcomes of an earlier battery on the same model, edit and settings; those of
     attacks not run now are kept (returned, and pooled into the certificate)."""
-    import sys
-
-    from ...pipeline import stage_failure
-
     names = parse_attacks(cfg.attacks)
     timings = timings if timings is not None else {}
     out: dict[str, Any] = {}
@@ -78,16 +85,7 @@ def run_battery(vlm: Any, benchmark: Any, edit: Any, cfg: AttackConfig,
 
     def attempt(name: str, work: Callable[[], dict[str, Any]]) -> dict[str, Any]:
         start = time.perf_counter()
-        try:
-            outcome = work()
-        except AttackNotApplicable as error:
-            outcome = {"skipped": str(error)}
-        except Exception as error:  # noqa: BLE001 - any failure (OOM included) is recorded, the battery goes on
-            print(f"warning: the {name} attack failed ({type(error).__name__}: {error}); recorded in results.json, "
-                  "the run goes on", file=sys.stderr)
-            if torch.cuda.is_available():
-                torch.cuda.empty_cache()  # an out-of-memory error leaves cached blocks the next attack needs
-            outcome = {"failed": stage_failure(f"{name} attack", error)}
+        outcome = run_stage(f"{name} attack", work, not_applicable=(AttackNotApplicable,))
         timings[f"attack: {name}"] = time.perf_counter() - start
         finish(name, outcome)
         return outcome

@@ -60,7 +60,7 @@ class AttackConfig:
         if self.control_people < 1:
             raise ValueError(f"attack control_people must be >= 1, got {self.control_people}")
         if self.quant_group_size < 1:
-            raise ValueError(f"quantization group size must be >= 1, got {self.quant_group_size}")
+            raise ValueError(f"AttackConfig.quant_group_size must be >= 1, got {self.quant_group_size}")
         if any(not 2 <= b <= 16 for b in self.quant_bits):
             raise ValueError(f"quantization bits must lie in 2..16, got {self.quant_bits}")
         if self.quant_scheme not in ("asymmetric", "symmetric"):
@@ -68,7 +68,7 @@ class AttackConfig:
         if not 0 < self.alpha <= 1:
             raise ValueError(f"certificate alpha must lie in (0, 1], got {self.alpha}")
         if self.margin < 0:
-            raise ValueError(f"certificate margin must be >= 0 points, got {self.margin}")
+            raise ValueError(f"AttackConfig.margin must be >= 0 points above chance, got {self.margin}")
         if self.benign_steps < 1:
             raise ValueError(f"benign relearning steps must be >= 1, got {self.benign_steps}")
 

@@ -18,11 +18,23 @@ from contextlib import nullcontext
 from typing import Any
 
 from ...data.items import Benchmark
+from ...data.prompts import McqRenderer
 from ...models.base import VLM
-from ...training.inject import McqRenderer
 from ..relearn import RelearnConfig, attacked_model, fine_tune, resolve_relearn
-from .base import (MCQ_CHANCE, Attack, AttackConfig, AttackNotApplicable, AttackResult, accuracy_table,
-                   attack_evaluator, probe_sets, progress_bar, register_attack, score_mcq, stages)
+from .base import (
+    MCQ_CHANCE,
+    Attack,
+    AttackConfig,
+    AttackNotApplicable,
+    AttackResult,
+    accuracy_table,
+    attack_evaluator,
+    probe_sets,
+    progress_bar,
+    register_attack,
+    score_mcq,
+    stages,
+)
 
 
 def benign_config(cfg: AttackConfig) -> RelearnConfig:

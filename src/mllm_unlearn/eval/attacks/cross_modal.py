@@ -27,10 +27,24 @@ from typing import Any
 
 from ...data.collate import Encoder
 from ...data.items import Benchmark, Item
+from ...data.prompts import IDENTITY_QUESTION
 from ...models.base import VLM
-from ...training.inject import IDENTITY_QUESTION
-from .base import (Attack, AttackConfig, AttackResult, ProbeSets, accuracy_table, answer_logprobs, attack_evaluator,
-                   edited, person_names, probe_sets, progress_bar, register_attack, score_mcq, stages)
+from .base import (
+    Attack,
+    AttackConfig,
+    AttackResult,
+    ProbeSets,
+    accuracy_table,
+    answer_logprobs,
+    attack_evaluator,
+    edited,
+    person_names,
+    probe_sets,
+    progress_bar,
+    register_attack,
+    score_mcq,
+    stages,
+)
 
 
 def _best_candidate(scores: list[float], candidates: list[str]) -> str:

@@ -17,9 +17,20 @@ import torch
 
 from ...data.items import Benchmark, Item
 from ...models.base import VLM
-from ..evaluator import Evaluator, _batches
-from .base import (MCQ_CHANCE, Attack, AttackConfig, AttackResult, accuracy_table, attack_evaluator, edited, probe_sets,
-                   progress_bar, register_attack, stages)
+from ..evaluator import Evaluator, batches
+from .base import (
+    MCQ_CHANCE,
+    Attack,
+    AttackConfig,
+    AttackResult,
+    accuracy_table,
+    attack_evaluator,
+    edited,
+    probe_sets,
+    progress_bar,
+    register_attack,
+    stages,
+)
 
 
 @torch.no_grad()
@@ -35,7 +46,7 @@ def lens_letter_logits(evaluator: Evaluator, items: list[Item]) -> tuple[list[to
     order = evaluator.length_order(items)
     per_item: list[torch.Tensor] = [torch.empty(0)] * len(items)
     own_rows: list[torch.Tensor] = [torch.empty(0)] * len(items)
-    for batch_positions in _batches(order, evaluator.cfg.batch_size):
+    for batch_positions in batches(order, evaluator.cfg.batch_size):
         batch = [items[k] for k in batch_positions]
         captured: list[torch.Tensor] = []
         hooks = [layer.register_forward_hook(lambda _m, _a, out: captured.append(adapter.layer_hidden(out)[:, -1]))

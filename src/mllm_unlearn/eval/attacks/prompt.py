@@ -23,8 +23,22 @@ from typing import Any, Sequence
 from ...data.collate import Encoder
 from ...data.items import Benchmark, Item
 from ...models.base import VLM
-from .base import (MCQ_CHANCE, Attack, AttackConfig, AttackResult, ProbeSets, accuracy_table, attack_evaluator, edited,
-                   mcq_records, probe_sets, progress_bar, register_attack, score_mcq, stages)
+from .base import (
+    MCQ_CHANCE,
+    Attack,
+    AttackConfig,
+    AttackResult,
+    ProbeSets,
+    accuracy_table,
+    attack_evaluator,
+    edited,
+    mcq_records,
+    probe_sets,
+    progress_bar,
+    register_attack,
+    score_mcq,
+    stages,
+)
 
 VARIANTS = ("in_context", "prefix", "other_photo")
 

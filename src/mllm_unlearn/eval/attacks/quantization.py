@@ -37,8 +37,20 @@ from torch import nn
 
 from ...data.items import Benchmark
 from ...models.base import VLM
-from .base import (MCQ_CHANCE, Attack, AttackConfig, AttackResult, accuracy_table, attack_evaluator, edited, probe_sets,
-                   progress_bar, register_attack, score_mcq, stages)
+from .base import (
+    MCQ_CHANCE,
+    Attack,
+    AttackConfig,
+    AttackResult,
+    accuracy_table,
+    attack_evaluator,
+    edited,
+    probe_sets,
+    progress_bar,
+    register_attack,
+    score_mcq,
+    stages,
+)
 
 
 def rtn_quantize(weight: torch.Tensor, bits: int, group_size: int = 128, scheme: str = "asymmetric") -> torch.Tensor:
