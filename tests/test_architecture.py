@@ -76,6 +76,7 @@ def test_a_cycle_inside_a_package_breaks_the_contract(package_copy, tmp_path):
     ("mllm_unlearn.training.inject", "McqRenderer", "mllm_unlearn.data.prompts"),
     ("mllm_unlearn.training.finetune", "run_finetune", "mllm_unlearn.jobs.finetune"),
     ("mllm_unlearn.training", "FinetuneConfig", "mllm_unlearn.recipes.finetune"),
+    ("mllm_unlearn.training.finetune", "training_items", "mllm_unlearn.recipes.finetune:finetune_items"),
 ])
 def test_the_0_2_module_names_still_import_and_warn(old_module, name, new_module):
     import importlib
@@ -84,8 +85,10 @@ def test_the_0_2_module_names_still_import_and_warn(old_module, name, new_module
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         value = getattr(old, name)
-    assert value is getattr(importlib.import_module(new_module), name)
-    assert any(issubclass(w.category, DeprecationWarning) and new_module in str(w.message) for w in caught)
+    new_module, _, new_name = new_module.partition(":")
+    assert value is getattr(importlib.import_module(new_module), new_name or name)
+    assert any(issubclass(w.category, DeprecationWarning) and f"{new_module}.{new_name or name}" in str(w.message)
+               for w in caught)
     with pytest.raises(AttributeError):
         _ = old.no_such_name
 

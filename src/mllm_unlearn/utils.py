@@ -177,8 +177,9 @@ def shard_and_gather(items: list[Any], work: Any) -> list[Any]:
 
 
 def moved_names(old_module: str, moved: dict[str, str]) -> Callable[[str], Any]:
-    """A module ``__getattr__`` for names that moved to other modules: each access warns
-    (DeprecationWarning naming the new place) and returns the name from its new module. The new
+    """A module ``__getattr__`` for names that moved to other modules (``{name: "module"}``, or
+    ``"module:new_name"`` for a renamed one): each access warns (DeprecationWarning naming the new
+    place) and returns the name from its new module. The new
     module is imported on first access, so an old module low in the layers never imports a higher
     one while the package loads."""
     import importlib
@@ -187,8 +188,10 @@ def moved_names(old_module: str, moved: dict[str, str]) -> Callable[[str], Any]:
     def __getattr__(name: str) -> Any:
         if name not in moved:
             raise AttributeError(f"module {old_module!r} has no attribute {name!r}")
-        warnings.warn(f"{old_module}.{name} moved to {moved[name]}.{name}; the old name goes in the next release",
+        module, _, new_name = moved[name].partition(":")  # "module" or "module:new_name" (renamed)
+        new_name = new_name or name
+        warnings.warn(f"{old_module}.{name} moved to {module}.{new_name}; the old name goes in the next release",
                       DeprecationWarning, stacklevel=2)
-        return getattr(importlib.import_module(moved[name]), name)
+        return getattr(importlib.import_module(module), new_name)
 
     return __getattr__

@@ -86,7 +86,7 @@ def caption_prompt(row_key: str, seed: int) -> str:
     return random.Random(f"{seed}:{row_key}").choice(CAPTION_PROMPTS)
 
 
-def training_items(rows: list[dict[str, Any]], split: str, names_by_caption: dict[str, str] | None = None,
+def caption_items(rows: list[dict[str, Any]], split: str, names_by_caption: dict[str, str] | None = None,
                    name_question: bool = False) -> list[Item]:
     """Training items of caption rows (the caption asked with every caption instruction) and of
     ``+tofu`` text rows (question/answer, no image).
@@ -188,8 +188,8 @@ def load_clear(root: str | Path, forget_percent: int = 10, seed: int = 0, tofu: 
         names = {value(r, "caption"): value(r, "name") for r in forget_rows + retain_rows}
         forget_source = read_clear_config(root, f"{forget_name}+tofu", TOFU_COLUMNS)
         retain_source = read_clear_config(root, f"{retain_name}+tofu", TOFU_COLUMNS)
-    injected = (training_items(forget_source, "forget", names, name_question=builtin)
-                + training_items(retain_source, "retain", names, name_question=builtin))
+    injected = (caption_items(forget_source, "forget", names, name_question=builtin)
+                + caption_items(retain_source, "retain", names, name_question=builtin))
     forget_train = [i for i in injected if i.split == "forget" and not i.meta.get(INJECTION_ONLY)]
     retain_train = [i for i in injected if i.split == "retain" and not i.meta.get(INJECTION_ONLY)]
     overlap = {i.person_id for i in retain_train} & forget_set
@@ -208,7 +208,7 @@ def load_clear(root: str | Path, forget_percent: int = 10, seed: int = 0, tofu: 
         forget_train=forget_train,
         retain_train=retain_train,
         finetune_train=injected,  # CLEAR's ``full`` is forget ∪ retain (+ the built-in world's name question)
-        pretrain_train=training_items(pretrain, "pretrain", name_question=builtin),
+        pretrain_train=caption_items(pretrain, "pretrain", name_question=builtin),
         forget_ids=forget_ids,
         meta={"root": str(root), "forget_percent": forget_percent, "seed": seed, "tofu": tofu, "layout": "clear",
               "builtin_world": builtin,

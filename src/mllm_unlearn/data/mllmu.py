@@ -276,7 +276,7 @@ def profile_names(rows: list[dict[str, Any]], prefix: str = "") -> dict[str, tup
     return names
 
 
-def training_items(rows: list[dict[str, Any]], split: str, person_ids: list[str],
+def pair_items(rows: list[dict[str, Any]], split: str, person_ids: list[str],
                    pairs_of: list[list[dict[str, Any]]], names: dict[str, str]) -> list[Item]:
     """QA pairs of ``ft_Data``-style rows (image + JSON ``metadata``) as training items; each carries
     its person's name (``meta[PERSON_NAME]``, None if unknown) for its text-only form."""
@@ -351,7 +351,7 @@ class _TrainingReader:
                     if is_name_question(pair["Question"]) and (name := name_from_answer(pair["Answer"])):
                         asked[pid] = name
                         break
-        return training_items(rows, split, person_ids, pairs_of, {**names, **asked})
+        return pair_items(rows, split, person_ids, pairs_of, {**names, **asked})
 
 
 def full_set_reader(root: Path) -> Callable[[Sequence[str]], list[Item]] | None:

@@ -11,7 +11,7 @@ from typing import Any
 from ..data import WorldConfig
 from ..interventions import LowRankDelta
 from ..models import TinySize, load_vlm
-from ..recipes.finetune import FINETUNE_META, FinetuneConfig, data_hash, finetune, resolve_recipe, training_items
+from ..recipes.finetune import FINETUNE_META, FinetuneConfig, data_hash, finetune, finetune_items, resolve_recipe
 from ..recipes.inject import INJECTION_META, InjectionConfig, injection_meta_text
 from ..training import sharding
 from ..utils import (
@@ -96,7 +96,7 @@ def run_finetune(job: FinetuneJob) -> dict[str, Any]:
                         max_pixels=job.max_pixels, cache_dir=job.cache_dir, world=job.world or WorldConfig(seed=cfg.seed),
                         size=size, injection=recipe.injection or InjectionConfig(seed=cfg.seed), progress=cfg.progress)
     benchmark, benchmark_key = prepare_benchmark(run_cfg)
-    _, items = training_items(benchmark, cfg.retain_only)
+    _, items = finetune_items(benchmark, cfg.retain_only)
     settings = {"recipe": recipe.to_dict(), "model": job.model, "family": job.family if job.model is None else None,
                 "size": asdict(size) if job.model is None else None, "benchmark": benchmark_key,
                 "retain_only": cfg.retain_only, "forget_ids": sorted(benchmark.forget_ids) if cfg.retain_only else None,

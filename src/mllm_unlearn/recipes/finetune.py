@@ -150,7 +150,7 @@ def resolve_recipe(cfg: FinetuneConfig) -> FinetuneRecipe:
     return replace(recipe, **overrides)
 
 
-def training_items(benchmark: Benchmark, retain_only: bool) -> tuple[Benchmark, list[Item]]:
+def finetune_items(benchmark: Benchmark, retain_only: bool) -> tuple[Benchmark, list[Item]]:
     """The benchmark to train on (retain split only for the gold model) and its fine-tuning items."""
     trained_on = benchmark.retain_only() if retain_only else benchmark
     if retain_only and not benchmark.forget_ids:
@@ -175,7 +175,7 @@ def finetune(vlm: VLM, benchmark: Benchmark, cfg: FinetuneConfig | None = None,
     and ``vlm`` keeps its weights."""
     cfg = cfg or FinetuneConfig()
     recipe = resolve_recipe(cfg)
-    trained_on, items = training_items(benchmark, cfg.retain_only)
+    trained_on, items = finetune_items(benchmark, cfg.retain_only)
     record: dict[str, Any] = {"recipe": recipe.to_dict(), "retain_only": cfg.retain_only,
                               "forget_ids": sorted(benchmark.forget_ids) if cfg.retain_only else None,
                               "data": {"benchmark": benchmark.name, "items": len(items), "hash": data_hash(items)}}

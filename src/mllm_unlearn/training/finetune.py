@@ -11,7 +11,7 @@ __getattr__ = moved_names(__name__, {
     'RECIPES': 'mllm_unlearn.recipes.finetune',
     'FinetuneConfig': 'mllm_unlearn.recipes.finetune',
     'resolve_recipe': 'mllm_unlearn.recipes.finetune',
-    'training_items': 'mllm_unlearn.recipes.finetune',
+    'training_items': 'mllm_unlearn.recipes.finetune:finetune_items',
     'data_hash': 'mllm_unlearn.recipes.finetune',
     'finetune': 'mllm_unlearn.recipes.finetune',
     'FinetuneJob': 'mllm_unlearn.jobs.finetune',
