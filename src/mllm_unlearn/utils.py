@@ -179,9 +179,8 @@ def shard_and_gather(items: list[Any], work: Any) -> list[Any]:
 def moved_names(old_module: str, moved: dict[str, str]) -> Callable[[str], Any]:
     """A module ``__getattr__`` for names that moved to other modules (``{name: "module"}``, or
     ``"module:new_name"`` for a renamed one): each access warns (DeprecationWarning naming the new
-    place) and returns the name from its new module. The new
-    module is imported on first access, so an old module low in the layers never imports a higher
-    one while the package loads."""
+    place) and returns the name from its new module. The new module is imported on first access, so
+    an old module low in the layers never imports a higher one while the package loads."""
     import importlib
     import warnings
 

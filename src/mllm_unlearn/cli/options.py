@@ -22,6 +22,7 @@ from ..eval.attacks import ATTACK_ORDER, AttackConfig
 from ..eval.clear import ClearEvalConfig
 from ..eval.evaluator import TASKS
 from ..methods.defaults import DEFAULT_METHOD
+from ..models import ADAPTERS
 from ..recipes.inject import InjectionConfig
 from ..utils import DTYPES
 
@@ -46,7 +47,7 @@ INJECTION = "Knowledge injection (run; finetune --recipe builtin)"
 Model = Annotated[Optional[Path], typer.Option(
     help="Local checkpoint of a supported family already holding the knowledge (skips knowledge injection).")]
 Family = Annotated[str, typer.Option(
-    help="Without --model: the tiny model family to build (llava, qwen2-vl or qwen2.5-vl).")]
+    help=f"Without --model: the tiny model family to build ({one_of(sorted(ADAPTERS))}).")]
 Device = Annotated[str, typer.Option(help="auto, cpu, cuda or cuda:N.")]
 Dtype = Annotated[str, typer.Option(
     help=f"auto (the checkpoint's own dtype from its config.json, float32 for models this tool built; a float16 "

@@ -19,7 +19,6 @@ from ..recipes.inject import InjectionConfig
 from ..utils import DTYPES
 
 BUILTIN_CLEAR = "clear"  # ``--benchmark clear``: the built-in world in CLEAR's layout
-
 RETAIN_REFERENCE = "retain-finetuned"  # ``-o reference=retain-finetuned``: the tool's cached retain-only model
 
 

@@ -11,6 +11,7 @@ from .results import versions
 
 UNLEARNING_FILE = "unlearning.json"  # provenance written beside an exported checkpoint's weights
 
+
 def export_unlearned_model(vlm: VLM, edit: Edit, out: str | Path, base_model: str | None = None) -> Path:
     """Bake ``edit`` into ``vlm`` (in place) and save a normal checkpoint at ``out`` that
     ``from_pretrained`` loads, with ``unlearning.json`` saying what was removed and how.
@@ -26,6 +27,7 @@ def export_unlearned_model(vlm: VLM, edit: Edit, out: str | Path, base_model: st
                   "edit_meta": edit.meta, "versions": versions()}
     vlm.save(out, extra_files={UNLEARNING_FILE: json.dumps(provenance, indent=2, default=str)})
     return out
+
 
 def export_peft_adapter(edit: Edit, out: str | Path, base_model: str | None = None) -> Path:
     """Write a LoRA edit (``LowRankDelta``) as a standard peft adapter folder at ``out``

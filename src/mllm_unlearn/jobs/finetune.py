@@ -36,7 +36,7 @@ class FinetuneJob:
     model: str | None = None  # a local checkpoint; None: a fresh tiny model of ``family`` built here
     benchmark: str | None = None  # a directory (MLLMU-Bench or CLEAR layout), "clear", or None: the built-in world
     finetune: FinetuneConfig = field(default_factory=FinetuneConfig)
-    family: str = "llava"
+    family: str = RunConfig.family
     size: Any = None  # TinySize of a fresh tiny model (None: the default)
     world: Any = None  # WorldConfig of the built-in world (None: the default with ``finetune.seed``)
     forget_percent: int = 10

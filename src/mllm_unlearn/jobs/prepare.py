@@ -36,24 +36,28 @@ def benchmark_texts(benchmark: Benchmark) -> list[str]:
         t for i in items for t in [i.question, i.answer, *(i.options or {}).values(), i.paraphrased_answer or "",
                                    *(i.perturbed_answers or [])]]
 
+
 def builtin_world_location(cfg: RunConfig) -> tuple[Path, str]:
     """Where the built-in world of ``cfg`` is cached (MLLMU-Bench layout), and its content key."""
     return Path(cfg.cache_dir) / "benchmarks" / f"synthetic-{cfg.world.key()}", f"synthetic:{cfg.world.key()}"
+
 
 def vanilla_location(cfg: RunConfig, benchmark_key: str) -> Path:
     """Where the injected tiny model of ``cfg`` trained on the benchmark ``benchmark_key`` is cached."""
     key = injection_cache_key(cfg.family, asdict(cfg.size), benchmark_key, cfg.injection)
     return Path(cfg.cache_dir) / "vanilla" / f"{cfg.family}-{key}"
 
-def default_cached_model(cache_dir: str = ".cache/mllm_unlearn", family: str = "llava") -> tuple[Path, Path]:
+
+def default_cached_model(cache_dir: str = RunConfig.cache_dir, family: str = RunConfig.family) -> tuple[Path, Path]:
     """The built-in world and vanilla model that ``mllm-unlearn run`` with default settings uses
     (paths; they exist once such a run has trained them). For benchmark scripts."""
     cfg = RunConfig(cache_dir=cache_dir, family=family)
     root, key = builtin_world_location(cfg)
     return root, vanilla_location(cfg, key)
 
+
 def resolve_default_inputs(model: str | None, benchmark: str | None,
-                           cache_dir: str = ".cache/mllm_unlearn") -> tuple[str, str]:
+                           cache_dir: str = RunConfig.cache_dir) -> tuple[str, str]:
     """``(benchmark, model)``: each as given, else the default run's cached one, which must exist
     (a clear error naming it otherwise). For benchmark scripts."""
     default_bench, default_model = default_cached_model(cache_dir)
@@ -64,6 +68,7 @@ def resolve_default_inputs(model: str | None, benchmark: str | None,
                                     "world and trains the default vanilla model), or pass the model and benchmark paths")
         resolved.append(given or str(default))
     return resolved[0], resolved[1]
+
 
 def prepare_benchmark(cfg: RunConfig) -> tuple[Benchmark, str]:
     """The benchmark (generated into the cache if built in) and a key that names its content."""
@@ -90,6 +95,7 @@ def prepare_benchmark(cfg: RunConfig) -> tuple[Benchmark, str]:
         return load_clear(root, cfg.forget_percent, seed=cfg.seed, tofu=cfg.clear_tofu), key + (":tofu" if cfg.clear_tofu else "")
     return load_mllmu(root, cfg.forget_percent, seed=cfg.seed), key
 
+
 def prepare_reported_benchmark(cfg: RunConfig) -> tuple[Benchmark, str]:
     """``prepare_benchmark``, less the people a ``--preset`` chosen on a carved-out validation split
     used (they stay out of the reported retain and real-world figures)."""
@@ -98,12 +104,14 @@ def prepare_reported_benchmark(cfg: RunConfig) -> tuple[Benchmark, str]:
         benchmark = exclude_validation_people(benchmark, cfg.preset, benchmark_key)
     return benchmark, benchmark_key
 
+
 def build_tiny_base(cfg: RunConfig, vocabulary_of: Benchmark) -> VLM:
     """A fresh tiny model of ``cfg.family`` whose tokenizer spells ``vocabulary_of`` (and the
     injection's own texts): the base every tiny vanilla and gold model is trained from."""
     seed_everything(cfg.seed)
     return build_tiny_vlm(cfg.family, words_of(benchmark_texts(vocabulary_of) + injection_texts(cfg.injection)), cfg.size,
                           seed=cfg.injection.seed, device=str(resolve_device(cfg.device)))
+
 
 def injection_meta_for(cfg: RunConfig, benchmark_key: str, retain_only: bool, benchmark: Benchmark,
                        record: dict[str, Any]) -> dict[str, Any]:
@@ -115,6 +123,7 @@ def injection_meta_for(cfg: RunConfig, benchmark_key: str, retain_only: bool, be
     if retain_only:
         meta.update(retain_only=True, forget_ids=benchmark.forget_ids)
     return meta
+
 
 def _injected_tiny_model(cfg: RunConfig, vocabulary_of: Benchmark, trained_on: Benchmark, path: Path,
                          meta: dict[str, Any]) -> tuple[VLM, bool]:
@@ -134,6 +143,7 @@ def _injected_tiny_model(cfg: RunConfig, vocabulary_of: Benchmark, trained_on: B
     # Reload through the public loading path, exactly as a user's checkpoint would be.
     return load_vlm(path, cfg.device, cfg.dtype, cfg.max_pixels), True
 
+
 def _check_builtin_world_matches(model: str, benchmark_key: str) -> None:
     """A model this tool trained on a built-in world records that world's key; measuring it on
     another world (other --seed, --people or --real-people) would score people it never saw."""
@@ -150,6 +160,7 @@ def _check_builtin_world_matches(model: str, benchmark_key: str) -> None:
         raise ValueError(f"--model {model} was trained on the built-in world {trained_on!r}, but this run's world is "
                          f"{benchmark_key!r}: use the seed and world options it was trained with, or pass --benchmark")
 
+
 def prepare_vanilla(cfg: RunConfig, benchmark: Benchmark, benchmark_key: str) -> tuple[VLM, str, bool]:
     """Load the given checkpoint, or the cached injected tiny model, or build and train one."""
     if cfg.model:
@@ -163,6 +174,7 @@ def prepare_vanilla(cfg: RunConfig, benchmark: Benchmark, benchmark_key: str) ->
     vlm, trained = _injected_tiny_model(cfg, benchmark, benchmark, path, {"benchmark": benchmark_key})
     return vlm, str(path), trained
 
+
 def vanilla_source(model_path: str, trained: bool, cfg: RunConfig) -> str:
     """Where a run's vanilla model came from (results.json, the report)."""
     if cfg.model:
@@ -172,6 +184,7 @@ def vanilla_source(model_path: str, trained: bool, cfg: RunConfig) -> str:
     if (Path(model_path) / SHIPPED_MANIFEST).is_file():
         return "shipped with mllm-unlearn (benchmarks/ship_vanilla.py; --no-shipped-vanilla trains it)"
     return "cache (trained here earlier)"
+
 
 def prepare_retain_model(cfg: RunConfig, benchmark: Benchmark, benchmark_key: str) -> tuple[VLM | None, str | None, bool]:
     """The "gold" model: trained like the vanilla model but on the retain split only (cached).
@@ -194,6 +207,7 @@ def prepare_retain_model(cfg: RunConfig, benchmark: Benchmark, benchmark_key: st
                                         {"benchmark": benchmark_key, "retain_only": True, "forget_ids": benchmark.forget_ids})
     return vlm, str(path), trained
 
+
 def gold_model_record(path: str | None, cfg: RunConfig) -> dict[str, Any] | None:
     """Which gold model CLEAR's forget quality used, and how it was made (results.json)."""
     if path is None:
@@ -208,6 +222,7 @@ def gold_model_record(path: str | None, cfg: RunConfig) -> dict[str, Any] | None
     return {"path": path, "made_by": "trained by this tool on the retain split (builtin recipe), cached",
             "recipe": "builtin"}
 
+
 def check_gold_model(path: str, benchmark: Benchmark, option: str = "--gold-model") -> None:
     """A gold (or NPO reference) model made by ``finetune`` must be a retain-only one of this forget split."""
     meta_file = Path(path) / FINETUNE_META
@@ -221,12 +236,14 @@ def check_gold_model(path: str, benchmark: Benchmark, option: str = "--gold-mode
         raise ValueError(f"{option} {path} left out other forget people than this run's forget split "
                          f"({meta_file}): make it with the same --benchmark, --forget and --seed")
 
+
 def load_given_edit(path: str | Path, vlm: VLM) -> Edit:
     """``path`` as an edit: a saved edit folder (``edit.json``), or an unlearned checkpoint
     (``config.json``), which becomes the weight change from ``vlm`` to it."""
     if given_edit_kind(path) == "edit":
         return load_edit(path)
     return WeightDelta.between(vlm, path)
+
 
 def given_edit_kind(path: str | Path) -> str:
     """"edit" (a saved edit folder) or "checkpoint" (a model folder); a clear error otherwise."""

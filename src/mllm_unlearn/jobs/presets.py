@@ -42,6 +42,7 @@ def model_built_here(cfg: RunConfig) -> bool:
     checkpoint it saved (``injection.json`` beside the weights). Picks presets and the attack's mode."""
     return cfg.model is None or (Path(cfg.model) / INJECTION_META).is_file()
 
+
 def model_family_for_presets(cfg: RunConfig) -> str:
     """The tiny model's family, which picks its own sweep-chosen preset values where derived: the
     family a checkpoint this tool built recorded (``injection.json``), else the run's ``family``."""
@@ -54,9 +55,11 @@ def model_family_for_presets(cfg: RunConfig) -> str:
             return recorded
     return cfg.family
 
+
 def preset_choice_family(cfg: RunConfig) -> str | None:
     """Which family's sweeps chose the run's tiny-preset values (``methods/tiny_presets.json``)."""
     return swept_choice_family(cfg.method, model_family_for_presets(cfg))
+
 
 def resolve_method_config(cfg: RunConfig) -> tuple[MethodConfig, str]:
     """The method's settings and where they came from: ``given`` (``cfg.method_cfg`` set), else

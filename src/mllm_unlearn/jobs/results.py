@@ -54,6 +54,7 @@ def write_certificate(run_dir: str | Path, certificate: dict[str, Any]) -> None:
 # Installed but not imported by a run (test fixtures): recorded when present, to reproduce a run's stack.
 OPTIONAL_RECORDED_PACKAGES = ("datasets",)
 
+
 def versions() -> dict[str, str]:
     """The versions of what a run's figures depend on (results.json's ``config.versions``): the
     modules as imported (torch with its build tag, e.g. ``+cpu``), and optional packages if installed."""

@@ -51,6 +51,7 @@ from ..models import VLM
 from ..report import load_results
 from ..training.loop import LoraOptions
 from ..utils import peak_memory_mb, process_rank_and_count, seed_everything
+from .attack import attack_config
 from .config import BUILTIN_CLEAR, RunConfig
 from .prepare import prepare_reported_benchmark, prepare_vanilla, vanilla_source
 from .presets import model_built_here, resolve_method_config
@@ -370,7 +371,7 @@ def attack_final_model(cfg: RunConfig, attacks: AttackConfig, vlm: VLM, benchmar
     sequential edit applied, probing every requested person: ``results["robustness"]["attacks"]``
     (as a run's), ``certificate.json``, each attack's seconds in the cost table; results.json and
     the reports rewritten after each attack, a failed attack recorded and the next one run."""
-    attack_cfg = replace(attacks, seed=cfg.seed, progress=cfg.progress, model_built_here=model_built_here(cfg))
+    attack_cfg = attack_config(replace(cfg, attacks=attacks), model_built_here(cfg))
     results["config"]["attacks"] = asdict(attack_cfg)
     stages = results.setdefault("robustness", {})["attacks"] = {}
 

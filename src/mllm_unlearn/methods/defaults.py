@@ -36,7 +36,8 @@ class _DeclaredPresets(Mapping):
         return {name: getattr(METHODS[name], self.attribute) for name in available_methods()}
 
     def __getitem__(self, name: str) -> dict[str, Any]:
-        return self._table()[name]
+        available_methods()  # every method file registered
+        return getattr(METHODS[name], self.attribute)
 
     def __iter__(self) -> Iterator[str]:
         return iter(self._table())
@@ -45,9 +46,9 @@ class _DeclaredPresets(Mapping):
         return len(self._table())
 
 
-TINY_DEFAULTS: Mapping[str, dict[str, Any]] = _DeclaredPresets("tiny_preset")
-PAPER_DEFAULTS: Mapping[str, dict[str, Any]] = _DeclaredPresets("paper_preset")
-PRESETS: dict[str, Mapping[str, dict[str, Any]]] = {TINY: TINY_DEFAULTS, PAPER: PAPER_DEFAULTS}
+PRESET_ATTRIBUTES = {TINY: "tiny_preset", PAPER: "paper_preset"}  # preset name -> the Method attribute holding it
+TINY_DEFAULTS: Mapping[str, dict[str, Any]] = _DeclaredPresets(PRESET_ATTRIBUTES[TINY])
+PAPER_DEFAULTS: Mapping[str, dict[str, Any]] = _DeclaredPresets(PRESET_ATTRIBUTES[PAPER])
 
 # The tiny preset's searched values (learning rate, epochs, strengths...: what
 # each method's ``search_space`` covers), chosen by ``mllm-unlearn sweep`` on the built-in world's
@@ -96,10 +97,10 @@ def method_preset(name: str, preset: str, seed: int = 0, family: str | None = No
     """The method's hyperparameters from the named preset (``tiny`` or ``paper``): the one lookup
     the pipeline uses, so other preset sources (a file) can plug in here. ``family``: the tiny
     model's family, whose own sweep-chosen values win where derived (``swept_tiny_values``)."""
-    get_method(name)  # a clear error for an unknown name
-    if preset not in PRESETS:
-        raise ValueError(f"unknown preset {preset!r}; known: {', '.join(PRESETS)}")
-    values = PRESETS[preset].get(name, {})
+    method = get_method(name)  # a clear error for an unknown name
+    if preset not in PRESET_ATTRIBUTES:
+        raise ValueError(f"unknown preset {preset!r}; known: {', '.join(PRESET_ATTRIBUTES)}")
+    values = getattr(method, PRESET_ATTRIBUTES[preset])
     cfg = MethodConfig(seed=seed, **copy.deepcopy(values))
     # The sweep-chosen values go over the structural ones as a user's options would.
     return apply_overrides(cfg, swept_tiny_values(family).get(name, {})) if preset == TINY else cfg

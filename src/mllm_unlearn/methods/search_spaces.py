@@ -13,26 +13,22 @@ from __future__ import annotations
 import copy
 from typing import Any
 
-from .base import MethodConfig
+from .base import METHODS, MethodConfig, available_methods
 
 Space = dict[str, tuple]
 
 
 def search_space(method: str) -> Space:
     """The search space ``method`` declares (``Method.search_space``); a clear error for a method without one."""
-    from .base import METHODS, available_methods
-
-    spaces = {name: METHODS[name].search_space for name in available_methods() if METHODS[name].search_space}
-    if method not in spaces:
-        raise ValueError(f"no search space for method {method!r}; spaces exist for {', '.join(sorted(spaces))} "
+    searchable = searchable_methods()
+    if method not in searchable:
+        raise ValueError(f"no search space for method {method!r}; spaces exist for {', '.join(sorted(searchable))} "
                          "(each method file's search_space)")
-    return spaces[method]
+    return METHODS[method].search_space
 
 
 def searchable_methods() -> list[str]:
     """The methods that declare a search space (what ``mllm-unlearn sweep`` and derive_presets.py can search)."""
-    from .base import METHODS, available_methods
-
     return [name for name in available_methods() if METHODS[name].search_space]
 
 
