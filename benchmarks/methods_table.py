@@ -91,8 +91,10 @@ def attack_table(rows: list) -> list[str]:
              "best decoder layer through the final norm and head (logit lens), under the best of three prompt "
              "attacks (the person's other facts in context, the prefix \"Sure, the answer is\", another photo of "
              "the person) and after 20 steps of fine-tuning on retain people only (benign relearning); chance 25%. "
-             "Certified forgotten: forget people for whom no informative probe still recalls (accuracy above chance "
-             "+ 10 points with binomial p <= 0.05; `certificate.json` of each run), out of 10, VQA · QA. "
+             "Certified forgotten: forget people no informative probe still knows (accuracy above chance + 10 points "
+             "with binomial p <= 0.05) and at least one finds forgotten (that test had power >= 0.8 to catch the "
+             "vanilla model's own recall; `certificate.json` of each run), out of 10, VQA · QA, with the "
+             "undetermined ones in brackets. "
              "Retain control: of the 10 control retain people the vanilla model recalls (same rule), how many the "
              "unlearned model still recalls, VQA · QA; below half, the certificate calls that modality's model broken "
              "rather than unlearned (marked *broken*). "
@@ -208,8 +210,9 @@ def main() -> None:
               f"{_steps(rows)} fine-tuning steps on the other forget people (vanilla row: the vanilla model). "
               "Attack's shown people: the same accuracy on the forget people the attack trains on, its positive "
               "control (if it does not rise, the attack is too weak to tell erased from hidden knowledge).",
-              "", "Forget people still known: how many of the forget people still answer at least 75% of their "
-              "classification questions right (chance 25% each), in VQA · QA; an average can hide them.",
+              "", "Forget people still known: how many of the forget people still answer their classification questions "
+              "above chance (25%) + 10 points with binomial p <= 0.05 (`eval/verdicts.py`; with 5 questions: 4 or 5 "
+              "right), in VQA · QA; an average can hide them.",
               "", "Peak memory: the method's whole run (load, evaluate twice, unlearn) in its own process, before "
               "the robustness evaluations: max RSS on CPU, the CUDA allocator's peak on GPU."]
     lines += attack_table(rows)

@@ -214,13 +214,15 @@ def test_certificate_verdicts_on_synthetic_records():
     certificate = build_certificate(records + _control(5), cfg, ["f1", "f2", "f3"], {"f1": "Ann Bee"})
     people = certificate["people"]
     assert people["f1"]["modalities"]["vqa"]["verdict"] == "forgotten" and people["f1"]["name"] == "Ann Bee"
-    assert people["f2"]["modalities"]["vqa"] == {**people["f2"]["modalities"]["vqa"], "verdict": "still recalls",
+    assert people["f2"]["modalities"]["vqa"] == {**people["f2"]["modalities"]["vqa"], "verdict": "still known",
                                                  "still_recalls": ["quant_4bit"]}
     assert people["f3"]["modalities"]["vqa"]["verdict"] == "forgotten"  # 3 of 5 at chance 25%: p = 0.10
     assert people["f3"]["modalities"]["vqa"]["probes"]["quant_4bit"]["p_value"] == pytest.approx(0.103515625)
     assert certificate["uninformative"]["vqa"] == ["prompt_prefix"]
     assert people["f1"]["modalities"]["vqa"]["probes"]["prompt_prefix"]["recalls"]  # recalls, but not counted
-    assert certificate["summary"]["vqa"]["forgotten"] == 2 and certificate["summary"]["vqa"]["people"] == 3
+    assert certificate["summary"]["vqa"] == {**certificate["summary"]["vqa"], "forgotten": 2, "still_known": 1,
+                                             "undetermined": 0, "people": 3}
+    assert certificate["probes"]["prompt_prefix"]["vqa"]["vanilla_items"] == 15
     assert certificate["control"]["modalities"]["vqa"]["passed"] and not certificate["model_broken"]
 
     broken = build_certificate(records + _control(1), cfg, ["f1", "f2", "f3"])
@@ -229,6 +231,46 @@ def test_certificate_verdicts_on_synthetic_records():
     # A looser rule (no significance test) flags 2 and 3 of 5 right (40%, 60% > chance + 10).
     loose = build_certificate(records + _control(5), replace(cfg, alpha=1.0), ["f1", "f2", "f3"])
     assert loose["people"]["f3"]["modalities"]["vqa"]["still_recalls"] == ["plain", "quant_4bit"]
+
+
+def test_certificate_is_undetermined_when_no_probe_is_informative():
+    """The issue's QA case: the vanilla model never knew the people (every probe uninformative), so
+    nobody is "forgotten" (it was never tested), however low the unlearned model's accuracy."""
+    records = []
+    for probe in ("plain", "quant_4bit"):
+        for person in ("f1", "f2"):
+            records += _records(probe, person, "qa", 1, 4, stage="vanilla") + _records(probe, person, "qa", 0, 4)
+    certificate = build_certificate(records, AttackConfig(), ["f1", "f2"])
+    assert certificate["uninformative"]["qa"] == ["plain", "quant_4bit"]
+    assert certificate["summary"]["qa"] == {**certificate["summary"]["qa"], "forgotten": 0, "still_known": 0,
+                                            "undetermined": 2, "people": 2}
+    cell = certificate["people"]["f1"]["modalities"]["qa"]
+    assert cell["verdict"] == "undetermined" and cell["reason"].startswith("no informative probe")
+    from mllm_unlearn.report.attacks import certificate_lines, certificate_rows
+
+    lines = certificate_lines(certificate)
+    assert lines[0] == "Verdicts: QA 0 forgotten, 0 still known, 2 undetermined (of 2)."
+    assert lines[1].startswith("Undetermined (2): ") and "no evidence of forgetting" in lines[1]
+    assert certificate_rows(certificate) == [["f1", "–", "undetermined"], ["f2", "–", "undetermined"]]
+
+
+def test_certificate_is_undetermined_with_four_questions_at_a_vanilla_recall_of_75_percent():
+    """The issue's VQA case: 4 questions per person, the vanilla model right on 3 of 4 of everyone's
+    (75%, informative: 12 of 16 pooled, p < 0.001): only 4 of 4 right passes p <= 0.05, which a person
+    still known at 75% reaches a third of the time, so 0 of 4 right is no evidence of forgetting."""
+    people = ["f1", "f2", "f3", "f4"]
+    records = []
+    for person in people:
+        records += _records("plain", person, "vqa", 3, 4, stage="vanilla")
+    records += _records("plain", "f1", "vqa", 0, 4) + _records("plain", "f2", "vqa", 1, 4)
+    records += _records("plain", "f3", "vqa", 4, 4) + _records("plain", "f4", "vqa", 2, 4)
+    certificate = build_certificate(records, AttackConfig(), people)
+    assert certificate["probes"]["plain"]["vqa"]["informative"]
+    verdicts = {p: certificate["people"][p]["modalities"]["vqa"]["verdict"] for p in people}
+    assert verdicts == {"f1": "undetermined", "f2": "undetermined", "f3": "still known", "f4": "undetermined"}
+    probe = certificate["people"]["f1"]["modalities"]["vqa"]["probes"]["plain"]
+    assert probe["power"] == pytest.approx(0.75 ** 4) and "power 0.32" in probe["reason"]
+    assert certificate["summary"]["vqa"]["undetermined"] == 3 and certificate["summary"]["vqa"]["forgotten"] == 0
 
 
 def test_quantization_undoes_an_edit_that_stays_inside_its_rounding_bins(tiny_vlm, benchmark):

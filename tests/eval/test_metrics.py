@@ -23,21 +23,3 @@ def test_rouge_and_bleu():
     assert bleu("a b c d", "a b c d") == pytest.approx(1.0)
     assert bleu("", "a b") == 0.0
     assert 0.0 < bleu("a b c x", "a b c d") < 1.0
-
-
-def test_per_person_accuracy_and_people_still_known():
-    from mllm_unlearn.eval.metrics import people_still_known, per_person_accuracy
-
-    def record(person, modality, correct, split="forget", task="mcq"):
-        return {"split": split, "task": task, "modality": modality, "person_id": person, "correct": correct}
-
-    records = ([record("001", "vqa", c) for c in (True, True, True, False)] +   # 75%: still known
-               [record("001", "qa", c) for c in (True, False, False, False)] +  # 25%
-               [record("002", "vqa", c) for c in (True, True, False, False)] +  # 50%
-               [record("002", "qa", True)] +
-               [record("003", "vqa", True, split="retain"), record("002", "qa", False, task="cloze"),
-                {"split": "forget", "task": "generation", "modality": "qa", "person_id": "002", "rougeL_f": 0.5}])
-    accuracy = per_person_accuracy(records)
-    assert accuracy == {"001": {"vqa": 75.0, "qa": 25.0}, "002": {"vqa": 50.0, "qa": 100.0}}
-    assert people_still_known(accuracy, "vqa") == 1 and people_still_known(accuracy, "qa") == 1
-    assert per_person_accuracy(records, split="retain") == {"003": {"vqa": 100.0}}

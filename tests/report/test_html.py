@@ -245,7 +245,9 @@ def test_runs_that_differ_only_in_seed_are_summarised_as_mean_and_sd():
     assert "Across seeds" not in compare_markdown(RUNS) and "Across seeds" not in render_html(RUNS)
 
 
-def test_forget_people_are_shown_one_by_one_and_counted_when_still_known():
+def test_forget_people_are_shown_one_by_one_with_a_verdict_each():
+    """Each forget person's verdict (eval/verdicts.py) against the vanilla model's own recall on the same
+    questions: VQA 8 of 8 (power 1 at 4 questions), QA 7 of 8 (power 0.59 < 0.8: a miss is undetermined)."""
     results = results_of("ga", "ga", 30.0, 80.0, 0.62, 70.0)
 
     def records(right: dict[str, tuple[int, int]]) -> list[dict]:  # person -> (VQA right of 4, QA right of 4)
@@ -255,13 +257,14 @@ def test_forget_people_are_shown_one_by_one_and_counted_when_still_known():
     results["vanilla"]["predictions"] = records({"001": (4, 4), "002": (4, 3)})
     results["unlearned"]["predictions"] = records({"001": (1, 4), "002": (0, 2)})
     markdown = render_markdown(results)
-    assert "Still known (at least 75% of their questions right, chance 25% each): VQA 0 of 2 (vanilla 2); " \
-           "QA 1 of 2 (vanilla 2)." in markdown
-    assert "| 001 | 100 → 25 | 100 → 100 |" in markdown and "| 002 | 100 → 0 | 75 → 50 |" in markdown
+    assert "VQA 0 still known, 2 forgotten, 0 undetermined of 2 (vanilla: 2 still known); " \
+           "QA 1 still known, 0 forgotten, 1 undetermined of 2 (vanilla: 1 still known)." in markdown
+    assert "| 001 | 100 (4/4) → 25 (1/4) | 100 (4/4) → 100 (4/4) | forgotten | still known |" in markdown
+    assert "| 002 | 100 (4/4) → 0 (0/4) | 75 (3/4) → 50 (2/4) | forgotten | undetermined |" in markdown
     page = render_html([results])
-    assert "Forget people, one by one" in page and "<td>001</td><td>100 → 25</td><td>100 → 100</td>" in page
-    assert "VQA 0 of 2 (vanilla 2)" in page
+    assert "Forget people, one by one" in page and "<td>001</td><td>100 (4/4) → 25 (1/4)</td>" in page
+    assert "QA 1 still known, 0 forgotten, 1 undetermined of 2" in page
     summary = [line for line in compare_markdown([results]).splitlines() if line.startswith("| ")]
-    assert summary[2].endswith("| 2/2 · 2/2 |") and summary[3].endswith("| 0/2 · 1/2 |")
+    assert summary[2].endswith("| 2/2 · 1/2 |") and summary[3].endswith("| 0/2 · 1/2 |")
     assert "Forget people" not in render_markdown(results_of("npo", "npo", 45.0, 92.0, 0.8, 85.0))  # no predictions
 

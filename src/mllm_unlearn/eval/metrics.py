@@ -43,26 +43,3 @@ def bleu(prediction: str, reference: str) -> float:
     if not hypothesis:
         return 0.0
     return float(sentence_bleu([reference.split()], hypothesis, smoothing_function=SmoothingFunction().method1))
-
-
-STILL_KNOWN = 75.0  # % of a person's classification questions right (chance: 25% per question)
-
-
-def per_person_accuracy(predictions: list[dict], split: str = "forget", task: str = "mcq") -> dict[str, dict[str, float]]:
-    """Accuracy (%) of each person of ``split`` on ``task``, per modality, from a run's item
-    records (``results["vanilla"|"unlearned"]["predictions"]``): person_id -> modality -> %."""
-    counts: dict[tuple[str, str], list[int]] = {}
-    for record in predictions:
-        if record.get("split") == split and record.get("task") == task and "correct" in record:
-            right_total = counts.setdefault((str(record["person_id"]), record["modality"]), [0, 0])
-            right_total[0] += bool(record["correct"])
-            right_total[1] += 1
-    out: dict[str, dict[str, float]] = {}
-    for (person, modality), (right, total) in sorted(counts.items()):
-        out.setdefault(person, {})[modality] = 100.0 * right / total
-    return out
-
-
-def people_still_known(accuracy: dict[str, dict[str, float]], modality: str, threshold: float = STILL_KNOWN) -> int:
-    """How many people answer at least ``threshold`` % of their questions in ``modality`` right."""
-    return sum(1 for by_modality in accuracy.values() if by_modality.get(modality, 0.0) >= threshold)

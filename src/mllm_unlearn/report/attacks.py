@@ -67,7 +67,8 @@ def headline(results: dict[str, Any], stage: str = "unlearned") -> dict[str, dic
                          "logit_lens": _forget(table, "logit_lens", modality, stage),
                          "prompt": max(prompts) if prompts else None,
                          "benign_relearn": _forget(table, "benign_relearn", modality, stage),
-                         "forgotten": summary.get("forgotten"), "people": summary.get("people")}
+                         "forgotten": summary.get("forgotten"), "people": summary.get("people"),
+                         "still_known": summary.get("still_known"), "undetermined": summary.get("undetermined")}
     return out
 
 
@@ -83,8 +84,9 @@ def summary_cells(results: dict[str, Any]) -> tuple[list[str], list[str]]:
     if not battery(results):
         return header, ["–"] * len(header)
     cells = [" · ".join(_fmt(figures[m][key]) for m in ("vqa", "qa")) for key, _ in COLUMNS]
-    cells.append(" · ".join(f"{figures[m]['forgotten']}/{figures[m]['people']}" if figures[m]["people"] else "–"
-                            for m in ("vqa", "qa")))
+    cells.append(" · ".join(f"{figures[m]['forgotten']}/{figures[m]['people']}"
+                            + (f" ({figures[m]['undetermined']} undetermined)" if figures[m].get("undetermined") else "")
+                            if figures[m]["people"] else "–" for m in ("vqa", "qa")))
     return header, cells
 
 
@@ -164,7 +166,11 @@ def certificate_rows(certificate: dict[str, Any]) -> list[list[str]]:
     def verdict(cell: dict[str, Any] | None) -> str:
         if not cell:
             return "–"
-        return "forgotten" if cell["verdict"] == "forgotten" else "still recalls: " + ", ".join(cell["still_recalls"])
+        if cell["verdict"] in ("still known", "still recalls"):  # "still recalls": older certificates
+            return "still known: " + ", ".join(cell["still_recalls"])
+        if cell["verdict"] == "forgotten" and cell.get("undetermined_under"):
+            return "forgotten (undecided under " + ", ".join(cell["undetermined_under"]) + ")"
+        return cell["verdict"]
 
     rows = []
     for person, entry in sorted(certificate.get("people", {}).items()):
@@ -173,10 +179,22 @@ def certificate_rows(certificate: dict[str, Any]) -> list[list[str]]:
     return rows
 
 
+def _summary_text(cell: dict[str, Any]) -> str:
+    if "still_known" not in cell:  # an older certificate: forgotten or not only
+        return f"{cell['forgotten']} of {cell['people']} forgotten"
+    return (f"{cell['forgotten']} forgotten, {cell['still_known']} still known, {cell['undetermined']} undetermined "
+            f"(of {cell['people']})")
+
+
 def certificate_lines(certificate: dict[str, Any]) -> list[str]:
     """The certificate's summary sentences."""
     summary = certificate.get("summary", {})
-    lines = ["Forgotten: " + "; ".join(f"{m.upper()} {c['forgotten']} of {c['people']}" for m, c in summary.items()) + "."]
+    lines = ["Verdicts: " + "; ".join(f"{m.upper()} {_summary_text(c)}" for m, c in summary.items() if c.get("people"))
+             + "."]
+    undetermined = sum(c.get("undetermined", 0) for c in summary.values())
+    if undetermined:
+        lines.append(f"Undetermined ({undetermined}): the probes had too few questions (or no informative probe) to "
+                     "tell forgotten from still known at the stated power; this is no evidence of forgetting.")
     control = certificate.get("control", {}).get("modalities", {})
     if control:
         lines.append("Retain control (the unlearned model still recalls the control people the vanilla model recalls): "
@@ -212,7 +230,7 @@ def attacks_markdown(results: dict[str, Any]) -> list[str]:
         return lines + [stage_note(certificate) or ""]
     lines += certificate_lines(certificate) + ["", "| Person | VQA | QA |", "|---|---|---|"]
     lines += ["| " + " | ".join(row) + " |" for row in certificate_rows(certificate)]
-    lines += ["", "Per person and probe (accuracy, questions, p-value): `certificate.json`."]
+    lines += ["", "Per person and probe (accuracy, questions, p-value, power, reason): `certificate.json`."]
     return lines
 
 

@@ -11,7 +11,8 @@ import json
 import statistics
 from typing import Any, Sequence
 
-from ..eval.metrics import people_still_known, per_person_accuracy
+from ..eval.tradeoff import CHANCE_ACCURACY
+from ..eval.verdicts import STILL_KNOWN, counts, per_person_verdicts
 from .attacks import attacks_html, battery, summary_cells
 from .common import (
     COLORS,
@@ -270,12 +271,13 @@ def summary_rows(runs: Sequence[dict[str, Any]], metric: str) -> tuple[list[str]
 
 
 def still_known_cell(results: dict[str, Any], stage: str) -> str:
-    """"k/n · k/n": forget people still answering most of their VQA and QA questions right."""
-    accuracy = per_person_accuracy(results.get(stage, {}).get("predictions", []))
-    if not accuracy:
+    """"k/n · k/n": forget people still known in VQA and QA (eval/verdicts.py's rule)."""
+    vanilla_predictions = results.get("vanilla", {}).get("predictions", [])
+    verdicts = per_person_verdicts(results.get(stage, {}).get("predictions", []), vanilla_predictions, CHANCE_ACCURACY)
+    if not verdicts:
         return "–"
-    return " · ".join(f"{people_still_known(accuracy, m)}/{len(accuracy)}" for m in ("vqa", "qa")
-                      if any(m in v for v in accuracy.values()))
+    return " · ".join(f"{counts(v[m]['verdict'] for v in verdicts.values() if m in v)[STILL_KNOWN]}/{len(verdicts)}"
+                      for m in ("vqa", "qa") if any(m in v for v in verdicts.values()))
 
 
 def seed_group_key(results: dict[str, Any]) -> str:

@@ -5,7 +5,17 @@ from typing import Any
 
 from ..data.validation import describe_validation
 from ..eval.knowledge import knowledge_markdown
-from ..eval.metrics import STILL_KNOWN, people_still_known, per_person_accuracy
+from ..eval.tradeoff import CHANCE_ACCURACY
+from ..eval.verdicts import (
+    DEFAULT_ALPHA,
+    DEFAULT_MARGIN,
+    DEFAULT_MIN_POWER,
+    FORGOTTEN,
+    STILL_KNOWN,
+    UNDETERMINED,
+    counts,
+    per_person_verdicts,
+)
 from .attacks import attacks_markdown, cost_line
 from .common import METRICS, MODALITY_LABELS, SPLIT_LABELS, stage_note
 
@@ -190,20 +200,36 @@ def _data_notes(config: dict[str, Any]) -> list[str]:
 
 
 def per_person_table(results: dict[str, Any]) -> tuple[list[str], list[list[str]], str] | None:
-    """The forget people one by one (header, rows of "vanilla → unlearned" accuracy per modality,
-    and a summary of how many are still known), or None without item predictions."""
-    before = per_person_accuracy(results["vanilla"].get("predictions", []))
-    after = per_person_accuracy(results.get("unlearned", {}).get("predictions", []))
+    """The forget people one by one (header, rows of "vanilla → unlearned" accuracy and the unlearned
+    model's verdict per modality, and a summary counting each verdict), or None without item predictions."""
+    vanilla_predictions = results["vanilla"].get("predictions", [])
+    before = per_person_verdicts(vanilla_predictions, vanilla_predictions, CHANCE_ACCURACY)
+    after = per_person_verdicts(results.get("unlearned", {}).get("predictions", []), vanilla_predictions, CHANCE_ACCURACY)
     if not before or not after:
         return None
     modalities = [m for m in ("vqa", "qa") if any(m in v for v in before.values())]
-    header = ["Person", *[MODALITY_LABELS.get(m, m) for m in modalities]]
-    rows = [[person, *[f"{_fmt(before[person].get(m), '{:.0f}')} → {_fmt(after.get(person, {}).get(m), '{:.0f}')}"
-                       for m in modalities]] for person in sorted(before)]
-    summary = "; ".join(f"{m.upper()} {people_still_known(after, m)} of {len(after)} "
-                        f"(vanilla {people_still_known(before, m)})" for m in modalities)
-    return header, rows, (f"Classification accuracy (%) per forget person, vanilla → unlearned. Still known (at least "
-                          f"{STILL_KNOWN:.0f}% of their questions right, chance 25% each): {summary}.")
+    header = ["Person", *[f"{MODALITY_LABELS.get(m, m)} accuracy (%)" for m in modalities],
+              *[f"{MODALITY_LABELS.get(m, m)} verdict" for m in modalities]]
+
+    def accuracy(cell: dict[str, Any] | None) -> str:
+        return "–" if cell is None else f"{cell['accuracy']:.0f} ({cell['right']}/{cell['questions']})"
+
+    rows = [[person, *[f"{accuracy(before[person].get(m))} → {accuracy(after.get(person, {}).get(m))}" for m in modalities],
+             *[after.get(person, {}).get(m, {}).get("verdict", "–") for m in modalities]] for person in sorted(before)]
+
+    def tally(verdicts: dict[str, dict[str, dict[str, Any]]], modality: str) -> dict[str, int]:
+        return counts(v[modality]["verdict"] for v in verdicts.values() if modality in v)
+
+    summary = "; ".join(
+        f"{m.upper()} {tally(after, m)[STILL_KNOWN]} still known, {tally(after, m)[FORGOTTEN]} forgotten, "
+        f"{tally(after, m)[UNDETERMINED]} undetermined of {len(after)} (vanilla: {tally(before, m)[STILL_KNOWN]} "
+        "still known)" for m in modalities)
+    return header, rows, (f"Classification accuracy (%) per forget person (right/questions), vanilla → unlearned, and "
+                          f"the unlearned model's verdict: {summary}. Still known = accuracy above chance (25%) + "
+                          f"{DEFAULT_MARGIN:g} points with binomial p <= {DEFAULT_ALPHA:g}; forgotten = not still "
+                          f"known where that test had power >= {DEFAULT_MIN_POWER:g} to catch the vanilla model's own "
+                          "accuracy on these questions; undetermined = too few questions for that power (no evidence "
+                          "either way).")
 
 
 def per_person_markdown(results: dict[str, Any]) -> list[str]:
