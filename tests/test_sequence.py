@@ -225,6 +225,8 @@ def test_cli_sequence_undo_report_compare_and_export(tmp_path, saved_model, worl
     assert result.exit_code == 0, result.output
     run = tmp_path / "runs" / "ga"
     assert "| 3 | " + c in result.output and f"{run / 'edit'}" in result.output
+    first_cache = json.loads((run / "results.json").read_text())["vanilla_eval_cache"]
+    assert first_cache["reused"] is False and first_cache["path"].startswith(str(tmp_path / "cache"))
     bad = tmp_path / "bad.txt"
     bad.write_text(f"{a}\nghost\n")
     result = runner.invoke(app, ["sequence", "--name", "bad", "--method", "ga", "--requests", str(bad), *common])
@@ -251,6 +253,10 @@ def test_cli_sequence_undo_report_compare_and_export(tmp_path, saved_model, worl
     result = runner.invoke(app, ["sequence", "--name", "bc", "--method", "ga", "--lr", "1e-3", "--max-steps", "1",
                                  "--batch-size", "8", "--requests", str(requests), *common])
     assert result.exit_code == 0, result.output
+    reread = json.loads((tmp_path / "runs" / "bc" / "results.json").read_text())
+    assert reread["vanilla_eval_cache"] == {**first_cache, "reused": True,  # other requests, the same vanilla figures
+                                            "parts": {"sequence": {**first_cache["parts"]["sequence"], "reused": True}}}
+    assert reread["sequence"]["vanilla"] == json.loads((run / "results.json").read_text())["sequence"]["vanilla"]
     for ours, theirs in zip(load_edit(replayed / "edit").parts, load_edit(tmp_path / "runs" / "bc" / "edit").parts):
         assert ours.names == theirs.names
         assert all(torch.equal(ours.tensors[n], theirs.tensors[n]) for n in ours.tensors)

@@ -148,6 +148,8 @@ def test_resumed_sweep_runs_only_the_missing_trials_and_same_seed_gives_same_tri
     # restored after every trial (this process reloaded it; the first sweep kept it loaded).
     assert [t["values"] for t in resumed["trials"]] == [t["values"] for t in three_trials["trials"]]
     assert [t["figures"] for t in resumed["trials"]] == [t["figures"] for t in three_trials["trials"]]
+    # Both processes' vanilla validation figures: one evaluation, cached once (eval/cache.py).
+    assert len(list((root / "cache" / "eval").glob("sweep-*.json"))) == 1
     again = run_sweep(cfg, replace(sweep, trials=3), space=SPACE, on_trial=ran.append)
     assert len(ran) == 3 and len(again["trials"]) == 3  # nothing left to run
     with pytest.raises(ValueError, match="other settings"):

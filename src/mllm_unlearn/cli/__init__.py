@@ -30,6 +30,7 @@ from .options import (
     Device,
     Dtype,
     Epochs,
+    EvalCache,
     Family,
     Forget,
     GradientCheckpointing,
@@ -235,6 +236,7 @@ def run(
     runs_dir: RunsDir = Path(RunConfig.runs_dir),
     cache_dir: CacheDir = Path(RunConfig.cache_dir),
     shipped_vanilla: ShippedVanilla = RunConfig.shipped_vanilla,
+    eval_cache: EvalCache = RunConfig.eval_cache,
     quiet: Quiet = False,
 ) -> None:
     """Build or load the vanilla model, evaluate, unlearn the forget split (or take a given --edit),
@@ -285,7 +287,8 @@ def run(
                         mia=MIAConfig() if mia else None,
                         relearn=RelearnConfig(steps=relearn_steps, eval_every=max(1, relearn_steps // 4), seed=seed,
                                               lr=relearn_lr, lora=relearn_mode) if relearn else None,
-                        attacks=battery, preset=preset_file, min_knowledge=min_knowledge, allow_unknown=allow_unknown)
+                        attacks=battery, preset=preset_file, min_knowledge=min_knowledge, allow_unknown=allow_unknown,
+                        eval_cache=eval_cache)
         run_pipeline(cfg)
     except (ValueError, FileNotFoundError, FloatingPointError, UnlearningDiverged) as error:
         fail(error)
@@ -422,6 +425,7 @@ def sweep(
     runs_dir: RunsDir = Path(RunConfig.runs_dir),
     cache_dir: CacheDir = Path(RunConfig.cache_dir),
     shipped_vanilla: ShippedVanilla = RunConfig.shipped_vanilla,
+    eval_cache: EvalCache = RunConfig.eval_cache,
     quiet: Quiet = False,
 ) -> None:
     """Search a method's hyperparameters on the validation split (chance-corrected forget efficacy vs
@@ -445,7 +449,8 @@ def sweep(
                         dtype=dtype, runs_dir=str(runs_dir), cache_dir=str(cache_dir), shipped_vanilla=shipped_vanilla,
                         world=WorldConfig(fictitious=people, real_world=real_people, seed=seed),
                         injection=InjectionConfig(seed=seed), method_cfg=MethodConfig(seed=seed),
-                        eval=EvalConfig(tasks=("mcq",), seed=seed, progress=False), progress=not quiet)
+                        eval=EvalConfig(tasks=("mcq",), seed=seed, progress=False), progress=not quiet,
+                        eval_cache=eval_cache)
         summary = run_sweep(cfg, SweepConfig(method=method, trials=trials, out_dir=str(out), storage=storage,
                                              study_name=study_name, max_items_per_group=max_items,
                                              min_retention=min_retention,
@@ -596,6 +601,7 @@ def sequence(
     runs_dir: RunsDir = Path(RunConfig.runs_dir),
     cache_dir: CacheDir = Path(RunConfig.cache_dir),
     shipped_vanilla: ShippedVanilla = RunConfig.shipped_vanilla,
+    eval_cache: EvalCache = RunConfig.eval_cache,
     attacks: Attacks = "none",
     quiet: Quiet = False,
 ) -> None:
@@ -640,7 +646,7 @@ def sequence(
                         cache_dir=str(cache_dir), shipped_vanilla=shipped_vanilla, world=WorldConfig(seed=seed),
                         injection=_injection_config(seed, None, None),
                         eval=EvalConfig(tasks=task_list, max_new_tokens=max_new_tokens, seed=seed, progress=not quiet),
-                        progress=not quiet, preset=preset_file, mia=None, relearn=None)
+                        progress=not quiet, preset=preset_file, mia=None, relearn=None, eval_cache=eval_cache)
         seq = SequenceConfig(requests_source=str(requests) if requests else None, context=context, tasks=task_list,
                              retain_items=retain_items, real_world_items=real_world_items,
                              attacks=attack_options(attacks, AttackConfig.quant_group_size, AttackConfig.margin,

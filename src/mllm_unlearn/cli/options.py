@@ -115,6 +115,10 @@ Tasks = Annotated[str, typer.Option(
 MaxNewTokens = Annotated[Optional[int], typer.Option(
     help=f"Greedy generation length (default: the benchmark's own, {MAX_NEW_TOKENS} on MLLMU-Bench, "
          f"{ClearEvalConfig.max_new_tokens} on CLEAR).")]
+EvalCache = Annotated[bool, typer.Option(
+    "--eval-cache/--no-eval-cache",
+    help="Read the vanilla model's figures from the evaluation cache (CACHE_DIR/eval) when an earlier job measured "
+         "the same model (by content), items and settings; --no-eval-cache recomputes them and rewrites the cache.")]
 
 # --- knowledge injection (the vanilla model of the built-in world) ------------------------------
 InjectEpochs = Annotated[Optional[int], typer.Option(

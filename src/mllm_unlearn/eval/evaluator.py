@@ -10,7 +10,7 @@ from __future__ import annotations
 import random
 from contextlib import nullcontext
 from dataclasses import asdict, dataclass
-from typing import Any, Callable, Iterable, Sequence, Union
+from typing import Any, Callable, Collection, Iterable, Sequence, Union
 
 import torch
 
@@ -26,6 +26,7 @@ PROTOCOLS = ("ours", mllmu_protocol.PROTOCOL)
 # Demonstrations shown before every question, or a function giving each item its own (the
 # attack battery's in-context attack: the same person's other facts).
 Demos = Union[Sequence[Item], Callable[[Item], Sequence[Item]]]
+Group = tuple[str, str, str]  # (split, modality, task): one figure's items
 
 
 @dataclass
@@ -187,17 +188,35 @@ class Evaluator:
                 records.append(record)
         return records
 
-    def evaluate(self, benchmark: Benchmark, edit: Any = None) -> dict[str, Any]:
-        """Every figure and every item's prediction; with ``edit`` applied for the duration."""
+    def evaluate(self, benchmark: Benchmark, edit: Any = None, only: Collection[Group] | None = None,
+                 known: Sequence[dict[str, Any]] = ()) -> dict[str, Any]:
+        """Every figure and every item's prediction; with ``edit`` applied for the duration.
+
+        ``only``: score just these (split, modality, task) groups (the few-shot plan is still the
+        whole evaluation's, so their records are the ones a whole evaluation gives). ``known``:
+        predictions an earlier evaluation of the same model and settings made (e.g. the knowledge
+        check's forget classification), taken for each group they cover item for item instead of
+        scoring it again."""
         if edit is not None:
             with edit.applied(self.vlm):
-                return self._evaluate(benchmark, edit)
-        return self._evaluate(benchmark)
+                return self._evaluate(benchmark, edit, only, known)
+        return self._evaluate(benchmark, None, only, known)
 
-    def _evaluate(self, benchmark: Benchmark, edit: Any = None) -> dict[str, Any]:
+    def items_read(self, benchmark: Benchmark) -> list[Item]:
+        """Every item an evaluation under ``cfg`` reads: its splits' and the demonstrations shown
+        (MLLMU-Bench's ``Full_Set`` ones under protocol mllmu). What a cached figure is keyed by."""
+        items = [i for split in self.cfg.splits for i in benchmark.eval_splits.get(split, [])]
+        return items + [i for _, shown in self.few_shot_plan(benchmark).values() for i in shown]
+
+    def _evaluate(self, benchmark: Benchmark, edit: Any = None, only: Collection[Group] | None = None,
+                  known: Sequence[dict[str, Any]] = ()) -> dict[str, Any]:
         from tqdm.auto import tqdm
 
         cfg = self.cfg
+        earlier: dict[Group, list[dict[str, Any]]] = {}
+        for record in known:
+            earlier.setdefault((record["split"], record["modality"], record["task"]), []).append(
+                {k: v for k, v in record.items() if k not in ("split", "modality", "task")})
         figures: dict[str, dict[str, dict[str, float]]] = {}
         predictions: list[dict[str, Any]] = []
         groups = []
@@ -215,12 +234,15 @@ class Evaluator:
                     scored = [i for i in group if i.person_id not in skipped]
                     if cfg.max_items_per_group and len(scored) > cfg.max_items_per_group:
                         scored = random.Random(f"{cfg.seed}:{split}:{modality}:{task}").sample(scored, cfg.max_items_per_group)
-                    if scored:
+                    if scored and (only is None or (split, modality, task) in only):
                         groups.append((split, modality, task, scored, demos))
         bar = tqdm(total=sum(len(g[3]) for g in groups), desc="evaluate", disable=not cfg.progress, unit="item")
         for split, modality, task, scored, demos in groups:
-            with edit.for_task(task) if edit is not None else nullcontext():
-                records = self.score_group(scored, task, demos)
+            records = earlier.get((split, modality, task), [])
+            if [(r["person_id"], r["question"], r["image"]) for r in records] != \
+                    [(i.person_id, i.question, i.image_key) for i in scored]:  # not this group's items: scored here
+                with edit.for_task(task) if edit is not None else nullcontext():
+                    records = self.score_group(scored, task, demos)
             bar.update(len(scored))
             cell = figures.setdefault(split, {}).setdefault(modality, {})
             if task in ("mcq", "cloze"):
@@ -239,7 +261,7 @@ class Evaluator:
                 demonstrations.setdefault(split, {})[task] = sorted(skipped)
         results: dict[str, Any] = {"config": config, "figures": figures, "predictions": predictions,
                                    "demonstration_people": demonstrations}
-        if cfg.image_swap_check:
+        if cfg.image_swap_check and only is None:  # a diagnostic of the whole evaluation
             results["diagnostics"] = {"image_swap": self.image_swap_accuracy(benchmark)}
         return results
 

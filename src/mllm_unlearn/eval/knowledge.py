@@ -94,3 +94,22 @@ def knowledge_markdown(record: dict[str, Any] | None) -> list[str]:
         lines += ["", "**Warning: the vanilla model does not clearly know the forget people; the run went on because "
                       "of --allow-unknown. The unlearning figures below do not show forgetting.**"]
     return lines
+
+
+def forget_evaluation(evaluator: Any, benchmark: Any, modalities: Iterable[str]) -> dict[str, Any]:
+    """The vanilla evaluation's part the check reads, alone and first, so a model that does not know
+    the forget people is stopped before the whole evaluation: MLLMU-Bench's forget-split
+    multiple-choice groups of ``modalities`` (the records a whole evaluation gives for them,
+    reusable by it: ``Evaluator.evaluate(known=...)``); CLEAR's forget tasks' likelihoods, without
+    generating (the check reads none of its ROUGE)."""
+    from dataclasses import replace
+
+    from .clear import ClearEvaluator
+
+    if isinstance(evaluator, ClearEvaluator):
+        forget_tasks = {t: items for t, items in benchmark.eval_splits.items() if t.startswith("forget") and items}
+        if not forget_tasks:
+            return {"figures": {}, "predictions": []}
+        likelihoods = ClearEvaluator(evaluator.vlm, replace(evaluator.cfg, rouge=False), share_prompts_with=evaluator)
+        return likelihoods.evaluate(replace(benchmark, eval_splits=forget_tasks))
+    return evaluator.evaluate(benchmark, only={("forget", m, "mcq") for m in modalities})

@@ -12,6 +12,7 @@ from typing import Any
 from ..data import Benchmark, load_mllmu
 from ..data.validation import exclude_validation_people
 from ..eval.attacks import BASELINE, AttackConfig, parse_attacks, run_battery
+from ..eval.cache import EvalCache
 from ..eval.mia import membership_inference, mia_items
 from ..eval.relearn import RelearnNotApplicable, relearn_attack
 from ..eval.stages import STAGE_PENDING, run_stage
@@ -21,6 +22,7 @@ from ..utils import peak_memory_mb
 from .config import RunConfig
 from .prepare import given_edit_kind, load_given_edit
 from .results import write_certificate, write_results
+from .vanilla_figures import cached_value
 
 
 def attack_config(cfg: RunConfig, built_here: bool) -> AttackConfig | None:
@@ -117,14 +119,15 @@ ROBUSTNESS_STAGES = {"mia": "membership inference", "relearn": "relearning attac
 
 
 def run_robustness(cfg: RunConfig, vlm: VLM, benchmark: Benchmark, edit: Any, timings: dict[str, float],
-                   on_stage: Any = None) -> dict[str, Any]:
+                   on_stage: Any = None, cache: EvalCache | None = None) -> dict[str, Any]:
     """Membership inference (vanilla and unlearned) and the relearning attack, each skipped with
     the reason recorded when switched off or when the benchmark cannot support it.
 
     A stage that raises (out of memory included) is recorded as ``{"failed": {stage, error,
     message, traceback}}`` and the next stage still runs; ``on_stage(key, outcome)`` is called
     after each stage (the pipeline rewrites results.json there). ``cfg.relearn`` must be resolved
-    (``resolve_relearn``); the attack leaves ``vlm`` as it found it, also when it fails."""
+    (``resolve_relearn``); the attack leaves ``vlm`` as it found it, also when it fails. ``cache``:
+    the vanilla model's evaluation cache, from which its membership-inference figures are read."""
     out: dict[str, Any] = {}
 
     def finish(key: str, outcome: dict[str, Any]) -> None:
@@ -142,7 +145,8 @@ def run_robustness(cfg: RunConfig, vlm: VLM, benchmark: Benchmark, edit: Any, ti
     else:
         start = time.perf_counter()
         outcome = run_stage(ROBUSTNESS_STAGES["mia"], lambda: {
-            "vanilla": membership_inference(vlm, members, non_members, cfg.mia, seed=cfg.seed),
+            "vanilla": cached_value(cache, "mia", members + non_members, {**asdict(cfg.mia), "seed": cfg.seed},
+                                    lambda: membership_inference(vlm, members, non_members, cfg.mia, seed=cfg.seed)),
             "unlearned": membership_inference(vlm, members, non_members, cfg.mia, edit=edit, seed=cfg.seed)})
         timings["membership inference"] = time.perf_counter() - start
         finish("mia", outcome)

@@ -80,6 +80,10 @@ class RunConfig:
     # method targets, else the run stops; ``allow_unknown`` goes on (and the report says so).
     min_knowledge: float = DEFAULT_MIN_KNOWLEDGE
     allow_unknown: bool = False
+    # Read the vanilla model's figures from the evaluation cache (``cache_dir``/eval, eval/cache.py)
+    # when an earlier job measured the same model, items and settings; False (``--no-eval-cache``)
+    # recomputes them (and rewrites the cache).
+    eval_cache: bool = True
 
     def __post_init__(self) -> None:
         check_dtype_and_forget_percent(self)

@@ -36,6 +36,7 @@ from .prepare import (
 from .presets import model_built_here, resolve_method_config
 from .record import run_record
 from .results import write_results
+from .vanilla_figures import MAIN_PART, cached_evaluation, cached_forget_evaluation, cached_generalisation, vanilla_cache
 
 
 def clear_eval_config(cfg: EvalConfig) -> ClearEvalConfig:
@@ -97,6 +98,9 @@ def run_pipeline(cfg: RunConfig) -> dict[str, Any]:
         given_edit.apply(vlm).remove()  # an edit of another model fails here, before any evaluation
         timings["load edit"] = time.perf_counter() - start
 
+    # The vanilla figures come from the evaluation cache when an earlier job measured this model on
+    # these items with these settings (jobs/vanilla_figures.py).
+    cache = vanilla_cache(cfg, model_path, vlm)
     gold: dict[str, Any] | None = None
     gold_path = None
     clear = benchmark.protocol == "clear"
@@ -108,25 +112,27 @@ def run_pipeline(cfg: RunConfig) -> dict[str, Any]:
         if gold_vlm is not None:
             start = time.perf_counter()
             gold_evaluator = ClearEvaluator(gold_vlm, clear_eval_config(cfg.eval))
-            gold = gold_evaluator.evaluate(benchmark)
+            gold = cached_evaluation(vanilla_cache(cfg, gold_path, gold_vlm), gold_evaluator, benchmark, part="gold")
             timings["evaluate gold"] = time.perf_counter() - start
         evaluator: Any = ClearEvaluator(vlm, clear_eval_config(cfg.eval), share_prompts_with=gold_evaluator)
         del gold_vlm, gold_evaluator  # only the gold model's results are needed from here on
-        start = time.perf_counter()
-        vanilla = evaluator.evaluate(benchmark, gold=gold)
     else:
         evaluator = Evaluator(vlm, EvalConfig(**{**asdict(cfg.eval), "image_swap_check": True}))
-        start = time.perf_counter()
-        vanilla = evaluator.evaluate(benchmark)
-    timings["evaluate vanilla"] = time.perf_counter() - start
-    # Before any unlearning: a model that never knew the forget people has nothing to forget.
+    # Before any unlearning, and first: a model that never knew the forget people has nothing to
+    # forget, and the forget split alone shows it (its records then serve the whole evaluation).
+    start = time.perf_counter()
     targeted = method.target_modalities if cfg.edit is None else ("vqa", "qa")
-    knowledge = knowledge_check(vanilla, benchmark.protocol, targeted, cfg.min_knowledge, cfg.allow_unknown)
+    forget_figures = cached_forget_evaluation(cache, evaluator, benchmark, targeted)
+    knowledge = knowledge_check(forget_figures, benchmark.protocol, targeted, cfg.min_knowledge, cfg.allow_unknown)
+    timings["knowledge check"] = time.perf_counter() - start
     if knowledge.get("passed") is False:
         if not cfg.allow_unknown:
             raise KnowledgeCheckFailed(failure_message(knowledge))
         if is_main_process():
             print(f"warning: {failure_message(knowledge)} Going on (--allow-unknown).", file=sys.stderr)
+    start = time.perf_counter()
+    vanilla = cached_evaluation(cache, evaluator, benchmark, known=forget_figures, gold=gold)
+    timings["evaluate vanilla"] = time.perf_counter() - start
 
     if cfg.method_cfg is not None and cfg.method_cfg.gradient_checkpointing is None:  # resolved here, so results.json records it
         cfg = replace(cfg, method_cfg=replace(cfg.method_cfg, gradient_checkpointing=not built_here))
@@ -177,7 +183,7 @@ def run_pipeline(cfg: RunConfig) -> dict[str, Any]:
     # The relearning attack's optimizer would dominate the peak: keep the method's own.
     peak_before_robustness = peak_memory_mb(vlm.device)
     start = time.perf_counter()
-    generalisation = {} if clear else {"vanilla": generalisation_breakdown(evaluator, benchmark),
+    generalisation = {} if clear else {"vanilla": cached_generalisation(cache, evaluator, benchmark),
                                        "unlearned": generalisation_breakdown(evaluator, benchmark, edit)}
     timings["generalisation breakdown"] = time.perf_counter() - start
 
@@ -200,6 +206,7 @@ def run_pipeline(cfg: RunConfig) -> dict[str, Any]:
         "config": config,
         "protocol": benchmark.protocol,
         "knowledge_check": knowledge,
+        "vanilla_eval_cache": cache.record(MAIN_PART),
         "vanilla": vanilla,
         "unlearned": unlearned,
         **({"gold": gold} if clear else {}),
@@ -221,9 +228,10 @@ def run_pipeline(cfg: RunConfig) -> dict[str, Any]:
         if "failed" in outcome:
             results["failures"].append(outcome["failed"])
         results["cost"]["peak_memory_mb"] = peak_memory_mb(vlm.device)
+        results["vanilla_eval_cache"] = cache.record(MAIN_PART)  # membership inference's part included
         write_results(run_dir, results)
 
-    run_robustness(replace(cfg, relearn=relearn_cfg), vlm, benchmark, edit, timings, on_stage=stage_done)
+    run_robustness(replace(cfg, relearn=relearn_cfg), vlm, benchmark, edit, timings, on_stage=stage_done, cache=cache)
     run_attacks(attack_config(cfg, built_here), vlm, benchmark, edit, results, run_dir)
     wait_for_everyone()
     return results

@@ -57,6 +57,7 @@ from .prepare import prepare_reported_benchmark, prepare_vanilla, vanilla_source
 from .presets import model_built_here, resolve_method_config
 from .record import run_record
 from .results import write_certificate, write_results
+from .vanilla_figures import cached_value, settings, vanilla_cache
 
 CONTEXTS = ("auto", "all")
 # Evaluation groups after each request, in report order.
@@ -269,8 +270,12 @@ def run_sequence(cfg: RunConfig, seq: SequenceConfig) -> dict[str, Any]:
     evaluator = Evaluator(vlm, replace(cfg.eval, tasks=seq.tasks, max_items_per_group=None))
     requested_ids = [p for group in requests for p in group]
     start = time.perf_counter()
-    vanilla = evaluate_groups(evaluator, benchmark, subsets, {"current": set(), "earlier": set(),
-                                                             "pending": set(benchmark.forget_ids)}, None)
+    unedited = {"current": set(), "earlier": set(), "pending": set(benchmark.forget_ids)}
+    view = grouped_view(benchmark, subsets, unedited)
+    cache = vanilla_cache(cfg, model_path, vlm)  # the same vanilla figures as an earlier sequence's
+    vanilla = cached_value(cache, "sequence", [i for items in view.eval_splits.values() for i in items],
+                           settings(evaluator.cfg, groups={k: sorted(v) for k, v in unedited.items()}),
+                           lambda: evaluate_groups(evaluator, benchmark, subsets, unedited, None))
     timings["evaluate vanilla"] = time.perf_counter() - start
     retain = benchmark.retain_train + (benchmark.prior_knowledge() if method.uses_prior_knowledge else [])
     config = run_record(cfg, vlm, benchmark, model_path=model_path, method_name=cfg.method, preset=preset,
@@ -285,6 +290,7 @@ def run_sequence(cfg: RunConfig, seq: SequenceConfig) -> dict[str, Any]:
                             for m in ("vqa", "qa")} for split, items in subsets.items()}
     results: dict[str, Any] = {
         "kind": "sequence", "config": config, "protocol": benchmark.protocol,
+        "vanilla_eval_cache": cache.record("sequence"),
         "sequence": {"planned": requests, "tasks": list(seq.tasks), "subsets": subset_sizes,
                      "subset_rule": {"forget": "every question of the forget people",
                                      "retain": f"{seq.retain_items or 'all'} questions per modality and task (seeded)",

@@ -45,6 +45,7 @@ from ..report.sweep import sweep_html, sweep_markdown
 from ..utils import atomic_write_text, seed_everything, stable_hash
 from .prepare import prepare_benchmark, prepare_vanilla
 from .presets import PRESET_FORMAT, model_built_here, model_family_for_presets
+from .vanilla_figures import cached_value, settings, vanilla_cache
 
 CHOICE_RULE = ("the Pareto-front trial (forget efficacy vs retention, each averaged over VQA and QA) with the best "
                "harmonic mean of forget efficacy and retention per modality, averaged over modalities; ties: the "
@@ -158,8 +159,10 @@ def run_sweep(cfg: Any, sweep: SweepConfig, space: Space | None = None,
             evaluator = Evaluator(vlm, EvalConfig(tasks=("mcq",), splits=VALIDATION_SPLITS, batch_size=cfg.eval.batch_size,
                                                   max_items_per_group=sweep.max_items_per_group, seed=cfg.seed,
                                                   progress=False))
-            state.update(vlm=vlm, model_path=model_path, evaluator=evaluator,
-                         vanilla=evaluator.evaluate(validation)["figures"])
+            cache = vanilla_cache(cfg, model_path, vlm)  # the same vanilla figures as an earlier sweep's
+            vanilla = cached_value(cache, "sweep", evaluator.items_read(validation), settings(evaluator.cfg),
+                                   lambda: evaluator.evaluate(validation)["figures"])
+            state.update(vlm=vlm, model_path=model_path, evaluator=evaluator, vanilla=vanilla)
             if study.user_attrs.get("vanilla") is None:
                 study.set_user_attr("vanilla", state["vanilla"])
                 study.set_user_attr("model_path", model_path)
