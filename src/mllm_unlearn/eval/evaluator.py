@@ -15,11 +15,12 @@ from typing import Any, Callable, Collection, Iterable, Sequence, Union
 import torch
 
 from ..data import mllmu_protocol
-from ..data.collate import Encoder
+from ..data.collate import Encoder, image_fingerprint
 from ..data.items import OPTION_KEYS, Benchmark, Item
 from ..data.layouts import FULL_SET
 from ..models.base import VLM
 from .metrics import bleu, cloze_correct, parse_letter, rouge_l_f
+from .prefix import has_forward_hooks, last_token_logprobs, same_images, shared_prefix_length
 
 TASKS = ("mcq", "cloze", "generation")
 PROTOCOLS = ("ours", mllmu_protocol.PROTOCOL)
@@ -89,6 +90,8 @@ class Evaluator:
         self.encoder = encoder or Encoder(vlm, protocol=(cfg or EvalConfig()).protocol)
         self.letter_ids = option_letter_ids(self.encoder)
         self.cfg = cfg or EvalConfig()
+        # Questions about one portrait share its prefix pass (eval/prefix.py); False scores each whole.
+        self.share_prefixes = True
         self._demonstrations: dict[tuple[str, ...], tuple[Any, list[Item]]] = {}
 
     @property
@@ -157,14 +160,44 @@ class Evaluator:
         return sorted(range(len(items)), key=lambda k: lengths[k])
 
     def _score_items(self, items: Sequence[Item], task: str, demos: Demos) -> list[dict[str, Any]]:
-        if self.cfg.batch_size > 1 and len(items) > 1:
-            order = self._by_length(items, demos)
-            records = self._score_in_order([items[k] for k in order], task, demos)
-            restored: list[dict[str, Any]] = [{}] * len(items)
-            for k, record in zip(order, records):
-                restored[k] = record
-            return restored
-        return self._score_in_order(items, task, demos)
+        shared = self._shared_prefix_scores(items, demos) if task == "mcq" and self.cfg.scorer == "likelihood" else {}
+        records: list[dict[str, Any]] = [{}] * len(items)
+        for k, scores in shared.items():
+            records[k] = self._record(items[k], task, max(scores, key=scores.get))
+        rest = [k for k in range(len(items)) if k not in shared]
+        if self.cfg.batch_size > 1 and len(rest) > 1:
+            order = self._by_length([items[k] for k in rest], demos)
+            rest = [rest[k] for k in order]
+        for k, record in zip(rest, self._score_in_order([items[k] for k in rest], task, demos)):
+            records[k] = record
+        return records
+
+    def _shared_prefix_scores(self, items: Sequence[Item], demos: Demos) -> dict[int, dict[str, float]]:
+        """Letter scores of the items that share a portrait with others, through one prefix pass per
+        portrait (eval/prefix.py); the others are left to the batched scorer. Nothing when
+        ``share_prefixes`` is off, demonstrations differ per item, or a hook is on the model."""
+        if not self.share_prefixes or callable(demos) or has_forward_hooks(self.vlm.model):
+            return {}
+        by_images: dict[tuple, list[int]] = {}
+        for k, item in enumerate(items):
+            if item.image is not None:
+                by_images.setdefault(tuple(image_fingerprint(i.image) for i in [*demos, item] if i.image is not None),
+                                     []).append(k)
+        image_tokens = self.vlm.adapter.visual_token_ids(self.vlm.model)
+        letters = list(self.letter_ids)
+        out: dict[int, dict[str, float]] = {}
+        for members in by_images.values():
+            if len(members) < 2:
+                continue
+            prompts = self._prompts([items[k] for k in members], demos)
+            length = shared_prefix_length(prompts, image_tokens)
+            sequence_keys = {n for n, v in prompts[0].items() if v.dim() == 2 and v.shape == prompts[0]["input_ids"].shape}
+            if not length or not same_images(prompts, sequence_keys):
+                continue
+            rows = last_token_logprobs(self.vlm, prompts, length, self.cfg.batch_size, list(self.letter_ids.values()))
+            for k, row in zip(members, rows):
+                out[k] = {letter: float(row[j]) for j, letter in enumerate(letters)}
+        return out
 
     def _score_in_order(self, items: Sequence[Item], task: str, demos: Demos) -> list[dict[str, Any]]:
         records = []
@@ -174,19 +207,21 @@ class Evaluator:
                 predictions = [max(s, key=s.get) for s in scores]
             else:
                 predictions = self.generate(batch, demos)
-            for item, prediction in zip(batch, predictions):
-                record = {"person_id": item.person_id, "question": item.question, "answer": item.answer,
-                          "image": item.image_key, "prediction": prediction}
-                if task == "mcq":
-                    letter = prediction if self.cfg.scorer == "likelihood" else parse_letter(prediction)
-                    record["correct"] = letter == item.answer
-                elif task == "cloze":
-                    record["correct"] = cloze_correct(prediction, item.answer)
-                else:
-                    record["rougeL_f"] = rouge_l_f(prediction, item.answer)
-                    record["bleu"] = bleu(prediction, item.answer)
-                records.append(record)
+            records += [self._record(item, task, prediction) for item, prediction in zip(batch, predictions)]
         return records
+
+    def _record(self, item: Item, task: str, prediction: str) -> dict[str, Any]:
+        record = {"person_id": item.person_id, "question": item.question, "answer": item.answer,
+                  "image": item.image_key, "prediction": prediction}
+        if task == "mcq":
+            letter = prediction if self.cfg.scorer == "likelihood" else parse_letter(prediction)
+            record["correct"] = letter == item.answer
+        elif task == "cloze":
+            record["correct"] = cloze_correct(prediction, item.answer)
+        else:
+            record["rougeL_f"] = rouge_l_f(prediction, item.answer)
+            record["bleu"] = bleu(prediction, item.answer)
+        return record
 
     def evaluate(self, benchmark: Benchmark, edit: Any = None, only: Collection[Group] | None = None,
                  known: Sequence[dict[str, Any]] = ()) -> dict[str, Any]:

@@ -203,6 +203,14 @@ class ModelAdapter:
         (tokens, width) sequence; ``None`` when its input is (images, tokens, width)."""
         return None
 
+    def continuation_positions(self, model: nn.Module, prefix_length: int, suffix_length: int,
+                               batch: int) -> torch.Tensor | None:
+        """Position ids of ``suffix_length`` text tokens that follow a cached prefix of
+        ``prefix_length`` tokens (the forward that filled the cache was the model's last), for
+        ``batch`` rows; ``None``: the model's own default, consecutive positions after the cache
+        (1-D rotary positions)."""
+        return None
+
     def _sites(self, model: nn.Module, blocks: nn.ModuleList, kind: str, leaf: str) -> list[NeuronSite]:
         base = module_path(model, blocks)
         sites = []

@@ -54,6 +54,16 @@ class Qwen2VLAdapter(ModelAdapter):
     def vision_rows_per_image(self, batch: dict[str, torch.Tensor]) -> torch.Tensor | None:
         return batch["image_grid_thw"].prod(dim=-1)  # the blocks keep each image's rows contiguous
 
+    def continuation_positions(self, model: nn.Module, prefix_length: int, suffix_length: int,
+                               batch: int) -> torch.Tensor | None:
+        # M-RoPE: text after the image continues from the largest position so far, which the
+        # prefix's forward recorded as ``rope_deltas`` (position - index); the three axes agree.
+        deltas = model.model.rope_deltas
+        if deltas is None or deltas.shape[0] != 1:
+            raise ValueError("continuation_positions: the last forward was not a one-row prefix with an image")
+        positions = torch.arange(prefix_length, prefix_length + suffix_length, device=deltas.device) + deltas[0, 0]
+        return positions.view(1, 1, -1).expand(3, batch, -1)
+
     def special_tokens(self) -> list[str]:
         return list(QWEN_SPECIAL_TOKENS)
 

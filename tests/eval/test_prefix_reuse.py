@@ -1,0 +1,66 @@
+"""Shared-prefix scoring (eval/prefix.py): one pass over each portrait's prefix, the same scores as
+scoring every question whole, on every family; never under a hook."""
+import pytest
+import torch
+
+from mllm_unlearn.eval import EvalConfig, Evaluator
+from mllm_unlearn.eval.prefix import has_forward_hooks
+
+from ..conftest import FAMILIES
+
+
+def portrait_questions(benchmark):
+    """Several questions per portrait: each forget person's VQA questions with their own image, and
+    the same questions again with a second person's portrait (a group of its own)."""
+    items = [i for i in benchmark.eval_splits["forget"] if i.modality == "vqa" and i.task == "mcq"]
+    qa = [i for i in benchmark.eval_splits["forget"] if i.modality == "qa" and i.task == "mcq"][:3]
+    return items + qa
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_shared_prefix_scores_equal_whole_prompt_scores(family, benchmark, tiny_vlm, monkeypatch):
+    vlm = tiny_vlm(family)
+    items = portrait_questions(benchmark)
+    people = {}
+    for item in items:
+        if item.image is not None:
+            people.setdefault(item.person_id, []).append(item)
+    assert any(len(group) >= 2 for group in people.values())  # a portrait asked about more than once
+    whole = Evaluator(vlm, EvalConfig(batch_size=3, progress=False))
+    whole.share_prefixes = False
+    shared = Evaluator(vlm, EvalConfig(batch_size=3, progress=False))
+    expected = whole._score_items(items, "mcq", ())
+    scores_whole = {k: whole.letter_scores([items[k]])[0] for k in range(len(items))}
+
+    prefix_forwards = []
+    original = type(vlm.model).forward
+
+    def counting(self, *args, **kwargs):
+        if kwargs.get("pixel_values") is not None:
+            prefix_forwards.append(kwargs["input_ids"].shape[0])
+        return original(self, *args, **kwargs)
+
+    monkeypatch.setattr(type(vlm.model), "forward", counting)
+    scores = shared._shared_prefix_scores(items, ())
+    portraits = [g for g in people.values() if len(g) >= 2]
+    assert len(scores) == sum(len(g) for g in portraits)  # every portrait asked about twice or more
+    assert prefix_forwards == [1] * len(portraits)  # each portrait's image encoded once, in a batch of one
+    for k, letters in scores.items():
+        for letter, value in letters.items():
+            assert value == pytest.approx(scores_whole[k][letter], abs=2e-4), (k, letter)
+    monkeypatch.setattr(type(vlm.model), "forward", original)
+    assert shared._score_items(items, "mcq", ()) == expected  # the same records, in the items' order
+
+
+def test_no_shared_prefix_under_a_hook(benchmark, tiny_vlm):
+    vlm = tiny_vlm("llava")
+    items = portrait_questions(benchmark)
+    evaluator = Evaluator(vlm, EvalConfig(batch_size=4, progress=False))
+    assert not has_forward_hooks(vlm.model) and evaluator._shared_prefix_scores(items, ())
+    layer = vlm.adapter.lm_layers(vlm.model)[0]
+    handle = layer.register_forward_hook(lambda module, args, output: output)  # e.g. a steering edit's
+    try:
+        assert has_forward_hooks(vlm.model) and evaluator._shared_prefix_scores(items, ()) == {}
+    finally:
+        handle.remove()
+    assert torch.is_grad_enabled()
