@@ -29,10 +29,12 @@ def test_two_process_cli_run_matches_one_process(benchmark, words, tmp_path):
                    check=True, env=env, stdout=subprocess.DEVNULL)
     subprocess.run([accelerate, "launch", "--main_process_port", "0", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
                     "--mixed_precision", "no", "--dynamo_backend", "no", "-m", "mllm_unlearn", *common, "--name", "two",
-                    "--batch-size", "4"], check=True, env=env, stdout=subprocess.DEVNULL)
+                    "--batch-size", "4", "--no-eval-cache"],  # measured by both processes, not read back
+                   check=True, env=env, stdout=subprocess.DEVNULL)
     one = json.loads((tmp_path / "runs" / "one" / "results.json").read_text())
     two = json.loads((tmp_path / "runs" / "two" / "results.json").read_text())
     assert one["config"]["processes"] == 1 and two["config"]["processes"] == 2
+    assert two["vanilla_eval_cache"]["reused"] is False
     # Evaluation is shared out over the processes and gathered back in order: identical.
     assert two["vanilla"]["predictions"] == one["vanilla"]["predictions"]
     edit_one = json.loads((tmp_path / "runs" / "one" / "edit" / "edit.json").read_text())["meta"]
