@@ -52,6 +52,22 @@ def test_shared_prefix_scores_equal_whole_prompt_scores(family, benchmark, tiny_
     assert shared._score_items(items, "mcq", ()) == expected  # the same records, in the items' order
 
 
+@pytest.mark.parametrize("family", FAMILIES)
+def test_shared_prefix_generations_equal_whole_prompt_generations(family, benchmark, tiny_vlm):
+    """The generate scorer (cloze, generation, MLLMU-Bench's protocol) continues from the portrait's
+    cached prefix too: the same greedy text, token for token."""
+    vlm = tiny_vlm(family)
+    items = [i for i in benchmark.eval_splits["forget"] if i.task == "generation"]
+    cfg = EvalConfig(batch_size=3, max_new_tokens=6, progress=False)
+    whole, shared = Evaluator(vlm, cfg), Evaluator(vlm, cfg)
+    whole.share_prefixes = False
+    groups = shared._portrait_groups(items, ())
+    assert groups and all(len(members) >= 2 for members, _, _ in groups)
+    expected = whole._score_items(items, "generation", ())
+    assert len({r["prediction"] for r in expected}) > 1  # not one text for every question
+    assert shared._score_items(items, "generation", ()) == expected
+
+
 def test_no_shared_prefix_under_a_hook(benchmark, tiny_vlm):
     vlm = tiny_vlm("llava")
     items = portrait_questions(benchmark)

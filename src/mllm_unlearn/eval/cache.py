@@ -36,7 +36,7 @@ from ..utils import stable_hash
 
 # Bump when a scorer's figures change for the same model, items and settings (a fixed bug, a new
 # metric, a changed record layout): every cached figure then recomputes.
-SCORER_VERSION = 2  # 2: questions about one portrait share its prefix pass (eval/prefix.py)
+SCORER_VERSION = 3  # 3: questions about one portrait share its prefix pass in both scorers (eval/prefix.py)
 CACHE_FOLDER = "eval"
 HASH_MEMO = "file-hashes.json"
 # Files of a model folder that do not change its outputs (the tool's own notes beside the weights).

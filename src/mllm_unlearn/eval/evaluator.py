@@ -20,7 +20,7 @@ from ..data.items import OPTION_KEYS, Benchmark, Item
 from ..data.layouts import FULL_SET
 from ..models.base import VLM
 from .metrics import bleu, cloze_correct, parse_letter, rouge_l_f
-from .prefix import has_forward_hooks, last_token_logprobs, same_images, shared_prefix_length
+from .prefix import generate_after_prefix, has_forward_hooks, last_token_logprobs, same_images, shared_prefix_length
 
 TASKS = ("mcq", "cloze", "generation")
 PROTOCOLS = ("ours", mllmu_protocol.PROTOCOL)
@@ -139,7 +139,7 @@ class Evaluator:
     def generate(self, items: Sequence[Item], demos: Demos = (), max_new_tokens: int | None = None) -> list[str]:
         inputs = self._inputs(items, demos)
         tokenizer = self.vlm.tokenizer
-        length = max_new_tokens or self.cfg.max_new_tokens or mllmu_protocol.MAX_NEW_TOKENS
+        length = self._generation_length(max_new_tokens)
         output = self.vlm.model.generate(**inputs, do_sample=False, max_new_tokens=length,
                                          pad_token_id=tokenizer.pad_token_id)
         new_tokens = output[:, inputs["input_ids"].shape[1]:]
@@ -160,11 +160,17 @@ class Evaluator:
         return sorted(range(len(items)), key=lambda k: lengths[k])
 
     def _score_items(self, items: Sequence[Item], task: str, demos: Demos) -> list[dict[str, Any]]:
-        shared = self._shared_prefix_scores(items, demos) if task == "mcq" and self.cfg.scorer == "likelihood" else {}
         records: list[dict[str, Any]] = [{}] * len(items)
-        for k, scores in shared.items():
-            records[k] = self._record(items[k], task, max(scores, key=scores.get))
-        rest = [k for k in range(len(items)) if k not in shared]
+        for members, prompts, length in self._portrait_groups(items, demos):
+            if task == "mcq" and self.cfg.scorer == "likelihood":
+                rows = last_token_logprobs(self.vlm, prompts, length, self.cfg.batch_size, list(self.letter_ids.values()))
+                predictions = [max(zip(self.letter_ids, row.tolist()), key=lambda pair: pair[1])[0] for row in rows]
+            else:
+                predictions = generate_after_prefix(self.vlm, prompts, length, self.cfg.batch_size,
+                                                    self._generation_length(), self.encoder.pad_id)
+            for k, prediction in zip(members, predictions):
+                records[k] = self._record(items[k], task, prediction)
+        rest = [k for k in range(len(items)) if not records[k]]
         if self.cfg.batch_size > 1 and len(rest) > 1:
             order = self._by_length([items[k] for k in rest], demos)
             rest = [rest[k] for k in order]
@@ -172,32 +178,40 @@ class Evaluator:
             records[k] = record
         return records
 
-    def _shared_prefix_scores(self, items: Sequence[Item], demos: Demos) -> dict[int, dict[str, float]]:
-        """Letter scores of the items that share a portrait with others, through one prefix pass per
-        portrait (eval/prefix.py); the others are left to the batched scorer. Nothing when
+    def _portrait_groups(self, items: Sequence[Item], demos: Demos) -> list[tuple[list[int], list[dict[str, Any]], int]]:
+        """(item indices, their prompts, shared prefix length) for each portrait asked about more than
+        once, whose prompts share a prefix holding its image tokens (eval/prefix.py); nothing when
         ``share_prefixes`` is off, demonstrations differ per item, or a hook is on the model."""
         if not self.share_prefixes or callable(demos) or has_forward_hooks(self.vlm.model):
-            return {}
+            return []
         by_images: dict[tuple, list[int]] = {}
         for k, item in enumerate(items):
             if item.image is not None:
                 by_images.setdefault(tuple(image_fingerprint(i.image) for i in [*demos, item] if i.image is not None),
                                      []).append(k)
         image_tokens = self.vlm.adapter.visual_token_ids(self.vlm.model)
-        letters = list(self.letter_ids)
-        out: dict[int, dict[str, float]] = {}
+        groups = []
         for members in by_images.values():
             if len(members) < 2:
                 continue
             prompts = self._prompts([items[k] for k in members], demos)
             length = shared_prefix_length(prompts, image_tokens)
             sequence_keys = {n for n, v in prompts[0].items() if v.dim() == 2 and v.shape == prompts[0]["input_ids"].shape}
-            if not length or not same_images(prompts, sequence_keys):
-                continue
+            if length and same_images(prompts, sequence_keys):
+                groups.append((members, prompts, length))
+        return groups
+
+    def _shared_prefix_scores(self, items: Sequence[Item], demos: Demos) -> dict[int, dict[str, float]]:
+        """Letter scores of the items scored through their portrait's prefix pass."""
+        out: dict[int, dict[str, float]] = {}
+        for members, prompts, length in self._portrait_groups(items, demos):
             rows = last_token_logprobs(self.vlm, prompts, length, self.cfg.batch_size, list(self.letter_ids.values()))
             for k, row in zip(members, rows):
-                out[k] = {letter: float(row[j]) for j, letter in enumerate(letters)}
+                out[k] = {letter: float(row[j]) for j, letter in enumerate(self.letter_ids)}
         return out
+
+    def _generation_length(self, max_new_tokens: int | None = None) -> int:
+        return max_new_tokens or self.cfg.max_new_tokens or mllmu_protocol.MAX_NEW_TOKENS
 
     def _score_in_order(self, items: Sequence[Item], task: str, demos: Demos) -> list[dict[str, Any]]:
         records = []

@@ -73,16 +73,51 @@ def same_images(prompts: Sequence[dict[str, torch.Tensor]], sequence_keys: set[s
 
 
 @torch.no_grad()
+def prefix_cache(vlm: Any, prompt: dict[str, torch.Tensor], prefix_length: int) -> Any:
+    """The key/value cache of ``prompt``'s first ``prefix_length`` tokens (with its images), one row."""
+    sequence_keys = {n for n, v in prompt.items() if v.dim() == 2 and v.shape == prompt["input_ids"].shape}
+    prefix = {n: (v[:, :prefix_length] if n in sequence_keys else v).to(vlm.device) for n, v in prompt.items()}
+    return vlm.model(**prefix, use_cache=True, logits_to_keep=1).past_key_values
+
+
+@torch.no_grad()
+def generate_after_prefix(vlm: Any, prompts: Sequence[dict[str, torch.Tensor]], prefix_length: int, batch_size: int,
+                          max_new_tokens: int, pad_id: int) -> list[str]:
+    """Greedy generations after each prompt (all sharing their first ``prefix_length`` tokens and
+    their images) from one prefix pass: each batch continues from a copy of the prefix's cache, its
+    own tokens left-padded after the prefix (the positions the model derives from the attention
+    mask skip its gap; Qwen's M-RoPE offset is the one the prefix pass recorded)."""
+    model, device = vlm.model, vlm.device
+    cache = prefix_cache(vlm, prompts[0], prefix_length)
+    shared = prompts[0]["input_ids"][0, :prefix_length]
+    texts: list[str] = []
+    for start in range(0, len(prompts), batch_size):
+        chunk = prompts[start:start + batch_size]
+        suffixes = [p["input_ids"][0, prefix_length:] for p in chunk]
+        length = max(len(s) for s in suffixes)
+        ids = torch.full((len(chunk), prefix_length + length), pad_id, dtype=torch.long)
+        mask = torch.zeros_like(ids)
+        ids[:, :prefix_length] = shared
+        mask[:, :prefix_length] = 1
+        for k, suffix in enumerate(suffixes):
+            ids[k, prefix_length + length - len(suffix):] = suffix
+            mask[k, prefix_length + length - len(suffix):] = 1
+        rows = copy.deepcopy(cache)
+        rows.batch_repeat_interleave(len(chunk))
+        output = model.generate(input_ids=ids.to(device), attention_mask=mask.to(device), do_sample=False,
+                                max_new_tokens=max_new_tokens, pad_token_id=pad_id, **{cache_keyword(model): rows})
+        new_tokens = output[:, prefix_length + length:]
+        texts += [t.strip() for t in vlm.tokenizer.batch_decode(new_tokens, skip_special_tokens=True)]
+    return texts
+
+
+@torch.no_grad()
 def last_token_logprobs(vlm: Any, prompts: Sequence[dict[str, torch.Tensor]], prefix_length: int,
                         batch_size: int, token_ids: Sequence[int]) -> list[torch.Tensor]:
     """Log-probabilities of ``token_ids`` after each prompt (all sharing their first
     ``prefix_length`` tokens and their images), from one prefix pass and batched continuations."""
     model, device = vlm.model, vlm.device
-    first = prompts[0]
-    sequence_keys = {n for n, v in first.items() if v.dim() == 2 and v.shape == first["input_ids"].shape}
-    prefix = {n: (v[:, :prefix_length] if n in sequence_keys else v).to(device) for n, v in first.items()}
-    out = model(**prefix, use_cache=True, logits_to_keep=1)
-    cache = out.past_key_values
+    cache = prefix_cache(vlm, prompts[0], prefix_length)
     wanted = torch.tensor(list(token_ids), device=device)
     scores: list[torch.Tensor] = []
     for start in range(0, len(prompts), batch_size):
