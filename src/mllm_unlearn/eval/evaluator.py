@@ -195,6 +195,8 @@ class Evaluator:
             if len(members) < 2:
                 continue
             prompts = self._prompts([items[k] for k in members], demos)
+            order = sorted(range(len(members)), key=lambda j: prompts[j]["input_ids"].shape[1])  # less padding
+            members, prompts = [members[j] for j in order], [prompts[j] for j in order]
             length = shared_prefix_length(prompts, image_tokens)
             sequence_keys = {n for n, v in prompts[0].items() if v.dim() == 2 and v.shape == prompts[0]["input_ids"].shape}
             if length and same_images(prompts, sequence_keys):
