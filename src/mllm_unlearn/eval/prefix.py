@@ -77,7 +77,8 @@ def prefix_cache(vlm: Any, prompt: dict[str, torch.Tensor], prefix_length: int) 
     """The key/value cache of ``prompt``'s first ``prefix_length`` tokens (with its images), one row."""
     sequence_keys = {n for n, v in prompt.items() if v.dim() == 2 and v.shape == prompt["input_ids"].shape}
     prefix = {n: (v[:, :prefix_length] if n in sequence_keys else v).to(vlm.device) for n, v in prompt.items()}
-    return vlm.model(**prefix, use_cache=True, logits_to_keep=1).past_key_values
+    output = vlm.model(**prefix, use_cache=True, logits_to_keep=1)
+    return output.cache if cache_keyword(vlm.model) == "cache" else output.past_key_values
 
 
 @torch.no_grad()
