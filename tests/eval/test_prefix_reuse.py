@@ -3,8 +3,8 @@ scoring every question whole, on every family; never under a hook."""
 import pytest
 import torch
 
-from mllm_unlearn.eval import EvalConfig, Evaluator
-from mllm_unlearn.eval.prefix import has_forward_hooks
+from mllm_unlearn.eval import EvalConfig, Evaluator, prefix
+from mllm_unlearn.eval.prefix import has_forward_hooks, prefix_cache, rows_per_batch
 
 from ..conftest import FAMILIES
 
@@ -80,3 +80,21 @@ def test_no_shared_prefix_under_a_hook(benchmark, tiny_vlm):
     finally:
         handle.remove()
     assert torch.is_grad_enabled()
+
+
+def test_continuation_batches_are_cut_to_the_copies_byte_budget(benchmark, tiny_vlm, monkeypatch):
+    vlm = tiny_vlm("llava")
+    items = [i for i in benchmark.eval_splits["forget"] if i.modality == "vqa" and i.task == "mcq"]
+    evaluator = Evaluator(vlm, EvalConfig(batch_size=8, progress=False))
+    (members, prompts, length), *_ = evaluator._portrait_groups(items, ())
+    with torch.no_grad():
+        cache = prefix_cache(vlm, prompts[0], length)
+    row = sum(layer.keys.numel() * layer.keys.element_size() * 2 for layer in cache.layers)
+    assert rows_per_batch(cache, 8) == 8
+    monkeypatch.setattr(prefix, "COPIES_BYTES", 2 * row)
+    assert rows_per_batch(cache, 8) == 2
+    monkeypatch.setattr(prefix, "COPIES_BYTES", 1)
+    assert rows_per_batch(cache, 8) == 1  # one row at least
+    whole = Evaluator(vlm, EvalConfig(batch_size=8, progress=False))
+    whole.share_prefixes = False
+    assert evaluator._score_items(items, "mcq", ()) == whole._score_items(items, "mcq", ())

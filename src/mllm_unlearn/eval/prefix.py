@@ -72,6 +72,19 @@ def same_images(prompts: Sequence[dict[str, torch.Tensor]], sequence_keys: set[s
     return all(set(p) == set(first) and all(torch.equal(p[n], first[n]) for n in names) for p in prompts[1:])
 
 
+# The copies of a prefix's cache one continuation batch holds (one per row, every layer's keys and
+# values): at 7B scale a 600-token prefix is about 300 MB a row, so a batch of 32 would add ~10 GB.
+# Batches are cut to stay under this many bytes (at least one row).
+COPIES_BYTES = 2 * 1024 ** 3
+
+
+def rows_per_batch(cache: Any, batch_size: int) -> int:
+    """``batch_size``, or fewer so that the batch's copies of ``cache`` (one row) fit ``COPIES_BYTES``."""
+    row = sum(t.numel() * t.element_size() for layer in getattr(cache, "layers", [])
+              for t in (getattr(layer, "keys", None), getattr(layer, "values", None)) if t is not None)
+    return max(1, min(batch_size, COPIES_BYTES // row)) if row else batch_size
+
+
 @torch.no_grad()
 def prefix_cache(vlm: Any, prompt: dict[str, torch.Tensor], prefix_length: int) -> Any:
     """The key/value cache of ``prompt``'s first ``prefix_length`` tokens (with its images), one row."""
@@ -90,6 +103,7 @@ def generate_after_prefix(vlm: Any, prompts: Sequence[dict[str, torch.Tensor]], 
     mask skip its gap; Qwen's M-RoPE offset is the one the prefix pass recorded)."""
     model, device = vlm.model, vlm.device
     cache = prefix_cache(vlm, prompts[0], prefix_length)
+    batch_size = rows_per_batch(cache, batch_size)
     shared = prompts[0]["input_ids"][0, :prefix_length]
     texts: list[str] = []
     for start in range(0, len(prompts), batch_size):
@@ -119,6 +133,7 @@ def last_token_logprobs(vlm: Any, prompts: Sequence[dict[str, torch.Tensor]], pr
     ``prefix_length`` tokens and their images), from one prefix pass and batched continuations."""
     model, device = vlm.model, vlm.device
     cache = prefix_cache(vlm, prompts[0], prefix_length)
+    batch_size = rows_per_batch(cache, batch_size)
     wanted = torch.tensor(list(token_ids), device=device)
     scores: list[torch.Tensor] = []
     for start in range(0, len(prompts), batch_size):
