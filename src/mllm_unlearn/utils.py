@@ -4,6 +4,7 @@ from __future__ import annotations
 import atexit
 import hashlib
 import json
+import math
 import os
 import random
 import shutil
@@ -28,6 +29,67 @@ def stable_hash(obj: Any, length: int = 12) -> str:
     return hashlib.sha256(text.encode()).hexdigest()[:length]
 
 
+def current_umask() -> int:
+    """The process's umask, read without changing it where Linux reports it (``/proc/self/status``)."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
+    except (OSError, ValueError):
+        pass
+    mask = os.umask(0o022)  # elsewhere: set and restore (not thread-safe, but nothing here runs threads then)
+    os.umask(mask)
+    return mask
+
+
+def umask_mode(directory: bool = False) -> int:
+    """The mode ``open``/``mkdir`` would give a new file (0o666) or folder (0o777) under the umask:
+    ``mkstemp``/``mkdtemp`` create theirs 0600/0700, which colleagues and a web server cannot read."""
+    return (0o777 if directory else 0o666) & ~current_umask()
+
+
+def check_training_numbers(owner: str, **values: Any) -> None:
+    """Training settings that must make sense before any work: ``lr`` a finite number > 0,
+    ``epochs``/``batch_size`` whole numbers >= 1, ``max_steps`` None or a whole number >= 1.
+    The ValueError names ``owner.field`` (``option_message`` turns it into the option)."""
+    for field, value in values.items():
+        if field == "max_steps" and value is None:
+            continue
+        if field == "lr":
+            number = isinstance(value, (int, float)) and not isinstance(value, bool)
+            if not number or not math.isfinite(value) or value <= 0:
+                raise ValueError(f"{owner}.lr must be a finite number > 0, got {value!r}")
+        elif not isinstance(value, int) or isinstance(value, bool) or value < 1:
+            raise ValueError(f"{owner}.{field} must be a whole number >= 1"
+                             f"{' (or unset)' if field == 'max_steps' else ''}, got {value!r}")
+
+
+def check_writable_folder(path: str | Path, option: str) -> None:
+    """The folder ``path`` (or, while it does not exist, its nearest existing parent) accepts new
+    files, checked before any work: otherwise a ValueError naming ``option``."""
+    path = Path(path)
+    existing = path
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    if not existing.is_dir():
+        raise ValueError(f"{option} {path}: {existing} is not a folder")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise ValueError(f"{option} {path}: {existing} is not writable (permissions or a read-only file system)")
+
+
+def directory_digest(path: str | Path) -> str:
+    """sha256 over a folder's files: each relative path and its bytes, in sorted order."""
+    root = Path(path)
+    digest = hashlib.sha256()
+    for file in sorted(p for p in root.rglob("*") if p.is_file()):
+        digest.update(file.relative_to(root).as_posix().encode() + b"\0")
+        with open(file, "rb") as handle:
+            for chunk in iter(lambda: handle.read(1 << 20), b""):
+                digest.update(chunk)
+        digest.update(b"\0")
+    return digest.hexdigest()
+
+
 def atomic_write_text(path: str | Path, text: str) -> None:
     """Write to a temporary name, then rename, so a crash never leaves a half file."""
     atomic_write_bytes(path, text.encode())
@@ -40,7 +102,11 @@ def atomic_write_bytes(path: str | Path, data: bytes) -> None:
     try:
         with os.fdopen(fd, "wb") as handle:
             handle.write(data)
+        os.chmod(tmp, umask_mode())
         os.replace(tmp, path)
+    except OSError as error:  # a full disk, say: the error names the file (the old one is intact)
+        Path(tmp).unlink(missing_ok=True)
+        raise OSError(error.errno, error.strerror or str(error), str(path)) from error
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
@@ -53,7 +119,12 @@ def atomic_directory(path: str | Path) -> Iterator[Path]:
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}.tmp-"))
     try:
+        os.chmod(tmp, umask_mode(directory=True))
         yield tmp
+        # What the block wrote gets the umask's modes too: some writers (safetensors) create 0600 files.
+        for inner in tmp.rglob("*"):
+            if not inner.is_symlink():
+                os.chmod(inner, umask_mode(directory=inner.is_dir()))
         # Move an old version aside (one atomic rename) rather than deleting it in place, so a
         # concurrent reader or writer never sees a half-deleted directory under ``path``.
         old = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}.old-"))
@@ -160,6 +231,15 @@ def is_main_process() -> bool:
 def wait_for_everyone() -> None:
     if process_rank_and_count()[1] > 1:
         torch.distributed.barrier()
+
+
+def broadcast_from_main(value: Any) -> Any:
+    """The main process's ``value`` in every process (the value itself in one process)."""
+    if process_rank_and_count()[1] == 1:
+        return value
+    box = [value]
+    torch.distributed.broadcast_object_list(box, src=0)
+    return box[0]
 
 
 def shard_and_gather(items: list[Any], work: Any) -> list[Any]:

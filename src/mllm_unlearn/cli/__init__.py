@@ -64,9 +64,20 @@ from .options import (
 app = typer.Typer(add_completion=False, help="Make a multimodal LLM forget chosen knowledge, and measure it.")
 
 
+# What a command turns into one ``error:`` line: bad input (exit 2), and what the file system refused
+# (a read-only folder, a full disk: exit 1; the error names the file).
+INPUT_ERRORS = (ValueError, FileNotFoundError, FileExistsError, FloatingPointError)
+USER_ERRORS = (*INPUT_ERRORS, OSError)
+
+
 def fail(error: BaseException) -> NoReturn:
-    """A clean error exit (code 2) naming the option behind a dataclass field's error."""
-    typer.secho(f"error: {option_message(error)}", fg=typer.colors.RED, err=True)
+    """A clean error exit naming the option behind a dataclass field's error (code 2), or the file
+    an operating-system error is about (code 1: nothing wrong with the input)."""
+    if isinstance(error, OSError) and not isinstance(error, (FileNotFoundError, FileExistsError)):
+        where = f"{error.filename}: " if error.filename else ""
+        typer.secho(f"error: {where}{error.strerror or error}", fg=typer.colors.RED, err=True)
+        raise typer.Exit(code=1)
+    typer.secho(f"error: {' '.join(option_message(error).splitlines())}", fg=typer.colors.RED, err=True)
     raise typer.Exit(code=2)
 
 
@@ -290,7 +301,7 @@ def run(
                         attacks=battery, preset=preset_file, min_knowledge=min_knowledge, allow_unknown=allow_unknown,
                         eval_cache=eval_cache)
         run_pipeline(cfg)
-    except (ValueError, FileNotFoundError, FloatingPointError, UnlearningDiverged) as error:
+    except (*USER_ERRORS, UnlearningDiverged) as error:
         fail(error)
     from ..utils import is_main_process
 
@@ -382,7 +393,7 @@ def finetune(
     except TrainingPaused as paused:
         typer.echo(f"{paused} (mllm-unlearn finetune ... --resume)")
         return
-    except (ValueError, FileNotFoundError, FileExistsError, FloatingPointError) as error:
+    except USER_ERRORS as error:
         fail(error)
     from ..utils import is_main_process
 
@@ -444,6 +455,9 @@ def sweep(
                        f"{objectives['forget_efficacy']:.3f}, retention {objectives['retention']:.3f}")
 
     try:
+        from ..utils import check_writable_folder
+
+        check_writable_folder(out, "--out")
         cfg = RunConfig(name=f"sweep-{method}", family=family, model=str(model) if model else None,
                         benchmark=benchmark or None, forget_percent=forget, method=method, seed=seed, device=device,
                         dtype=dtype, runs_dir=str(runs_dir), cache_dir=str(cache_dir), shipped_vanilla=shipped_vanilla,
@@ -457,7 +471,7 @@ def sweep(
                                              fixed={**({"batch_size": batch_size} if batch_size else {}),
                                                     **{f"extra.{k}": v for k, v in parse_options(option).items()}},
                                              progress=not quiet), on_trial=progress)
-    except (ValueError, FileNotFoundError) as error:
+    except USER_ERRORS as error:
         fail(error)
     typer.echo((out / "report.md").read_text())
     typer.echo(f"Wrote {out / 'trials.json'}, {out / 'front.json'}, {out / 'report.html'}"
@@ -482,24 +496,31 @@ def export(
     unlearning.json beside it says what was removed and how; --dtype: the saved weights' dtype), or
     with --peft-adapter write a LoRA edit as a peft adapter."""
     from ..interventions import load_edit
+    from ..interventions.base import refuse_nonfinite, saved_tensors
     from ..jobs.export import export_peft_adapter, export_unlearned_model
+    from ..jobs.run_folder import check_edit_matches
     from ..models import load_vlm
     from ..report import load_results
+    from ..utils import check_writable_folder
 
     try:
         edit_dir, base = source, model
         if not source.exists():
             raise FileNotFoundError(f"{source} does not exist (expected a run folder or a saved edit)")
+        check_writable_folder(out, "--out")
         if (source / "results.json").is_file():
             edit_dir = source / "edit"
+            results = load_results(source)
+            check_edit_matches(source, results, "export")  # the edit its figures belong to, nothing else
             if base is None:
-                recorded = load_results(source).get("config", {}).get("model_path")
+                recorded = results.get("config", {}).get("model_path")
                 if not recorded:
                     raise ValueError(f"{source / 'results.json'} records no config.model_path: "
                                      "say which model the edit was made on with --model")
                 base = Path(recorded)
         if base is None:
             raise ValueError(f"{source} is not a run folder (no results.json): say which model it edits with --model")
+        refuse_nonfinite(saved_tensors(edit_dir), f"export {edit_dir}")  # never a NaN checkpoint
         edit = load_edit(edit_dir)
         if peft_adapter:
             export_peft_adapter(edit, out, base_model=str(base))
@@ -510,7 +531,7 @@ def export(
             raise FileExistsError(f"{out} already exists: choose a new folder for the unlearned checkpoint")
         vlm = load_vlm(base, device=device, dtype=dtype, training=False)
         export_unlearned_model(vlm, edit, out, base_model=str(base))
-    except (ValueError, FileNotFoundError, FileExistsError) as error:
+    except USER_ERRORS as error:
         fail(error)
     typer.echo(f"Wrote the unlearned checkpoint {out} ({edit.kind} edit of {base} baked in)")
 
@@ -549,7 +570,7 @@ def attack(
         if cfg is None:
             raise ValueError("--attacks none: nothing to run")
         attack_existing_run(run_dir, cfg, edit, device)
-    except (ValueError, FileNotFoundError) as error:
+    except USER_ERRORS as error:
         fail(error)
     typer.echo((run_dir / "report.md").read_text())
     typer.echo(f"Wrote {run_dir / 'results.json'}, {run_dir / 'report.md'}, {run_dir / 'report.html'}"
@@ -657,7 +678,7 @@ def sequence(
 
             seq.requests = read_requests(requests, prepare_benchmark(cfg)[0])  # before any model work
         run_sequence(cfg, seq)
-    except (ValueError, FileNotFoundError, FloatingPointError, UnlearningDiverged, BenchmarkFormatError) as error:
+    except (*USER_ERRORS, UnlearningDiverged, BenchmarkFormatError) as error:
         fail(error)
     out = runs_dir / name
     typer.echo((out / "report.md").read_text())
@@ -676,14 +697,22 @@ def methods() -> None:
 @app.command()
 def report(run_dir: Path) -> None:
     """Re-render RUN_DIR/report.md and RUN_DIR/report.html from RUN_DIR/results.json."""
+    from ..interventions.base import one_line
     from ..jobs.results import write_reports
+    from ..jobs.run_folder import check_edit_matches
     from ..report import load_results
 
     try:
         results = load_results(run_dir)
-    except (ValueError, FileNotFoundError) as error:
+        check_edit_matches(run_dir, results, "report")
+        try:
+            markdown = write_reports(run_dir, results)
+        except (AttributeError, TypeError, KeyError, IndexError) as error:  # a field of the wrong kind
+            raise ValueError(f"{Path(run_dir) / 'results.json'}: cannot render a report from it ({one_line(error)}); "
+                             "was it edited by hand? Restore it or run the run again") from None
+    except USER_ERRORS as error:
         fail(error)
-    typer.echo(write_reports(run_dir, results))
+    typer.echo(markdown)
 
 
 @app.command()
@@ -699,7 +728,7 @@ def compare(
 
     try:
         results = [load_results(run) for run in runs]
-    except (ValueError, FileNotFoundError) as error:
+    except USER_ERRORS as error:
         fail(error)
     from ..report.sequence import is_sequence, render_sequence_html, sequence_compare_markdown
 

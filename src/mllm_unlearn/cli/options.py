@@ -74,7 +74,9 @@ People = Annotated[int, typer.Option(help="Fictitious people in the built-in wor
 RealPeople = Annotated[int, typer.Option(help="Real-world people in the built-in world.")]
 
 # --- where things go -----------------------------------------------------------------------------
-Name = Annotated[str, typer.Option(help="Run name: results go to RUNS_DIR/NAME/.")]
+Name = Annotated[str, typer.Option(
+    help="Run name, one folder name (no '/'): results go to RUNS_DIR/NAME/, which a rerun replaces as one unit when "
+         "it ends (docs/reports.md#the-run-folder).")]
 RunsDir = Annotated[Path, typer.Option(help="Where run folders are written (sweep: its default output folder).")]
 CacheDir = Annotated[Path, typer.Option(help="Cache of generated benchmarks and vanilla models.")]
 ShippedVanilla = Annotated[bool, typer.Option(
@@ -157,6 +159,10 @@ FIELD_OPTIONS = {
     "FinetuneConfig.save_every": "--save-every", "FinetuneConfig.stop_after": "--stop-after",
     "SweepConfig.trials": "--trials", "SweepConfig.min_retention": "--min-retention",
     "SequenceConfig.retain_items": "--retain-items", "SequenceConfig.real_world_items": "--real-world-items",
+    "MethodConfig.lr": "--lr", "MethodConfig.epochs": "--epochs", "MethodConfig.max_steps": "--max-steps",
+    "MethodConfig.batch_size": "--batch-size", "MethodConfig.max_batch_tokens": "--max-batch-tokens",
+    "FinetuneConfig.lr": "--lr", "FinetuneConfig.epochs": "--epochs", "FinetuneConfig.max_steps": "--max-steps",
+    "FinetuneConfig.batch_size": "--batch-size",
 }
 _FIELD_ERROR = re.compile(r"([A-Z]\w*\.\w+) (.*)", re.DOTALL)
 

@@ -70,14 +70,67 @@ class Edit:
 
 
 def load_edit(path: str | Path) -> Edit:
+    """The edit saved in ``path``; a damaged folder (edit.json that is not JSON, a truncated or
+    malformed weights file, an index outside its tensor) is a ValueError naming the file."""
     folder = Path(path)
     header = folder / "edit.json"
     if not header.is_file():
         raise FileNotFoundError(f"{folder} is not a saved edit: {header} is missing")
-    info = json.loads(header.read_text())
+    try:
+        info = json.loads(header.read_text())
+    except (ValueError, UnicodeDecodeError) as error:
+        raise ValueError(f"{header}: not valid JSON ({error})") from None
+    if not isinstance(info, dict) or not isinstance(info.get("meta", {}), dict):
+        raise ValueError(f"{header}: expected a JSON object with 'kind' and 'meta' (an object)")
     if info.get("kind") not in EDIT_KINDS:
         raise ValueError(f"{header}: unknown edit kind {info.get('kind')!r}; known: {sorted(EDIT_KINDS)}")
-    return EDIT_KINDS[info["kind"]]._load_payload(folder, info.get("meta", {}))
+    try:
+        return EDIT_KINDS[info["kind"]]._load_payload(folder, info.get("meta", {}))
+    except SAVED_FILE_ERRORS as error:
+        raise ValueError(f"{folder}: the saved {info['kind']} edit cannot be read: {one_line(error)}") from None
+
+
+def one_line(error: BaseException) -> str:
+    """``Type: message`` of an error, on one line."""
+    text = " ".join(str(error).split())
+    return f"{type(error).__name__}: {text}" if text else type(error).__name__
+
+
+def _safetensors_errors() -> tuple[type[BaseException], ...]:
+    from safetensors import SafetensorError
+
+    return (SafetensorError,)
+
+
+# What reading a damaged saved edit raises: safetensors' own error (truncated file, absurd header
+# size), a missing file, or a tensor that does not fit its record (checked in the loaders).
+SAVED_FILE_ERRORS = (*_safetensors_errors(), OSError, ValueError, KeyError, IndexError, RuntimeError)
+
+
+def saved_tensors(folder: str | Path) -> Iterator[tuple[str, Any]]:
+    """Every tensor of every ``.safetensors`` file under ``folder``, as ``("file: key", tensor)``,
+    one at a time; a file that cannot be read is a ValueError naming it."""
+    from safetensors import safe_open
+
+    for file in sorted(Path(folder).rglob("*.safetensors")):
+        try:
+            with safe_open(str(file), "pt") as handle:
+                for key in handle.keys():
+                    yield f"{file}: {key}", handle.get_tensor(key)
+        except SAVED_FILE_ERRORS as error:
+            raise ValueError(f"{file}: not a readable safetensors file ({one_line(error)})") from None
+
+
+def refuse_nonfinite(tensors: Iterator[tuple[str, Any]] | Any, what: str) -> None:
+    """A ValueError naming the first tensor of ``tensors`` ((name, tensor) pairs) holding NaN or
+    infinity: such an edit would be measured (or exported) as if it were a model."""
+    import torch
+
+    for name, tensor in tensors:
+        if torch.is_floating_point(tensor) and not bool(torch.isfinite(tensor).all()):
+            bad = int((~torch.isfinite(tensor)).sum())
+            raise ValueError(f"{what}: {name} holds {bad} non-finite value(s) (NaN or infinity); refusing to "
+                             "use it (a diverged training step? a damaged file?)")
 
 
 @register_edit

@@ -48,6 +48,17 @@ class WeightDelta(Edit):
         self.sparse = {name: SparseSlices(s.dim, s.index.detach().to("cpu", torch.int64, copy=True),
                                           s.values.detach().to("cpu", copy=True).contiguous(), tuple(s.shape))
                        for name, s in (sparse or {}).items()}
+        for name, s in self.sparse.items():
+            if s.dim not in (0, 1) or len(s.shape) != 2:
+                raise ValueError(f"weight edit: {name} has a malformed {s.axis} record (dim {s.dim}, shape {s.shape})")
+            size, other = s.shape[s.dim], s.shape[1 - s.dim]
+            if s.index.numel() and (int(s.index.min()) < 0 or int(s.index.max()) >= size):
+                raise ValueError(f"weight edit: {name} names {s.axis[:-1]} {int(s.index.max())} (or a negative one) "
+                                 f"of a {s.shape[0]} x {s.shape[1]} tensor, which has {size} {s.axis}")
+            expected = (s.index.numel(), other) if s.dim == 0 else (other, s.index.numel())
+            if tuple(s.values.shape) != expected:
+                raise ValueError(f"weight edit: {name} stores values of shape {tuple(s.values.shape)} for "
+                                 f"{s.index.numel()} {s.axis}, expected {expected}")
         both = set(self.tensors) & set(self.sparse)
         if both:
             raise ValueError(f"weight edit: {sorted(both)[:3]} given both whole and as rows/columns")

@@ -22,6 +22,7 @@ from ..utils import peak_memory_mb
 from .config import RunConfig
 from .prepare import given_edit_kind, load_given_edit
 from .results import write_certificate, write_results
+from .run_folder import check_edit_matches, run_folder_lock
 from .vanilla_figures import cached_value
 
 
@@ -71,9 +72,16 @@ def attack_existing_run(run_dir: str | Path, cfg: AttackConfig, edit_path: str |
                         device: str = "auto") -> dict[str, Any]:
     """``mllm-unlearn attack RUN_DIR``: the battery on a finished run's model and edit (or
     ``edit_path``: a saved edit or an unlearned checkpoint of the run's model), its results.json,
-    reports and certificate.json updated in place. Returns the updated results."""
+    reports and certificate.json updated in place, holding the folder's lock. Returns the updated
+    results. A folder whose edit is not the one its results.json measured is refused."""
     run_dir = Path(run_dir)
+    with run_folder_lock(run_dir):
+        return _attack_existing_run(run_dir, cfg, edit_path, device)
+
+
+def _attack_existing_run(run_dir: Path, cfg: AttackConfig, edit_path: str | Path | None, device: str) -> dict[str, Any]:
     results = load_results(run_dir)
+    check_edit_matches(run_dir, results, "attack")
     config = results["config"]
     if results.get("protocol") == "clear":
         raise ValueError(f"{run_dir} is a CLEAR run: the attack battery probes MLLMU-Bench's classification questions, "

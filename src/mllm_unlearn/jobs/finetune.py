@@ -16,6 +16,7 @@ from ..recipes.inject import INJECTION_META, InjectionConfig, injection_meta_tex
 from ..training import sharding
 from ..utils import (
     atomic_write_text,
+    check_writable_folder,
     init_distributed,
     is_main_process,
     resolve_device,
@@ -64,6 +65,7 @@ def check_output(out: str | Path, resume: bool) -> None:
     if out.exists():
         raise FileExistsError(f"--out {out} already exists and is not a finished fine-tune (no {FINETUNE_META}): "
                               "choose a new folder")
+    check_writable_folder(out, "--out")  # before any work, not when the trained model is saved
     state = state_dir_of(out)
     if resume and not state.is_dir():
         raise FileNotFoundError(f"--resume: no saved state for --out {out} ({state} does not exist)")

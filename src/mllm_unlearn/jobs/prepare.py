@@ -16,6 +16,7 @@ from ..data.synthetic import add_holdout, all_template_texts, clear_template_tex
 from ..data.text_forms import text_only_forms
 from ..data.validation import exclude_validation_people
 from ..interventions import Edit, WeightDelta, load_edit
+from ..interventions.base import refuse_nonfinite, saved_tensors
 from ..models import VLM, load_vlm
 from ..models.tiny import build_tiny_vlm, words_of
 from ..recipes.finetune import FINETUNE_META, inject_knowledge
@@ -241,8 +242,11 @@ def load_given_edit(path: str | Path, vlm: VLM) -> Edit:
     """``path`` as an edit: a saved edit folder (``edit.json``), or an unlearned checkpoint
     (``config.json``), which becomes the weight change from ``vlm`` to it."""
     if given_edit_kind(path) == "edit":
+        refuse_nonfinite(saved_tensors(path), f"--edit {path}")  # before anything is measured with it
         return load_edit(path)
-    return WeightDelta.between(vlm, path)
+    delta = WeightDelta.between(vlm, path)
+    refuse_nonfinite(delta.tensors.items(), f"--edit {path}")
+    return delta
 
 
 def given_edit_kind(path: str | Path) -> str:

@@ -1,11 +1,11 @@
 """``mllm-unlearn run``: benchmark -> vanilla model (cached) -> evaluate -> unlearn (or a given
-edit) -> evaluate -> robustness and attacks -> report, results.json rewritten after each stage."""
+edit) -> evaluate -> robustness and attacks -> report, results.json rewritten after each stage,
+into a run folder that changes as one unit (``run_folder.py``)."""
 from __future__ import annotations
 
 import sys
 import time
 from dataclasses import asdict, replace
-from pathlib import Path
 from typing import Any
 
 from ..data.clear import is_clear_layout
@@ -36,6 +36,7 @@ from .prepare import (
 from .presets import model_built_here, resolve_method_config
 from .record import run_record
 from .results import write_results
+from .run_folder import EDIT_DIR, RunFolder, edit_digest, open_run_folder
 from .vanilla_figures import MAIN_PART, cached_evaluation, cached_forget_evaluation, cached_generalisation, vanilla_cache
 
 
@@ -61,6 +62,7 @@ def run_pipeline(cfg: RunConfig) -> dict[str, Any]:
     init_distributed(cpu=resolve_device(cfg.device).type == "cpu")
     built_here = model_built_here(cfg)
     preset = None  # a given --edit trains nothing: no hyperparameters to choose
+    method = None
     if cfg.edit is None:
         method_config, preset = resolve_method_config(cfg)
         if shard:
@@ -78,7 +80,15 @@ def run_pipeline(cfg: RunConfig) -> dict[str, Any]:
     if protocol != "ours" and (cfg.benchmark == BUILTIN_CLEAR or (cfg.benchmark and is_clear_layout(cfg.benchmark))):
         raise ValueError(f"--protocol {protocol} is MLLMU-Bench's evaluation; a CLEAR benchmark is evaluated "
                          "with CLEAR's own protocol (leave --protocol out)")
-    run_dir = Path(cfg.runs_dir) / cfg.name
+    with open_run_folder(cfg.runs_dir, cfg.name) as folder:  # locked; a bad name or runs dir fails here
+        return measure_run(cfg, folder, method, preset, relearn_cfg, built_here)
+
+
+def measure_run(cfg: RunConfig, folder: RunFolder, method: Any, preset: str | None, relearn_cfg: Any,
+                built_here: bool) -> dict[str, Any]:
+    """The run's work, written into ``folder.work`` and committed at the end (``run_pipeline``
+    has checked the options and resolved the method's settings)."""
+    run_dir = folder.work
     timings: dict[str, float] = {}
 
     start = time.perf_counter()
@@ -165,11 +175,11 @@ def run_pipeline(cfg: RunConfig) -> dict[str, Any]:
             if is_main_process():
                 error.last_good.save(run_dir / "edit-last-good")
             raise UnlearningDiverged(f"{error} The edit of the last finite step is saved in "
-                                     f"{run_dir / 'edit-last-good'}.", error.last_good) from error
+                                     f"{folder.partial_location() / 'edit-last-good'}.", error.last_good) from error
         method_name = cfg.method
         timings[f"unlearn ({cfg.method})"] = time.perf_counter() - start
     if is_main_process():
-        edit.save(run_dir / "edit")  # a given edit too: the run folder holds what it measured
+        edit.save(run_dir / EDIT_DIR)  # a given edit too: the run folder holds what it measured
     wait_for_everyone()
 
     start = time.perf_counter()
@@ -215,10 +225,13 @@ def run_pipeline(cfg: RunConfig) -> dict[str, Any]:
         "generalisation": generalisation,
         "robustness": {"mia": {"pending": STAGE_PENDING}, "relearn": {"pending": STAGE_PENDING}},
         "failures": [],
-        "edit": {"kind": edit.kind, "path": str(run_dir / "edit"), "steps": edit.meta.get("steps")},
+        # The edit these figures belong to, by content (export, attack and report check it).
+        "edit": {"kind": edit.kind, "path": str(folder.final / EDIT_DIR), "steps": edit.meta.get("steps"),
+                 "sha256": edit_digest(run_dir / EDIT_DIR) if is_main_process() else None},
         "cost": {"wall_time_s": timings, "peak_memory_mb": peak_memory_mb(vlm.device),
                  "peak_memory_mb_before_robustness": peak_before_robustness,
                  "changed_parameters": getattr(edit, "changed_parameters", 0)},
+        "complete": False,  # until the last stage: a stopped run's results.json says so
     }
     # Everything measured so far is on disk before the stages most likely to run out of memory.
     write_results(run_dir, results)
@@ -233,5 +246,6 @@ def run_pipeline(cfg: RunConfig) -> dict[str, Any]:
 
     run_robustness(replace(cfg, relearn=relearn_cfg), vlm, benchmark, edit, timings, on_stage=stage_done, cache=cache)
     run_attacks(attack_config(cfg, built_here), vlm, benchmark, edit, results, run_dir)
+    folder.commit(results)  # marked complete, then swapped in as one unit
     wait_for_everyone()
     return results

@@ -57,6 +57,7 @@ from .prepare import prepare_reported_benchmark, prepare_vanilla, vanilla_source
 from .presets import model_built_here, resolve_method_config
 from .record import run_record
 from .results import write_certificate, write_results
+from .run_folder import EDIT_DIR, RunFolder, check_edit_matches, edit_digest, open_run_folder, run_folder_lock
 from .vanilla_figures import cached_value, settings, vanilla_cache
 
 CONTEXTS = ("auto", "all")
@@ -101,7 +102,14 @@ def read_requests(path: str | Path, benchmark: Benchmark) -> list[list[str]]:
     path = Path(path)
     if not path.is_file():
         raise RequestFileError(f"requests file {path} does not exist")
-    text = path.read_text()
+    try:
+        text = path.read_text(encoding="utf-8-sig")  # a byte-order mark (Windows editors) is not part of an ID
+    except UnicodeDecodeError as error:
+        raise RequestFileError(f"requests file {path} is not UTF-8 text (byte {error.start}): expected person IDs, "
+                               "one request per line, or a JSON list of lists") from None
+    if "\0" in text:
+        raise RequestFileError(f"requests file {path} is a binary file (it holds NUL bytes): expected person IDs, "
+                               "one request per line, or a JSON list of lists")
     entries: list[tuple[str, list[str]]] = []  # (where, ids)
     if text.lstrip().startswith("["):
         try:
@@ -252,7 +260,14 @@ def run_sequence(cfg: RunConfig, seq: SequenceConfig) -> dict[str, Any]:
     method.check_options(method_config)
     if method_config.gradient_checkpointing is None:
         method_config = replace(method_config, gradient_checkpointing=not model_built_here(cfg))
-    run_dir = Path(cfg.runs_dir) / cfg.name
+    with open_run_folder(cfg.runs_dir, cfg.name) as folder:  # locked; a bad name or runs dir fails here
+        return run_requests(cfg, seq, folder, method, method_config, preset)
+
+
+def run_requests(cfg: RunConfig, seq: SequenceConfig, folder: RunFolder, method: Method, method_config: MethodConfig,
+                 preset: str) -> dict[str, Any]:
+    """``run_sequence``'s work, written into ``folder.work`` and committed at the end."""
+    run_dir = folder.work
     timings: dict[str, float] = {}
 
     start = time.perf_counter()
@@ -301,6 +316,7 @@ def run_sequence(cfg: RunConfig, seq: SequenceConfig) -> dict[str, Any]:
                      "vanilla": {"figures": vanilla}, "requests": [], "undo": []},
         "edit": None, "failures": [],
         "cost": {"wall_time_s": timings, "peak_memory_mb": peak_memory_mb(vlm.device)},
+        "complete": False,  # until the last request (and the battery) is done
     }
 
     def write() -> None:
@@ -330,7 +346,7 @@ def run_sequence(cfg: RunConfig, seq: SequenceConfig) -> dict[str, Any]:
                             "context": "sequential model" if applied else "unedited model"})
             edit = SequentialEdit(parts, {"method": cfg.method, "config": method_config.to_dict(),
                                           "requests": records, "context": seq.context})
-            edit.save(run_dir / "edit")
+            edit.save(run_dir / EDIT_DIR)
             start = time.perf_counter()
             earlier = {p for group in requests[:k] for p in group}
             groups = {"current": set(people), "earlier": earlier,
@@ -349,8 +365,9 @@ def run_sequence(cfg: RunConfig, seq: SequenceConfig) -> dict[str, Any]:
             "index": k, "people": list(people), "figures": figures, "edit": {**edit_record(part), **records[-1]},
             "seconds": {"unlearn": unlearn_s, "evaluate": evaluate_s},
             **({"reused": True} if seq.reuse_parts is not None and k < len(seq.reuse_parts) else {})})
-        results["edit"] = {"kind": edit.kind, "path": str(run_dir / "edit"), "parts": len(parts),
-                           "exact_undo": [edit.exact_undo(j) for j in range(len(parts))]}
+        results["edit"] = {"kind": edit.kind, "path": str(folder.final / EDIT_DIR), "parts": len(parts),
+                           "exact_undo": [edit.exact_undo(j) for j in range(len(parts))],
+                           "sha256": edit_digest(run_dir / EDIT_DIR)}
         timings[f"request {k + 1}"] = unlearn_s + evaluate_s
         write()
         if cfg.progress:
@@ -358,6 +375,7 @@ def run_sequence(cfg: RunConfig, seq: SequenceConfig) -> dict[str, Any]:
                   f"evaluated in {evaluate_s:.1f} s", file=sys.stderr)
     if seq.attacks is not None and parse_attacks(seq.attacks.attacks):
         attack_final_model(cfg, seq.attacks, vlm, requested_view(benchmark, requested_ids), edit, results, run_dir, write)
+    folder.commit(results)
     return results
 
 
@@ -408,16 +426,24 @@ def run_config_from(results: dict[str, Any], run_dir: Path) -> RunConfig:
 
 def undo_request(run_dir: str | Path, request: int, approximate: bool = False, out: str | Path | None = None,
                  evaluate: bool = True) -> dict[str, Any]:
+    """``_undo_request`` holding the run folder's lock (no run rewrites it meanwhile)."""
+    run_dir = Path(run_dir)
+    with run_folder_lock(run_dir):
+        return _undo_request(run_dir, request, approximate, out, evaluate)
+
+
+def _undo_request(run_dir: Path, request: int, approximate: bool, out: str | Path | None,
+                  evaluate: bool) -> dict[str, Any]:
     """Remove request ``request`` (1-based, as the report numbers them) from a sequence run's edit.
 
     Writes the edit without it to ``out`` (default ``RUN_DIR/edit-without-request-N``) and, with
     ``evaluate``, scores it on the run's evaluation subsets (the removed request's people as
     ``undone``); appends the record to ``sequence.undo`` in results.json and re-renders the reports.
     ``UndoNotExact`` when later parts were computed on top of it and ``approximate`` is False."""
-    run_dir = Path(run_dir)
     results = load_results(run_dir)
     if results.get("kind") != "sequence":
         raise ValueError(f"{run_dir} is not a sequence run (its results.json has no sequence requests)")
+    check_edit_matches(run_dir, results, "sequence --undo")
     edit = load_edit(run_dir / "edit")
     if not isinstance(edit, SequentialEdit):
         raise ValueError(f"{run_dir / 'edit'} is a {edit.kind} edit, not a sequential one")
@@ -456,16 +482,23 @@ def undo_request(run_dir: str | Path, request: int, approximate: bool = False, o
 
 
 def replay_without(run_dir: str | Path, request: int, name: str | None = None) -> dict[str, Any]:
+    """``_replay_without`` holding the run folder's lock (the replay's own folder is locked too)."""
+    run_dir = Path(run_dir)
+    with run_folder_lock(run_dir):
+        return _replay_without(run_dir, request, name)
+
+
+def _replay_without(run_dir: Path, request: int, name: str | None) -> dict[str, Any]:
     """The exact undo for any method: the sequence of ``run_dir`` run again without request
     ``request`` (1-based), into a new run folder (default ``<name>-without-request-N`` beside it).
 
     The parts of the requests before it are taken from the run (recomputing them from the same
     model, data, settings and seed gives the same edits); the later requests are unlearned again
     on the model without it, so the result is the model as if it had never been requested."""
-    run_dir = Path(run_dir)
     results = load_results(run_dir)
     if results.get("kind") != "sequence":
         raise ValueError(f"{run_dir} is not a sequence run (its results.json has no sequence requests)")
+    check_edit_matches(run_dir, results, "sequence --replay")
     edit = load_edit(run_dir / "edit")
     done = results["sequence"]["requests"]
     if not isinstance(edit, SequentialEdit) or len(edit.parts) != len(done):

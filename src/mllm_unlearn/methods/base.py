@@ -5,6 +5,7 @@ Gradient methods only define a loss; the shared loop (``training.loop``) does th
 """
 from __future__ import annotations
 
+import math
 import random
 from abc import ABC, abstractmethod
 from dataclasses import asdict, dataclass, field
@@ -18,6 +19,7 @@ from ..interventions import CompositeEdit, Edit, LowRankDelta, WeightDelta
 from ..models.base import VLM
 from ..training import sharding
 from ..training.loop import LoraOptions, TrainConfig, TrainResult, train
+from ..utils import check_training_numbers
 
 
 @dataclass
@@ -42,6 +44,25 @@ class MethodConfig:
     # MLLMEraser's PGD: split each batch into parts of at most this many (padded) tokens.
     max_batch_tokens: int | None = None
     extra: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        # Also on every ``replace``: a preset file's or an option's value is checked where it is set.
+        check_training_numbers("MethodConfig", lr=self.lr, epochs=self.epochs, max_steps=self.max_steps,
+                               batch_size=self.batch_size)
+        for name, kinds in (("warmup_ratio", (int, float)), ("retain_weight", (int, float)), ("schedule", (str,)),
+                            ("extra", (dict,)), ("max_batch_tokens", (int, type(None))),
+                            ("gradient_checkpointing", (bool, type(None))), ("shard", (str, type(None)))):
+            value = getattr(self, name)
+            if not isinstance(value, kinds) or (isinstance(value, bool) and bool not in kinds):
+                expected = " or ".join("null" if k is type(None) else {"int": "a whole number", "float": "a number",
+                                                                       "str": "text", "dict": "an object",
+                                                                       "bool": "true/false"}[k.__name__]
+                                       for k in kinds)
+                raise ValueError(f"MethodConfig.{name} must be {expected}, got {value!r}")
+        if not (math.isfinite(self.warmup_ratio) and 0 <= self.warmup_ratio < 1):
+            raise ValueError(f"MethodConfig.warmup_ratio must lie in [0, 1), got {self.warmup_ratio!r}")
+        if self.max_batch_tokens is not None and self.max_batch_tokens < 1:
+            raise ValueError(f"MethodConfig.max_batch_tokens must be >= 1 (or unset), got {self.max_batch_tokens!r}")
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

@@ -75,4 +75,7 @@ def apply_values(cfg: MethodConfig, values: dict[str, Any], source: str = "prese
         raise ValueError(f"{source}: unknown option(s) {unknown}; options are {sorted(known)} and 'extra'")
     if not isinstance(extra, dict):
         raise ValueError(f"{source}: 'extra' must be an object of method options, got {extra!r}")
-    return replace(cfg, **flat, extra={**copy.deepcopy(cfg.extra), **extra})
+    try:
+        return replace(cfg, **flat, extra={**copy.deepcopy(cfg.extra), **extra})
+    except ValueError as error:  # MethodConfig's own check of a value: named with the file it came from
+        raise ValueError(f"{source}: {error}") from None

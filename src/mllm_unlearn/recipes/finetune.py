@@ -31,6 +31,7 @@ from ..data.items import Benchmark, Item
 from ..models.base import VLM
 from ..training.loop import LoraOptions, TrainConfig, train
 from ..training.losses import answer_token_nll
+from ..utils import check_training_numbers
 from .inject import InjectionConfig, builtin_curriculum
 
 FINETUNE_META = "finetune.json"  # written last: its presence marks a finished fine-tune
@@ -111,6 +112,8 @@ class FinetuneConfig:
     progress: bool = True
 
     def __post_init__(self) -> None:
+        given = {k: getattr(self, k) for k in ("epochs", "lr", "batch_size", "max_steps") if getattr(self, k) is not None}
+        check_training_numbers("FinetuneConfig", **given)
         for name in ("save_every", "stop_after"):
             value = getattr(self, name)
             if value is not None and value < 1:

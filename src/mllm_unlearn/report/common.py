@@ -27,9 +27,36 @@ def load_results(run: str | Path) -> dict[str, Any]:
     if not path.is_file():
         raise FileNotFoundError(f"{path} does not exist (expected a run folder holding results.json)")
     try:
-        return json.loads(path.read_text())
-    except json.JSONDecodeError as error:
+        results = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as error:
         raise ValueError(f"{path} is not valid JSON ({error})") from error
+    check_results_shape(results, path)
+    return results
+
+
+# The kind of each top-level entry a run writes (a sequence's too); any but ``config`` may be null
+# (a run that stopped early, such as a failed knowledge check, has no figures after unlearning).
+RESULTS_SHAPE: dict[str, tuple[type, ...]] = {
+    "config": (dict,), **{key: (kind, type(None)) for key, kind in (
+        ("protocol", str), ("knowledge_check", dict), ("vanilla", dict), ("unlearned", dict), ("gold", dict),
+        ("tradeoff", dict), ("generalisation", dict), ("robustness", dict), ("failures", list), ("edit", dict),
+        ("cost", dict), ("complete", bool), ("sequence", dict), ("kind", str))}}
+
+
+def check_results_shape(results: Any, path: str | Path) -> None:
+    """A results.json whose entries are of the kinds a run writes (one edited by hand may not be):
+    a ValueError naming the file and the first field that is not."""
+    if not isinstance(results, dict):
+        raise ValueError(f"{path}: expected a JSON object (a run's results), got {type(results).__name__}")
+    for key, kinds in RESULTS_SHAPE.items():
+        if key in results and not isinstance(results[key], kinds):
+            raise ValueError(f"{path}: field {key!r} is {type(results[key]).__name__}, a run writes "
+                             f"{' or '.join('null' if k is type(None) else k.__name__ for k in kinds)}: was it edited "
+                             "by hand? Restore it or run the run again")
+    for key in ("vanilla", "unlearned", "gold"):
+        if isinstance(results.get(key), dict) and not isinstance(results[key].get("figures") or {}, dict):
+            raise ValueError(f"{path}: field '{key}.figures' is {type(results[key]['figures']).__name__}, a run "
+                             "writes an object: was it edited by hand? Restore it or run the run again")
 
 def run_label(results: dict[str, Any]) -> str:
     config = results["config"]

@@ -410,7 +410,7 @@ def _train_steps(model: torch.nn.Module, base_model: torch.nn.Module, examples: 
     shared = cfg.shared_batches and accelerator.num_processes > 1
     batches_per_epoch = math.ceil(len(sampler) / cfg.batch_size / (1 if shared else accelerator.num_processes))
     steps_per_epoch = math.ceil(batches_per_epoch / accumulation)
-    total = cfg.max_steps or steps_per_epoch * cfg.epochs
+    total = cfg.max_steps if cfg.max_steps is not None else steps_per_epoch * cfg.epochs
     schedulers = [torch.optim.lr_scheduler.LambdaLR(o, _lr_lambda(cfg, total, steps_per_epoch)) for o in optimizers]
     if shard:  # FSDP2 does the gradient averaging; accelerate only shares the batches out
         loader = accelerator.prepare(loader)
