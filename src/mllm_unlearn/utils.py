@@ -2,12 +2,14 @@
 from __future__ import annotations
 
 import atexit
+import gc
 import hashlib
 import json
 import math
 import os
 import random
 import shutil
+import sys
 import tempfile
 from contextlib import contextmanager
 from pathlib import Path
@@ -211,11 +213,26 @@ def init_distributed(cpu: bool) -> None:
 
 
 def leave_process_group() -> None:
-    """Destroy the process group (if any) before the interpreter exits. Left to static destructors,
-    gloo's threads sometimes abort a process whose work is done ("terminate called without an active
-    exception", SIGABRT), and the launcher then reports the whole run as failed."""
-    if torch.distributed.is_available() and torch.distributed.is_initialized():
-        torch.distributed.destroy_process_group()
+    """Leave the process group (if any) while the interpreter is still whole (registered at exit).
+
+    A collective's work holds its tensors; when a gloo worker thread drops the last one after the
+    interpreter began finalizing, releasing the tensor's Python object asks for the GIL, the thread
+    is made to exit inside a ``noexcept`` destructor and the process aborts ("terminate called
+    without an active exception", SIGABRT) after its work is done, failing the launched run. So,
+    in order: every process reaches this point and every earlier collective on the group has
+    completed (a barrier, then the device); what took part in collectives (a sharded copy's FSDP
+    state, DTensors, optimizer state, kept alive only by reference cycles) is collected; then the
+    group is destroyed and its threads joined, before finalization. A process leaving on an
+    uncaught error skips the barrier (the others may never arrive)."""
+    if not (torch.distributed.is_available() and torch.distributed.is_initialized()):
+        return
+    if not hasattr(sys, "last_value"):  # set when an uncaught exception ends the process
+        torch.distributed.barrier()
+        if torch.cuda.is_available() and torch.cuda.is_initialized():
+            torch.cuda.synchronize()
+    gc.collect()
+    torch.distributed.destroy_process_group()
+    gc.collect()
 
 
 def process_rank_and_count() -> tuple[int, int]:

@@ -10,7 +10,6 @@ MASK_FILE in the unsharded run and reads it in the sharded one: the mask is a Fi
 mini-batches of the per-process batch size, so only a shared mask makes the runs comparable.
 """
 import hashlib
-import os
 import sys
 
 import torch
@@ -27,7 +26,7 @@ from mllm_unlearn.models import TinySize
 from mllm_unlearn.models.tiny import build_tiny_vlm, words_of
 from mllm_unlearn.training import sequence_nll, sharding
 from mllm_unlearn.training.fisher import diagonal_fisher
-from mllm_unlearn.utils import init_distributed, is_main_process, leave_process_group, process_rank_and_count
+from mllm_unlearn.utils import init_distributed, is_main_process, process_rank_and_count
 
 torch.set_num_threads(1)
 out, methods, batch_size, world_dir, mask_file = sys.argv[1], sys.argv[2].split(","), int(sys.argv[3]), sys.argv[4], \
@@ -101,12 +100,5 @@ moments = {"count": moments.count, "sum": dict(moments.sum), "outer": dict(momen
 if is_main_process():
     torch.save({"results": results, "fisher": fisher, "statistics": statistics, "moments": moments,
                 "processes": process_rank_and_count()[1]}, out)
-# Leave now, past the interpreter's static destructors: after FSDP2 runs, one exit in about eight
-# aborted in them on a 2-core AVX-512 CPU (SIGABRT, "terminate called without an active exception"),
-# after every result was written; the sharded edits, not the exit, are what this helper checks.
-if process_rank_and_count()[1] > 1:
-    torch.distributed.barrier()
-    leave_process_group()
-    sys.stdout.flush()
-    sys.stderr.flush()
-    os._exit(0)
+# The processes exit normally (the package leaves the process group at exit): an abort at exit
+# after sharded training fails the test (docs/known-issues.md#fsdp2-exit-abort).

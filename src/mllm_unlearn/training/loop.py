@@ -6,6 +6,7 @@ with FSDP2 instead (``training/sharding.py``). DeepSpeed is refused.
 """
 from __future__ import annotations
 
+import gc
 import math
 from contextlib import contextmanager, nullcontext
 from dataclasses import asdict, dataclass, field
@@ -343,7 +344,10 @@ def _train_sharded(model: torch.nn.Module, base_model: torch.nn.Module, examples
                 sharding.write_back(sharded, base_model, set(selected), masters=result.master_weights)
         finally:
             _hand_back(sharded, base_model, cfg, False, result, accelerator)
-            del sharded
+            # FSDP2's hooks and states hold the copy in reference cycles: collected now, with its
+            # DTensors, gradients and the work of its collectives, not at interpreter exit.
+            del sharded, trainable
+            gc.collect()
 
 
 def _hand_back(unwrapped: torch.nn.Module, base_model: torch.nn.Module, cfg: TrainConfig, merge_lora: bool,
