@@ -48,11 +48,12 @@ def finished(tmp_path_factory):
 
 # --- names ---------------------------------------------------------------------------------------
 @pytest.mark.parametrize("name", ["../escape", "/abs/path", "", ".", "..", "a/b", "a\0b", ".hidden"])
-def test_a_name_must_be_one_folder_under_the_runs_dir(tmp_path, name):
+@pytest.mark.parametrize("command", ["run", "sequence"])
+def test_a_name_must_be_one_folder_under_the_runs_dir(tmp_path, name, command):
     with pytest.raises(ValueError, match="must be one folder name under --runs-dir"):
         check_run_name(name)
     runs = tmp_path / "sub" / "runs"
-    result = CliRunner().invoke(app, ["run", "--name", name, "--runs-dir", str(runs), "--cache-dir",
+    result = CliRunner().invoke(app, [command, "--name", name, "--runs-dir", str(runs), "--cache-dir",
                                       str(tmp_path / "cache"), "--quiet"])
     assert result.exit_code == 2 and "must be one folder name under --runs-dir" in result.output, result.output
     assert "Traceback" not in result.output
