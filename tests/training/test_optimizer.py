@@ -58,3 +58,16 @@ def test_batch_share_splits_a_global_batch_and_weights_shares_to_its_mean(monkey
 
 def test_batch_share_of_one_process_is_the_whole_batch():
     assert loop.batch_share([1, 2, 3]) == ([1, 2, 3], 1.0)
+
+
+def test_max_steps_zero_means_zero_steps_not_unset(tiny_vlm, benchmark):
+    """``max_steps=0`` is a number (the loop used to read it as "unset" and ran whole epochs); the
+    options that reach the loop refuse it before any work (MethodConfig, FinetuneConfig)."""
+    vlm = tiny_vlm()
+    before = {n: p.detach().clone() for n, p in vlm.model.named_parameters()}
+    encoder = Encoder(vlm)
+    result = loop.train(vlm.model, benchmark.forget_train[:4], lambda b: encoder.batch(b, train=True),
+                        lambda model, batch: sequence_nll(model, batch).mean(),
+                        loop.TrainConfig(max_steps=0, epochs=1, batch_size=2, progress=False))
+    assert result.steps == 0
+    assert all(torch.equal(p, before[n]) for n, p in vlm.model.named_parameters())
