@@ -268,3 +268,12 @@ def test_forget_people_are_shown_one_by_one_with_a_verdict_each():
     assert summary[2].endswith("| 2/2 · 1/2 |") and summary[3].endswith("| 0/2 · 1/2 |")
     assert "Forget people" not in render_markdown(results_of("npo", "npo", 45.0, 92.0, 0.8, 85.0))  # no predictions
 
+
+
+def test_report_says_what_it_wrote(tmp_path):
+    (tmp_path / "results.json").write_text(json.dumps(results_of("ga", "ga", 30.0, 80.0, 0.62, 70.0)))
+    result = CliRunner().invoke(app, ["report", str(tmp_path)])
+    assert result.exit_code == 0, result.output
+    assert result.output.strip() == (f"Wrote {tmp_path / 'report.md'} and {tmp_path / 'report.html'} from "
+                                     f"{tmp_path / 'results.json'}")
+    assert (tmp_path / "report.md").read_text().startswith("# Unlearning report: ga")

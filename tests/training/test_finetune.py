@@ -205,3 +205,85 @@ def test_gradient_accumulation_averages_micro_batches_like_one_large_batch(tiny_
             assert weight.abs().max() < 1e-4 and models[1][name].abs().max() < 1e-4, name
             continue
         torch.testing.assert_close(models[1][name], weight, rtol=1e-4, atol=1e-6)
+
+
+def test_builtin_recipe_learns_multiple_choice_from_a_published_layout_and_says_what_it_missed(tmp_path,
+                                                                                               published_mllmu_dir, capsys):
+    """MLLMU-Bench's published ft_Data has no attribute metadata to render multiple choice from: the builtin
+    recipe takes the forget and retain people's Classification_Task questions instead (never the test split's
+    or the real-world people's), and every stage that is skipped or misses its target says so on stderr and in
+    finetune.json, which ends with a knowledge summary of the model written."""
+    from mllm_unlearn.data import load_mllmu
+
+    meta = run_finetune(job(tmp_path, "builtin", published_mllmu_dir, recipe="builtin", injection=TINY_INJECTION))
+    history = meta["history"]
+    skill = history["skill (multiple choice, few people)"]
+    assert skill["steps"] > 0 and "skipped" not in skill and skill["mcq_accuracy"]
+    fine = history["finetune (benchmark people)"]
+    assert fine["multiple_choice_from"].endswith("(no attribute metadata to render multiple choice from)")
+    assert any(group.startswith("mcq/") for group in fine["learned"][-1][1])  # the probe covers multiple choice
+    pretrain = history["pretrain (real-world people)"]
+    assert pretrain["steps"] == 0 and "no pretrain_Data" in pretrain["skipped"]
+    warnings = meta["warnings"]
+    assert any("stage 'pretrain (real-world people)' skipped" in w for w in warnings)
+    assert any("ran to its epoch cap" in w and "short of its target" in w for w in warnings)  # 2 epochs: not learned
+    err = capsys.readouterr().err
+    assert "warning: stage 'pretrain (real-world people)' skipped" in err
+    assert "inject: stage 'finetune (benchmark people)' done:" in err  # a line per stage, progress bars off
+    saved = json.loads((tmp_path / "builtin" / FINETUNE_META).read_text())
+    assert saved["warnings"] == warnings
+    benchmark = load_mllmu(published_mllmu_dir)
+    knowledge = saved["knowledge"]
+    assert set(knowledge) == {"forget", "retain", "real_world"}
+    forget_items = sum(1 for i in benchmark.eval_splits["forget"] if i.task == "mcq" and i.modality == "vqa")
+    cell = knowledge["forget"]["vqa"]
+    assert cell["items"] == forget_items and cell["chance"] == 25.0 and 0 <= cell["p_value"] <= 1
+    assert cell["above_chance"] == (cell["accuracy"] > 25.0 and cell["p_value"] <= 0.05)
+
+
+def test_cli_finetune_ends_with_the_knowledge_summary_and_quiet_keeps_stage_lines(tmp_path, published_mllmu_dir):
+    out = tmp_path / "ckpt"
+    result = CliRunner().invoke(app, ["finetune", "--out", str(out), "--benchmark", str(published_mllmu_dir),
+                                      "--recipe", "mllmu", "--max-steps", "2", "--device", "cpu", "--quiet",
+                                      "--cache-dir", str(tmp_path / "cache")])
+    assert result.exit_code == 0, result.output
+    assert "finetune (mllmu): training on" in result.stderr and "finetune (mllmu): done, 2 steps" in result.stderr
+    assert "What the model knows" in result.stdout
+    lines = [line.strip() for line in result.stdout.splitlines() if line.strip().startswith(("forget ", "retain "))]
+    assert any(line.startswith("forget VQA: ") and "chance 25.0%, binomial p = " in line for line in lines)
+    assert any(line.startswith("retain QA: ") for line in lines)
+
+
+def test_a_flat_loss_is_told_apart_from_a_falling_one():
+    from mllm_unlearn.recipes.inject import loss_flat_warning, loss_is_flat
+
+    assert loss_is_flat([6.86] * 5 + [6.41] * 5)  # the issue's mllmu recipe on a fresh tiny base: 6.6% lower
+    assert loss_is_flat([6.40, 6.39])
+    assert not loss_is_flat([6.0, 5.0, 4.0, 3.0]) and not loss_is_flat([5.0])
+    assert "left the loss flat (6.40 -> 6.39 over 2 steps" in loss_flat_warning("finetune (clear)", [6.40, 6.39])[0]
+    assert loss_flat_warning("x", [6.0, 3.0]) == []
+
+
+def test_a_runs_report_carries_the_vanilla_models_training_warnings(tmp_path):
+    from mllm_unlearn.jobs.prepare import training_warnings
+    from mllm_unlearn.report import render_html, render_markdown
+
+    injected = tmp_path / "injected"
+    injected.mkdir()
+    (injected / "injection.json").write_text(json.dumps({"history": {
+        "skill (multiple choice, few people)": {"steps": 0, "skipped": "x", "warnings": ["stage 'skill' skipped: x"]},
+        "finetune (benchmark people)": {"steps": 5, "warnings": ["stage 'finetune' left the loss flat"]}}}))
+    assert training_warnings(str(injected)) == ["stage 'skill' skipped: x", "stage 'finetune' left the loss flat"]
+    finetuned = tmp_path / "finetuned"
+    finetuned.mkdir()
+    (finetuned / FINETUNE_META).write_text(json.dumps({"warnings": ["stage 'finetune (mllmu)' left the loss flat"]}))
+    (finetuned / "injection.json").write_text(json.dumps({"history": None}))
+    assert training_warnings(str(finetuned)) == ["stage 'finetune (mllmu)' left the loss flat"]
+    assert training_warnings(str(tmp_path / "nothing")) == [] and training_warnings(None) == []
+
+    from tests.report.test_html import results_of
+
+    results = results_of("ga", "ga", 30.0, 80.0, 0.62, 70.0)
+    results["config"]["vanilla_training_warnings"] = training_warnings(str(injected))
+    assert "- **Vanilla model's training warned**: stage 'skill' skipped: x" in render_markdown(results)
+    assert "Vanilla model&#x27;s training warned: stage &#x27;finetune&#x27; left the loss flat" in render_html([results])

@@ -219,8 +219,8 @@ def run(
              "Teaches a from-scratch model those formats; see docs/knowledge-injection.md#the-forms-it-trains for what it costs.")] = 0.0,
     min_knowledge: Annotated[float, typer.Option(
         help="Knowledge check before unlearning: the vanilla model's classification accuracy on the forget split "
-             "must reach chance + this many points in each modality the method targets, else the run stops "
-             "(recorded in results.json).")] = RunConfig.min_knowledge,
+             "must beat chance significantly (one-sided binomial test, p <= 0.05) and by this many points in each "
+             "modality the method targets, else the run stops (recorded in results.json).")] = RunConfig.min_knowledge,
     allow_unknown: Annotated[bool, typer.Option(
         help="Go on when the knowledge check fails (the report says the vanilla model did not know the "
              "forget people).")] = RunConfig.allow_unknown,
@@ -403,6 +403,17 @@ def finetune(
         typer.echo(f"Wrote {meta['output']} {out} (recipe {meta['recipe']['name']}"
                    f"{', retain split only' if retain_only else ''}, {meta['steps']} steps"
                    + (f", last loss {last:.4f}" if last is not None else "") + f") and {out / 'finetune.json'}")
+        from ..eval.knowledge import summary_lines
+
+        knowledge = meta.get("knowledge") or {}
+        if "failed" in knowledge:
+            typer.echo(f"Knowledge summary failed: {knowledge['failed']['error']}: {knowledge['failed']['message']}")
+        else:
+            typer.echo("What the model knows (classification accuracy, right/items, one-sided binomial test at chance):")
+            for line in summary_lines(knowledge):
+                typer.echo(f"  {line}")
+        for warning in meta.get("warnings") or []:  # again at the end, where they are seen
+            typer.echo(f"warning: {warning}", err=True)
 
 
 @app.command()
@@ -706,13 +717,13 @@ def report(run_dir: Path) -> None:
         results = load_results(run_dir)
         check_edit_matches(run_dir, results, "report")
         try:
-            markdown = write_reports(run_dir, results)
+            write_reports(run_dir, results)
         except (AttributeError, TypeError, KeyError, IndexError) as error:  # a field of the wrong kind
             raise ValueError(f"{Path(run_dir) / 'results.json'}: cannot render a report from it ({one_line(error)}); "
                              "was it edited by hand? Restore it or run the run again") from None
     except USER_ERRORS as error:
         fail(error)
-    typer.echo(markdown)
+    typer.echo(f"Wrote {run_dir / 'report.md'} and {run_dir / 'report.html'} from {run_dir / 'results.json'}")
 
 
 @app.command()

@@ -59,16 +59,26 @@ class McqRenderer:
         self.pools = {k: sorted(v) for k, v in self.pools.items()}
 
     def renderable(self, item: Item) -> bool:
+        """An item with ``Attribute``/``Value`` metadata whose attribute has 4+ values, or a multiple-choice
+        question of the benchmark's own (options A-D, its answer a letter)."""
+        if item.task == "mcq":
+            return sorted(item.options or {}) == list(OPTION_KEYS) and item.answer in OPTION_KEYS
         return len(self.pools.get(item.meta.get("Attribute", ""), ())) >= 4
 
     def __call__(self, item: Item, with_context: bool = False, vary: bool = True) -> Item:
-        """One rendering; ``vary`` False: without question noise and answer leads (the learned probe's)."""
-        value = item.meta["Value"]
-        others = [v for v in self.pools[item.meta["Attribute"]] if v != value]
-        options = [value] + self.rng.sample(others, 3)
+        """One rendering; ``vary`` False: without question noise and answer leads (the learned probe's). A
+        benchmark's own multiple-choice question keeps its options, their order drawn afresh."""
+        if item.task == "mcq":
+            value = (item.options or {})[item.answer]
+            options = list((item.options or {}).values())
+        else:
+            value = item.meta["Value"]
+            others = [v for v in self.pools[item.meta["Attribute"]] if v != value]
+            options = [value] + self.rng.sample(others, 3)
         self.rng.shuffle(options)
         question = self.noisy(item) if vary else item.question
-        question = f"{item.answer} {question}" if with_context else question
+        context = value if item.task == "mcq" else item.answer  # the fact stated before the question
+        question = f"{context} {question}" if with_context else question
         answer = OPTION_KEYS[options.index(value)]
         if vary and self.lead_share and self.lead_rng.random() < self.lead_share:
             answer = f"{self.lead_rng.choice(self.leads)} {answer}"

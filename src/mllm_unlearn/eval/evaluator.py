@@ -143,7 +143,7 @@ class Evaluator:
         output = self.vlm.model.generate(**inputs, do_sample=False, max_new_tokens=length,
                                          pad_token_id=tokenizer.pad_token_id)
         new_tokens = output[:, inputs["input_ids"].shape[1]:]
-        return [t.strip() for t in tokenizer.batch_decode(new_tokens, skip_special_tokens=True)]
+        return self.vlm.decode(new_tokens)
 
     def score_group(self, items: Sequence[Item], task: str, demos: Demos = ()) -> list[dict[str, Any]]:
         """One record per item; under ``accelerate launch`` the items are shared out over the processes."""

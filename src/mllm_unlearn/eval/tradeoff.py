@@ -10,19 +10,26 @@ four options):
 - harmonic mean of a modality's forget efficacy and its retention (the mean of its retain and
   real-world retentions): high only when both are.
 
-Undefined cases give None: efficacy when the vanilla model is not above chance (nothing to
-forget), retention when vanilla accuracy is 0.
+Each figure is measured only where the vanilla model's own accuracy on that split is above chance
+by a significant margin: one-sided binomial test at chance with the split's item count, p <=
+``ALPHA`` (0.05). Otherwise the figure is *not measurable* (None) and ``not_measurable`` says why:
+efficacy on a vanilla model at chance measures nothing forgotten, and retention on a vanilla model
+at or below chance would be clipped into a perfect 1.00 by an unlearned model that guesses as well.
+The harmonic mean needs both of its parts. Each cell keeps the item counts and the vanilla's p-values.
 """
 from __future__ import annotations
 
 from typing import Any, Mapping
 
 from ..data.items import OPTION_KEYS
+from .verdicts import p_above_chance
 
 CHANCE_ACCURACY = 100.0 / len(OPTION_KEYS)  # MLLMU-Bench's four options
 FORGET_SPLITS = ("forget", "test")  # efficacy is reported on each
 RETAIN_SPLITS = ("retain", "real_world")  # retention is reported on each; their mean enters the harmonic mean
 ACCURACY = "mcq_accuracy"
+COUNT = "mcq_count"
+ALPHA = 0.05  # the vanilla figure must beat chance at this significance for a trade-off figure to count
 
 
 def _clip(value: float) -> float:
@@ -60,37 +67,79 @@ def _accuracy(figures: Mapping[str, Any], split: str, modality: str) -> float | 
     return None if value is None else float(value)
 
 
+def _count(figures: Mapping[str, Any], split: str, modality: str) -> int | None:
+    value = figures.get(split, {}).get(modality, {}).get(COUNT)
+    return None if value is None else int(value)
+
+
+def vanilla_above_chance(accuracy: float, items: int | None, chance: float = CHANCE_ACCURACY,
+                         alpha: float = ALPHA) -> tuple[bool, float | None, str | None]:
+    """(whether ``accuracy`` % on ``items`` items beats chance significantly, the one-sided binomial
+    p-value, the reason when it does not)."""
+    if not items:
+        return False, None, "no item count to test the vanilla model's accuracy against chance"
+    right = round(accuracy * items / 100.0)
+    p_value = p_above_chance(right, items, chance)
+    if accuracy > chance and p_value <= alpha:
+        return True, p_value, None
+    return False, p_value, (f"the vanilla model's accuracy {accuracy:.1f}% ({right}/{items}) is not significantly above "
+                            f"chance {chance:.1f}% (one-sided binomial p = {p_value:.3g} > {alpha:g})")
+
+
 def tradeoff(vanilla: Mapping[str, Any], unlearned: Mapping[str, Any], chance: float = CHANCE_ACCURACY,
-             modalities: tuple[str, ...] = ("vqa", "qa")) -> dict[str, dict[str, float | None]]:
+             modalities: tuple[str, ...] = ("vqa", "qa"), alpha: float = ALPHA) -> dict[str, dict[str, Any]]:
     """Per modality: ``<split>_efficacy`` for forget and test, ``<split>_retention`` for retain and
-    real-world, ``retention`` (their mean), and ``harmonic_mean`` (forget efficacy vs retention).
+    real-world, ``retention`` (their mean), ``harmonic_mean`` (forget efficacy vs retention), and
+    ``items`` (split -> vanilla and unlearned item counts), ``vanilla_p_value`` (split -> the
+    vanilla's binomial p at chance) and ``not_measurable`` (figure -> why it is None).
 
     ``vanilla``/``unlearned`` are evaluation figures (split -> modality -> metrics, classification
-    accuracy in %). Splits a figure set lacks are left out; a modality with no figure at all too.
+    accuracy in % with its ``mcq_count``). Splits a figure set lacks are left out; a modality with
+    no figure at all too.
     """
-    out: dict[str, dict[str, float | None]] = {}
+    out: dict[str, dict[str, Any]] = {}
     for modality in modalities:
-        cell: dict[str, float | None] = {}
-        for split in FORGET_SPLITS:
+        cell: dict[str, Any] = {}
+        items: dict[str, dict[str, int | None]] = {}
+        p_values: dict[str, float | None] = {}
+        reasons: dict[str, str] = {}
+
+        def measurable(split: str, key: str) -> tuple[float, float] | None:
             before, after = _accuracy(vanilla, split, modality), _accuracy(unlearned, split, modality)
-            if before is not None and after is not None:
-                cell[f"{split}_efficacy"] = forget_efficacy(after, before, chance)
+            if before is None or after is None:
+                return None
+            items[split] = {"vanilla": _count(vanilla, split, modality), "unlearned": _count(unlearned, split, modality)}
+            known, p_values[split], reason = vanilla_above_chance(before, items[split]["vanilla"], chance, alpha)
+            cell[key] = None
+            if not known:
+                reasons[key] = reason or ""
+                return None
+            return before, after
+
+        for split in FORGET_SPLITS:
+            pair = measurable(split, f"{split}_efficacy")
+            if pair is not None:
+                cell[f"{split}_efficacy"] = forget_efficacy(pair[1], pair[0], chance)
         kept = []
         for split in RETAIN_SPLITS:
-            before, after = _accuracy(vanilla, split, modality), _accuracy(unlearned, split, modality)
-            if before is not None and after is not None:
-                cell[f"{split}_retention"] = retention(after, before)
+            pair = measurable(split, f"{split}_retention")
+            if pair is not None:
+                cell[f"{split}_retention"] = retention(pair[1], pair[0])
                 kept.append(cell[f"{split}_retention"])
         if not cell:
             continue
         cell["retention"] = _mean(kept)
+        if cell["retention"] is None:
+            reasons["retention"] = "no measurable retain or real-world retention"
         cell["harmonic_mean"] = harmonic_mean(cell.get("forget_efficacy"), cell["retention"])
-        out[modality] = cell
+        if cell["harmonic_mean"] is None:
+            reasons["harmonic_mean"] = "needs a measurable forget efficacy and retention"
+        out[modality] = {**cell, "items": items, "vanilla_p_value": p_values, "not_measurable": reasons}
     return out
 
 
-def overall(per_modality: Mapping[str, Mapping[str, float | None]]) -> dict[str, float | None]:
-    """Means over modalities of forget efficacy, retention and harmonic mean (the sweep's objectives
-    and its choice rule)."""
+def overall(per_modality: Mapping[str, Mapping[str, Any]]) -> dict[str, float | None]:
+    """Means over modalities of forget efficacy, retention and harmonic mean, over the modalities where
+    each is measurable (the sweep's objectives and its choice rule)."""
     return {key: _mean([cell.get(key) for cell in per_modality.values()])
             for key in ("forget_efficacy", "retention", "harmonic_mean")}

@@ -76,7 +76,7 @@ class RunConfig:
     # a carved-out validation split takes those people out of the reported splits.
     preset: dict[str, Any] | None = None
     # Knowledge check before unlearning (eval/knowledge.py): the vanilla model's forget-split
-    # classification accuracy must reach chance + ``min_knowledge`` points in every modality the
+    # classification accuracy must beat chance significantly (binomial) and by ``min_knowledge`` points in every modality the
     # method targets, else the run stops; ``allow_unknown`` goes on (and the report says so).
     min_knowledge: float = DEFAULT_MIN_KNOWLEDGE
     allow_unknown: bool = False

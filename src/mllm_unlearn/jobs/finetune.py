@@ -9,10 +9,14 @@ from pathlib import Path
 from typing import Any
 
 from ..data import WorldConfig
+from ..eval import EvalConfig, Evaluator
+from ..eval.clear import ClearEvalConfig, ClearEvaluator
+from ..eval.knowledge import FACE_RECOGNITION_SUFFIX, SUMMARY_SPLITS, knowledge_summary
+from ..eval.stages import stage_failure
 from ..interventions import LowRankDelta
 from ..models import TinySize, load_vlm
 from ..recipes.finetune import FINETUNE_META, FinetuneConfig, data_hash, finetune, finetune_items, resolve_recipe
-from ..recipes.inject import INJECTION_META, InjectionConfig, injection_meta_text
+from ..recipes.inject import INJECTION_META, InjectionConfig, injection_meta_text, warn
 from ..training import sharding
 from ..utils import (
     atomic_write_text,
@@ -131,7 +135,31 @@ def run_finetune(job: FinetuneJob) -> dict[str, Any]:
             vlm.save(job.out, extra_files=extra)  # all files appear together
         shutil.rmtree(state, ignore_errors=True)
     wait_for_everyone()
+    # What the written model knows (every process evaluates its share); finetune.json gets it after the
+    # checkpoint is complete, so a failing evaluation never costs the checkpoint.
+    adapter = LowRankDelta(factors or {}, meta={"recipe": recipe.name}) if cfg.keep_adapter else None
+    try:
+        meta["knowledge"] = knowledge_of(vlm, benchmark, adapter)
+    except Exception as error:  # noqa: BLE001 - the checkpoint is complete; the summary's failure is recorded
+        meta["knowledge"] = {"failed": stage_failure("knowledge summary", error)}
+        warn(f"the knowledge summary of {job.out} failed ({type(error).__name__}: {error}); the checkpoint is complete")
+    if is_main_process():
+        atomic_write_text(Path(job.out) / FINETUNE_META, json.dumps(meta, indent=2, default=str))
+    wait_for_everyone()
     return meta
+
+
+def knowledge_of(vlm: Any, benchmark: Any, edit: Any = None) -> dict[str, Any]:
+    """The knowledge summary (eval/knowledge.py) of ``vlm`` (with ``edit``: a kept LoRA adapter) on the
+    benchmark's forget, retain and real-world people: classification accuracy per modality with item
+    counts and significance."""
+    if benchmark.protocol == "clear":
+        splits = {k: v for k, v in benchmark.eval_splits.items() if k.removesuffix(FACE_RECOGNITION_SUFFIX) in SUMMARY_SPLITS}
+        evaluation = ClearEvaluator(vlm, ClearEvalConfig(rouge=False, progress=False)).evaluate(
+            replace(benchmark, eval_splits=splits), edit)
+    else:  # every split (the evaluator expects them), classification only
+        evaluation = Evaluator(vlm, EvalConfig(tasks=("mcq",), progress=False)).evaluate(benchmark, edit)
+    return knowledge_summary(evaluation, benchmark.protocol)
 
 
 def check_state(state: Path, cfg: FinetuneConfig, config_hash: str) -> None:

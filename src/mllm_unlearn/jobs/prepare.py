@@ -20,7 +20,7 @@ from ..interventions.base import refuse_nonfinite, saved_tensors
 from ..models import VLM, load_vlm
 from ..models.tiny import build_tiny_vlm, words_of
 from ..recipes.finetune import FINETUNE_META, inject_knowledge
-from ..recipes.inject import INJECTION_META, injection_cache_key, injection_meta_text, injection_texts
+from ..recipes.inject import INJECTION_META, history_warnings, injection_cache_key, injection_meta_text, injection_texts
 from ..recipes.shipped import MANIFEST as SHIPPED_MANIFEST
 from ..recipes.shipped import install_shipped
 from ..utils import is_main_process, process_rank_and_count, resolve_device, seed_everything, stable_hash, wait_for_everyone
@@ -176,6 +176,24 @@ def prepare_vanilla(cfg: RunConfig, benchmark: Benchmark, benchmark_key: str) ->
     return vlm, str(path), trained
 
 
+def training_warnings(model_path: str | None) -> list[str]:
+    """What the training of a model this tool made warned about (stages skipped, short of their target,
+    with a flat loss): from its finetune.json, else its injection.json's history; [] when none is recorded."""
+    if not model_path:
+        return []
+    folder = Path(model_path)
+    for name in (FINETUNE_META, INJECTION_META):
+        try:
+            meta = json.loads((folder / name).read_text())
+        except (OSError, ValueError):
+            continue
+        if name == FINETUNE_META and isinstance(meta.get("warnings"), list):
+            return [str(w) for w in meta["warnings"]]
+        if name == INJECTION_META and isinstance(meta.get("history"), dict):
+            return history_warnings(meta["history"])
+    return []
+
+
 def vanilla_source(model_path: str, trained: bool, cfg: RunConfig) -> str:
     """Where a run's vanilla model came from (results.json, the report)."""
     if cfg.model:
@@ -230,12 +248,20 @@ def check_gold_model(path: str, benchmark: Benchmark, option: str = "--gold-mode
     if not meta_file.is_file():
         return  # a user's checkpoint: nothing recorded to check
     meta = json.loads(meta_file.read_text())
+    given = f"{option}{path}" if option.endswith("=") else f"{option} {path}"  # "-o reference=/p", "--gold-model /p"
     if not meta.get("retain_only"):
-        raise ValueError(f"{option} {path} was fine-tuned on every person ({meta_file} says retain_only false): "
+        raise ValueError(f"{given} was fine-tuned on every person ({meta_file} says retain_only false): "
                          "make the retain-only model with `mllm-unlearn finetune --retain-only`")
-    if sorted(meta.get("forget_ids") or []) != sorted(benchmark.forget_ids):
-        raise ValueError(f"{option} {path} left out other forget people than this run's forget split "
-                         f"({meta_file}): make it with the same --benchmark, --forget and --seed")
+    left_out, forget = set(meta.get("forget_ids") or []), set(benchmark.forget_ids)
+    if left_out != forget:
+        trained_on = sorted(forget - left_out)
+        not_forgotten = sorted(left_out - forget)
+        raise ValueError(f"{given} left out other forget people than this run's forget split ({meta_file}): "
+                         + "; ".join(part for part in (
+                             f"trained on this run's forget people {', '.join(trained_on)}" if trained_on else "",
+                             f"left out {', '.join(not_forgotten)}, who are not in this run's forget split"
+                             if not_forgotten else "") if part)
+                         + ". Make it with the same --benchmark, --forget and --seed")
 
 
 def load_given_edit(path: str | Path, vlm: VLM) -> Edit:

@@ -8,6 +8,7 @@ from ..data import Benchmark
 from ..models import VLM
 from ..utils import dtype_name, process_rank_and_count
 from .config import RunConfig
+from .prepare import training_warnings
 from .presets import model_built_here, preset_choice_family, preset_record
 from .results import versions
 
@@ -21,6 +22,8 @@ def run_record(cfg: RunConfig, vlm: VLM, benchmark: Benchmark, *, model_path: st
     return {
         "name": cfg.name, "family": vlm.adapter.family, "model_path": model_path, "method": method_name,
         "vanilla_source": vanilla_source, "edit_source": cfg.edit,
+        # what the vanilla model's training warned about (skipped stages, targets missed, flat losses)
+        "vanilla_training_warnings": training_warnings(model_path),
         "benchmark_name": benchmark.name, "benchmark": benchmark.meta, "forget_percent": cfg.forget_percent,
         "seed": cfg.seed, "device": str(vlm.device), "processes": process_rank_and_count()[1],
         "dtype": dtype_name(vlm.dtype), "dtype_option": cfg.dtype, "world": asdict(cfg.world),

@@ -37,6 +37,7 @@ from .presets import model_built_here, resolve_method_config
 from .record import run_record
 from .results import write_results
 from .run_folder import EDIT_DIR, RunFolder, edit_digest, open_run_folder
+from .stopped import knowledge_advice, write_stopped_run
 from .vanilla_figures import MAIN_PART, cached_evaluation, cached_forget_evaluation, cached_generalisation, vanilla_cache
 
 
@@ -136,10 +137,15 @@ def measure_run(cfg: RunConfig, folder: RunFolder, method: Any, preset: str | No
     knowledge = knowledge_check(forget_figures, benchmark.protocol, targeted, cfg.min_knowledge, cfg.allow_unknown)
     timings["knowledge check"] = time.perf_counter() - start
     if knowledge.get("passed") is False:
-        if not cfg.allow_unknown:
-            raise KnowledgeCheckFailed(failure_message(knowledge))
+        advice = knowledge_advice(cfg, model_path)
+        if not cfg.allow_unknown:  # the run folder keeps the vanilla figures and the check (jobs/stopped.py)
+            write_stopped_run(run_dir, cfg, vlm, benchmark, vanilla=forget_figures, knowledge=knowledge,
+                              message=failure_message(knowledge, advice), advice=advice, model_path=model_path,
+                              trained=trained, preset=preset, timings=timings, gold=gold)
+            raise KnowledgeCheckFailed(failure_message(knowledge, advice)
+                                       + f" Recorded in {folder.partial_location() / 'results.json'}.")
         if is_main_process():
-            print(f"warning: {failure_message(knowledge)} Going on (--allow-unknown).", file=sys.stderr)
+            print(f"warning: {failure_message(knowledge, advice)} Going on (--allow-unknown).", file=sys.stderr)
     start = time.perf_counter()
     vanilla = cached_evaluation(cache, evaluator, benchmark, known=forget_figures, gold=gold)
     timings["evaluate vanilla"] = time.perf_counter() - start

@@ -6,6 +6,7 @@ only in the adapter files next to this one; the rest of the toolkit asks an adap
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar
@@ -301,6 +302,13 @@ class VLM:
     def tokenizer(self) -> Any:
         return self.processor.tokenizer
 
+    def decode(self, token_ids: Any) -> list[str]:
+        """Generated token ids (a batch) as texts, special tokens dropped and ends stripped. The tiny
+        models' word-level tokenizer splits "O'Rourke" into O ' Rourke and joins tokens with spaces;
+        an apostrophe between two word characters is joined back here (the token ids are unchanged)."""
+        texts = [t.strip() for t in self.tokenizer.batch_decode(token_ids, skip_special_tokens=True)]
+        return [join_word_apostrophes(t) for t in texts] if is_word_level(self.tokenizer) else texts
+
     def save(self, path: str | Path, extra_files: dict[str, str] | None = None) -> None:
         """``save_pretrained`` of model and processor (plus ``extra_files``: name -> text), all
         appearing at ``path`` together or not at all."""
@@ -311,6 +319,20 @@ class VLM:
             self.adapter.save_processor(self.processor, tmp)
             for name, text in (extra_files or {}).items():
                 (tmp / name).write_text(text)
+
+
+_SPACED_APOSTROPHE = re.compile(r"(?<=\w) ' (?=\w)")
+
+
+def join_word_apostrophes(text: str) -> str:
+    """ "O ' Rourke isn ' t" -> "O'Rourke isn't": a word-level tokenizer's spaced apostrophes inside words."""
+    return _SPACED_APOSTROPHE.sub("'", text)
+
+
+def is_word_level(tokenizer: Any) -> bool:
+    """Whether ``tokenizer`` is a word-level one (the tiny models'), which decodes with a space between every token."""
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    return backend is not None and type(backend.model).__name__ == "WordLevel"
 
 
 def checkpoint_dtype(path: str | Path, training: bool = True) -> str:

@@ -32,7 +32,7 @@ from ..models.base import VLM
 from ..training.loop import LoraOptions, TrainConfig, train
 from ..training.losses import answer_token_nll
 from ..utils import check_training_numbers
-from .inject import InjectionConfig, builtin_curriculum
+from .inject import InjectionConfig, builtin_curriculum, history_warnings, loss_flat_warning, stage_note, warn
 
 FINETUNE_META = "finetune.json"  # written last: its presence marks a finished fine-tune
 LOSS_TARGETS = ("answer", "prompt+answer")
@@ -187,13 +187,20 @@ def finetune(vlm: VLM, benchmark: Benchmark, cfg: FinetuneConfig | None = None,
         record["history"] = history
         record["steps"] = sum(stage.get("steps", 0) for stage in history.values())
         record["loss_curve"] = {name: stage.get("losses", []) for name, stage in history.items()}
+        record["warnings"] = history_warnings(history)
         return record
     if not items:
         raise ValueError(f"benchmark {trained_on.name} has no fine-tuning items (ft_Data / the training config)")
+    name = f"finetune ({recipe.name}{', retain only' if cfg.retain_only else ''})"
+    stage_note(f"{name}: training on {len(items)} items, {recipe.epochs} epochs"
+               + (f", at most {recipe.max_steps} steps" if recipe.max_steps else ""))
     result = train(vlm.model, items, _collate(vlm, recipe.loss_on), _token_mean_loss, _train_config(recipe, cfg, checkpoint_dir),
-                   description=f"finetune ({recipe.name}{', retain only' if cfg.retain_only else ''})",
-                   merge_lora=merge_lora, shard_units=vlm.adapter.shard_units)
-    record.update(steps=result.steps, loss_curve=result.losses)
+                   description=name, merge_lora=merge_lora, shard_units=vlm.adapter.shard_units)
+    record.update(steps=result.steps, loss_curve=result.losses, warnings=loss_flat_warning(name, result.losses))
+    if result.losses:
+        stage_note(f"{name}: done, {result.steps} steps, loss {result.losses[0]:.3f} -> {result.losses[-1]:.3f}")
+    for message in record["warnings"]:
+        warn(message)
     if not merge_lora:
         record["lora_factors"] = result.lora_factors
     return record

@@ -130,6 +130,62 @@ class InjectionConfig:
 
 FORMS = ("qa", "mcq", "context-mcq", "generation", "cloze")
 SKILL_FORMS = {"qa": 1, "mcq": 1, "context-mcq": 1}
+MCQ_FORMS = ("mcq", "context-mcq")
+# A stage's loss is "flat" when the mean of its last tenth of steps is less than this share below
+# the mean of its first tenth: the stage taught (almost) nothing, whatever its step count.
+FLAT_LOSS_DROP = 0.1
+
+
+def loss_is_flat(losses: Sequence[float], min_drop: float = FLAT_LOSS_DROP) -> bool:
+    """Whether a loss curve fell by less than ``min_drop`` of its start (first vs last tenth, averaged)."""
+    if len(losses) < 2:
+        return False
+    k = max(1, len(losses) // 10)
+    first, last = sum(losses[:k]) / k, sum(losses[-k:]) / k
+    return first > 0 and first - last < min_drop * first
+
+
+def loss_flat_warning(stage: str, losses: Sequence[float]) -> list[str]:
+    """The warning of a flat loss curve (empty when it fell enough)."""
+    if not loss_is_flat(losses):
+        return []
+    k = max(1, len(losses) // 10)
+    return [f"stage '{stage}' left the loss flat ({sum(losses[:k]) / k:.2f} -> {sum(losses[-k:]) / k:.2f} over "
+            f"{len(losses)} steps, less than {FLAT_LOSS_DROP:.0%} lower): it taught little; train longer or at a higher "
+            "learning rate"]
+
+
+def warn(message: str) -> None:
+    """A training warning on stderr (main process only)."""
+    import sys
+
+    from ..utils import is_main_process
+
+    if is_main_process():
+        print(f"warning: {message}", file=sys.stderr)
+
+
+def stage_note(message: str) -> None:
+    """A one-line note on a training stage on stderr (main process only; shown with --quiet too)."""
+    import sys
+
+    from ..utils import is_main_process
+
+    if is_main_process():
+        print(message, file=sys.stderr)
+
+
+def history_warnings(history: dict[str, Any]) -> list[str]:
+    """Every stage's warnings of an injection history, in stage order."""
+    return [w for stage in history.values() if isinstance(stage, dict) for w in stage.get("warnings", [])]
+
+
+def classification_items(benchmark: Benchmark, people: set[str]) -> list[Item]:
+    """The multiple-choice questions (MLLMU-Bench's ``Classification_Task``) of the forget and retain
+    splits' people in ``people`` (the people trained on): what a layout without attribute metadata
+    teaches multiple choice from. Never the test split nor the real-world people's (Retain_Set)."""
+    return [replace(i, split="finetune") for split in ("forget", "retain") for i in benchmark.eval_splits.get(split, [])
+            if i.task == "mcq" and i.options and i.person_id in people]
 
 
 def injection_texts(cfg: InjectionConfig) -> list[str]:
@@ -194,6 +250,15 @@ def _curriculum(vlm: VLM, benchmark: Benchmark, cfg: InjectionConfig, progress: 
     finetune_items = list(benchmark.finetune_train) + identity_items(benchmark.finetune_train, names, cfg.identity_copies)
     renderer = McqRenderer(pretrain_items + finetune_items, cfg.seed, cfg.mcq_question_noise, cfg.answer_lead_share,
                            cfg.answer_leads, names)
+    wants_mcq = any(cfg.pretrain_forms.get(f) or cfg.finetune_forms.get(f) for f in MCQ_FORMS)
+    choice_source = ""
+    if wants_mcq and not any(renderer.renderable(i) for i in list(benchmark.pretrain_train) + list(benchmark.finetune_train)):
+        # No attribute metadata to render options from (MLLMU-Bench's published ft_Data): the benchmark's
+        # own multiple-choice questions of the people trained on teach the format, options re-ordered.
+        choices = classification_items(benchmark, {i.person_id for i in finetune_items})
+        finetune_items += choices
+        choice_source = (f"{len(choices)} Classification_Task questions of the forget and retain people trained on "
+                         "(no attribute metadata to render multiple choice from)") if choices else ""
     augment_rng = random.Random(cfg.seed + 13)
     task_rng = random.Random(cfg.seed + 29)
 
@@ -240,12 +305,13 @@ def _curriculum(vlm: VLM, benchmark: Benchmark, cfg: InjectionConfig, progress: 
             raise ValueError(f"injection forms {sorted(unknown)} are unknown; forms are {FORMS}")
         items = [i for i in items for _ in range(cfg.modality_weights.get(i.modality, 1))]
         renderable = [i for i in items if renderer.renderable(i)]
-        pool = [("qa", i) for i in items] * forms.get("qa", 0)
-        for form in ("mcq", "context-mcq"):
+        pairs = [i for i in items if i.task != "mcq"]  # a benchmark's own multiple-choice questions: mcq forms only
+        pool = [("qa", i) for i in pairs] * forms.get("qa", 0)
+        for form in MCQ_FORMS:
             pool += [(form, i) for i in renderable] * forms.get(form, 0)
         for form in QA_TASK_FORMS:
             # Only pairs the form can be asked of (cloze: the fact's value is in the answer).
-            askable = [i for i in items if as_task_prompt(i, form) is not None]
+            askable = [i for i in pairs if as_task_prompt(i, form) is not None]
             pool += [(form, i) for i in askable] * forms.get(form, 0)
         return pool
 
@@ -254,16 +320,36 @@ def _curriculum(vlm: VLM, benchmark: Benchmark, cfg: InjectionConfig, progress: 
         return sequence_nll(model, batch).mean() * weight
 
     history: dict[str, Any] = {}
+    skill_name = "skill (multiple choice, few people)"
     if cfg.skill_people > 0 and (cfg.pretrain_forms.get("mcq") or cfg.finetune_forms.get("mcq")):
-        history["skill (multiple choice, few people)"] = _skill_stage(vlm, benchmark, cfg, renderer, collate, pool_of,
-                                                                       loss, progress)
+        stage_note(f"inject: stage '{skill_name}' starts")
+        skill = _skill_stage(vlm, benchmark, cfg, renderer, collate, pool_of, loss, progress,
+                             extra=[i for i in finetune_items if i.task == "mcq"])
+        skill["warnings"] = _skill_warnings(skill_name, skill, cfg)
+        history[skill_name] = skill
+        _finish_stage(skill_name, skill)
     stages = []
     pre = pretrain_items
     pre_pool = pool_of(pre, cfg.pretrain_forms)
     fine = finetune_items
     fine_pool = pool_of(fine, cfg.finetune_forms)
+    pre_name, fine_name = "pretrain (real-world people)", "finetune (benchmark people)"
+    for name, pool_, epochs_, why in (
+            (pre_name, pre_pool, cfg.pretrain_epochs, "the benchmark has no training data of the real-world people "
+             "(no pretrain_Data): they are taught nothing and their accuracy stays at chance unless the model knew them"),
+            (fine_name, fine_pool, cfg.finetune_epochs, "the benchmark has no training data of its people")):
+        if not (pool_ and epochs_):
+            reason = why if not pool_ else "its epoch cap is 0"
+            history[name] = {"steps": 0, "skipped": reason, "losses": [], "warnings": [f"stage '{name}' skipped: {reason}"]}
+            _finish_stage(name, history[name])
+    if choice_source:
+        history.setdefault(fine_name, {})["multiple_choice_from"] = choice_source
+    if wants_mcq and fine_pool and not any(form in MCQ_FORMS for form, _ in fine_pool):
+        history.setdefault(fine_name, {}).setdefault("warnings", []).append(
+            f"stage '{fine_name}': no item can be asked as multiple choice (no attribute metadata, no classification "
+            "questions): the multiple-choice forms were skipped and the model is not taught MLLMU-Bench's letter format")
     if pre_pool and cfg.pretrain_epochs:
-        stages.append(("pretrain (real-world people)", pre_pool, 2 * _facts(pre), cfg.pretrain_epochs))
+        stages.append((pre_name, pre_pool, 2 * _facts(pre), cfg.pretrain_epochs))
     if fine_pool and cfg.finetune_epochs:
         samples = 2 * _facts(fine)
         pool = fine_pool
@@ -273,7 +359,7 @@ def _curriculum(vlm: VLM, benchmark: Benchmark, cfg: InjectionConfig, progress: 
             rng = random.Random(cfg.seed)
             pool = fine_pool + [pre_pool[rng.randrange(len(pre_pool))] for _ in range(replay)]
             samples = int(samples / (1 - cfg.replay_fraction))
-        stages.append(("finetune (benchmark people)", pool, samples, cfg.finetune_epochs))
+        stages.append((fine_name, pool, samples, cfg.finetune_epochs))
     for index, (name, pool, samples, epochs) in enumerate(stages):
         examples: Sequence[Any] = pool
         stage_collate = collate
@@ -292,11 +378,44 @@ def _curriculum(vlm: VLM, benchmark: Benchmark, cfg: InjectionConfig, progress: 
         if cfg.learned_target is not None:
             stop_check, learned = _learned_check(vlm, encoder, pool, render, cfg, random.Random(cfg.seed + 53 + index),
                                                  progress, learned_groups)
+        stage_note(f"inject: stage '{name}' starts ({epochs} epochs at most)")
         result = train(vlm.model, examples, stage_collate, loss, train_cfg, description=f"inject: {name}",
                        stop_check=stop_check, check_every=cfg.learned_check_every)
+        earlier = history.get(name, {})
         history[name] = {"steps": result.steps, "first_loss": result.losses[0], "last_loss": result.losses[-1],
-                         "stopped_when_learned": result.stopped_early, "learned": learned, "losses": result.losses}
+                         "stopped_when_learned": result.stopped_early, "learned": learned, "losses": result.losses,
+                         **{k: v for k, v in earlier.items() if k == "multiple_choice_from"}}
+        warnings = list(earlier.get("warnings", []))
+        if cfg.learned_target is not None and not result.stopped_early:
+            probe = ", ".join(f"{group} {value:.2f}" for group, value in (learned[-1][1] if learned else {}).items())
+            warnings.append(f"stage '{name}' ran to its epoch cap ({result.steps} steps) short of its target: the "
+                            f"probe answered exactly {probe or 'not measured'} against {cfg.learned_target:g}; "
+                            "train longer (--inject-epochs / --pretrain-epochs)")
+        history[name]["warnings"] = warnings + loss_flat_warning(name, result.losses)
+        _finish_stage(name, history[name])
     return history
+
+
+def _finish_stage(name: str, stage: dict[str, Any]) -> None:
+    """The stage's one-line note and its warnings, on stderr."""
+    if stage.get("skipped"):
+        stage_note(f"inject: stage '{name}' skipped")
+    else:
+        stage_note(f"inject: stage '{name}' done: {stage.get('steps')} steps, loss {stage.get('first_loss', 0):.3f} -> "
+                   f"{stage.get('last_loss', 0):.3f}")
+    for message in stage.get("warnings", []):
+        warn(message)
+
+
+def _skill_warnings(name: str, stage: dict[str, Any], cfg: InjectionConfig) -> list[str]:
+    if stage.get("skipped"):
+        return [f"stage '{name}' skipped: {stage['skipped']}; the model is not taught MLLMU-Bench's letter format"]
+    warnings = []
+    accuracies = stage.get("mcq_accuracy") or []
+    if accuracies and accuracies[-1][1] < cfg.skill_target:
+        warnings.append(f"stage '{name}' stopped at its step cap ({stage['steps']} steps) with the multiple-choice "
+                        f"probe at {accuracies[-1][1]:.2f}, short of its target {cfg.skill_target:g}")
+    return warnings + loss_flat_warning(name, stage.get("losses", []))
 
 
 SHARE_WEIGHT = "share_weight"  # key of a collated batch: its process's factor from ``batch_share``
@@ -379,16 +498,19 @@ def _learned_check(vlm: VLM, encoder: Encoder, pool: Sequence[tuple[str, Item]],
 
 
 def _skill_stage(vlm: VLM, benchmark: Benchmark, cfg: InjectionConfig, renderer: McqRenderer, collate: Any,
-                 pool_of: Any, loss: Any, progress: bool) -> dict[str, Any]:
+                 pool_of: Any, loss: Any, progress: bool, extra: Sequence[Item] = ()) -> dict[str, Any]:
     import torch
 
     from ..eval.evaluator import EvalConfig, Evaluator
 
     source = list(benchmark.pretrain_train) or list(benchmark.finetune_train)
+    if extra and not any(renderer.renderable(i) for i in source):  # the benchmark's own multiple-choice questions
+        source = list(extra)
     people = sorted({i.person_id for i in source})[: cfg.skill_people]
     items = [i for i in source if i.person_id in set(people) and renderer.renderable(i)]
     if not items:
-        return {"steps": 0, "skipped": "no multiple-choice-renderable items"}
+        return {"steps": 0, "skipped": "no item can be asked as multiple choice (no attribute metadata, no "
+                                       "classification questions)", "losses": []}
     pool = pool_of(items, SKILL_FORMS)
     probe_rng = random.Random(cfg.seed + 7)
     probe = [renderer(i, vary=False) for i in probe_rng.sample(items, min(len(items), 160))]

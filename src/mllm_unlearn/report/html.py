@@ -11,6 +11,7 @@ import json
 import statistics
 from typing import Any, Sequence
 
+from ..eval.knowledge import right_of
 from ..eval.tradeoff import CHANCE_ACCURACY
 from ..eval.verdicts import STILL_KNOWN, counts, per_person_verdicts
 from .attacks import attacks_html, battery, summary_cells
@@ -28,7 +29,7 @@ from .common import (
     run_label,
     stage_note,
 )
-from .markdown import per_person_table
+from .markdown import clear_tables, per_person_table, stopped_lines, training_warning_lines
 
 # The headline metric of a figures cell: the first of these it has (else its first number).
 HEADLINE = ("mcq_accuracy", "cloze_accuracy", "rougeL_f", "prob", "truth_ratio", "rougeL_recall")
@@ -368,14 +369,22 @@ def render_html(runs: Sequence[dict[str, Any]], title: str | None = None) -> str
     parts.append(f"<p class='note'>Benchmark {html.escape(', '.join(benchmarks))}; model family "
                  f"{html.escape(', '.join(families))}; headline metric: {html.escape(metric_label)}. "
                  "Forget and test should fall, retain and real-world should stay.</p>")
+    for line in (training_warning_lines(runs[0]["config"]) if len(runs) == 1 else []):
+        parts.append(f"<p class='skipped'>{html.escape(line.removeprefix('- ').replace('**', ''))}</p>")
+    for line in (stopped_lines(runs[0]) if len(runs) == 1 else []):
+        parts.append(f"<p class='skipped'><strong>{html.escape(line.replace('**', ''))}</strong></p>")
     if len(runs) == 1 and runs[0].get("knowledge_check", {}).get("modalities"):
         check = runs[0]["knowledge_check"]
         parts += ["<h2>The vanilla model's knowledge of the forget people</h2>",
-                  html_table(["modality", "forget accuracy (%)", "chance (%)", "threshold (%)", "knows them"],
-                         [[m, _fmt(c["accuracy"], 1), _fmt(c["chance"], 1), _fmt(c["threshold"], 1),
-                           "yes" if c["passed"] else "no"] for m, c in check["modalities"].items()], "knowledge"),
+                  html_table(["modality", "forget accuracy (%)", "right / items", "chance (%)", "binomial p",
+                              "threshold (%)", "knows them"],
+                         [[m, _fmt(c["accuracy"], 1), right_of(c), _fmt(c["chance"], 1),
+                           "–" if c.get("p_value") is None else f"{c['p_value']:.3g}", _fmt(c["threshold"], 1),
+                           "yes" if c["passed"] else f"no: {c.get('reason', '')}"] for m, c in check["modalities"].items()],
+                         "knowledge"),
                   f"<p class='note'>Measured as {html.escape(check['method'])} on the forget split before unlearning; "
-                  f"threshold = chance + {check['min_knowledge']:g} points."
+                  f"it must beat chance with one-sided binomial p <= {check.get('alpha', 0.05):g} (with its item count) "
+                  f"and reach the threshold, chance + {check['min_knowledge']:g} points."
                   + (" <strong>The vanilla model does not clearly know the forget people; the run went on because of "
                      "--allow-unknown: the figures below do not show forgetting.</strong>"
                      if check.get("proceeded_without_knowledge") else "") + "</p>"]
@@ -388,19 +397,24 @@ def render_html(runs: Sequence[dict[str, Any]], title: str | None = None) -> str
     if seed_groups(runs):
         header, rows = seed_rows(runs, metric)
         parts += ["<h3>Across seeds</h3>", html_table(header, rows, "results seeds"), f"<p class='note'>{SEED_NOTE}</p>"]
-    if len(runs) == 1:
+    if len(runs) == 1 and runs[0].get("protocol") == "clear":
+        tables = clear_tables(runs[0])
+        gold = " (gold: the retain-only model)" if runs[0].get("gold") else ""
+        parts += [f"<h3>Every metric, vanilla → unlearned{gold}</h3>", html_table(*tables["tasks"], "results detail"),
+                  "<h3>Model utility and forget quality</h3>", html_table(*tables["summary"], "results clear-summary"),
+                  *[f"<p class='note'>{html.escape(note)}</p>" for note in tables["notes"]]]
+    elif len(runs) == 1:
         header, rows = detail_rows(runs[0])
         parts += ["<h3>Every metric, vanilla → unlearned</h3>", html_table(header, rows, "results detail")]
         if runs[0].get("tradeoff"):
-            from .markdown import MODALITY_LABELS, TRADEOFF_COLUMNS, hyperparameter_lines
+            from .markdown import MODALITY_LABELS, TRADEOFF_COLUMNS, TRADEOFF_RULE, hyperparameter_lines, tradeoff_cell, tradeoff_notes
 
             parts += ["<h3>Trade-off (classification, chance-corrected)</h3>",
                       html_table(["modality"] + [label for _, label in TRADEOFF_COLUMNS],
-                             [[MODALITY_LABELS.get(m, m)] + [_fmt(cell.get(key), 2) for key, _ in TRADEOFF_COLUMNS]
+                             [[MODALITY_LABELS.get(m, m)] + [tradeoff_cell(cell, key) for key, _ in TRADEOFF_COLUMNS]
                               for m, cell in runs[0]["tradeoff"].items()], "tradeoff"),
-                      "<p class='note'>Forget efficacy = clip((vanilla − acc) / (vanilla − chance), 0, 1), chance "
-                      "25%; retention = clip(acc / vanilla, 0, 1); harmonic mean of forget efficacy and the mean of "
-                      "retain and real-world retention.</p>"]
+                      f"<p class='note'>{html.escape(TRADEOFF_RULE)}</p>",
+                      *[f"<p class='note'>{html.escape(note)}</p>" for note in tradeoff_notes(runs[0]["tradeoff"])]]
             parts += [f"<p class='note'>{html.escape(line.removeprefix('- '))}</p>"
                       for line in hyperparameter_lines(runs[0]["config"])]
         people = per_person_table(runs[0])

@@ -30,17 +30,38 @@ CLEAR_METRICS = (("prob", "Prob.", "{:.3f}"), ("rougeL_recall", "ROUGE-L recall"
                  ("truth_ratio", "Truth ratio", "{:.3f}"))
 
 
-def render_clear(results: dict[str, Any]) -> list[str]:
-    """CLEAR's table: per task Prob / ROUGE-L recall / truth-ratio score, then MU and FQ."""
+FEW_ITEMS = 20  # a figure from fewer items carries a warning in both reports
+FEW_ITEMS_WARNING = f"⚠ fewer than {FEW_ITEMS} items"
+CLEAR_SUMMARY = (("model_utility", "Model utility (harmonic mean, non-forget tasks)"),
+                 ("forget_quality", "Forget quality (KS p-value of forget-caption TR vs gold)"),
+                 ("ks_statistic", "KS statistic (forget captions)"),
+                 ("forget_quality_facerec", "Forget quality, face recognition"),
+                 ("ks_statistic_facerec", "KS statistic (face recognition)"))
+
+
+def _items_cell(count: Any) -> str:
+    if not isinstance(count, int):
+        return "–"
+    return f"{count} {FEW_ITEMS_WARNING}" if count < FEW_ITEMS else str(count)
+
+
+def _task_count(results: dict[str, Any], task: str) -> int | None:
+    counts = [cell.get("count") for cell in results["vanilla"]["figures"].get(task, {}).values()]
+    found = [c for c in counts if isinstance(c, int)]
+    return sum(found) if found else None
+
+
+def clear_tables(results: dict[str, Any]) -> dict[str, Any]:
+    """CLEAR's figures for both reports: ``tasks`` (header, rows: per task and modality every metric,
+    vanilla → unlearned (gold), and its item count), ``summary`` (header, rows: model utility, forget
+    quality, KS statistics with the items behind each) and ``notes`` (warnings and explanations)."""
     vanilla, unlearned = results["vanilla"], results.get("unlearned", {})
     gold = results.get("gold")
-    lines = ["Each cell: vanilla → unlearned" + (" (gold: retain-only model)" if gold else "") +
-             ". Truth ratio: mean min(TR, 1/TR) on forget tasks (1 = cannot tell truth from perturbation), "
-             "mean max(0, 1 − 1/TR) elsewhere.", ""]
     figures = vanilla["figures"]
     metrics = [m for m in CLEAR_METRICS if any(m[0] in cell for task in figures.values() for cell in task.values())]
-    lines.append("| Task | Modality | " + " | ".join(m[1] for m in metrics) + " |")
-    lines.append("|---|---|" + "---|" * len(metrics))
+    task_header = ["Task", "Modality", *[m[1] for m in metrics], "Items"]
+    task_rows = []
+    few = False
     for task, by_modality in figures.items():
         for modality, cell in by_modality.items():
             after = unlearned.get("figures", {}).get(task, {}).get(modality, {})
@@ -51,22 +72,72 @@ def render_clear(results: dict[str, Any]) -> list[str]:
                 if gold:
                     text += f" ({_fmt(reference.get(key), pattern)})"
                 cells.append(text)
-            lines.append(f"| {CLEAR_LABELS.get(task, task)} | {MODALITY_LABELS.get(modality, modality)} | "
-                         + " | ".join(cells) + " |")
-    lines += ["", "| Summary | Vanilla | Unlearned |" + (" Gold |" if gold else ""), "|---|---|---|" + ("---|" if gold else "")]
-    for key, label in (("model_utility", "Model utility (harmonic mean, non-forget tasks)"),
-                       ("forget_quality", "Forget quality (KS p-value of forget-caption TR vs gold)"),
-                       ("ks_statistic", "KS statistic (forget captions)"),
-                       ("forget_quality_facerec", "Forget quality, face recognition")):
+            few |= isinstance(cell.get("count"), int) and cell["count"] < FEW_ITEMS
+            task_rows.append([CLEAR_LABELS.get(task, task), MODALITY_LABELS.get(modality, modality), *cells,
+                              _items_cell(cell.get("count"))])
+    utility_items = sum(_task_count(results, t) or 0 for t in figures if not t.startswith("forget")) or None
+    forget_items = {"": _task_count(results, "forget"), "_facerec": _task_count(results, "forget_facerec")}
+    summary_header = ["Summary", "Vanilla", "Unlearned", *(["Gold"] if gold else []), "Items"]
+    summary_rows = []
+    notes = []
+    for key, label in CLEAR_SUMMARY:
         row = [vanilla.get("summary", {}).get(key), unlearned.get("summary", {}).get(key)]
         if gold:
             row.append(gold.get("summary", {}).get(key))
         if all(v is None for v in row[:2]):
             continue
-        lines.append(f"| {label} | " + " | ".join(_fmt(v, "{:.3g}") for v in row) + " |")
+        items = utility_items if key == "model_utility" else forget_items["_facerec" if key.endswith("_facerec") else ""]
+        if key != "model_utility" and isinstance(items, int):
+            items_text = f"{items} per model" + (f" {FEW_ITEMS_WARNING}" if items < FEW_ITEMS else "")
+            few |= items < FEW_ITEMS
+        else:
+            items_text = _items_cell(items)
+        summary_rows.append([label, *[_fmt(v, "{:.3g}") for v in row], items_text])
+    if few:
+        notes.append(f"{FEW_ITEMS_WARNING}: a figure from so few items moves a lot with one item; read it as an "
+                     "indication, not a measurement.")
+    captions = forget_items[""]
+    if isinstance(captions, int) and any(row[0].startswith("Forget quality") for row in summary_rows):
+        critical = 1.358 * ((2 * captions) / (captions * captions)) ** 0.5
+        notes.append(f"Forget quality is a two-sample KS test's p-value over {captions} forget captions per model: at this "
+                     f"size it tells the two truth-ratio distributions apart (p < 0.05) only when they differ by a KS "
+                     f"statistic of about {min(critical, 1.0):.2f} or more (1.36·√(2/n)), so a high forget quality "
+                     "from few items is weak evidence that the model matches the gold model.")
+    for stage, figures_of in (("vanilla", vanilla), ("unlearned", unlearned)):
+        reason = zero_utility_reason(figures_of)
+        if reason:
+            notes.append(f"The {stage} model's utility is 0 because {reason}.")
     if not gold:
-        lines += ["", "No gold model (a checkpoint was given without `--gold-model`): forget quality is not computed."]
-    return lines
+        notes.append("No gold model (a checkpoint was given without `--gold-model`): forget quality is not computed.")
+    return {"tasks": (task_header, task_rows), "summary": (summary_header, summary_rows), "notes": notes}
+
+
+def zero_utility_reason(evaluation: dict[str, Any]) -> str | None:
+    """Why CLEAR's model utility is 0 (a harmonic mean is 0 when any part is): the parts that are 0; None otherwise."""
+    if (evaluation.get("summary") or {}).get("model_utility") != 0:
+        return None
+    zero = [f"{dict((k, label) for k, label, _ in CLEAR_METRICS).get(metric, metric)} on {CLEAR_LABELS.get(task, task)}"
+            for task, by_modality in (evaluation.get("figures") or {}).items() if not task.startswith("forget")
+            for cell in by_modality.values() for metric in ("prob", "rougeL_recall", "truth_ratio") if cell.get(metric) == 0]
+    why = "; ".join(zero) if zero else "a part of it is 0"
+    return (f"it is the harmonic mean of the non-forget tasks' Prob, ROUGE-L recall and truth-ratio scores, which is 0 "
+            f"when any of them is 0: {why}" + (" (the greedy generations share no word with the answers: the model "
+                                                "does not produce them, whatever their likelihoods)"
+                                                if any("ROUGE" in z for z in zero) else ""))
+
+
+def render_clear(results: dict[str, Any]) -> list[str]:
+    """CLEAR's table: per task Prob / ROUGE-L recall / truth-ratio score and items, then MU and FQ."""
+    tables = clear_tables(results)
+    gold = results.get("gold")
+    lines = ["Each cell: vanilla → unlearned" + (" (gold: retain-only model)" if gold else "") +
+             ". Truth ratio: mean min(TR, 1/TR) on forget tasks (1 = cannot tell truth from perturbation), "
+             "mean max(0, 1 − 1/TR) elsewhere.", ""]
+    for header, rows in (tables["tasks"], tables["summary"]):
+        lines += ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+        lines += ["| " + " | ".join(row) + " |" for row in rows]
+        lines.append("")
+    return lines + [f"- {note}" for note in tables["notes"]]
 
 
 def _edit_source(config: dict[str, Any]) -> list[str]:
@@ -86,7 +157,13 @@ def _protocol_line(eval_cfg: dict[str, Any]) -> str:
 
 def _vanilla_source(config: dict[str, Any]) -> list[str]:
     source = config.get("vanilla_source")
-    return [f"- Vanilla model: {source}"] if source else []
+    return ([f"- Vanilla model: {source}"] if source else []) + training_warning_lines(config)
+
+
+def training_warning_lines(config: dict[str, Any]) -> list[str]:
+    """The vanilla model's training warnings (stages skipped, short of target, flat loss), when any."""
+    warnings = config.get("vanilla_training_warnings") or []
+    return [f"- **Vanilla model's training warned**: {w}" for w in warnings]
 
 
 def render_markdown(results: dict[str, Any]) -> str:
@@ -94,12 +171,13 @@ def render_markdown(results: dict[str, Any]) -> str:
         config = results["config"]
         lines = [f"# Unlearning report: {config['name']}", "",
                  f"- Method: **{config['method']}** on `{config['benchmark_name']}` (CLEAR protocol), model family "
-                 f"**{config['family']}** (`{config['model_path']}`)", *_edit_source(config),
+                 f"**{config['family']}** (`{config['model_path']}`)", *_vanilla_source(config), *_edit_source(config),
                  f"- Gold model (retain split only) of forget quality: `{config.get('gold_model_path')}`"
                  + (f" ({(config.get('gold_model') or {}).get('made_by')})" if config.get("gold_model") else "")
                  + f"; seed {config['seed']}", ""]
         lines[-1:-1] = _preset_line(config)
-        return "\n".join(lines + failures_markdown(results) + knowledge_markdown(results.get("knowledge_check"))
+        return "\n".join(lines + [*(["", *stopped_lines(results)] if stopped_lines(results) else [])]
+                          + failures_markdown(results) + knowledge_markdown(results.get("knowledge_check"))
                           + ([""] if results.get("knowledge_check") else []) + render_clear(results)
                           + robustness_markdown(results) + _cost_lines(results)) + "\n"
     config = results["config"]
@@ -115,6 +193,7 @@ def render_markdown(results: dict[str, Any]) -> str:
         f"- Seed {config['seed']}; {_protocol_line(config['eval'])}",
         *_preset_line(config),
         *hyperparameter_lines(config),
+        *(["", *stopped_lines(results)] if stopped_lines(results) else []),
         *failures_markdown(results),
         *knowledge_markdown(results.get("knowledge_check")),
         "",
@@ -167,21 +246,49 @@ TRADEOFF_COLUMNS = (("forget_efficacy", "Forget efficacy"), ("test_efficacy", "T
                     ("harmonic_mean", "Harmonic mean"))
 
 
+def tradeoff_cell(cell: dict[str, Any], key: str) -> str:
+    """A trade-off figure, "not measurable" where its vanilla figure does not beat chance, "–" where absent."""
+    if cell.get(key) is not None:
+        return f"{cell[key]:.2f}"
+    return "not measurable" if key in (cell.get("not_measurable") or {}) else "–"
+
+
+def tradeoff_notes(table: dict[str, Any]) -> list[str]:
+    """Why each not-measurable figure is not, per modality, and the item counts behind the others."""
+    notes = []
+    for modality, cell in table.items():
+        reasons = cell.get("not_measurable") or {}
+        if reasons:
+            notes.append(f"{MODALITY_LABELS.get(modality, modality)}: not measurable: " + "; ".join(
+                f"{key.replace('_', ' ')}: {reason}" for key, reason in reasons.items()) + ".")
+        items = cell.get("items") or {}
+        if items:
+            notes.append(f"{MODALITY_LABELS.get(modality, modality)} items (vanilla / unlearned): " + ", ".join(
+                f"{SPLIT_LABELS.get(split, split)} {n.get('vanilla')} / {n.get('unlearned')}" for split, n in items.items())
+                + ".")
+    return notes
+
+
+TRADEOFF_RULE = ("Forget efficacy = clip((vanilla − acc) / (vanilla − chance), 0, 1), chance 25%; retention = "
+                 "clip(acc / vanilla, 0, 1); harmonic mean of forget efficacy and the mean of retain and real-world "
+                 "retention. 1 is best everywhere. Each figure only where the vanilla model's accuracy on that split "
+                 "beats chance significantly (one-sided binomial test with the split's item count, p <= 0.05); "
+                 "otherwise not measurable.")
+
+
 def tradeoff_markdown(results: dict[str, Any]) -> list[str]:
     """The chance-corrected trade-off table (results["tradeoff"], eval/tradeoff.py), when present."""
     table = results.get("tradeoff")
     if not table:
         return []
-    lines = ["", "## Trade-off (classification, chance-corrected)", "",
-             "Forget efficacy = clip((vanilla − acc) / (vanilla − chance), 0, 1), chance 25%; retention = "
-             "clip(acc / vanilla, 0, 1); harmonic mean of forget efficacy and the mean of retain and real-world "
-             "retention. 1 is best everywhere.", "",
+    lines = ["", "## Trade-off (classification, chance-corrected)", "", TRADEOFF_RULE, "",
              "| Modality | " + " | ".join(label for _, label in TRADEOFF_COLUMNS) + " |",
              "|---|" + "---|" * len(TRADEOFF_COLUMNS)]
     for modality, cell in table.items():
         lines.append(f"| {MODALITY_LABELS.get(modality, modality)} | "
-                     + " | ".join(_fmt(cell.get(key), "{:.2f}") for key, _ in TRADEOFF_COLUMNS) + " |")
-    return lines
+                     + " | ".join(tradeoff_cell(cell, key) for key, _ in TRADEOFF_COLUMNS) + " |")
+    notes = tradeoff_notes(table)
+    return lines + (["", *[f"- {note}" for note in notes]] if notes else [])
 
 
 def _data_notes(config: dict[str, Any]) -> list[str]:
@@ -270,6 +377,15 @@ def _preset_line(config: dict[str, Any]) -> list[str]:
     if preset == "tiny" and config.get("preset_family"):
         meaning += f"; its searched values chosen on the tiny {config['preset_family']} model's validation people"
     return [f"- Hyperparameters: **{preset}** preset ({meaning}), with the run's explicit options on top"]
+
+
+def stopped_lines(results: dict[str, Any]) -> list[str]:
+    """The sentence of a run the knowledge check stopped before unlearning (results["stopped"])."""
+    stopped = results.get("stopped")
+    if not stopped:
+        return []
+    return [f"**Stopped at the {stopped.get('stage')}: unlearning, its evaluation and the robustness stages did not "
+            f"run.** {stopped.get('reason')}"]
 
 
 def failures_markdown(results: dict[str, Any]) -> list[str]:
