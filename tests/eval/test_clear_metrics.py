@@ -197,3 +197,19 @@ def test_generation_length_is_clears_300_and_stops_at_end_of_sequence(clear_benc
     records = ClearEvaluator(clear_vlm, ClearEvalConfig(progress=False)).score_task(clear_benchmark.eval_splits["forget"][:2],
                                                                                    "forget")
     assert lengths == [(300, 1)] and all(r["prediction"] == "" for r in records)
+
+
+def test_the_knowledge_checks_forget_evaluation_generates_face_recognition_only(clear_benchmark, clear_vlm):
+    """The check reads the name a face-recognition generation says (eval/knowledge.py: clear_item_right),
+    so the forget evaluation generates those (short) answers where the run generates, not the captions."""
+    from dataclasses import replace as replace_
+
+    from mllm_unlearn.eval.knowledge import forget_evaluation
+
+    view = replace_(clear_benchmark, eval_splits={t: items[:2] for t, items in clear_benchmark.eval_splits.items()})
+    evaluator = ClearEvaluator(clear_vlm, ClearEvalConfig(batch_size=8, max_new_tokens=3, progress=False))
+    records = forget_evaluation(evaluator, view, ("vqa",))["predictions"]
+    assert {r["split"] for r in records} == {"forget", "forget_facerec"}
+    assert all(("prediction" in r) == (r["split"] == "forget_facerec") for r in records)
+    quiet = ClearEvaluator(clear_vlm, ClearEvalConfig(batch_size=8, rouge=False, progress=False))
+    assert not any("prediction" in r for r in forget_evaluation(quiet, view, ("vqa",))["predictions"])

@@ -172,6 +172,7 @@ def test_keep_adapter_writes_a_peft_adapter_equal_to_the_merged_model(tmp_path, 
     run_finetune(replace(job(tmp_path, "merged", world_dir, **options), model=str(base)))
     meta = run_finetune(replace(job(tmp_path, "adapter", world_dir, keep_adapter=True, **options), model=str(base)))
     assert meta["output"] == "peft-adapter" and (tmp_path / "adapter" / "adapter_config.json").is_file()
+    assert "failed" not in meta["knowledge"] and meta["knowledge"]["forget"]  # measured with the adapter applied
     assert (tmp_path / "adapter" / FINETUNE_META).is_file() and not (tmp_path / "adapter" / "config.json").exists()
     merged = load_vlm(tmp_path / "merged", "cpu").model
     adapted = PeftModel.from_pretrained(load_vlm(base, "cpu").model, str(tmp_path / "adapter")).merge_and_unload()

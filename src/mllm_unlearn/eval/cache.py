@@ -35,8 +35,10 @@ from ..data.items import Item
 from ..utils import stable_hash
 
 # Bump when a scorer's figures change for the same model, items and settings (a fixed bug, a new
-# metric, a changed record layout): every cached figure then recomputes.
-SCORER_VERSION = 3  # 3: questions about one portrait share its prefix pass in both scorers (eval/prefix.py)
+# metric, a changed record layout): every cached figure then recomputes. 3: questions about one portrait
+# share its prefix pass in both scorers (eval/prefix.py); 4: the tiny models' generations keep
+# apostrophes inside words, and CLEAR's knowledge-check part generates its face-recognition items.
+SCORER_VERSION = 4
 CACHE_FOLDER = "eval"
 HASH_MEMO = "file-hashes.json"
 # Files of a model folder that do not change its outputs (the tool's own notes beside the weights).
