@@ -96,7 +96,7 @@ def test_run_stops_on_a_model_that_does_not_know_the_forget_people_and_allow_unk
     assert saved["stopped"]["stage"] == "knowledge check" and "does not know the forget people" in saved["stopped"]["reason"]
     assert saved["unlearned"]["skipped"].startswith("unlearning did not run")
     assert saved["robustness"]["mia"]["skipped"].startswith("unlearning did not run")
-    assert saved["config"]["method"] == "ga" and "evaluate vanilla" in saved["cost"]["wall_time_s"]
+    assert saved["config"]["method"] == "ga" and "knowledge check" in saved["cost"]["wall_time_s"]
     report = (tmp_path / "runs" / "refused" / "report.md").read_text()
     assert "**Stopped at the knowledge check" in report and "## The vanilla model's knowledge of the forget people" in report
     assert "Stopped at the knowledge check" in (tmp_path / "runs" / "refused" / "report.html").read_text()
