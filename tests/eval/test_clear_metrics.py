@@ -199,12 +199,15 @@ def test_generation_length_is_clears_300_and_stops_at_end_of_sequence(clear_benc
     assert lengths == [(300, 1)] and all(r["prediction"] == "" for r in records)
 
 
-def test_the_knowledge_checks_forget_evaluation_generates_face_recognition_only(clear_benchmark, clear_vlm):
+def test_the_knowledge_checks_forget_evaluation_generates_face_recognition_only(clear_benchmark):
     """The check reads the name a face-recognition generation says (eval/knowledge.py: clear_item_right),
     so the forget evaluation generates those (short) answers where the run generates, not the captions."""
     from dataclasses import replace as replace_
 
     from mllm_unlearn.eval.knowledge import forget_evaluation
+
+    # A model of its own: earlier tests patch the shared one's head.
+    clear_vlm = build_tiny_vlm("llava", words_of(benchmark_texts(clear_benchmark)), SMALL_SIZE, seed=0)
 
     view = replace_(clear_benchmark, eval_splits={t: items[:2] for t, items in clear_benchmark.eval_splits.items()})
     evaluator = ClearEvaluator(clear_vlm, ClearEvalConfig(batch_size=8, max_new_tokens=3, progress=False))
