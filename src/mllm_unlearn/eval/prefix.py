@@ -122,7 +122,7 @@ def generate_after_prefix(vlm: Any, prompts: Sequence[dict[str, torch.Tensor]], 
         output = model.generate(input_ids=ids.to(device), attention_mask=mask.to(device), do_sample=False,
                                 max_new_tokens=max_new_tokens, pad_token_id=pad_id, **{cache_keyword(model): rows})
         new_tokens = output[:, prefix_length + length:]
-        texts += [t.strip() for t in vlm.tokenizer.batch_decode(new_tokens, skip_special_tokens=True)]
+        texts += vlm.decode(new_tokens)  # as Evaluator.generate decodes (apostrophes inside words kept)
     return texts
 
 
