@@ -412,22 +412,64 @@ LAW_NAMES = ("lm blocks T·d·L", "vision blocks P·dv·Lv", "logits T_ans·V", 
 
 @dataclass(frozen=True)
 class LawShape:
-    """A scaled-down size for the activation law: LM width/depth, samples, image grid."""
+    """A scaled-down size for the activation law: LM width/depth, samples, image grid; the vision
+    tower's width/depth (0: the family's ratios to the LM's)."""
     hidden: int
     layers: int
     batch: int
     grid: int
+    vision_hidden: int = 0
+    vision_layers: int = 0
 
 
 LAW_SHAPES = (LawShape(64, 2, 1, 8), LawShape(128, 2, 1, 8), LawShape(64, 4, 1, 8), LawShape(64, 2, 2, 8),
-              LawShape(64, 2, 1, 16), LawShape(128, 4, 2, 12))
+              LawShape(64, 2, 1, 16), LawShape(128, 4, 2, 12), LawShape(96, 3, 1, 12),
+              # the vision tower's width and depth off the family's ratios, so that its term is told
+              # apart from the LM's (patches grow with tokens, d_v with d, L_v with L otherwise)
+              LawShape(64, 2, 1, 8, vision_hidden=48, vision_layers=5), LawShape(128, 3, 1, 12, vision_hidden=16,
+                                                                                  vision_layers=2))
 
 
 def law_row(f: dict[str, Any]) -> list[float]:
-    """The activation law's features: tokens × width × depth (LM), vision patches × vision width ×
-    depth, answer tokens × vocabulary (logits), tokens × width (embeddings, final norm), 1."""
-    return [float(f["tokens"]) * f["d"] * f["L"], float(f["patches"]) * f["dv"] * f["Lv"],
-            float(f["answer_tokens"]) * f["V"], float(f["tokens"]) * f["d"], 1.0]
+    """The activation law's features: tokens × width × the LM blocks that save activations (LM),
+    vision patches × vision width × depth (only where a gradient flows through the vision tower),
+    answer tokens × vocabulary (only where the loss reads the logits), tokens × width (embeddings,
+    final norm), 1. Features without a scope (older files) charge everything."""
+    lm_layers = f.get("lm_layers", f["L"])
+    vision, logits = float(f.get("vision", 1)), float(f.get("logits", 1))
+    return [float(f["tokens"]) * f["d"] * lm_layers, vision * float(f["patches"]) * f["dv"] * f["Lv"],
+            logits * float(f["answer_tokens"]) * f["V"], float(f["tokens"]) * f["d"], 1.0]
+
+
+def preset_layer(method: str, layers: int) -> int:
+    """The layer RMU's and MIP-Editor's losses read (their paper preset's, clamped to the depth)."""
+    from mllm_unlearn.methods.defaults import method_preset
+
+    layer = method_preset(method, "paper").extra.get("layer", 7)
+    return min(int(layer if layer is not None else max(1, layers // 4)), layers - 1)
+
+
+def activation_scope(method: str, mode: str, layers: int) -> dict[str, int]:
+    """Which parts of the model save activations for backward under ``method``'s paper preset
+    (methods/*.py): autograd saves nothing upstream of the first tensor that needs a gradient, so
+    a frozen vision tower saves nothing and only LM blocks from the first trained one to the
+    loss's layer do. ``lm_layers``: such LM blocks; ``vision``: 1 where a gradient flows through
+    the vision tower; ``logits``: 1 where the loss reads the vocabulary logits.
+    - GA, GradDiff, KL, NPO: LoRA adapts the language model only (``LoraOptions.target_modules``);
+      full fine-tuning trains every parameter, the vision tower included.
+    - RMU: forwards stop at its layer (``training.truncated``); LoRA adapts blocks 0..layer, full
+      fine-tuning trains the MLPs of blocks layer-2..layer only; the loss reads hidden states.
+    - MMUnlearner (paper: ``mask=language``): the language tower's weights only.
+    - MIP-Editor: its paths include vision FFN neurons (``paths=both``) and its path search
+      attributes the answer's likelihood through both towers.
+    - MLLMEraser: PGD on the image's pixels sends a gradient through both towers.
+    - MANU: forward passes only (statistics)."""
+    if method == "rmu":
+        layer = preset_layer(method, layers)
+        return {"lm_layers": layer + 1 if mode == "lora" else min(3, layer + 1), "vision": 0, "logits": 0}
+    vision = {"ga": mode == "full", "graddiff": mode == "full", "kl": mode == "full", "npo": mode == "full",
+              "mip-editor": True, "mllmeraser": True}.get(method, False)
+    return {"lm_layers": layers, "vision": int(vision), "logits": 1}
 
 
 def fit_law(points: list[tuple[dict[str, Any], float]]) -> tuple[list[float], float] | None:
@@ -436,6 +478,23 @@ def fit_law(points: list[tuple[dict[str, Any], float]]) -> tuple[list[float], fl
     if len(points) < len(LAW_NAMES):
         return None
     return _nnls([law_row(f) for f, _ in points], [float(v) for _, v in points])
+
+
+def law_degeneracy(points: list[tuple[dict[str, Any], float]], coefficients: list[float]) -> list[str]:
+    """The law's terms that the points cannot identify (the design matrix's in-scope columns are
+    linearly dependent) or that the fit set to 0 although in scope: what makes a fit untrustworthy."""
+    import numpy as np
+
+    x = np.array([law_row(f) for f, _ in points])
+    used = [i for i in range(x.shape[1]) if np.any(x[:, i] != 0)]
+    scaled = x[:, used] / np.linalg.norm(x[:, used], axis=0)
+    problems = []
+    if not any(v for _, v in points):
+        return []  # nothing saved (forward passes only): there is no term to identify
+    if np.linalg.matrix_rank(scaled, tol=1e-9) < len(used):
+        problems.append("columns not independent on these shapes")
+    problems += [f"{LAW_NAMES[i]} set to 0" for i in used if i < 3 and coefficients[i] == 0.0]
+    return problems
 
 
 def law_predict(coefficients: list[float], features: dict[str, Any]) -> float:
@@ -523,13 +582,20 @@ def law_size(family: str, shape: LawShape) -> Any:
     size = tiny_size(family, Shape(shape.hidden, shape.layers, shape.batch))
     # LLaVA: grid² image tokens; Qwen2.5-VL: (grid/2)² merged tokens (patch = image_size / 8 in the adapter)
     image = 8 * shape.grid if family == "qwen2.5-vl" else 4 * shape.grid
-    return dc_replace(size, image_size=image, image_grid=shape.grid)
+    size = dc_replace(size, image_size=image, image_grid=shape.grid)
+    if shape.vision_hidden:
+        ffn = max(8, int(round(shape.vision_hidden * RATIOS[family]["vision_ffn"] / 8)) * 8)
+        size = dc_replace(size, vision_hidden=shape.vision_hidden, vision_heads=shape.vision_hidden // 16, vision_ffn=ffn)
+    if shape.vision_layers:
+        size = dc_replace(size, vision_layers=shape.vision_layers)
+    return size
 
 
 def measure_saved_bytes(family: str, method: str, mode: str, shape: LawShape, checkpointing: bool,
-                        data: dict[str, Any]) -> dict[str, Any]:
+                        data: dict[str, Any], size: Any = None) -> dict[str, Any]:
     """One optimizer step (prepare included: Fisher, path search, statistics, PGD) of ``method``'s
-    paper preset on a scaled-down bf16 model; the peak saved-for-backward bytes and the features."""
+    paper preset on a scaled-down bf16 model (``size``: a ``TinySize`` instead of ``shape``'s, whose
+    batch is used); the peak saved-for-backward bytes and the features."""
     from dataclasses import replace
 
     from mllm_unlearn.data.collate import Encoder
@@ -540,7 +606,7 @@ def measure_saved_bytes(family: str, method: str, mode: str, shape: LawShape, ch
     torch.manual_seed(0)
     adapter = adapter_for_family(family)
     tokenizer = build_word_tokenizer(data["words"], family)
-    size = law_size(family, shape)
+    size = size or law_size(family, shape)
     model = adapter.tiny_model(tokenizer, size)
     model.resize_token_embeddings(REAL_VOCAB[family], mean_resizing=False)
     processor = adapter.tiny_processor(tokenizer, size)
@@ -555,8 +621,9 @@ def measure_saved_bytes(family: str, method: str, mode: str, shape: LawShape, ch
     images = sum(1 for item in forget[:b] if getattr(item, "modality", "vqa") == "vqa")
     sh = shape_of(config)
     features = {"tokens": int(encoded["attention_mask"].sum()), "answer_tokens": int((encoded["labels"] != -100).sum()),
-                "patches": image_tokens * 4 if family == "qwen2.5-vl" else image_tokens + images, "batch": b, **sh}
-    cfg = method_config(Case(family, method, mode, Shape(shape.hidden, shape.layers, b)), b, 1, sh["L"])
+                "patches": image_tokens * 4 if family == "qwen2.5-vl" else image_tokens + images, "batch": b, **sh,
+                "parameters": sum(p.numel() for p in model.parameters()), **activation_scope(method, mode, sh["L"])}
+    cfg = method_config(Case(family, method, mode, Shape(sh["d"], sh["L"], b)), b, 1, sh["L"])
     if "gradient_checkpointing" in {f.name for f in fields(cfg)}:
         cfg = replace(cfg, gradient_checkpointing=checkpointing)
     runner = get_method(method)
@@ -591,8 +658,8 @@ def lora_parameters(model: torch.nn.Module, pattern: str, rank: int, names: tupl
     return total
 
 
-def static_accounting(family: str) -> dict[tuple[str, str], dict[str, float]]:
-    """Exact static bytes per (method, mode) of the real 7B model (built on the meta device):
+def static_accounting(family: str, config: Any = None) -> dict[tuple[str, str], dict[str, float]]:
+    """Exact static bytes per (method, mode) of the real 7B model, or of ``config`` (built on the meta device):
     bf16 weights, trained parameters at ``TRAINED_BYTES`` each, frozen reference copies, masks,
     Fisher sums. Returns per case: static bytes, the shardable part (parameters, gradients,
     optimizer states: FSDP divides it), trained parameter count."""
@@ -601,8 +668,7 @@ def static_accounting(family: str) -> dict[tuple[str, str], dict[str, float]]:
     from mllm_unlearn.models import adapter_for_family
     from mllm_unlearn.training import LoraOptions
 
-    with torch.device("meta"):
-        model = model_class(family)(real_config(family))
+    model = meta_model(family, config if config is not None else real_config(family))
     adapter = adapter_for_family(family)
     named = dict(model.named_parameters())
     total = sum(p.numel() for p in named.values())
@@ -612,7 +678,7 @@ def static_accounting(family: str) -> dict[tuple[str, str], dict[str, float]]:
                  and n.rsplit(".", 2)[-2] in LORA_TARGET_LINEARS}
     options = LoraOptions()
     lora_all = lora_parameters(model, options.target_modules, options.r)
-    loss_layer = 7  # paper presets of RMU and MIP-Editor (RMisU)
+    loss_layer = preset_layer("rmu", len(layers))  # paper presets of RMU and MIP-Editor (RMisU): 7
     prefix_layers = range(loss_layer + 1)
     rmu_mlp = sum(p.numel() for n, p in named.items()
                   if re.fullmatch(rf"{re.escape(base)}\.({'|'.join(str(i) for i in range(loss_layer - 2, loss_layer + 1))})\.mlp\..*", n))
@@ -674,19 +740,60 @@ def _path_of(model: torch.nn.Module, module: torch.nn.Module) -> str:
     raise ValueError("module not in model")
 
 
-def target_features(family: str, batch: int) -> dict[str, Any]:
-    shape = shape_of(real_config(family))
-    tokens = batch * (REAL_IMAGE_TOKENS[family] + TEXT_TOKENS_7B)
-    return {"tokens": tokens, "answer_tokens": batch * ANSWER_TOKENS_7B,
-            "patches": batch * VISION_PATCHES_PER_IMAGE[family], "batch": batch, **shape}
+def meta_model(family: str, config: Any) -> torch.nn.Module:
+    """``config``'s model on the meta device (nothing allocated): the family's model class
+    (``AutoModelForImageTextToText`` for a family this script has no 7B config of)."""
+    with torch.device("meta"):
+        if family in FAMILIES:
+            return model_class(family)(config)
+        from transformers import AutoModelForImageTextToText
+
+        return AutoModelForImageTextToText.from_config(config)
 
 
-def forward_working_set(family: str, batch: int) -> float:
+def image_geometry(family: str, config: Any) -> tuple[int, int]:
+    """(image tokens, vision patches) per image: LLaVA from the tower's image and patch size (one
+    class token more in the tower; ``image_seq_length`` is not read: its default is 576 whatever
+    the tower); Qwen-VL families a 448×448 image, merged ``spatial_merge_size``²."""
+    vision = config.vision_config
+    if family == "llava":
+        side = vision.image_size // vision.patch_size  # the class token is kept only by the "full" strategy
+        full = getattr(config, "vision_feature_select_strategy", "default") == "full"
+        return side * side + int(full), side * side + 1
+    patches = (448 // vision.patch_size) ** 2
+    return patches // vision.spatial_merge_size ** 2, patches
+
+
+def target_features(family: str, batch: int, config: Any = None, method: str | None = None,
+                    mode: str = "lora") -> dict[str, Any]:
+    """The law's features at the target (the real 7B config unless ``config``), per sample
+    ``TEXT_TOKENS_7B`` text tokens of which ``ANSWER_TOKENS_7B`` answer; ``method``: its scope."""
+    config = config if config is not None else real_config(family)
+    shape = shape_of(config)
+    image_tokens, patches = image_geometry(family, config)
+    scope = activation_scope(method, mode, shape["L"]) if method else {}
+    if method:
+        batch = samples_per_pass(method, batch, image_tokens + TEXT_TOKENS_7B)
+    return {"tokens": batch * (image_tokens + TEXT_TOKENS_7B), "answer_tokens": batch * ANSWER_TOKENS_7B,
+            "patches": batch * patches, "batch": batch, **shape, **scope}
+
+
+def forward_working_set(family: str, batch: int, config: Any = None) -> float:
     """A forward-only pass's transient peak (MANU's statistics, MLLMEraser's read-out): the batch's
     logits in bf16 plus an fp32 copy, and one block's FFN activations (gate, up, product) in bf16."""
-    f = target_features(family, batch)
-    ffn = real_config(family).get_text_config().intermediate_size
+    config = config if config is not None else real_config(family)
+    f = target_features(family, batch, config)
+    ffn = config.get_text_config().intermediate_size
     return f["tokens"] * (f["V"] * 6 + 3 * ffn * 2)
+
+
+def samples_per_pass(method: str, batch: int, tokens_per_sample: int) -> int:
+    """Samples in one forward: the batch, cut so that samples × tokens stays within the paper
+    preset's ``max_batch_tokens`` where it sets one (``training.batching``), at least one."""
+    from mllm_unlearn.methods.defaults import method_preset
+
+    limit = getattr(method_preset(method, "paper"), "max_batch_tokens", None)
+    return batch if not limit else max(1, min(batch, limit // max(1, tokens_per_sample)))
 
 
 def target_batch(method: str) -> int:
@@ -720,6 +827,63 @@ def measure_laws(families: list[str], methods: list[str], modes: tuple[str, ...]
     return rows
 
 
+def law_fits(rows: list[dict[str, Any]], family: str, method: str, mode: str) -> dict[bool, Any]:
+    """The activation law fitted to ``rows``' measurements of one case, checkpointing on and off:
+    per setting (coefficients, largest relative residual, per-shape residuals, degeneracies), or None."""
+    fits: dict[bool, Any] = {}
+    for checkpointing in (True, False):
+        points = [({**r["features"], **activation_scope(method, mode, r["features"]["L"])}, r["saved_bytes"])
+                  for r in rows if r["family"] == family and r["method"] == method and r["mode"] == mode
+                  and r["checkpointing"] == checkpointing and "saved_bytes" in r]
+        law = fit_law(points)
+        if law is None:
+            fits[checkpointing] = None
+            continue
+        residuals = [(law_predict(law[0], f) - v) / max(v, 1.0) for f, v in points]
+        fits[checkpointing] = {"coefficients": law[0], "residual": law[1], "residuals": residuals,
+                               "degenerate": law_degeneracy(points, law[0]), "points": len(points)}
+    return fits
+
+
+def predict_case(rows: list[dict[str, Any]], family: str, method: str, mode: str, config: Any,
+                 static: dict[tuple[str, str], dict[str, float]]) -> dict[str, Any]:
+    """One case's prediction on ``config``: static bytes (accounting), activations with and without
+    checkpointing (the fitted law at the config's shape and the paper preset's batch), the peaks."""
+    batch = target_batch(method)
+    laws = law_fits(rows, family, method, mode)
+    if laws[True] is None or laws[False] is None:
+        return {"family": family, "method": method, "mode": mode, "error": "too few points"}
+    target = target_features(family, batch, config, method, mode)
+    batch = target["batch"]  # samples per pass: the preset's max_batch_tokens may cut the batch
+    on, off = law_predict(laws[True]["coefficients"], target), law_predict(laws[False]["coefficients"], target)
+    # With checkpointing the hooks see what each checkpointed block keeps (its input), not the
+    # block activations recomputed in backward: add one saving block's share of the difference.
+    activation = on + max(0.0, off - on) / max(1, target["lm_layers"])
+    if method in OTHER_METHODS:
+        activation = max(activation, forward_working_set(family, batch, config))
+        off = max(off, activation)
+    s = static[(method, mode)]
+    peak, peak_off = s["static"] + activation, s["static"] + off
+    if "fisher" in s:  # the Fisher pass before training: no checkpointing there
+        peak, peak_off = max(peak, s["fisher"] + off), max(peak_off, s["fisher"] + off)
+    sharded = {n: s["shardable"] / n + (s["static"] - s["shardable"]) + s["gather"] + activation for n in (2, 4, 8)}
+    # Activations grow with the samples per pass (linearly, the law): the largest batch that fits.
+    fitting = batch_that_fits([(s["static"], activation / batch)] +
+                              ([(s["fisher"], off / batch)] if "fisher" in s else []))
+    out = {"family": family, "method": method, "mode": mode, "batch": batch, "static": s["static"],
+            "max_batch": fitting, "activation": activation, "activation_off": off, "peak": peak,
+            "peak_off": peak_off, "trained": s["trained"], "note": s["note"], "shardable": s["shardable"],
+            "gather": s["gather"], "fisher": s.get("fisher"),
+            "residual": max(laws[True]["residual"], laws[False]["residual"]), "fsdp": sharded,
+            "degenerate": sorted(set(laws[True]["degenerate"] + laws[False]["degenerate"]))}
+    residual = out["residual"]
+    if residual > 0.15 or any("lm blocks" in d or "not independent" in d for d in out["degenerate"]):
+        # the law's form does not describe this case's measurements: its activation is not trustworthy
+        out["note"] = "; ".join(filter(None, [out["note"], f"UNRELIABLE activation (fit misses its own shapes by "
+                                              f"{residual:.0%}; {', '.join(out['degenerate']) or 'form'})"]))
+    return out
+
+
 def predict_7b(rows: list[dict[str, Any]], families: list[str], methods: list[str],
                modes: tuple[str, ...]) -> list[dict[str, Any]]:
     """Per family, method and mode: static bytes (accounting), activation bytes (the fitted law at
@@ -727,38 +891,26 @@ def predict_7b(rows: list[dict[str, Any]], families: list[str], methods: list[st
     out = []
     for family in families:
         static = static_accounting(family)
-        for method, mode in method_modes(methods, modes):
-            batch = target_batch(method)
-            target = target_features(family, batch)
-            laws = {}
-            for checkpointing in (True, False):
-                points = [(r["features"], r["saved_bytes"]) for r in rows if r["family"] == family and
-                          r["method"] == method and r["mode"] == mode and r["checkpointing"] == checkpointing
-                          and "saved_bytes" in r]
-                laws[checkpointing] = fit_law(points)
-            if laws[True] is None or laws[False] is None:
-                out.append({"family": family, "method": method, "mode": mode, "error": "too few points"})
-                continue
-            on, off = law_predict(laws[True][0], target), law_predict(laws[False][0], target)
-            # With checkpointing the hooks see what each checkpointed block keeps (its input), not the
-            # block activations recomputed in backward: add one block's share of the difference.
-            activation = on + max(0.0, off - on) / target["L"]
-            if method in OTHER_METHODS:
-                activation = max(activation, forward_working_set(family, batch))
-            s = static[(method, mode)]
-            peak = s["static"] + activation
-            if "fisher" in s:  # the Fisher pass before training: no checkpointing there
-                peak = max(peak, s["fisher"] + off)
-            sharded = {n: s["shardable"] / n + (s["static"] - s["shardable"]) + s["gather"] + activation
-                       for n in (2, 4, 8)}
-            # Activations grow with the samples per pass (linearly, the law): the largest batch that fits.
-            fitting = batch_that_fits([(s["static"], activation / batch)] +
-                                      ([(s["fisher"], off / batch)] if "fisher" in s else []))
-            out.append({"family": family, "method": method, "mode": mode, "batch": batch, "static": s["static"],
-                        "max_batch": fitting,
-                        "activation": activation, "activation_off": off, "peak": peak, "trained": s["trained"],
-                        "note": s["note"], "residual": max(laws[True][1], laws[False][1]), "fsdp": sharded})
+        config = real_config(family)
+        out += [predict_case(rows, family, method, mode, config, static) for method, mode in method_modes(methods, modes)]
     return out
+
+
+def shards_that_fit(p: dict[str, Any], gpu_bytes: float, checkpointing: bool, most: int = 64) -> int | None:
+    """The fewest FSDP processes (1, 2, 4, ...) at which each holds at most ``gpu_bytes``: the
+    shardable bytes (parameters, gradients, optimizer states; the Fisher pass's weights and
+    gradients) divided among them, frozen copies and activations not, plus two gathered units."""
+    activation = p["activation"] if checkpointing else p["activation_off"]
+    n = 1
+    while n <= most:
+        gather = p["gather"] if n > 1 else 0.0
+        need = p["shardable"] / n + (p["static"] - p["shardable"]) + gather + activation
+        if p.get("fisher"):
+            need = max(need, p["fisher"] / n + gather + p["activation_off"])
+        if need <= gpu_bytes:
+            return n
+        n *= 2
+    return None
 
 
 def batch_that_fits(phases: list[tuple[float, float]], limit: float = ONE_GPU_BYTES) -> int:
@@ -796,6 +948,176 @@ def report_prediction(predictions: list[dict[str, Any]]) -> None:
               f"{p['max_batch']} | {fsdp} | {p['note']} |")
     worst = max((p["residual"] for p in predictions if "residual" in p), default=0.0)
     print(f"\nLargest relative residual of the activation-law fits over the measured sizes: {worst:.1e}")
+
+
+# --- a user's model: --model, and the law's validation: --validate ---------------------------------
+LAW_FILE = Path(__file__).with_name("scale_memory_law.json")
+
+
+def load_model_config(path: str) -> tuple[str, Any]:
+    """(family, config) of a checkpoint folder with ``config.json`` or of a config file; the family
+    is the tool's adapter for its ``model_type``. ValueError, one line naming the file, otherwise."""
+    from transformers import CONFIG_MAPPING
+
+    from mllm_unlearn.models.base import ADAPTERS
+
+    given = Path(path)
+    file = given / "config.json" if given.is_dir() else given
+    if not file.is_file():
+        raise ValueError(f"--model {path}: {file} does not exist" + (" (a checkpoint folder needs config.json)"
+                                                                    if given.is_dir() else ""))
+    try:
+        raw = json.loads(file.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
+        raise ValueError(f"{file}: not a readable JSON model config ({str(error).splitlines()[0]})") from None
+    if not isinstance(raw, dict):
+        raise ValueError(f"{file}: not a model config (a JSON object with model_type expected)")
+    model_type = raw.get("model_type")
+    adapter = next((a for a in ADAPTERS.values() if model_type in a.model_types), None)
+    if adapter is None:
+        supported = sorted(t for a in ADAPTERS.values() for t in a.model_types)
+        raise ValueError(f"{file}: model_type {model_type!r} is not supported; supported: {', '.join(supported)}")
+    try:
+        config = CONFIG_MAPPING[model_type].from_dict({k: v for k, v in raw.items() if k != "model_type"})
+        shape_of(config)
+    except Exception as error:  # noqa: BLE001 - a malformed config, reported as one line
+        raise ValueError(f"{file}: not a usable {model_type} config ({type(error).__name__}: "
+                         f"{str(error).splitlines()[0] if str(error) else ''})") from None
+    return adapter.family, config
+
+
+def load_law(path: Path, family: str) -> list[dict[str, Any]]:
+    """The saved-bytes measurements of ``family`` that the law is fitted to (written by the default CPU run)."""
+    if not path.is_file():
+        raise ValueError(f"{path}: no activation-law measurements (write them: python benchmarks/scale_memory.py "
+                         f"--json {path})")
+    try:
+        rows = json.loads(path.read_text())["law_measurements"]
+    except (OSError, ValueError, KeyError, TypeError) as error:
+        raise ValueError(f"{path}: not a law-measurement file ({type(error).__name__})") from None
+    rows = [r for r in rows if r.get("family") == family]
+    if not rows:
+        fitted = sorted({r.get("family") for r in json.loads(path.read_text())["law_measurements"]})
+        raise ValueError(f"{path}: no activation law fitted for the {family} family (fitted: {', '.join(fitted)})")
+    return rows
+
+
+def predict_model(rows: list[dict[str, Any]], family: str, config: Any, methods: list[str],
+                  modes: tuple[str, ...]) -> list[dict[str, Any]]:
+    static = static_accounting(family, config)
+    return [predict_case(rows, family, method, mode, config, static) for method, mode in method_modes(methods, modes)]
+
+
+def report_model(predictions: list[dict[str, Any]], source: str, family: str, config: Any,
+                 gpu_gib: float | None, rows: list[dict[str, Any]]) -> None:
+    parameters = sum(p.numel() for p in meta_model(family, config).parameters())
+    shape = shape_of(config)
+    image_tokens, patches = image_geometry(family, config)
+    print(f"PREDICTED peak GPU memory (GiB) of {source}: family {family}, {parameters / 1e9:.3f} B parameters, "
+          f"LM {shape['d']} wide × {shape['L']} layers, vocabulary {shape['V']}, vision {shape['dv']} wide × "
+          f"{shape['Lv']} layers; per sample {image_tokens} image tokens ({patches} vision patches) + "
+          f"{TEXT_TOKENS_7B} text tokens, {ANSWER_TOKENS_7B} of them the answer; batch: the paper preset's. "
+          "Static bytes counted exactly on the meta device; activations from the law fitted to saved-for-backward "
+          "bytes measured on scaled-down models (docs/scaling.md: its validation).")
+    print("\nThe law's fits on their own measured shapes (largest |predicted - measured| / measured, "
+          "checkpointing on / off):")
+    for p in predictions:
+        if "error" in p:
+            continue
+        laws = law_fits(rows, family, p["method"], p["mode"])
+        flags = "; ".join(p["degenerate"]) or "identifiable"
+        print(f"- {p['method']} {p['mode']}: {laws[True]['residual']:.1%} / {laws[False]['residual']:.1%} over "
+              f"{laws[True]['points']} shapes ({flags})")
+    fit_header = f" | FSDP processes fitting {gpu_gib:g} GiB (ckpt / no ckpt)" if gpu_gib else ""
+    print("\n| method | mode | batch | trained (M) | static | activation | peak | activation, no ckpt | peak, no ckpt"
+          + fit_header + " | note |\n" + "|---" * (10 + bool(gpu_gib)) + "|")
+    for p in predictions:
+        if "error" in p:
+            print(f"| {p['method']} | {p['mode']} | – | – | – | – | – | – | – |" + (" – |" if gpu_gib else "")
+                  + f" {p['error']} |")
+            continue
+        cell = ""
+        if gpu_gib:
+            counts = [shards_that_fit(p, gpu_gib * GIB, c) for c in (True, False)]
+            cell = " " + " / ".join("none ≤ 64" if n is None else str(n) for n in counts) + " |"
+        print(f"| {p['method']} | {p['mode']} | {p['batch']} | {p['trained'] / 1e6:.1f} | {gib(p['static'])} | "
+              f"{gib(p['activation'])} | {gib(p['peak'])} | {gib(p['activation_off'])} | {gib(p['peak_off'])} |"
+              f"{cell} {p['note']} |")
+
+
+def validation_configs() -> list[tuple[str, str, Any, int]]:
+    """Configs the law is not fitted on: (name, family, TinySize, batch). A LLaVA layout with the
+    real CLIP ViT-L/14-336 tower and a 1024-wide, 12-layer Llama (0.53 B parameters with the real
+    vocabulary), and a 256-wide, 6-layer Qwen2.5-VL layout (twice the fit's widest)."""
+    from dataclasses import replace as dc_replace
+
+    from mllm_unlearn.models import TinySize
+
+    llava = TinySize(hidden=1024, layers=12, heads=16, ffn=2816, vision_hidden=1024, vision_layers=24, vision_heads=16,
+                     vision_ffn=4096, image_size=336, image_grid=24, max_positions=1024)
+    qwen = dc_replace(tiny_size("qwen2.5-vl", Shape(256, 6, 2)), image_size=8 * 16, image_grid=16)
+    return [("llava-0.5b (CLIP ViT-L/14-336 + Llama 1024×12)", "llava", llava, 1),
+            ("qwen2.5-vl-256 (256 wide × 6 layers)", "qwen2.5-vl", qwen, 2)]
+
+
+def measure_validation(methods: list[str], modes: tuple[str, ...], data: dict[str, Any], json_path: str | None = None,
+                       checkpointing: tuple[bool, ...] = (True, False),
+                       families: tuple[str, ...] = FAMILIES) -> list[dict[str, Any]]:
+    """Saved-for-backward bytes of every case on ``validation_configs``, measured by
+    ``measure_saved_bytes`` (the fit's own measurement); written to ``json_path`` after each case."""
+    rows: list[dict[str, Any]] = []
+    for name, family, size, batch in validation_configs():
+        if family not in families:
+            continue
+        for method, mode in method_modes(methods, modes):
+            for ckpt in checkpointing:
+                row = {"config": name, "family": family, "method": method, "mode": mode, "checkpointing": ckpt}
+                try:
+                    row.update(measure_saved_bytes(family, method, mode, LawShape(size.hidden, size.layers, batch,
+                                                                                  size.image_grid), ckpt, data, size))
+                except Exception as error:  # noqa: BLE001 - reported in the table, the run goes on
+                    row["error"] = f"{type(error).__name__}: {str(error).splitlines()[0] if str(error) else ''}"[:200]
+                rows.append(row)
+                print(f"  {name} {method} {mode} ckpt={'on' if ckpt else 'off'}: "
+                      f"{row.get('saved_bytes', row.get('error'))}", file=sys.stderr, flush=True)
+                if json_path:
+                    Path(json_path).write_text(json.dumps({"validation_measurements": rows}, indent=2))
+    return rows
+
+
+def report_validation(rows: list[dict[str, Any]], law_file: Path) -> list[dict[str, Any]]:
+    """Predicted (the law fitted to ``law_file``) against measured saved-for-backward bytes."""
+    print("| config | parameters (B) | method | mode | ckpt | predicted (MiB) | measured (MiB) | predicted / measured "
+          "| within 15% |\n|---|---|---|---|---|---|---|---|---|")
+    out, laws = [], {}
+    for r in rows:
+        name, family, method, mode, ckpt = r["config"], r["family"], r["method"], r["mode"], r["checkpointing"]
+        if "error" in r:
+            print(f"| {name} | – | {method} | {mode} | {'on' if ckpt else 'off'} | – | – | – | error: {r['error']} |")
+            continue
+        key = (family, method, mode)
+        if key not in laws:
+            laws[key] = law_fits(load_law(law_file, family), family, method, mode)
+        law = laws[key][ckpt]
+        f, value = r["features"], r["saved_bytes"]
+        f = {**f, **activation_scope(method, mode, f["L"])}
+        predicted = law_predict(law["coefficients"], f) if law else None
+        ratio = predicted / value if predicted is not None and value > 0 else None
+        if ratio is None:
+            within = "yes" if predicted is not None and abs(predicted) <= 2 ** 20 and value == 0 else "–"
+        else:
+            within = "yes" if abs(ratio - 1) <= 0.15 else "**no**"
+        out.append({**r, "predicted": predicted, "ratio": ratio, "within": within})
+        print(f"| {name} | {f['parameters'] / 1e9:.3f} | {method} | {mode} | {'on' if ckpt else 'off'} | "
+              f"{'–' if predicted is None else f'{predicted / 2**20:.2f}'} | {value / 2**20:.2f} | "
+              f"{'–' if ratio is None else f'{ratio:.2f}'} | {within} |")
+    rated = [o for o in out if o["ratio"] is not None]
+    if rated:
+        worst = max(rated, key=lambda o: abs(o["ratio"] - 1))
+        print(f"\n{sum(o['within'] == 'yes' for o in out)} of {len(out)} rows within 15%; the worst: "
+              f"{worst['config']} {worst['method']} {worst['mode']} ckpt {'on' if worst['checkpointing'] else 'off'}, "
+              f"predicted / measured {worst['ratio']:.2f}")
+    return out
 
 
 # --- main -------------------------------------------------------------------------------------
@@ -836,9 +1158,48 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--json", help="also write every measurement and prediction here (after each case)")
     parser.add_argument("--from-json", help="measure nothing: print the CPU tables and predictions of a --json file "
                                             "(e.g. an interrupted run's)")
+    parser.add_argument("--model", help="predict for your own model: a checkpoint folder with config.json, or the "
+                        "config.json itself (built on the meta device; nothing is loaded or measured)")
+    parser.add_argument("--gpu-gib", type=float, help="with --model: the FSDP process counts (1, 2, 4, ...) at which "
+                        "each case fits a GPU of this many GiB")
+    parser.add_argument("--validate", action="store_true", help="measure the configs the law is not fitted on "
+                        "(CPU, minutes per method) and print predicted against measured saved-for-backward bytes")
+    parser.add_argument("--law", default=str(LAW_FILE), help="the law's measurements (default: %(default)s, "
+                        "written by a default CPU run with --json)")
     args = parser.parse_args(argv)
 
     from mllm_unlearn.utils import resolve_device, resolve_dtype
+
+    if args.gpu_gib is not None and (not args.model or not args.gpu_gib > 0):
+        print("error: --gpu-gib needs --model and a positive size in GiB", file=sys.stderr)
+        return 1
+    if args.model or args.validate:
+        methods = [m.strip() for m in args.methods.split(",") if m.strip()]
+        modes = tuple(m.strip() for m in args.modes.split(",") if m.strip())
+        unknown = sorted(set(modes) - set(MODES)) + sorted(set(methods) - set(GRADIENT_METHODS + OTHER_METHODS))
+        if unknown:
+            print(f"error: unknown method or mode {', '.join(unknown)}", file=sys.stderr)
+            return 1
+        try:
+            if args.model:
+                family, config = load_model_config(args.model)
+                rows = load_law(Path(args.law), family)
+                report_model(predict_model(rows, family, config, methods, modes), args.model, family, config,
+                             args.gpu_gib, rows)
+                return 0
+            if args.from_json:  # predict again for the measurements of an earlier --validate --json
+                rows = json.loads(Path(args.from_json).read_text())["validation_measurements"]
+                rows = [r for r in rows if r["method"] in methods and r["mode"] in modes + ("-",)]
+            else:
+                torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "1")))
+                families = tuple(f.strip() for f in args.families.split(",") if f.strip())
+                rows = measure_validation(methods, modes, prepare_data(args.people, args.predict_batch), args.json,
+                                          families=families)
+            report_validation(rows, Path(args.law))
+        except ValueError as error:
+            print(f"error: {error}", file=sys.stderr)
+            return 1
+        return 0
 
     if args.from_json:
         saved = json.loads(Path(args.from_json).read_text())

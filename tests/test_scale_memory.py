@@ -88,3 +88,89 @@ def test_the_batch_that_fits_respects_every_phase(scale_memory):
     assert scale_memory.batch_that_fits([(20 * gb, 5 * gb)]) == 12
     assert scale_memory.batch_that_fits([(20 * gb, 5 * gb), (50 * gb, 4 * gb)]) == 7
     assert scale_memory.batch_that_fits([(90 * gb, 1 * gb)]) == 0  # the static bytes alone do not fit
+
+
+# --- the corrected law terms, --model on a user's config ---------------------------------------
+def test_a_frozen_vision_tower_is_charged_nothing(scale_memory):
+    config = scale_memory.real_config("llava")
+    lora = scale_memory.law_row(scale_memory.target_features("llava", 4, config, "ga", "lora"))
+    full = scale_memory.law_row(scale_memory.target_features("llava", 4, config, "ga", "full"))
+    assert lora[1] == 0.0  # LoRA adapts the language model only: no gradient reaches the tower
+    assert full[1] == 4 * 577 * 1024 * 24  # full fine-tuning trains the tower: patches × d_v × L_v
+    assert scale_memory.activation_scope("mmunlearner", "full", 32)["vision"] == 0  # paper mask: language
+    assert scale_memory.activation_scope("mllmeraser", "-", 32)["vision"] == 1  # PGD on the pixels
+
+
+def test_rmu_is_charged_only_the_blocks_that_save_activations(scale_memory):
+    # paper preset: loss at layer 7, forwards stop there; full fine-tuning trains the MLPs of 5-7
+    assert scale_memory.activation_scope("rmu", "full", 32) == {"lm_layers": 3, "vision": 0, "logits": 0}
+    assert scale_memory.activation_scope("rmu", "lora", 32)["lm_layers"] == 8  # adapters on blocks 0..7
+    assert scale_memory.activation_scope("rmu", "lora", 4)["lm_layers"] == 4  # layer clamped to the depth
+    f = scale_memory.target_features("llava", 4, scale_memory.real_config("llava"), "rmu", "full")
+    assert scale_memory.law_row(f)[0] == f["tokens"] * 4096 * 3
+    assert scale_memory.law_row(f)[2] == 0.0  # the loss reads hidden states, not logits
+
+
+def test_a_degenerate_fit_is_flagged(scale_memory):
+    # every shape with the same depth: T·d·L is T·d times a constant, the columns are dependent
+    points = [({"tokens": t, "patches": t, "answer_tokens": 8, "d": d, "L": 2, "dv": d // 4, "Lv": 2, "V": 100,
+                "vision": 0}, 10.0 * t * d) for t, d in [(80, 64), (100, 64), (80, 128), (120, 96), (90, 64), (70, 32)]]
+    coefficients, _ = scale_memory.fit_law(points)
+    assert "columns not independent on these shapes" in scale_memory.law_degeneracy(points, coefficients)
+
+
+def _law_file(scale_memory, path, truth):
+    """Measurements following a known law exactly, for every case of the LLaVA family."""
+    rows = []
+    for method, mode in scale_memory.method_modes(list(scale_memory.GRADIENT_METHODS + scale_memory.OTHER_METHODS)):
+        for checkpointing in (True, False):
+            for s in scale_memory.LAW_SHAPES:
+                f = {"tokens": s.batch * (s.grid ** 2 + 20), "answer_tokens": 8 * s.batch,
+                     "patches": s.batch * (s.grid ** 2 + 1), "batch": s.batch, "d": s.hidden, "L": s.layers,
+                     "V": 32064, "dv": s.hidden // 4, "Lv": max(2, round(s.layers * 0.75))}
+                scoped = {**f, **scale_memory.activation_scope(method, mode, s.layers)}
+                rows.append({"family": "llava", "method": method, "mode": mode, "checkpointing": checkpointing,
+                             "features": f, "saved_bytes": scale_memory.law_predict(truth, scoped)})
+    path.write_text(__import__("json").dumps({"law_measurements": rows}))
+
+
+def test_model_option_predicts_for_a_users_config(scale_memory, tmp_path, capsys):
+    from transformers import CLIPVisionConfig, LlamaConfig, LlavaConfig
+
+    text = LlamaConfig(vocab_size=1000, hidden_size=256, intermediate_size=512, num_hidden_layers=10,
+                       num_attention_heads=4, num_key_value_heads=4)
+    vision = CLIPVisionConfig(hidden_size=128, intermediate_size=256, num_hidden_layers=3, num_attention_heads=2,
+                              image_size=112, patch_size=14)
+    LlavaConfig(vision_config=vision, text_config=text, image_token_index=999).to_json_file(tmp_path / "config.json")
+    truth = [20.0, 12.0, 6.0, 4.0, 3e5]
+    law = tmp_path / "law.json"
+    _law_file(scale_memory, law, truth)
+
+    family, config = scale_memory.load_model_config(str(tmp_path))
+    rows = scale_memory.load_law(law, "llava")
+    predictions = {(p["method"], p["mode"]): p for p in scale_memory.predict_model(rows, family, config, ["ga", "rmu"],
+                                                                                    ("lora", "full"))}
+    tokens, answer = 4 * (64 + 60), 4 * 24  # 112/14 = 8: 64 image tokens a sample, 65 patches
+    no_ckpt = truth[0] * tokens * 256 * 10 + truth[2] * answer * 1000 + truth[3] * tokens * 256 + truth[4]
+    assert predictions[("ga", "lora")]["activation_off"] == pytest.approx(no_ckpt, rel=1e-6)  # no vision term
+    rmu = truth[0] * tokens * 256 * 3 + truth[3] * tokens * 256 + truth[4]  # blocks 5-7 only, no logits
+    assert predictions[("rmu", "full")]["activation_off"] == pytest.approx(rmu, rel=1e-6)
+    assert predictions[("ga", "full")]["activation_off"] > no_ckpt  # the trained tower is charged
+
+    assert scale_memory.main(["--model", str(tmp_path / "config.json"), "--law", str(law), "--gpu-gib", "0.01",
+                              "--methods", "ga,kl"]) == 0
+    out = capsys.readouterr().out
+    assert "family llava" in out and "| ga | lora |" in out and "| kl | full |" in out
+    assert "FSDP processes fitting 0.01 GiB" in out and "over 9 shapes (identifiable)" in out
+
+
+def test_model_option_bad_input_is_one_line(scale_memory, tmp_path, capsys):
+    law = tmp_path / "law.json"
+    _law_file(scale_memory, law, [1.0, 1.0, 1.0, 1.0, 1.0])
+    (tmp_path / "bad.json").write_text("{not json")
+    (tmp_path / "other.json").write_text('{"model_type": "bert"}')
+    for model, expected in [(tmp_path / "missing", "does not exist"), (tmp_path / "bad.json", "not a readable JSON"),
+                            (tmp_path / "other.json", "model_type 'bert' is not supported")]:
+        assert scale_memory.main(["--model", str(model), "--law", str(law)]) == 1
+        err = capsys.readouterr().err.strip()
+        assert expected in err and len(err.splitlines()) == 1
