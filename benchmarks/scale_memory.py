@@ -932,7 +932,8 @@ def report_prediction(predictions: list[dict[str, Any]]) -> None:
           "models; the GPU mode (--device cuda) measures it.")
     print(f"Per sample: LLaVA {REAL_IMAGE_TOKENS['llava']} image + {TEXT_TOKENS_7B} text tokens, Qwen2.5-VL "
           f"{REAL_IMAGE_TOKENS['qwen2.5-vl']} image (448×448) + {TEXT_TOKENS_7B} text; {ANSWER_TOKENS_7B} answer "
-          "tokens; batch: the paper preset's. 'no ckpt': activations without checkpointing. FSDP-N: per process, "
+          "tokens; batch: samples per pass (the paper preset's, cut by its max_batch_tokens). 'no ckpt': activations "
+          "without checkpointing. FSDP-N: per process, "
           "parameters/grads/optimizer divided by N, frozen copies not, plus two gathered units. 'batch fitting 80 GB': "
           "the most samples per pass (the activation law is linear in them) that keep one GPU under 80 GB.")
     print("\n| family | method | mode | batch | trained (M) | static | activation | no ckpt | predicted peak "
@@ -1016,7 +1017,8 @@ def report_model(predictions: list[dict[str, Any]], source: str, family: str, co
     print(f"PREDICTED peak GPU memory (GiB) of {source}: family {family}, {parameters / 1e9:.3f} B parameters, "
           f"LM {shape['d']} wide × {shape['L']} layers, vocabulary {shape['V']}, vision {shape['dv']} wide × "
           f"{shape['Lv']} layers; per sample {image_tokens} image tokens ({patches} vision patches) + "
-          f"{TEXT_TOKENS_7B} text tokens, {ANSWER_TOKENS_7B} of them the answer; batch: the paper preset's. "
+          f"{TEXT_TOKENS_7B} text tokens, {ANSWER_TOKENS_7B} of them the answer; batch: samples per pass (the paper "
+          "preset's, cut by its max_batch_tokens). "
           "Static bytes counted exactly on the meta device; activations from the law fitted to saved-for-backward "
           "bytes measured on scaled-down models (docs/scaling.md: its validation).")
     print("\nThe law's fits on their own measured shapes (largest |predicted - measured| / measured, "
