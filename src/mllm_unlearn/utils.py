@@ -79,6 +79,15 @@ def check_writable_folder(path: str | Path, option: str) -> None:
         raise ValueError(f"{option} {path}: {existing} is not writable (permissions or a read-only file system)")
 
 
+def file_sha256(path: str | Path) -> str:
+    """sha256 of one file's bytes, read in blocks (a 7B checkpoint never sits in memory whole)."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 22), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
 def directory_digest(path: str | Path) -> str:
     """sha256 over a folder's files: each relative path and its bytes, in sorted order."""
     root = Path(path)

@@ -24,15 +24,13 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import sys
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterable
 
 from ..data.items import Item
-from ..utils import stable_hash
+from ..utils import atomic_write_text, file_sha256, stable_hash
 
 # Bump when a scorer's figures change for the same model, items and settings (a fixed bug, a new
 # metric, a changed record layout): every cached figure then recomputes. 3: questions about one portrait
@@ -45,35 +43,10 @@ HASH_MEMO = "file-hashes.json"
 IGNORED_MODEL_FILES = ("injection.json", "finetune.json", "README.md")
 
 
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
-
-
 def write_json_atomic(path: Path, value: Any) -> None:
-    """``value`` as JSON at ``path``: written to a temporary name, then renamed (a reader never
-    sees half a file), with mode 0666 less the umask (mkstemp's own 0600 would hide the cache
-    from the other users of a shared cache dir)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    text = json.dumps(value, default=str, sort_keys=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w") as handle:
-            os.fchmod(handle.fileno(), 0o666 & ~_umask())
-            handle.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
-def file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 22), b""):
-            digest.update(block)
-    return digest.hexdigest()
+    """``value`` as JSON at ``path``, written aside and renamed (a reader never sees half a file),
+    with the umask's mode (a shared cache dir stays readable to its other users)."""
+    atomic_write_text(path, json.dumps(value, default=str, sort_keys=True))
 
 
 def folder_content_hash(folder: str | Path, memo_dir: str | Path | None = None) -> str:

@@ -13,26 +13,17 @@ checks that retraining reproduces it.
 """
 from __future__ import annotations
 
-import hashlib
 import json
 import shutil
 import warnings
 from pathlib import Path
 from typing import Any
 
-from ..utils import atomic_directory, stable_hash
+from ..utils import atomic_directory, file_sha256, stable_hash
 
 SHIPPED_ROOT = Path(__file__).parent.parent / "assets" / "vanilla"
 MANIFEST = "shipped.json"
 WEIGHTS = "model.safetensors"
-
-
-def file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def training_data_fingerprint(benchmark: Any) -> str:
