@@ -26,7 +26,7 @@ import re
 from typing import Any, Iterable
 
 from ..data.items import OPTION_KEYS
-from .verdicts import p_above_chance
+from .verdicts import is_still_known, p_above_chance
 
 DEFAULT_MIN_KNOWLEDGE = 15.0  # points above chance, on top of the significance test
 ALPHA = 0.05  # the one-sided binomial test's level
@@ -151,9 +151,9 @@ def knowledge_summary(evaluation: dict[str, Any], protocol: str) -> dict[str, di
 
 
 def _summary_cell(right: int, items: int, chance: float) -> dict[str, Any]:
-    p_value = p_above_chance(right, items, chance)
+    above, p_value = is_still_known(right, items, chance, margin=0.0, alpha=ALPHA)
     return {"accuracy": 100.0 * right / items, "right": right, "items": items, "chance": chance, "p_value": p_value,
-            "above_chance": 100.0 * right / items > chance and p_value <= ALPHA}
+            "above_chance": above}
 
 
 def summary_lines(summary: dict[str, dict[str, dict[str, Any]]]) -> list[str]:

@@ -22,7 +22,7 @@ from __future__ import annotations
 from typing import Any, Mapping
 
 from ..data.items import OPTION_KEYS
-from .verdicts import p_above_chance
+from .verdicts import is_still_known
 
 CHANCE_ACCURACY = 100.0 / len(OPTION_KEYS)  # MLLMU-Bench's four options
 FORGET_SPLITS = ("forget", "test")  # efficacy is reported on each
@@ -79,8 +79,8 @@ def vanilla_above_chance(accuracy: float, items: int | None, chance: float = CHA
     if not items:
         return False, None, "no item count to test the vanilla model's accuracy against chance"
     right = round(accuracy * items / 100.0)
-    p_value = p_above_chance(right, items, chance)
-    if accuracy > chance and p_value <= alpha:
+    above, p_value = is_still_known(right, items, chance, margin=0.0, alpha=alpha)
+    if above:
         return True, p_value, None
     return False, p_value, (f"the vanilla model's accuracy {accuracy:.1f}% ({right}/{items}) is not significantly above "
                             f"chance {chance:.1f}% (one-sided binomial p = {p_value:.3g} > {alpha:g})")
